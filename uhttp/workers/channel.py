@@ -1,0 +1,153 @@
+"""The private, lock-free link between the dispatcher and one worker.
+
+Each worker gets one end of a Unix socketpair; the dispatcher keeps the other.
+Messages are pickled and framed with a 4-byte length. Nothing is shared
+between processes except the two ends of that one socket: no queue locks that
+a killed process could leave held, no feeder thread that could lose a message
+already "sent". A worker that dies shows up as end-of-file on its channel,
+after every complete frame it wrote has been read.
+
+The dispatcher's end never blocks: writes are buffered and flushed when the
+socket is writable. The worker's end writes synchronously (the worker may
+wait for the dispatcher, never the other way round) and reads without
+blocking.
+"""
+
+import pickle
+import socket
+import struct
+
+_HEADER = struct.Struct('!I')
+_HEADER_SIZE = _HEADER.size
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_RECV_SIZE = 256 * 1024
+# Bound the work one wake-up may do on one channel, so a chatty worker
+# cannot starve the dispatcher's other sockets (invariant: no unbounded tick).
+_MAX_RECVS_PER_CALL = 16
+_SOCKET_BUFFER = 1024 * 1024
+
+
+class ChannelClosed(Exception):
+    """The other end of the channel is gone."""
+
+
+def channel_pair():
+    """Return (dispatcher_end, worker_end) sockets of a new channel."""
+    dispatcher_end, worker_end = socket.socketpair(
+        socket.AF_UNIX, socket.SOCK_STREAM)
+    for sock in (dispatcher_end, worker_end):
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            except OSError:
+                pass  # the kernel default works, only with more wake-ups
+    dispatcher_end.setblocking(False)
+    return dispatcher_end, worker_end
+
+
+def encode(message):
+    """Frame one message: length prefix + pickle."""
+    payload = pickle.dumps(message, _PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class Channel:
+    """One end of a channel: framed messages over a stream socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self.closed = False
+
+    def fileno(self):
+        """The socket's descriptor (for selectors)."""
+        return self.sock.fileno()
+
+    # -- reading -----------------------------------------------------------
+
+    def receive(self):
+        """Read what is available without blocking; return complete messages.
+
+        Sets `closed` when the peer has gone (end of file or a socket error);
+        the messages that arrived before that are still returned.
+        """
+        for _ in range(_MAX_RECVS_PER_CALL):
+            try:
+                data = self.sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.closed = True
+                break
+            if not data:
+                self.closed = True
+                break
+            self._inbox += data
+            if len(data) < _RECV_SIZE:
+                break
+        return self._parse()
+
+    def _parse(self):
+        inbox = self._inbox
+        messages = []
+        offset = 0
+        size = len(inbox)
+        while size - offset >= _HEADER_SIZE:
+            (length,) = _HEADER.unpack_from(inbox, offset)
+            end = offset + _HEADER_SIZE + length
+            if end > size:
+                break
+            messages.append(pickle.loads(
+                memoryview(inbox)[offset + _HEADER_SIZE:end]))
+            offset = end
+        if offset:
+            del inbox[:offset]
+        return messages
+
+    # -- writing, dispatcher side (never blocks) ---------------------------
+
+    def queue(self, message):
+        """Append a message to the outbox; call flush() to send."""
+        self._outbox += encode(message)
+
+    @property
+    def has_output(self):
+        """True while queued bytes wait for the socket."""
+        return bool(self._outbox)
+
+    def flush(self):
+        """Send as much of the outbox as the socket takes now.
+
+        Returns True when the outbox is empty. Raises ChannelClosed when the
+        peer is gone.
+        """
+        outbox = self._outbox
+        while outbox:
+            try:
+                sent = self.sock.send(outbox)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as err:
+                self.closed = True
+                raise ChannelClosed(str(err)) from err
+            del outbox[:sent]
+        return True
+
+    # -- writing, worker side (blocks until written) -----------------------
+
+    def send(self, message):
+        """Write one message synchronously; raises ChannelClosed."""
+        try:
+            self.sock.sendall(encode(message))
+        except OSError as err:
+            self.closed = True
+            raise ChannelClosed(str(err)) from err
+
+    def close(self):
+        """Close the socket."""
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass

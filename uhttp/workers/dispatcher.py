@@ -1,0 +1,977 @@
+"""The Dispatcher: one process, one selector loop, every client socket.
+
+It accepts connections (uhttp-server on a selector it owns), answers static
+files and @sync routes itself, checks authentication, and hands everything
+else to worker pools over their channels. Worker channels, worker exit
+sentinels and a signal wake-up socket sit in the same selector as the client
+sockets, so one `select()` sees all there is to do.
+
+The pending table maps request ids to waiting clients. Every entry ends in
+exactly one answer: the worker's, 504 on timeout, 503 when the pool is
+degraded or the service is shutting down, 502 when its worker died.
+
+Must never: block (no sleep, no blocking read or write, no waiting on a
+worker), let a loaded request be parsed twice, or leave a client without an
+answer.
+"""
+
+import collections
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from uhttp import server as _server
+
+from . import messages
+from .log import LOG_INFO, Logger, LogOutput
+from .request import RejectRequest, Response, encode_body
+from .routing import MethodNotAllowed, RouteNotFound, Router
+from .static import StaticFiles
+
+SELECT_TIMEOUT = 1.0
+HOUSEKEEPING_INTERVAL = 0.1
+
+_JSON = {'content-type': 'application/json'}
+_CLOSE = {'content-type': 'application/json', 'connection': 'close'}
+
+
+def sync(pattern, *methods):
+    """Serve `pattern` from a Dispatcher method `(self, client, path_params)`,
+    in the dispatcher process. Keep such handlers short: they run inside the
+    loop that serves every client."""
+    methods = tuple(method.upper() for method in methods)
+
+    def decorate(func):
+        func._uhttp_sync = getattr(func, '_uhttp_sync', ()) + (
+            (pattern, methods),)
+        return func
+    return decorate
+
+
+class _PendingRequest:
+    """A request waiting for its pool: who asked, who works on it, until when.
+
+    `state`: queued (in the pool backlog) → assigned (sent to a worker) →
+    deferred / streaming → done (the client was answered or left).
+    """
+
+    __slots__ = ('request_id', 'client', 'pool', 'worker', 'state',
+                 'deadline', 'message', 'counted_active', 'read_paused')
+
+    def __init__(self, request_id, client, pool, message, deadline):
+        self.request_id = request_id
+        self.client = client
+        self.pool = pool
+        self.worker = None
+        self.state = 'queued'
+        self.deadline = deadline
+        self.message = message
+        self.counted_active = False
+        self.read_paused = False
+
+    def __repr__(self):
+        return f'<PendingRequest {self.request_id} {self.state}>'
+
+
+def _error_body(status, message):
+    return ('{"error": "%s"}' % message).encode('utf-8')
+
+
+def _raise_open_file_limit():
+    """Use the hard limit of open files: each client costs a descriptor."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ValueError, OSError):
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Dispatcher:
+    """The front process: accepts clients, routes requests, supervises pools.
+
+    Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
+    `on_idle`, `on_log`, `on_worker_died`), then call `run()`.
+    """
+
+    def __init__(self, port=8080, address='0.0.0.0', pools=None,
+                 static_routes=None, shutdown_timeout=10, max_pending=1000,
+                 ssl_context=None, *, log_level=LOG_INFO,
+                 max_connections=10000, max_content_length=1024 * 1024,
+                 keep_alive_timeout=15, keep_alive_max_requests=1000,
+                 request_timeout=10, listen_backlog=1024):
+        self.port = port
+        self.address = address
+        self._pools = list(pools or [])
+        self._static = StaticFiles(static_routes or {})
+        self.shutdown_timeout = shutdown_timeout
+        self.max_pending = max_pending
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.listen_backlog = listen_backlog
+        self._server_options = {
+            'max_content_length': max_content_length,
+            'keep_alive_timeout': keep_alive_timeout,
+            'keep_alive_max_requests': keep_alive_max_requests,
+            'request_timeout': request_timeout,
+            'file_chunk_size': 64 * 1024,
+        }
+        self._log_output = LogOutput(sys.stderr)
+        self.log = Logger('dispatcher', log_level, self._emit_log)
+        self._sync_router = self._build_sync_router()
+        self._pending = {}
+        self._expiry = {}
+        self._next_request_id = 1
+        self._flush_needed = set()
+        self._selector = None
+        self._server = None
+        self._state = 'new'
+        self._shutdown_started = None
+        self._stop_deadline = None
+        self._next_housekeeping = 0.0
+        self._next_idle = 0.0
+        self._signal_reader = None
+        self._signal_writer = None
+        self._has_response_hook = (
+            type(self).on_response is not Dispatcher.on_response)
+        self._check_pools()
+
+    # -- hooks for applications ---------------------------------------------
+
+    def do_check(self, client):
+        """Authenticate a request bound for a worker pool (not static, not
+        sync). Respond and/or raise RejectRequest to refuse it."""
+
+    def on_response(self, response, pending):
+        """Called after a worker's response was sent to its client."""
+
+    def on_idle(self):
+        """Called from the loop about every SELECT_TIMEOUT seconds."""
+
+    def on_log(self, name, level, message):
+        """Every log record of the service (workers included) ends here."""
+        self._log_output.write(name, level, message)
+
+    def on_worker_died(self, pool, worker_id, reason, exitcode):
+        """A worker process ended unexpectedly (crash, kill, stuck)."""
+
+    # -- public tools ---------------------------------------------------------
+
+    @property
+    def pools(self):
+        """The worker pools, in routing order."""
+        return list(self._pools)
+
+    @property
+    def pending_count(self):
+        """Requests waiting for an answer from a pool."""
+        return len(self._pending)
+
+    def status(self):
+        """Pools, pending requests and connections, for monitoring."""
+        return {
+            'state': self._state,
+            'pending': len(self._pending),
+            'connections': len(self._server._waiting_connections)
+            if self._server else 0,
+            'pools': [pool.status() for pool in self._pools],
+        }
+
+    def stop(self, graceful=True):
+        """Begin shutdown, as SIGTERM (graceful) or SIGQUIT would."""
+        if graceful:
+            self._begin_drain()
+        else:
+            self._stop_now()
+
+    def _find_pool(self, path):
+        """The pool that serves `path` (prefix match, then fallback)."""
+        fallback = None
+        for pool in self._pools:
+            if pool.matcher.is_fallback:
+                if fallback is None:
+                    fallback = pool
+            elif pool.matcher.matches(path):
+                return pool
+        return fallback
+
+    find_pool = _find_pool
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _check_pools(self):
+        names = set()
+        fallbacks = 0
+        for pool in self._pools:
+            if pool.name in names:
+                raise ValueError(f'two pools are named {pool.name!r}; give '
+                                 'one a name= of its own')
+            names.add(pool.name)
+            fallbacks += pool.matcher.is_fallback
+        if fallbacks > 1:
+            self.log.warning('more than one fallback pool: only the first '
+                             'one receives requests')
+
+    def _build_sync_router(self):
+        router = Router()
+        for klass in reversed(type(self).__mro__):
+            for name, attr in vars(klass).items():
+                for pattern, methods in getattr(attr, '_uhttp_sync', ()):
+                    router.add(pattern, methods, getattr(self, name))
+        return router if len(router) else None
+
+    def _start(self):
+        file_limit = _raise_open_file_limit()
+        self.max_connections = max(
+            16, min(self.max_connections, file_limit - 64
+                    - 4 * sum(p.num_workers for p in self._pools)))
+        self._selector = selectors.DefaultSelector()
+        self._server = _server.HttpServer(
+            address=self.address, port=self.port,
+            ssl_context=self.ssl_context, selector=self._selector,
+            max_waiting_clients=self.max_connections,
+            listen=self.listen_backlog, **self._server_options)
+        self.port = self._server.socket.getsockname()[1]
+        self._install_signals()
+        self._state = 'running'
+        now = time.monotonic()
+        self._next_idle = now + SELECT_TIMEOUT
+        for pool in self._pools:
+            self._expiry[pool] = collections.OrderedDict()
+            pool.start(self)
+        host = f'[{self.address}]' if ':' in self.address else self.address
+        scheme = 'https' if self.ssl_context else 'http'
+        self.log.info('listening on %s://%s:%d (pid %d, %d pools)', scheme,
+                      host, self.port, os.getpid(), len(self._pools))
+
+    def _install_signals(self):
+        try:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:
+            reader.close()
+            writer.close()
+            self.log.warning('not in the main thread: signals are not '
+                             'handled, use stop() to shut down')
+            return
+        self._signal_reader, self._signal_writer = reader, writer
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, _note_signal)
+        self._selector.register(reader, selectors.EVENT_READ,
+                                self._on_signal_readable)
+
+    def _on_signal_readable(self, _fileobj, _mask):
+        try:
+            data = self._signal_reader.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            name = signal.Signals(signum).name[3:].lower()
+            handler = getattr(self, f'handle_{name}', None)
+            if handler is not None:
+                handler()
+
+    def handle_term(self):
+        """SIGTERM: graceful shutdown."""
+        self.log.info('SIGTERM: graceful shutdown')
+        self._begin_drain()
+
+    def handle_int(self):
+        """SIGINT (Ctrl-C): graceful shutdown; a second one stops at once."""
+        if self._state != 'running':
+            self.log.warning('SIGINT again: stopping now')
+            self._stop_now()
+            return
+        self.log.info('SIGINT: graceful shutdown')
+        self._begin_drain()
+
+    def handle_quit(self):
+        """SIGQUIT: immediate shutdown."""
+        self.log.warning('SIGQUIT: stopping now')
+        self._stop_now()
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self):
+        """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop())."""
+        self._start()
+        try:
+            while self._state != 'stopped':
+                self._tick()
+        finally:
+            self._close()
+
+    def _tick(self):
+        try:
+            events = self._selector.select(self._select_timeout())
+        except InterruptedError:
+            events = ()
+        for key, mask in events:
+            owner = key.data
+            if owner.__class__ is _server.HttpConnection:
+                self._on_connection_event(owner, key.fileobj, mask)
+            elif owner is self._server:
+                owner.handle_event(key.fileobj, mask)
+            else:
+                owner(key.fileobj, mask)
+        self._server.maintenance()
+        if self._flush_needed:
+            self._flush_workers()
+        now = time.monotonic()
+        self._expire(now)
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+
+    def _select_timeout(self):
+        if self._flush_needed:
+            return 0
+        now = time.monotonic()
+        wake = min(self._next_idle, self._next_housekeeping_due())
+        for queue in self._expiry.values():
+            if queue:
+                wake = min(wake, next(iter(queue.values())).deadline)
+        return max(0.0, wake - now)
+
+    def _next_housekeeping_due(self):
+        if self._state != 'running':
+            return self._next_housekeeping
+        return self._next_housekeeping + 0.4  # idle: 2 wake-ups a second
+
+    def _housekeeping(self, now):
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        for pool in self._pools:
+            pool.supervise(now)
+        if now >= self._next_idle:
+            self._next_idle = now + SELECT_TIMEOUT
+            try:
+                self.on_idle()
+            except Exception:  # pylint: disable=broad-except
+                self.log.exception('on_idle() raised')
+        if self._state == 'draining':
+            self._drain_step(now)
+        elif self._state == 'stopping':
+            self._stop_step(now)
+
+    # -- clients ------------------------------------------------------------------
+
+    def _on_connection_event(self, connection, fileobj, mask):
+        pending = connection.context
+        if pending is None:
+            client = connection.handle_event(fileobj, mask)
+            if client is not None:
+                self._on_request(client)
+        elif pending.state == 'streaming':
+            connection.handle_event(fileobj, mask)
+            if connection.socket is None:
+                self._client_left(pending)
+        else:
+            # A loaded request waits for its answer: uhttp-server must not
+            # parse this socket again (it would hand the same request back).
+            if mask & selectors.EVENT_WRITE:
+                connection.try_send()
+            if mask & selectors.EVENT_READ:
+                self._probe_waiting_client(connection, pending)
+
+    def _probe_waiting_client(self, connection, pending):
+        sock = connection.socket
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ValueError:
+            data = None  # TLS sockets cannot peek: stop watching instead
+        except OSError:
+            data = b''
+        if data == b'':
+            self._client_left(pending)
+            connection.close()
+            return
+        # Bytes of a next request (pipelining) or TLS records: stop reading
+        # until this request is answered, or the loop would spin on them.
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        connection._interest = None  # pylint: disable=protected-access
+        pending.read_paused = True
+
+    def _on_request(self, client):
+        if self._static:
+            result = self._static.lookup(client.path)
+            if result is not None:
+                self._serve_static(client, result)
+                return
+        if self._sync_router is not None and self._run_sync(client):
+            return
+        pool = self._find_pool(client.path)
+        if pool is None:
+            self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
+            return
+        self._submit(client, pool)
+
+    def _serve_static(self, client, result):
+        if result.status == 200:
+            client.respond_file(
+                result.file_path, headers={'content-type': result.content_type})
+        elif result.status == 301:
+            client.respond(data=b'', status=301,
+                           headers={'location': result.location})
+        else:
+            self._answer(client, result.status, _JSON,
+                         _error_body(result.status, 'Not Found'))
+
+    def _run_sync(self, client):
+        try:
+            target, params = self._sync_router.match(client.method, client.path)
+        except RouteNotFound:
+            return False
+        except MethodNotAllowed as err:
+            headers = dict(_JSON, allow=', '.join(err.allowed))
+            self._answer(client, 405, headers,
+                         _error_body(405, 'Method Not Allowed'))
+            return True
+        try:
+            target(client, params)
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('sync handler %s %s failed', client.method,
+                               client.path)
+            if not _answered(client):
+                self._answer(client, 500, _JSON,
+                             _error_body(500, 'Internal Server Error'))
+            return True
+        if not _answered(client):
+            self.log.error('sync handler for %s %s returned without '
+                           'responding', client.method, client.path)
+            self._answer(client, 500, _JSON,
+                         _error_body(500, 'Internal Server Error'))
+        return True
+
+    def _submit(self, client, pool):
+        if self._state != 'running':
+            self._answer(client, 503, _CLOSE,
+                         _error_body(503, 'Shutting down'))
+            return
+        if not self._check(client):
+            return
+        if pool.degraded:
+            self._answer(client, 503, _JSON,
+                         _error_body(503, 'Service Unavailable'))
+            return
+        if len(self._pending) >= self.max_pending:
+            self._answer(client, 503, _JSON, _error_body(503, 'Too Busy'))
+            return
+        request_id = self._new_request_id()
+        data = client.data
+        if data is not None and not isinstance(data, dict):
+            data = bytes(data) if data else None
+        message = messages.request(
+            request_id, client.method, client.path, client.query,
+            client.headers, data, client.remote_address)
+        pending = _PendingRequest(
+            request_id, client, pool, message,
+            time.monotonic() + pool.timeout)
+        self._pending[request_id] = pending
+        self._expiry[pool][request_id] = pending
+        client.context = pending
+        pool.submit(pending)
+
+    def _check(self, client):
+        try:
+            self.do_check(client)
+        except RejectRequest as err:
+            if not _answered(client):
+                self._answer_data(client, err.status, err.data)
+            return False
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('do_check() raised')
+            if not _answered(client):
+                self._answer(client, 500, _JSON,
+                             _error_body(500, 'Internal Server Error'))
+            return False
+        return not _answered(client)
+
+    def _new_request_id(self):
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        return request_id
+
+    def submit_internal(self, pool, method, path, data, headers, query=None):
+        """Run a request on `pool` whose answer is dropped (request_id=-1
+        requests, forwards from workers)."""
+        if pool.degraded or self._state not in ('running', 'draining'):
+            self.log.warning('pool %s cannot take internal request %s %s now',
+                             pool.name, method, path)
+            return
+        request_id = self._new_request_id()
+        message = messages.request(
+            request_id, method, path, query, headers, data, None)
+        pending = _PendingRequest(request_id, None, pool, message, None)
+        pool.submit(pending)
+
+    def _answer(self, client, status, headers, body):
+        """Send a complete response; never raises."""
+        try:
+            client.respond(data=body, status=status, headers=dict(headers))
+        except _server.HttpError as err:
+            self.log.error('cannot send response %s: %s', status, err)
+            if status != 500:
+                self._answer(client, 500, _JSON,
+                             _error_body(500, 'Internal Server Error'))
+            else:
+                client.close()
+
+    def _answer_data(self, client, status, data):
+        headers = {}
+        try:
+            body = encode_body(data, headers)
+        except TypeError as err:
+            self.log.error('cannot encode response data: %s', err)
+            status, headers, body = 500, dict(_JSON), _error_body(
+                500, 'Internal Server Error')
+        self._answer(client, status, headers, body)
+
+    # -- pending requests ---------------------------------------------------
+
+    def _finish(self, pending):
+        """Forget a pending request whose client was dealt with."""
+        pending.state = 'done'
+        self._pending.pop(pending.request_id, None)
+        queue = self._expiry.get(pending.pool)
+        if queue is not None:
+            queue.pop(pending.request_id, None)
+        client = pending.client
+        if client is not None and client.context is pending:
+            client.context = None
+            if pending.read_paused and client.socket is not None:
+                pending.read_paused = False
+                client._register()  # pylint: disable=protected-access
+
+    def _fail(self, pending, status, message):
+        """Answer a pending request with an error now."""
+        client = pending.client
+        was_streaming = pending.state == 'streaming'
+        self._finish(pending)
+        if client is None or client.socket is None:
+            return
+        if was_streaming:
+            client.response_stream_end()
+        else:
+            headers = _CLOSE if status == 503 and self._state != 'running' \
+                else _JSON
+            self._answer(client, status, headers, _error_body(status, message))
+
+    def _release_from_worker(self, pending):
+        """The dispatcher gave up on a deferred/streaming request: tell its
+        worker so it can drop it."""
+        handle = pending.worker
+        if handle is None or pending.state not in ('deferred', 'streaming'):
+            return
+        handle.pool.forget(handle, pending.request_id)
+        handle.pool._queue(handle, messages.disconnect(pending.request_id))  # pylint: disable=protected-access
+
+    def _client_left(self, pending):
+        """The client of a pending request closed its connection."""
+        if pending.state == 'done':
+            return
+        self.log.debug('request %s: client left (%s)', pending.request_id,
+                       pending.state)
+        self._release_from_worker(pending)
+        self._finish(pending)
+
+    def _expire(self, now):
+        for pool, queue in self._expiry.items():
+            while queue:
+                pending = next(iter(queue.values()))
+                if pending.deadline > now:
+                    break
+                self.log.warning(
+                    'request %s %s %s timed out after %ss (pool %s, %s)',
+                    pending.request_id, pending.client.method,
+                    pending.client.path, pool.timeout, pool.name,
+                    pending.state)
+                self._release_from_worker(pending)
+                self._fail(pending, 504, 'Gateway Timeout')
+
+    # -- workers -------------------------------------------------------------------
+
+    def watch_worker(self, handle):
+        """Register a started worker's channel and exit sentinel."""
+        self._selector.register(
+            handle.channel.sock, selectors.EVENT_READ,
+            lambda _f, _m: self._on_worker_readable(handle))
+        self._selector.register(
+            handle.process.sentinel, selectors.EVENT_READ,
+            lambda _f, _m: self._on_worker_exit(handle))
+        if handle.channel.has_output:
+            self._flush_needed.add(handle)
+
+    def wants_flush(self, handle):
+        """A message was queued for this worker."""
+        self._flush_needed.add(handle)
+
+    def _flush_workers(self):
+        waiting = set()
+        for handle in self._flush_needed:
+            if handle.channel.closed:
+                continue
+            if not handle.pool.flush(handle):
+                waiting.add(handle)
+        self._flush_needed = waiting
+        for handle in waiting:
+            self._watch_writable(handle)
+
+    def _watch_writable(self, handle):
+        # Only while its socket buffer is full: a worker busy with a long
+        # request reads nothing for a while.
+        try:
+            self._selector.modify(
+                handle.channel.sock,
+                selectors.EVENT_READ | selectors.EVENT_WRITE,
+                lambda _f, mask: self._on_worker_io(handle, mask))
+        except (KeyError, ValueError):
+            pass
+
+    def _on_worker_io(self, handle, mask):
+        if mask & selectors.EVENT_WRITE and handle.pool.flush(handle):
+            self._flush_needed.discard(handle)
+            try:
+                self._selector.modify(
+                    handle.channel.sock, selectors.EVENT_READ,
+                    lambda _f, _m: self._on_worker_readable(handle))
+            except (KeyError, ValueError):
+                pass
+        if mask & selectors.EVENT_READ:
+            self._on_worker_readable(handle)
+
+    def _on_worker_readable(self, handle):
+        channel = handle.channel
+        batch = channel.receive()
+        if batch:
+            handle.last_seen = time.monotonic()
+            for message in batch:
+                self._on_worker_message(handle, message)
+        if channel.closed:
+            self._unwatch_channel(handle)
+
+    def _unwatch_channel(self, handle):
+        try:
+            self._selector.unregister(handle.channel.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_worker_exit(self, handle):
+        if handle.channel is None or handle.exited:
+            return
+        for message in handle.channel.receive():
+            self._on_worker_message(handle, message)
+        self._unwatch_channel(handle)
+        try:
+            self._selector.unregister(handle.process.sentinel)
+        except (KeyError, ValueError):
+            pass
+        handle.channel.close()
+        self._flush_needed.discard(handle)
+        orphans = list(handle.in_flight.values())
+        handle.in_flight = {}
+        handle.active = 0
+        pool = handle.pool
+        index, pid, was_stopping = handle.index, handle.pid, handle.stopping
+        reason, exitcode = pool.on_exit(handle)
+        self._fail_orphans(handle, orphans, reason)
+        if was_stopping and reason == 'stopped':
+            self.log.info('worker %s[%d] (pid %s) stopped', pool.name, index,
+                          pid)
+        else:
+            self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
+                           pool.name, index, pid, reason, len(orphans))
+            try:
+                self.on_worker_died(pool, index, reason, exitcode)
+            except Exception:  # pylint: disable=broad-except
+                self.log.exception('on_worker_died() raised')
+        pool.pump()
+
+    def _fail_orphans(self, handle, orphans, reason):
+        for pending in orphans:
+            if pending.state == 'done' or pending.client is None:
+                continue
+            self.log.error('request %s %s %s lost: worker %s %s',
+                           pending.request_id, pending.client.method,
+                           pending.client.path, handle.name, reason)
+            if self._state == 'running':
+                self._fail(pending, 502, 'Worker Died')
+            else:
+                self._fail(pending, 503, 'Shutting down')
+
+    def pool_degraded(self, pool):
+        """A pool just became degraded: its backlog gets 503 now."""
+        while pool.backlog:
+            pending = pool.backlog.popleft()
+            if pending.state == 'queued' and pending.client is not None:
+                self._fail(pending, 503, 'Service Unavailable')
+
+    # -- messages from workers ---------------------------------------------
+
+    def _on_worker_message(self, handle, message):
+        kind = message[0]
+        if kind == messages.RESPONSE:
+            self._on_response_message(handle, message)
+        elif kind == messages.LOG:
+            self._emit_log(message[1], message[2], message[3])
+        elif kind == messages.HEARTBEAT:
+            handle.handled = message[2]
+        elif kind == messages.DEFERRED:
+            self._on_deferred(handle, message[1])
+        elif kind == messages.KEEP_ALIVE:
+            self._on_keep_alive(message[1])
+        elif kind in (messages.STREAM_START, messages.STREAM_DATA,
+                      messages.STREAM_END):
+            self._on_stream_message(handle, message)
+        elif kind == messages.READY:
+            handle.pid = message[1]
+            self.log.info('worker %s ready (pid %s)', handle.name,
+                          handle.pid)
+            handle.pool.on_ready(handle)
+        elif kind == messages.ACCEPTING:
+            handle.pool.on_accepting(handle, message[1])
+        elif kind == messages.RETURNED:
+            self._on_returned(handle, message[1])
+        elif kind == messages.FORWARD:
+            self._on_forward(message)
+        else:
+            self.log.error('worker %s sent an unknown message kind %r',
+                           handle.name, kind)
+
+    def _on_response_message(self, handle, message):
+        _, request_id, status, headers, body = message
+        pool = handle.pool
+        pending = pool.forget(handle, request_id)
+        if pending is None or pending.state == 'done' \
+                or pending.client is None:
+            if pending is None or pending.client is not None:
+                self.log.debug('request %s: late answer dropped', request_id)
+            pool.pump()
+            return
+        client = pending.client
+        self._finish(pending)
+        if client.socket is not None:
+            self._answer(client, status, headers, body)
+        if self._has_response_hook:
+            try:
+                self.on_response(
+                    Response(request_id, status, headers, body), pending)
+            except Exception:  # pylint: disable=broad-except
+                self.log.exception('on_response() raised')
+        pool.pump()
+
+    def _on_deferred(self, handle, request_id):
+        pool = handle.pool
+        pending = handle.in_flight.get(request_id)
+        if pending is None:
+            return
+        pool.release(handle, pending)
+        if pending.state == 'assigned':
+            pending.state = 'deferred'
+        elif pending.client is not None:
+            # answered already (timeout, client left): the worker may drop it
+            pool.forget(handle, request_id)
+            pool._queue(handle, messages.disconnect(request_id))  # pylint: disable=protected-access
+        pool.pump()
+
+    def _on_keep_alive(self, request_ids):
+        deadline_base = time.monotonic()
+        for request_id in request_ids:
+            pending = self._pending.get(request_id)
+            if pending is None or pending.state not in ('assigned',
+                                                        'deferred'):
+                continue
+            pending.deadline = deadline_base + pending.pool.timeout
+            self._expiry[pending.pool].move_to_end(request_id)
+
+    def _on_stream_message(self, handle, message):
+        kind, request_id = message[0], message[1]
+        pending = handle.in_flight.get(request_id)
+        if pending is None or pending.state == 'done' \
+                or pending.client is None:
+            if kind != messages.STREAM_END and pending is not None:
+                handle.pool.forget(handle, request_id)
+                handle.pool._queue(handle, messages.disconnect(request_id))  # pylint: disable=protected-access
+            return
+        client = pending.client
+        if kind == messages.STREAM_START:
+            self._start_stream(handle, pending, message)
+        elif kind == messages.STREAM_DATA:
+            if not client.send_chunk(message[2]):
+                self._client_left(pending)
+        else:
+            handle.pool.forget(handle, request_id)
+            self._finish(pending)
+            client.response_stream_end()
+
+    def _start_stream(self, handle, pending, message):
+        _, request_id, _status, headers, cookies = message
+        handle.pool.release(handle, pending)
+        pending.state = 'streaming'
+        self._expiry[pending.pool].pop(request_id, None)
+        client = pending.client
+        if pending.read_paused and client.socket is not None:
+            pending.read_paused = False
+            client._register()  # pylint: disable=protected-access
+        try:
+            started = client.response_stream(headers=headers, cookies=cookies)
+        except _server.HttpError as err:
+            self.log.error('request %s: cannot start stream: %s',
+                           request_id, err)
+            started = False
+        if not started:
+            self._client_left(pending)
+        handle.pool.pump()
+
+    def _on_returned(self, handle, request_id):
+        pool = handle.pool
+        pending = pool.forget(handle, request_id)
+        if pending is None:
+            return
+        if pending.state == 'assigned':
+            pending.state = 'queued'
+            pending.worker = None
+            pool.backlog.appendleft(pending)
+        pool.pump()
+
+    def _on_forward(self, message):
+        _, method, path, data, headers = message
+        pool = self._find_pool(path)
+        if pool is None:
+            self.log.warning('forward to %s %s: no pool serves this path',
+                             method, path)
+            return
+        self.submit_internal(pool, method, path, data, headers)
+
+    # -- logging -----------------------------------------------------------------
+
+    def _emit_log(self, name, level, message):
+        try:
+            self.on_log(name, level, message)
+        except Exception as err:  # pylint: disable=broad-except
+            self._log_output.write('dispatcher', 40,
+                                   f'on_log() raised {err!r}; record: '
+                                   f'[{name}] {message}')
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _begin_drain(self):
+        if self._state != 'running':
+            return
+        self._state = 'draining'
+        now = time.monotonic()
+        self._shutdown_started = now
+        self._next_housekeeping = now
+        self._close_listener()
+        self.log.info('draining %d pending requests (up to %ss)',
+                      len(self._pending), self.shutdown_timeout)
+
+    def _close_listener(self):
+        sock = self._server.socket
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _drain_step(self, now):
+        deadline = self._shutdown_started + self.shutdown_timeout
+        if self._pending and now < deadline:
+            return
+        for pending in list(self._pending.values()):
+            self._release_from_worker(pending)
+            self._fail(pending, 503, 'Shutting down')
+        self._stop_workers(now)
+
+    def _stop_workers(self, now):
+        self._state = 'stopping'
+        started = self._shutdown_started or now
+        self._stop_deadline = max(started + self.shutdown_timeout, now + 1.0)
+        for pool in self._pools:
+            for handle in pool.workers:
+                handle.kill_deadline = None
+            pool.stop()
+            for handle in pool.workers:
+                if handle.kill_deadline is not None:
+                    handle.kill_deadline = min(handle.kill_deadline,
+                                               self._stop_deadline)
+
+    def _stop_step(self, now):
+        if all(pool.all_exited() for pool in self._pools) \
+                and not self._unsent_output():
+            self._state = 'stopped'
+        elif now >= self._stop_deadline + 2.0:
+            self.log.error('shutdown overran; exiting with workers killed')
+            for pool in self._pools:
+                pool.kill()
+            self._state = 'stopped'
+
+    def _unsent_output(self):
+        return any(conn.has_data_to_send
+                   for conn in self._server._waiting_connections)  # pylint: disable=protected-access
+
+    def _stop_now(self):
+        if self._state in ('stopping', 'stopped'):
+            if self._state == 'stopping':
+                for pool in self._pools:
+                    pool.kill()
+            return
+        if self._state == 'running':
+            self._close_listener()
+        now = time.monotonic()
+        self._shutdown_started = now - self.shutdown_timeout
+        for pending in list(self._pending.values()):
+            self._release_from_worker(pending)
+            self._fail(pending, 503, 'Shutting down')
+        for pool in self._pools:
+            pool.kill()
+        self._state = 'stopping'
+        self._stop_deadline = now + 1.0
+        self._next_housekeeping = now
+
+    def _close(self):
+        for pool in self._pools:
+            for handle in pool.workers:
+                if not handle.exited and handle.process is not None:
+                    handle.process.join(0.5)
+                    if handle.process.exitcode is None:
+                        handle.process.kill()
+                        handle.process.join(1)
+                if handle.channel is not None:
+                    handle.channel.close()
+        if self._server is not None:
+            self._server.close()
+        if self._signal_reader is not None:
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                signal.signal(signum, signal.SIG_DFL)
+            self._signal_reader.close()
+            self._signal_writer.close()
+        if self._selector is not None:
+            self._selector.close()
+        self.log.info('stopped')
+
+
+def _note_signal(_signum, _frame):
+    """Signal handlers only wake the loop (through the wake-up fd)."""
+
+
+def _answered(client):
+    """True once a response was started, or the connection is gone."""
+    return client.socket is None or not client.is_loaded
+

@@ -1,0 +1,185 @@
+"""Log levels, the Logger handlers use, and the output the dispatcher prints.
+
+Workers never write log lines themselves: their Logger hands each record to
+an emit function that sends it to the dispatcher, which prints every line of
+the service in one place. This module only formats and writes; it must never
+block on anything but the final write to the output stream.
+"""
+
+import os
+import sys
+import time
+import traceback
+
+LOG_DEBUG = 10
+LOG_INFO = 20
+LOG_WARNING = 30
+LOG_ERROR = 40
+LOG_CRITICAL = 50
+
+LEVEL_NAMES = {
+    LOG_DEBUG: 'DEBUG',
+    LOG_INFO: 'INFO',
+    LOG_WARNING: 'WARNING',
+    LOG_ERROR: 'ERROR',
+    LOG_CRITICAL: 'CRITICAL',
+}
+
+# syslog priorities understood by journald on a line prefix like "<3>"
+_SYSLOG_PRIORITY = {
+    LOG_DEBUG: 7, LOG_INFO: 6, LOG_WARNING: 4, LOG_ERROR: 3, LOG_CRITICAL: 2}
+
+_ANSI = {
+    LOG_DEBUG: '\033[2m',
+    LOG_WARNING: '\033[33m',
+    LOG_ERROR: '\033[31m',
+    LOG_CRITICAL: '\033[1;31m',
+}
+_ANSI_RESET = '\033[0m'
+
+
+def level_name(level):
+    """Name of a numeric level ('LEVEL 25' for levels between the named ones)."""
+    return LEVEL_NAMES.get(level, f'LEVEL {level}')
+
+
+def format_message(message, args, kwargs):
+    """Apply %-style args or {}-style kwargs; never raise on a bad format."""
+    message = str(message)
+    try:
+        if args:
+            return message % args
+        if kwargs:
+            return message.format(**kwargs)
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        return f'{message} {args or kwargs!r} (log format error: {err})'
+    return message
+
+
+class Logger:
+    """Leveled logger; records go to `emit(name, level, message)`.
+
+    Accepts %-style positional arguments like the logging module, or
+    {}-style keyword arguments. `exc_info=True` appends the traceback of the
+    exception being handled, or pass the exception itself.
+    """
+
+    def __init__(self, name, level=LOG_WARNING, emit=None):
+        self.name = name
+        self.level = level
+        self._emit = emit or _stderr_emit
+
+    def log(self, level, message, *args, exc_info=False, **kwargs):
+        """Log `message` at `level` when the level is enabled."""
+        if level < self.level:
+            return
+        text = format_message(message, args, kwargs)
+        if isinstance(exc_info, BaseException):
+            text += '\n' + ''.join(traceback.format_exception(
+                type(exc_info), exc_info, exc_info.__traceback__)).rstrip()
+        elif exc_info:
+            text += '\n' + traceback.format_exc().rstrip()
+        self._emit(self.name, level, text)
+
+    def debug(self, message, *args, **kwargs):
+        """Log at LOG_DEBUG."""
+        self.log(LOG_DEBUG, message, *args, **kwargs)
+
+    def info(self, message, *args, **kwargs):
+        """Log at LOG_INFO."""
+        self.log(LOG_INFO, message, *args, **kwargs)
+
+    def warning(self, message, *args, **kwargs):
+        """Log at LOG_WARNING."""
+        self.log(LOG_WARNING, message, *args, **kwargs)
+
+    def error(self, message, *args, **kwargs):
+        """Log at LOG_ERROR."""
+        self.log(LOG_ERROR, message, *args, **kwargs)
+
+    def critical(self, message, *args, **kwargs):
+        """Log at LOG_CRITICAL."""
+        self.log(LOG_CRITICAL, message, *args, **kwargs)
+
+    def exception(self, message, *args, **kwargs):
+        """Log at LOG_ERROR with the current exception's traceback."""
+        self.log(LOG_ERROR, message, *args, exc_info=True, **kwargs)
+
+    @property
+    def is_debug(self):
+        """True when debug records are emitted."""
+        return self.level <= LOG_DEBUG
+
+    @property
+    def is_info(self):
+        """True when info records are emitted."""
+        return self.level <= LOG_INFO
+
+    @property
+    def is_warning(self):
+        """True when warning records are emitted."""
+        return self.level <= LOG_WARNING
+
+    @property
+    def is_error(self):
+        """True when error records are emitted."""
+        return self.level <= LOG_ERROR
+
+
+def _stderr_emit(name, level, message):
+    LogOutput(sys.stderr).write(name, level, message)
+
+
+def detect_style(stream):
+    """'journal' under systemd's journal, 'color' on a terminal, else 'plain'."""
+    if _is_journal_stream(stream):
+        return 'journal'
+    try:
+        if stream.isatty():
+            return 'color'
+    except (AttributeError, ValueError):
+        pass
+    return 'plain'
+
+
+def _is_journal_stream(stream):
+    # systemd sets JOURNAL_STREAM=<dev>:<inode> of the stream it connected;
+    # only trust it when our stream really is that one (not a pipe we got
+    # from a shell started inside the unit).
+    value = os.environ.get('JOURNAL_STREAM')
+    if not value:
+        return False
+    try:
+        device, inode = (int(part) for part in value.split(':'))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class LogOutput:
+    """Writes formatted log lines to a stream in the detected style."""
+
+    def __init__(self, stream=None, style=None):
+        self.stream = stream or sys.stderr
+        self.style = style or detect_style(self.stream)
+
+    def format(self, name, level, message):
+        """The text written for one record (without the final newline)."""
+        if self.style == 'journal':
+            prefix = f'<{_SYSLOG_PRIORITY.get(level, 6)}>'
+            return '\n'.join(
+                f'{prefix}{name}: {line}' for line in message.split('\n'))
+        stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+        line = f'{stamp} {level_name(level):<8} [{name}] {message}'
+        if self.style == 'color' and level in _ANSI:
+            return f'{_ANSI[level]}{line}{_ANSI_RESET}'
+        return line
+
+    def write(self, name, level, message):
+        """Write one record; a broken output stream must not crash the loop."""
+        try:
+            self.stream.write(self.format(name, level, message) + '\n')
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass

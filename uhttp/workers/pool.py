@@ -1,0 +1,483 @@
+"""WorkerPool: one kind of worker, its processes, its backlog, its health.
+
+Lives in the dispatcher process. A pool starts its workers (spawned, so each
+imports the application afresh and inherits no client socket), hands each
+request to the least busy live worker, keeps the rest in its backlog, and
+replaces workers that die or stop beating. Too many restarts in a window
+mark the pool degraded (its requests get 503) until a worker starts healthy
+again, tried with an exponential back-off.
+
+Must never: block, wait for a worker, or decide what a client is told; it
+reports events to the dispatcher, which owns the sockets.
+"""
+
+import collections
+import multiprocessing
+import os
+import signal
+import time
+
+from . import messages
+from .channel import Channel, ChannelClosed, channel_pair
+from .log import LOG_WARNING
+from .request import Request, normalize_headers
+from .routing import PrefixMatcher
+from .worker import (
+    EXIT_PARENT_GONE, EXIT_SETUP_FAILED, TRACEBACK_SIGNAL, build_router,
+    worker_main)
+
+# How many requests a worker may hold that it has not finished (answered,
+# deferred or started streaming). Two keeps the next request in the worker's
+# socket while it answers the current one, and limits head-of-line blocking
+# behind a slow request to one.
+PREFETCH = 2
+
+BACKOFF_FIRST = 1.0     # seconds before the first retry of a degraded pool
+BACKOFF_MAX = 30.0      # cap of the doubling back-off
+QUEUE_WARNING_EVERY = 10.0  # seconds between two "queue is long" warnings
+
+
+class WorkerHandle:
+    """The dispatcher's view of one worker process."""
+
+    def __init__(self, pool, index):
+        self.pool = pool
+        self.index = index
+        self.process = None
+        self.channel = None
+        self.pid = None
+        self.ready = False
+        self.accepting = True
+        self.stopping = False
+        self.started = 0.0
+        self.last_seen = 0.0
+        self.in_flight = {}     # request_id -> Pending (all it holds)
+        self.active = 0         # of those, not yet answered/deferred/streaming
+        self.handled = 0
+        self.restarts = 0
+        self.kill_reason = None
+        self.kill_deadline = None
+        self.exited = False
+
+    @property
+    def name(self):
+        """'PoolName[index]', as used in logs."""
+        return f'{self.pool.name}[{self.index}]'
+
+    @property
+    def has_capacity(self):
+        """True when it may be given one more request now."""
+        return (self.ready and self.accepting and not self.stopping
+                and self.kill_reason is None and self.active < PREFETCH)
+
+    def current_request(self):
+        """Id of the oldest request this worker is still working on."""
+        for request_id, pending in self.in_flight.items():
+            if pending.state == 'assigned':
+                return request_id
+        return None
+
+    def status(self, now):
+        """A JSON-friendly summary for monitoring."""
+        return {
+            'index': self.index,
+            'pid': self.pid,
+            'alive': self.process is not None and not self.exited,
+            'ready': self.ready,
+            'accepting': self.accepting,
+            'last_seen': round(now - self.last_seen, 3) if self.last_seen
+            else None,
+            'current_request': self.current_request(),
+            'in_flight': len(self.in_flight),
+            'handled': self.handled,
+            'restarts': self.restarts,
+        }
+
+
+class PoolQueue:
+    """`pool.request_queue`: put a `Request` to run it on the pool.
+
+    Usable in the dispatcher process only (e.g. from `on_response`). The
+    answer of such a request is not sent anywhere.
+    """
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def put(self, request):
+        """Queue a Request; it runs on one worker of the pool."""
+        if not isinstance(request, Request):
+            raise TypeError('request_queue.put() takes a Request')
+        self._pool.submit_internal(
+            request.method, request.path, request.data,
+            normalize_headers(request.headers), request.query)
+
+    def qsize(self):
+        """Requests waiting for a worker."""
+        return len(self._pool.backlog)
+
+
+class WorkerPool:
+    """A set of worker processes running one Worker class.
+
+    `routes` are the URL prefixes (`'/api/**'`) or exact paths this pool
+    serves; None makes it the fallback pool. Extra keyword arguments reach
+    the workers as `self.kwargs` (they must be picklable).
+    """
+
+    def __init__(self, worker_class, num_workers=1, routes=None, timeout=30,
+                 stuck_timeout=60, heartbeat_interval=1,
+                 log_level=LOG_WARNING, max_restarts=10, restart_window=300,
+                 queue_warning=100, name=None, unrecoverable_exit_codes=(),
+                 worker_kill_timeout=5, **kwargs):
+        if num_workers < 1:
+            raise ValueError('num_workers must be at least 1')
+        if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
+            raise ValueError(
+                'need 0 < heartbeat_interval < stuck_timeout')
+        build_router(worker_class)  # invalid routes fail here, not in workers
+        self.worker_class = worker_class
+        self.num_workers = num_workers
+        self.routes = list(routes) if routes is not None else None
+        self.matcher = PrefixMatcher(self.routes)
+        self.timeout = timeout
+        self.stuck_timeout = stuck_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.log_level = log_level
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.queue_warning = queue_warning
+        self.name = name or worker_class.__name__
+        self.unrecoverable_exit_codes = frozenset(unrecoverable_exit_codes)
+        self.worker_kill_timeout = worker_kill_timeout
+        self.kwargs = kwargs
+        self.request_queue = PoolQueue(self)
+        self.workers = []
+        self.backlog = collections.deque()
+        self.degraded = False
+        self.config = None
+        self._restart_times = collections.deque()
+        self._backoff = BACKOFF_FIRST
+        self._retry_at = None
+        self._queue_warned_at = 0.0
+        self._dispatcher = None
+        self._context = multiprocessing.get_context('spawn')
+
+    def __repr__(self):
+        return f'<WorkerPool {self.name} x{self.num_workers}>'
+
+    # -- configuration and status ------------------------------------------
+
+    def send_config(self, config):
+        """Send `config` to every worker's `on_config()`; workers started
+        later receive the latest one too."""
+        self.config = config
+        for handle in self.workers:
+            if handle.channel is not None and not handle.exited:
+                self._queue(handle, messages.config(config))
+
+    def status(self):
+        """Pool name, degraded flag, queue size, pending count, workers."""
+        now = time.monotonic()
+        return {
+            'name': self.name,
+            'degraded': self.degraded,
+            'queue_size': len(self.backlog),
+            'pending': sum(len(h.in_flight) for h in self.workers)
+            + len(self.backlog),
+            'workers': [handle.status(now) for handle in self.workers],
+        }
+
+    @property
+    def workers_alive(self):
+        """How many worker processes are running."""
+        return sum(1 for h in self.workers
+                   if h.process is not None and not h.exited)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self, dispatcher):
+        """Start every worker (called by the dispatcher)."""
+        self._dispatcher = dispatcher
+        for index in range(self.num_workers):
+            handle = WorkerHandle(self, index)
+            self.workers.append(handle)
+            self._spawn(handle)
+
+    def _spawn(self, handle):
+        dispatcher_end, worker_end = channel_pair()
+        options = {
+            'worker_id': handle.index,
+            'pool_name': self.name,
+            'log_level': self.log_level,
+            'heartbeat_interval': self.heartbeat_interval,
+        }
+        process = self._context.Process(
+            target=worker_main, name=handle.name,
+            args=(self.worker_class, worker_end, options, self.kwargs))
+        try:
+            process.start()
+        finally:
+            worker_end.close()
+        now = time.monotonic()
+        handle.process = process
+        handle.pid = process.pid
+        handle.channel = Channel(dispatcher_end)
+        handle.ready = False
+        handle.accepting = True
+        handle.stopping = False
+        handle.exited = False
+        handle.kill_reason = None
+        handle.kill_deadline = None
+        handle.started = now
+        handle.last_seen = now
+        handle.in_flight = {}
+        handle.active = 0
+        if self.config is not None:
+            self._queue(handle, messages.config(self.config))
+        self._dispatcher.watch_worker(handle)
+
+    def stop(self):
+        """Ask every worker to finish what it holds and exit."""
+        for handle in self.workers:
+            self._stop_worker(handle)
+
+    def _stop_worker(self, handle):
+        if handle.exited or handle.stopping:
+            return
+        handle.stopping = True
+        handle.kill_deadline = time.monotonic() + self.worker_kill_timeout
+        self._queue(handle, messages.stop())
+
+    def kill(self):
+        """Kill every worker at once (immediate shutdown)."""
+        for handle in self.workers:
+            handle.stopping = True
+            self._signal(handle, signal.SIGKILL)
+
+    def all_exited(self):
+        """True when no worker process is left."""
+        return all(h.exited or h.process is None for h in self.workers)
+
+    # -- requests -------------------------------------------------------------
+
+    def submit(self, pending):
+        """Give a request to a worker now, or queue it in the backlog."""
+        handle = self._least_busy()
+        if handle is None:
+            self.backlog.append(pending)
+            self._warn_queue_size()
+        else:
+            self._assign(handle, pending)
+
+    def submit_internal(self, method, path, data, headers, query=None):
+        """Run a request whose answer nobody waits for."""
+        self._dispatcher.submit_internal(
+            self, method, path, data, headers, query)
+
+    def _least_busy(self):
+        best = None
+        for handle in self.workers:
+            if handle.has_capacity and (best is None
+                                        or handle.active < best.active):
+                best = handle
+        return best
+
+    def _assign(self, handle, pending):
+        pending.state = 'assigned'
+        pending.worker = handle
+        pending.counted_active = True
+        handle.in_flight[pending.request_id] = pending
+        handle.active += 1
+        self._queue(handle, pending.message)
+
+    def pump(self):
+        """Move backlog requests to workers that have room."""
+        backlog = self.backlog
+        while backlog:
+            pending = backlog[0]
+            if pending.state != 'queued':
+                backlog.popleft()  # answered (timeout) or its client left
+                continue
+            handle = self._least_busy()
+            if handle is None:
+                return
+            backlog.popleft()
+            self._assign(handle, pending)
+
+    def release(self, handle, pending):
+        """The worker finished the synchronous part of a request."""
+        if pending.counted_active:
+            pending.counted_active = False
+            handle.active -= 1
+
+    def forget(self, handle, request_id):
+        """Drop a request from a worker's book (answered or abandoned)."""
+        pending = handle.in_flight.pop(request_id, None)
+        if pending is not None:
+            self.release(handle, pending)
+        return pending
+
+    def _queue(self, handle, message):
+        channel = handle.channel
+        if channel is None or channel.closed:
+            return
+        channel.queue(message)
+        self._dispatcher.wants_flush(handle)
+
+    def _warn_queue_size(self):
+        if not self.queue_warning or len(self.backlog) <= self.queue_warning:
+            return
+        now = time.monotonic()
+        if now - self._queue_warned_at >= QUEUE_WARNING_EVERY:
+            self._queue_warned_at = now
+            self._dispatcher.log.warning(
+                'pool %s: %d requests wait for a worker (queue_warning=%d)',
+                self.name, len(self.backlog), self.queue_warning)
+
+    # -- messages from a worker ----------------------------------------------
+
+    def on_ready(self, handle):
+        """The worker finished setup(): it takes requests, the pool heals."""
+        handle.ready = True
+        if self.degraded:
+            self.degraded = False
+            self._backoff = BACKOFF_FIRST
+            self._retry_at = None
+            self._dispatcher.log.warning(
+                'pool %s: worker %s started healthy, pool recovered',
+                self.name, handle.name)
+            self._respawn_missing()
+        self.pump()
+
+    def on_accepting(self, handle, flag):
+        """pause() / resume() in a worker."""
+        handle.accepting = flag
+        if flag:
+            self.pump()
+
+    # -- supervision ----------------------------------------------------------
+
+    def supervise(self, now):
+        """Periodic checks: stuck workers, kill escalation, degraded retry."""
+        for handle in self.workers:
+            if handle.exited or handle.process is None:
+                continue
+            if handle.kill_deadline is not None and now >= handle.kill_deadline:
+                handle.kill_deadline = None
+                self._dispatcher.log.error(
+                    'worker %s (pid %s) did not exit in time: SIGKILL',
+                    handle.name, handle.pid)
+                self._signal(handle, signal.SIGKILL)
+            elif (handle.ready and handle.kill_reason is None
+                  and not handle.stopping
+                  and now - handle.last_seen > self.stuck_timeout):
+                self._kill_stuck(handle, now)
+        if self.degraded and self._retry_at is not None \
+                and now >= self._retry_at:
+            self._retry_at = None
+            self._retry_one()
+
+    def _kill_stuck(self, handle, now):
+        handle.kill_reason = 'stuck'
+        handle.kill_deadline = now + min(self.worker_kill_timeout, 5)
+        self._dispatcher.log.error(
+            'worker %s (pid %s) sent no heartbeat for %.1fs (stuck_timeout '
+            '%ss), request %s: killing it', handle.name, handle.pid,
+            now - handle.last_seen, self.stuck_timeout,
+            handle.current_request())
+        self._signal(handle, TRACEBACK_SIGNAL)  # stack to stderr first
+        self._signal(handle, signal.SIGTERM)
+
+    def _signal(self, handle, signum):
+        if handle.pid is None or handle.exited:
+            return
+        try:
+            os.kill(handle.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def on_exit(self, handle):
+        """The worker's process ended: account for it and maybe restart.
+
+        Returns (reason, exitcode) for the dispatcher's log and hook.
+        """
+        process = handle.process
+        process.join(0)
+        exitcode = process.exitcode
+        handle.exited = True
+        handle.ready = False
+        reason = self._exit_reason(handle, exitcode)
+        if handle.stopping:
+            return reason, exitcode
+        if exitcode in self.unrecoverable_exit_codes:
+            self._dispatcher.log.critical(
+                'worker %s exited with unrecoverable code %s: not restarted',
+                handle.name, exitcode)
+            return reason, exitcode
+        self._schedule_restart(handle)
+        return reason, exitcode
+
+    @staticmethod
+    def _exit_reason(handle, exitcode):
+        if handle.kill_reason:
+            return handle.kill_reason
+        if handle.stopping:
+            return 'stopped'
+        if exitcode is not None and exitcode < 0:
+            try:
+                return f'killed by {signal.Signals(-exitcode).name}'
+            except ValueError:
+                return f'killed by signal {-exitcode}'
+        if exitcode == EXIT_SETUP_FAILED:
+            return 'setup failed'
+        if exitcode == EXIT_PARENT_GONE:
+            return 'lost the dispatcher'
+        return f'exited with code {exitcode}'
+
+    def _schedule_restart(self, handle):
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and \
+                now - self._restart_times[0] > self.restart_window:
+            self._restart_times.popleft()
+        handle.restarts += 1
+        if len(self._restart_times) > self.max_restarts:
+            if not self.degraded:
+                self.degraded = True
+                self._dispatcher.log.critical(
+                    'pool %s degraded: %d restarts within %ss; answering '
+                    '503 and retrying in %.0fs', self.name,
+                    len(self._restart_times), self.restart_window,
+                    self._backoff)
+                self._dispatcher.pool_degraded(self)
+            if self._retry_at is None:
+                self._retry_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            return
+        self._spawn(handle)
+
+    def _retry_one(self):
+        """While degraded: start one worker to see whether the cause is gone."""
+        for handle in self.workers:
+            if handle.exited:
+                self._dispatcher.log.info(
+                    'pool %s degraded: trying worker %s again', self.name,
+                    handle.name)
+                self._spawn(handle)
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                return
+
+    def _respawn_missing(self):
+        for handle in self.workers:
+            if handle.exited and not handle.stopping:
+                self._spawn(handle)
+
+    def flush(self, handle):
+        """Send queued messages to a worker; False when some remain."""
+        try:
+            return handle.channel.flush()
+        except ChannelClosed:
+            return True  # its exit is noticed through its sentinel
+

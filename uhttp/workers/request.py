@@ -1,0 +1,265 @@
+"""Requests and responses as application code sees them.
+
+`Request` is what an @api handler receives in a worker: plain data that came
+over the worker's channel, plus the means to answer it later (DEFERRED) or to
+stream. `Response` is what the dispatcher's `on_response` hook receives.
+Encoding of handler results into status, headers and body bytes lives here
+too, so the dispatcher only copies bytes to sockets.
+"""
+
+import json
+
+from uhttp import server as _server
+
+CONTENT_TYPE_JSON = 'application/json'
+CONTENT_TYPE_TEXT = 'text/html; charset=utf-8'
+CONTENT_TYPE_BINARY = 'application/octet-stream'
+
+
+class _Deferred:
+    """Marker a handler returns to answer later with request.respond()."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return 'DEFERRED'
+
+    def __reduce__(self):
+        return (_Deferred, ())
+
+
+DEFERRED = _Deferred()
+
+
+class RejectRequest(Exception):
+    """Raise in a `do_check` to refuse a request.
+
+    In `Dispatcher.do_check` the client gets `data`/`status` unless the
+    check already responded itself; in `Worker.do_check` the worker answers
+    with them.
+    """
+
+    def __init__(self, data=None, status=403):
+        super().__init__(status)
+        self.data = {'error': 'Rejected'} if data is None else data
+        self.status = status
+
+
+def encode_body(data, headers):
+    """Turn handler data into body bytes, setting Content-Type if missing.
+
+    dict/list/tuple/numbers/bool → JSON; str → UTF-8 text; bytes stay bytes;
+    None → empty body. Anything else raises TypeError.
+    """
+    if data is None:
+        return b''
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        headers.setdefault('content-type', CONTENT_TYPE_BINARY)
+        return bytes(data)
+    if isinstance(data, str):
+        headers.setdefault('content-type', CONTENT_TYPE_TEXT)
+        return data.encode('utf-8')
+    if isinstance(data, (dict, list, tuple, int, float, bool)):
+        headers.setdefault('content-type', CONTENT_TYPE_JSON)
+        return json.dumps(data).encode('utf-8')
+    raise TypeError(
+        f'cannot send a {type(data).__name__} as a response body; return '
+        'JSON-serialisable data, str or bytes')
+
+
+def normalize_headers(headers):
+    """Copy headers into a dict of lowercase str keys and str values."""
+    if not headers:
+        return {}
+    return {str(key).lower(): str(value) for key, value in headers.items()}
+
+
+def split_result(result):
+    """Split a handler's return value into (data, status, headers)."""
+    if isinstance(result, tuple) and 2 <= len(result) <= 3 \
+            and isinstance(result[1], int) and not isinstance(result[1], bool):
+        data, status = result[0], result[1]
+        headers = result[2] if len(result) == 3 else None
+        return data, status, headers
+    return result, 200, None
+
+
+def encode_sse_event(data=None, event=None, event_id=None, retry=None):
+    """Bytes of one Server-Sent Event (multi-line data split per line)."""
+    lines = []
+    if event_id is not None:
+        lines.append(f'id: {event_id}')
+    if event is not None:
+        lines.append(f'event: {event}')
+    if retry is not None:
+        lines.append(f'retry: {int(retry)}')
+    if data is not None:
+        if not isinstance(data, str):
+            data = json.dumps(data)
+        lines.extend(f'data: {line}' for line in data.split('\n'))
+    return ('\n'.join(lines) + '\n\n').encode('utf-8')
+
+
+class Request:
+    """An HTTP request handed to a worker, as the handler sees it.
+
+    Attributes: request_id, method, path, path_params, query (dict or None),
+    data (dict for JSON/form bodies, bytes otherwise, None when empty),
+    headers (dict, lowercase keys), remote_address. `cookies` and
+    `content_type` are derived lazily from the headers.
+
+    A Request built in the dispatcher (e.g. in `on_response`) with
+    request_id=-1 and put on `pool.request_queue` runs in a worker and its
+    answer is dropped.
+    """
+
+    __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
+                 'data', 'headers', 'remote_address', '_cookies', '_worker',
+                 '_state')
+
+    def __init__(self, request_id=-1, method='GET', path='/', data=None,
+                 query=None, headers=None, path_params=None,
+                 remote_address=None):
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.path_params = path_params or {}
+        self.query = query
+        self.data = data
+        self.headers = headers if headers is not None else {}
+        self.remote_address = remote_address
+        self._cookies = None
+        self._worker = None
+        self._state = 'new'
+
+    def __repr__(self):
+        return f'<Request {self.request_id} {self.method} {self.path}>'
+
+    def __getstate__(self):
+        return (self.request_id, self.method, self.path, self.path_params,
+                self.query, self.data, self.headers, self.remote_address)
+
+    def __setstate__(self, state):
+        (self.request_id, self.method, self.path, self.path_params,
+         self.query, self.data, self.headers, self.remote_address) = state
+        self._cookies = None
+        self._worker = None
+        self._state = 'new'
+
+    @property
+    def cookies(self):
+        """Cookies from the Cookie header, parsed on first use."""
+        if self._cookies is None:
+            raw = self.headers.get('cookie')
+            self._cookies = _server.parse_cookies(raw) if raw else {}
+        return self._cookies
+
+    @property
+    def content_type(self):
+        """The Content-Type header without parameters ('' when absent)."""
+        value = self.headers.get('content-type', '')
+        return value.split(';', 1)[0].strip().lower()
+
+    @property
+    def is_answered(self):
+        """True once a response was sent or a stream was ended."""
+        return self._state in ('answered', 'ended')
+
+    @property
+    def is_streaming(self):
+        """True between response_stream() and response_stream_end()."""
+        return self._state == 'streaming'
+
+    # -- answering ---------------------------------------------------------
+
+    def respond(self, data=None, status=200, headers=None):
+        """Answer this request (now, or later when it was DEFERRED).
+
+        Returns False, and logs at debug level, when it was already answered
+        or its worker is gone; a second answer is harmless.
+        """
+        if self._state != 'new' and self._state != 'deferred':
+            return self._refuse('respond')
+        return self._worker._send_response(self, data, status, headers)
+
+    def response_stream(self, content_type=None, headers=None, cookies=None):
+        """Start a streaming response (default text/event-stream)."""
+        if self._state not in ('new', 'deferred'):
+            return self._refuse('response_stream')
+        headers = normalize_headers(headers)
+        headers.setdefault(
+            'content-type', content_type or _server.CONTENT_TYPE_EVENT_STREAM)
+        headers.setdefault('cache-control', 'no-cache')
+        return self._worker._start_stream(self, headers, cookies)
+
+    def response_ndjson(self, headers=None, cookies=None):
+        """Start a streaming response of newline-delimited JSON."""
+        return self.response_stream(
+            _server.CONTENT_TYPE_NDJSON, headers=headers, cookies=cookies)
+
+    def send_chunk(self, data):
+        """Send raw bytes (or str as UTF-8) on a started stream."""
+        if isinstance(data, str):
+            data = data.encode('utf-8')
+        return self._stream(bytes(data))
+
+    def send_event(self, data=None, event=None, event_id=None, retry=None):
+        """Send one Server-Sent Event; dict/list data is sent as JSON."""
+        return self._stream(encode_sse_event(data, event, event_id, retry))
+
+    def send_ndjson(self, obj):
+        """Send one object as a line of NDJSON."""
+        return self._stream(json.dumps(obj).encode('utf-8') + b'\n')
+
+    def response_stream_end(self):
+        """End the stream; the dispatcher closes the connection."""
+        if self._state != 'streaming':
+            return self._refuse('response_stream_end')
+        return self._worker._end_stream(self)
+
+    def _stream(self, body):
+        if self._state != 'streaming':
+            return self._refuse('send on a stream')
+        return self._worker._send_stream(self, body)
+
+    def _refuse(self, what):
+        worker = self._worker
+        if worker is not None:
+            worker.log.debug(
+                'request %s: %s ignored (state %s)', self.request_id, what,
+                self._state)
+        return False
+
+
+class Response:
+    """A worker's answer, as the dispatcher's `on_response` hook sees it."""
+
+    __slots__ = ('request_id', 'status', 'headers', 'body', '_data')
+
+    def __init__(self, request_id, status, headers, body):
+        self.request_id = request_id
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._data = None
+
+    def __repr__(self):
+        return f'<Response {self.request_id} {self.status}>'
+
+    @property
+    def data(self):
+        """The body decoded by its Content-Type: JSON, text, or bytes."""
+        if self._data is None:
+            content_type = self.headers.get('content-type', '')
+            if content_type.startswith(CONTENT_TYPE_JSON):
+                self._data = json.loads(self.body) if self.body else None
+            elif content_type.startswith('text/'):
+                self._data = self.body.decode('utf-8', errors='replace')
+            else:
+                self._data = self.body
+        return self._data

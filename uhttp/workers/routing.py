@@ -1,0 +1,324 @@
+"""URL pattern compilation and matching for uhttp.workers.
+
+This module owns three things: compiling route patterns such as
+``/user/{id:int}`` into matchers, the worker-side :class:`Router` that maps
+(method, path) to a target, and the dispatcher-side :class:`PrefixMatcher`
+that decides which worker pool a path belongs to.
+
+It must never do I/O, import the HTTP server, or parse anything per request:
+all parsing happens once in :func:`compile_pattern` / ``PrefixMatcher()`` and
+matching only runs precompiled regexes, dict and set lookups.
+
+Pattern syntax (a pattern always matches the *whole* path; ``/a`` and
+``/a/`` are different paths):
+
+* literal segments match exactly, case-sensitively;
+* ``{name}`` or ``{name:str}`` matches one non-empty segment as ``str``;
+* ``{name:int}`` matches an optionally signed decimal integer (``int``);
+* ``{name:float}`` matches ``1``, ``1.``, ``1.5``, ``-2.25``, ``.5``
+  (``float``); exponents (``1e5``), ``nan`` and ``inf`` never match;
+* a ``{...}`` must be a whole segment (``/a{b}`` is rejected).
+"""
+
+import math
+import re
+
+__all__ = [
+    'RouteNotFound', 'MethodNotAllowed', 'Pattern', 'compile_pattern',
+    'Router', 'PrefixMatcher']
+
+
+class RouteNotFound(Exception):
+    """No route matches the path (HTTP 404)."""
+
+    status = 404
+
+
+class MethodNotAllowed(Exception):
+    """The path matches but no route accepts the method (HTTP 405).
+
+    ``allowed`` is the sorted tuple of method names for the ``Allow`` header.
+    """
+
+    status = 405
+
+    def __init__(self, allowed):
+        self.allowed = tuple(sorted(allowed))
+        super().__init__(
+            'method not allowed; allowed: ' + ', '.join(self.allowed))
+
+
+def _to_float(text):
+    value = float(text)
+    # The regex already excludes 'nan'/'inf', but a long enough digit
+    # string still overflows to inf.
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+# type name -> (regex for one segment, converter)
+_TYPES = {
+    'str': (r'[^/]+', str),
+    'int': (r'[-+]?[0-9]+', int),
+    'float': (r'[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)', _to_float),
+}
+
+_TAIL = '**'
+
+
+class Pattern:
+    """A compiled URL pattern; build it with :func:`compile_pattern`."""
+
+    __slots__ = ('pattern', 'has_params', '_regex', '_params')
+
+    def __init__(self, pattern, regex, params):
+        self.pattern = pattern
+        self.has_params = bool(params)
+        self._regex = regex
+        self._params = params
+
+    def match(self, path):
+        """Return the converted path params of ``path``, or None."""
+        if self._regex is None:
+            return {} if path == self.pattern else None
+        found = self._regex.fullmatch(path)
+        if found is None:
+            return None
+        result = {}
+        for (name, convert), text in zip(self._params, found.groups()):
+            try:
+                result[name] = convert(text)
+            except ValueError:
+                # e.g. int() refuses more than sys.get_int_max_str_digits()
+                return None
+        return result
+
+    def __repr__(self):
+        return f'Pattern({self.pattern!r})'
+
+
+def _parse_param(segment, pattern, seen):
+    """Return (name, type) of a '{name[:type]}' segment, validated."""
+    name, _, type_name = segment[1:-1].partition(':')
+    type_name = type_name or 'str'
+    if not name.isidentifier():
+        raise ValueError(
+            f'invalid parameter name {name!r} in pattern {pattern!r}')
+    if type_name not in _TYPES:
+        raise ValueError(
+            f'unknown parameter type {type_name!r} in pattern {pattern!r};'
+            f' expected one of {", ".join(sorted(_TYPES))}')
+    if name in seen:
+        raise ValueError(
+            f'duplicate parameter name {name!r} in pattern {pattern!r}')
+    seen.add(name)
+    return name, type_name
+
+
+def _is_param(segment, pattern):
+    """True for a '{...}' segment; raise on misplaced or unbalanced braces."""
+    opens, closes = segment.count('{'), segment.count('}')
+    if not opens and not closes:
+        return False
+    if opens != closes:
+        raise ValueError(f'unbalanced braces in pattern {pattern!r}')
+    if (opens != 1 or not segment.startswith('{')
+            or not segment.endswith('}')):
+        raise ValueError(
+            f'a {{parameter}} must be a whole path segment: {segment!r}'
+            f' in pattern {pattern!r}')
+    return True
+
+
+def _compile(pattern, allow_tail=False):
+    """Compile ``pattern``; with allow_tail a final '**' matches the rest."""
+    if not isinstance(pattern, str):
+        raise TypeError(f'pattern must be str, not {type(pattern).__name__}')
+    segments = pattern.split('/')
+    tail = allow_tail and len(segments) > 1 and segments[-1] == _TAIL
+    if tail:
+        segments.pop()
+    parts, params, seen = [], [], set()
+    for segment in segments:
+        if _TAIL in segment:
+            where = 'only valid as the final segment of a pool route' \
+                if allow_tail else 'not valid in route patterns'
+            raise ValueError(f"'**' is {where}: {pattern!r}")
+        if _is_param(segment, pattern):
+            name, type_name = _parse_param(segment, pattern, seen)
+            parts.append('(' + _TYPES[type_name][0] + ')')
+            params.append((name, _TYPES[type_name][1]))
+        else:
+            parts.append(re.escape(segment))
+    if not params and not tail:
+        return Pattern(pattern, None, ())
+    source = '/'.join(parts) + ('(?:/.*)?' if tail else '')
+    return Pattern(pattern, re.compile(source, re.DOTALL), tuple(params))
+
+
+def compile_pattern(pattern):
+    """Compile a route pattern into a :class:`Pattern`.
+
+    Raises ValueError for unknown types, duplicate names, unbalanced braces,
+    a parameter that is not a whole segment, or a '**' segment.
+    """
+    return _compile(pattern)
+
+
+class _Route:
+    __slots__ = ('index', 'pattern', 'methods', 'target')
+
+    def __init__(self, index, pattern, methods, target):
+        self.index = index
+        self.pattern = pattern
+        self.methods = methods      # frozenset of upper names, None = all
+        self.target = target
+
+    def accepts(self, method):
+        return self.methods is None or method in self.methods
+
+
+def _normalise_methods(methods):
+    """Return a frozenset of upper-case names, or None for all methods."""
+    if methods is None:
+        return None
+    if isinstance(methods, str):
+        methods = (methods,)
+    names = frozenset(str(method).upper() for method in methods)
+    return names or None
+
+
+class Router:
+    """Routes (pattern, methods) to a target; compiled once, matched per request.
+
+    The first added route that matches both path and method wins. Routes
+    without parameters live in a dict keyed by path, so the common case
+    (literal path, accepted method, no earlier param route) is O(1).
+    """
+
+    def __init__(self):
+        self._routes = []
+        self._literal = {}      # path -> [_Route] in insertion order
+        self._params = []       # [_Route] with params, in insertion order
+
+    def add(self, pattern, methods, target):
+        """Add a route; empty or None ``methods`` means all methods."""
+        compiled = compile_pattern(pattern)
+        route = _Route(
+            len(self._routes), compiled, _normalise_methods(methods), target)
+        self._routes.append(route)
+        if compiled.has_params:
+            self._params.append(route)
+        else:
+            self._literal.setdefault(pattern, []).append(route)
+
+    def match(self, method, path):
+        """Return (target, path_params) for the first matching route.
+
+        Raises RouteNotFound when no route matches the path, and
+        MethodNotAllowed when some do but none accepts ``method``.
+        """
+        method = method.upper()
+        literal = None
+        for route in self._literal.get(path, ()):
+            if route.accepts(method):
+                literal = route
+                break
+        limit = literal.index if literal is not None else len(self._routes)
+        # Only param routes added before the literal one can take precedence.
+        for route in self._params:
+            if route.index >= limit:
+                break
+            if route.accepts(method):
+                params = route.pattern.match(path)
+                if params is not None:
+                    return route.target, params
+        if literal is not None:
+            return literal.target, {}
+        raise self._no_match(path)
+
+    def _no_match(self, path):
+        """Build the exception for a path no route accepted the method of."""
+        matching = list(self._literal.get(path, ()))
+        matching += [route for route in self._params
+                     if route.pattern.match(path) is not None]
+        if not matching:
+            return RouteNotFound(path)
+        # No route here has methods=None: it would have accepted the method.
+        allowed = set()
+        for route in matching:
+            allowed |= route.methods
+        return MethodNotAllowed(allowed)
+
+    def __len__(self):
+        return len(self._routes)
+
+    @property
+    def routes(self):
+        """(pattern, methods tuple or None, target) in insertion order."""
+        return [
+            (route.pattern.pattern,
+             None if route.methods is None else tuple(sorted(route.methods)),
+             route.target)
+            for route in self._routes]
+
+
+class PrefixMatcher:
+    """Decides whether a path belongs to a worker pool, from the pool's `routes` list.
+
+    Each entry is an exact path (``/api/status``) or a prefix ending in
+    ``/**`` (``/api/**`` matches ``/api`` and ``/api/...`` but not
+    ``/apix``; ``/**`` matches everything). Entries may contain ``{param}``
+    segments. ``routes=None`` makes a fallback matcher (``is_fallback`` is
+    True, ``matches`` is always False: the dispatcher sends it whatever no
+    other pool claims). ``routes=[]`` is a valid matcher that never matches.
+    """
+
+    def __init__(self, routes):
+        self.is_fallback = routes is None
+        self._all = False
+        self._exact = set()
+        self._prefixes = []     # 'base/' strings for str.startswith
+        self._patterns = []     # compiled Patterns with params
+        for entry in routes or ():
+            self._add(entry)
+        self._prefixes = tuple(self._prefixes)
+
+    def _add(self, entry):
+        if not isinstance(entry, str) or not entry.startswith('/'):
+            raise ValueError(f"pool route must start with '/': {entry!r}")
+        if '{' in entry or '}' in entry:
+            self._patterns.append(_compile(entry, allow_tail=True))
+            return
+        is_prefix = entry.endswith('/' + _TAIL)
+        base = entry[:-len(_TAIL) - 1] if is_prefix else entry
+        if _TAIL in base:
+            raise ValueError(
+                f"'**' is only valid as the final segment of a pool route:"
+                f' {entry!r}')
+        if not is_prefix:
+            self._exact.add(base)
+        elif not base:
+            self._all = True
+        else:
+            self._exact.add(base)
+            self._prefixes.append(base + '/')
+
+    def matches(self, path):
+        """True when ``path`` belongs to this pool."""
+        if self._all or path in self._exact:
+            return True
+        if self._prefixes and path.startswith(self._prefixes):
+            return True
+        for pattern in self._patterns:
+            if pattern.match(path) is not None:
+                return True
+        return False
+
+    def __repr__(self):
+        if self.is_fallback:
+            return 'PrefixMatcher(None)'
+        return (f'PrefixMatcher(all={self._all}, exact={len(self._exact)},'
+                f' prefixes={len(self._prefixes)},'
+                f' patterns={len(self._patterns)})')

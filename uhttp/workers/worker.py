@@ -1,0 +1,497 @@
+"""Worker processes: the @api registry, ApiHandler and the Worker loop.
+
+A worker owns no client socket. It reads requests from its channel, runs the
+matching handler and writes the answer back; heartbeats, log records and
+stream frames go the same way. Its loop waits on one selector holding the
+channel and any descriptors the application registered, and wakes at least
+every `heartbeat_interval` to prove it is alive and call `on_idle()`.
+
+Must never: touch a socket of the dispatcher, swallow a handler error
+without logging it, or outlive the dispatcher.
+"""
+
+import ctypes
+import faulthandler
+import os
+import selectors
+import signal
+import sys
+import time
+
+from . import messages
+from .channel import Channel, ChannelClosed
+from .log import LOG_WARNING, Logger
+from .request import (
+    DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
+    split_result)
+from .routing import MethodNotAllowed, RouteNotFound, Router
+
+# Named exit codes, so the dispatcher can tell why a worker ended.
+EXIT_OK = 0
+EXIT_SETUP_FAILED = 3       # the worker class or setup() raised
+EXIT_PARENT_GONE = 4        # the dispatcher disappeared
+
+# signal whose arrival makes a worker print every thread's stack to stderr
+# (sent before a stuck worker is killed, so the log shows where it hung)
+TRACEBACK_SIGNAL = signal.SIGUSR1
+
+_ERROR_BODY = b'{"error": "Internal Server Error"}'
+
+
+def api(pattern, *methods):
+    """Route requests matching `pattern` (and `methods`, all if none) here.
+
+    Use on methods of a Worker or an ApiHandler; in a handler the pattern is
+    appended to the handler's PATTERN. Stack it to give one method several
+    routes.
+    """
+    methods = tuple(method.upper() for method in methods)
+
+    def decorate(func):
+        func._uhttp_api = getattr(func, '_uhttp_api', ()) + ((pattern, methods),)
+        return func
+    return decorate
+
+
+class ApiHandler:
+    """A group of @api routes under a common URL prefix, `PATTERN`.
+
+    Instances live in the worker process; `self.worker` is the Worker.
+    Subclasses inherit their parent's routes under their own PATTERN.
+    """
+
+    PATTERN = ''
+
+    def __init__(self, worker):
+        self.worker = worker
+
+
+def _api_methods(cls):
+    """(attribute name, pattern, methods) of @api methods, base classes first."""
+    found = {}
+    for klass in reversed(cls.__mro__):
+        for name, attr in vars(klass).items():
+            specs = getattr(attr, '_uhttp_api', None)
+            if specs:
+                found[name] = specs
+            elif name in found:
+                del found[name]  # overridden without @api: no longer a route
+    for name, specs in found.items():
+        for pattern, methods in specs:
+            yield name, pattern, methods
+
+
+def collect_routes(worker_class):
+    """Every route of a Worker class: (pattern, methods, handler class, name).
+
+    The handler class is None for @api methods of the worker itself. Used to
+    validate routes in the dispatcher and to bind them in the worker.
+    """
+    routes = []
+    for name, pattern, methods in _api_methods(worker_class):
+        routes.append((pattern, methods, None, name))
+    for handler_class in worker_class.HANDLERS:
+        if not (isinstance(handler_class, type)
+                and issubclass(handler_class, ApiHandler)):
+            raise TypeError(
+                f'{worker_class.__name__}.HANDLERS must hold ApiHandler '
+                f'subclasses, not {handler_class!r}')
+        for name, pattern, methods in _api_methods(handler_class):
+            routes.append(
+                (handler_class.PATTERN + pattern, methods, handler_class, name))
+    return routes
+
+
+def build_router(worker_class, bind=None):
+    """Compile the routes of a worker class; `bind(handler_class, name)`
+    returns the callable for each route (a placeholder when None)."""
+    router = Router()
+    for pattern, methods, handler_class, name in collect_routes(worker_class):
+        target = bind(handler_class, name) if bind else name
+        router.add(pattern, methods, target)
+    return router
+
+
+class Worker:
+    """Base class of an application's worker; runs in its own process.
+
+    Override `setup()` to open what cannot cross a fork (database
+    connections, models), and define @api methods here or in `HANDLERS`.
+    Extra keyword arguments given to the WorkerPool are in `self.kwargs`.
+    """
+
+    HANDLERS = []
+
+    def __init__(self, worker_id=0, pool_name=None, log_level=LOG_WARNING,
+                 heartbeat_interval=1.0, **kwargs):
+        self.worker_id = worker_id
+        self.pool_name = pool_name or type(self).__name__
+        self.kwargs = kwargs
+        self.heartbeat_interval = heartbeat_interval
+        self.log = Logger(
+            f'{self.pool_name}[{worker_id}]', log_level, self._emit_log)
+        self._channel = None
+        self._selector = None
+        self._accepting = True
+        self._stopping = False
+        self._exit_code = None
+        self._current = None
+        self._open = {}
+        self._handled = 0
+        self._fd_callbacks = {}
+        self._next_beat = 0.0
+        self._parent_pid = os.getppid()
+        self._handlers = {}
+        self._router = build_router(type(self), self._bind_route)
+
+    # -- hooks for applications ---------------------------------------------
+
+    def setup(self):
+        """Called once in the worker process before it takes requests."""
+
+    def on_config(self, config):
+        """Called with each configuration sent by `pool.send_config()`."""
+
+    def on_idle(self):
+        """Called every `heartbeat_interval` seconds from the worker loop."""
+
+    def on_disconnect(self, request_id):
+        """A deferred or streaming request ended without this worker
+        answering it (client left, timeout, shutdown)."""
+
+    def do_check(self, request):
+        """Validate a request before routing: return (data, status) or raise
+        RejectRequest to refuse it, None to go on."""
+        return None
+
+    def on_request_error(self, request, err):
+        """A handler raised `err`: log it with its traceback, answer 500."""
+        self.log.error(
+            '%s %s (request %s) failed: %r', request.method, request.path,
+            request.request_id, err, exc_info=err)
+        return {'error': 'Internal Server Error'}, 500
+
+    # -- tools for applications ---------------------------------------------
+
+    def keep_alive(self, request_id=None):
+        """Reset the timeout of a request (default: every request this worker
+        holds) and the stuck-worker clock."""
+        if request_id is not None:
+            ids = (request_id,)
+        else:
+            ids = list(self._open)
+            if self._current is not None:
+                ids.append(self._current)
+        self._send(messages.keep_alive(ids))
+
+    def pause(self):
+        """Stop taking new requests; control messages, registered fds and
+        on_idle() go on. Requests wait for the pool's other workers."""
+        if self._accepting:
+            self._accepting = False
+            self._send(messages.accepting(False))
+
+    def resume(self):
+        """Take new requests again after pause()."""
+        if not self._accepting:
+            self._accepting = True
+            self._send(messages.accepting(True))
+
+    def forward(self, path, data=None, method='POST', headers=None):
+        """Send a fire-and-forget request to whichever pool routes `path`."""
+        self._send(messages.forward(
+            method.upper(), path, data, normalize_headers(headers)))
+
+    def register_reader(self, fd, callback):
+        """Call `callback(fd)` from the worker loop when `fd` is readable."""
+        self._set_fd_callback(fd, selectors.EVENT_READ, callback)
+
+    def unregister_reader(self, fd):
+        """Stop watching `fd` for reading."""
+        self._set_fd_callback(fd, selectors.EVENT_READ, None)
+
+    def register_writer(self, fd, callback):
+        """Call `callback(fd)` from the worker loop when `fd` is writable."""
+        self._set_fd_callback(fd, selectors.EVENT_WRITE, callback)
+
+    def unregister_writer(self, fd):
+        """Stop watching `fd` for writing."""
+        self._set_fd_callback(fd, selectors.EVENT_WRITE, None)
+
+    # -- handling a request ---------------------------------------------------
+
+    def handle_request(self, request):
+        """Run the whole worker-side pipeline for one request.
+
+        do_check → route → handler, with errors turned into responses.
+        Returns the handler's result (data, (data, status[, headers]) or
+        DEFERRED). Usable directly in unit tests of an application.
+        """
+        try:
+            rejected = self.do_check(request)
+            if rejected is not None:
+                return rejected
+            target, request.path_params = self._router.match(
+                request.method, request.path)
+            return target(request)
+        except RejectRequest as err:
+            return err.data, err.status
+        except RouteNotFound:
+            return {'error': 'Not Found'}, 404
+        except MethodNotAllowed as err:
+            return ({'error': 'Method Not Allowed'}, 405,
+                    {'allow': ', '.join(err.allowed)})
+        except Exception as err:  # pylint: disable=broad-except
+            return self._handler_failed(request, err)
+
+    def _handler_failed(self, request, err):
+        try:
+            return self.on_request_error(request, err)
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('on_request_error() raised')
+            return {'error': 'Internal Server Error'}, 500
+
+    def _on_request(self, message):
+        _, request_id, method, path, query, headers, data, remote = message
+        if self._stopping or not self._accepting:
+            self._send(messages.returned(request_id))
+            return
+        request = Request(request_id, method, path, data, query, headers,
+                          remote_address=remote)
+        request._worker = self
+        self._current = request_id
+        try:
+            result = self.handle_request(request)
+        finally:
+            self._current = None
+        self._handled += 1
+        self._finish(request, result)
+
+    def _finish(self, request, result):
+        if request._state == 'new':
+            if result is DEFERRED:
+                request._state = 'deferred'
+                self._open[request.request_id] = request
+                self._send(messages.deferred(request.request_id))
+            else:
+                data, status, headers = split_result(result)
+                self._send_response(request, data, status, headers)
+        elif result is not None and result is not DEFERRED:
+            self.log.debug(
+                'request %s: return value ignored, it was already answered',
+                request.request_id)
+
+    def _send_response(self, request, data, status, headers):
+        headers = normalize_headers(headers)
+        try:
+            if not isinstance(status, int):
+                raise TypeError(f'status must be an int, not {status!r}')
+            body = encode_body(data, headers)
+        except Exception as err:  # pylint: disable=broad-except
+            self.log.error(
+                'request %s: cannot encode the response: %s',
+                request.request_id, err, exc_info=err)
+            status, headers, body = 500, {
+                'content-type': 'application/json'}, _ERROR_BODY
+        request._state = 'answered'
+        self._open.pop(request.request_id, None)
+        self._send(messages.response(
+            request.request_id, status, headers, body))
+        return True
+
+    def _start_stream(self, request, headers, cookies):
+        request._state = 'streaming'
+        self._open[request.request_id] = request
+        cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
+            else None
+        self._send(messages.stream_start(
+            request.request_id, 200, headers, cookies))
+        return True
+
+    def _send_stream(self, request, body):
+        self._send(messages.stream_data(request.request_id, body))
+        return True
+
+    def _end_stream(self, request):
+        request._state = 'ended'
+        self._open.pop(request.request_id, None)
+        self._send(messages.stream_end(request.request_id))
+        return True
+
+    # -- the loop -------------------------------------------------------------
+
+    def _bind_route(self, handler_class, name):
+        if handler_class is None:
+            return getattr(self, name)
+        handler = self._handlers.get(handler_class)
+        if handler is None:
+            handler = self._handlers[handler_class] = handler_class(self)
+        return getattr(handler, name)
+
+    def _send(self, message):
+        channel = self._channel
+        if channel is None or channel.closed:
+            return
+        try:
+            channel.send(message)
+        except ChannelClosed:
+            self._exit_code = EXIT_PARENT_GONE
+
+    def _emit_log(self, name, level, message):
+        if self._channel is None or self._channel.closed:
+            sys.stderr.write(f'[{name}] {message}\n')
+            return
+        self._send(messages.log(name, level, message))
+
+    def _on_channel(self, _fileobj, _mask):
+        for message in self._channel.receive():
+            self._on_message(message)
+        if self._channel.closed:
+            self._exit_code = EXIT_PARENT_GONE
+
+    def _on_message(self, message):
+        kind = message[0]
+        if kind == messages.REQUEST:
+            self._on_request(message)
+        elif kind == messages.CONFIG:
+            self._call_hook(self.on_config, message[1])
+        elif kind == messages.DISCONNECT:
+            request = self._open.pop(message[1], None)
+            if request is not None:
+                request._state = 'ended'
+            self._call_hook(self.on_disconnect, message[1])
+        elif kind == messages.STOP:
+            self._stopping = True
+        else:
+            self.log.error('unknown message kind %r', kind)
+
+    def _call_hook(self, hook, *args):
+        try:
+            hook(*args)
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('%s() raised', hook.__name__)
+
+    def _set_fd_callback(self, fd, event, callback):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        callbacks = self._fd_callbacks.setdefault(fd, {})
+        if callback is None:
+            callbacks.pop(event, None)
+        else:
+            callbacks[event] = callback
+        mask = 0
+        for registered in callbacks:
+            mask |= registered
+        if self._selector is None:
+            return  # registered when the loop starts
+        self._apply_fd_mask(fd, mask)
+
+    def _apply_fd_mask(self, fd, mask):
+        try:
+            self._selector.get_key(fd)
+            known = True
+        except KeyError:
+            known = False
+        if not mask:
+            self._fd_callbacks.pop(fd, None)
+            if known:
+                self._selector.unregister(fd)
+        elif known:
+            self._selector.modify(fd, mask, self._on_fd)
+        else:
+            self._selector.register(fd, mask, self._on_fd)
+
+    def _on_fd(self, fd, mask):
+        for event, callback in list(self._fd_callbacks.get(fd, {}).items()):
+            if mask & event:
+                self._call_hook(callback, fd)
+
+    def _beat(self, now):
+        self._next_beat = now + self.heartbeat_interval
+        if os.getppid() != self._parent_pid:
+            self._exit_code = EXIT_PARENT_GONE
+            return
+        self._send(messages.heartbeat(self._current, self._handled))
+        self._call_hook(self.on_idle)
+
+    def _should_exit(self):
+        if self._exit_code is not None:
+            return True
+        if self._stopping and not self._open:
+            self._exit_code = EXIT_OK
+            return True
+        return False
+
+    def _run(self, channel):
+        """The worker loop; returns the process exit code."""
+        self._channel = channel
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(channel.sock, selectors.EVENT_READ,
+                                self._on_channel)
+        for fd, callbacks in list(self._fd_callbacks.items()):
+            mask = 0
+            for event in callbacks:
+                mask |= event
+            self._apply_fd_mask(fd, mask)
+        try:
+            self.setup()
+        except Exception:  # pylint: disable=broad-except
+            self.log.critical('setup() failed', exc_info=True)
+            return EXIT_SETUP_FAILED
+        self._send(messages.ready(os.getpid()))
+        self._next_beat = time.monotonic() + self.heartbeat_interval
+        while not self._should_exit():
+            timeout = max(0.0, self._next_beat - time.monotonic())
+            for key, mask in self._selector.select(timeout):
+                key.data(key.fd, mask)
+            now = time.monotonic()
+            if now >= self._next_beat:
+                self._beat(now)
+        return self._exit_code
+
+
+def _die_with_parent():
+    # Linux only: have the kernel send SIGTERM when the dispatcher dies, so a
+    # worker stuck in a handler goes too. Elsewhere the loop notices instead.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def _prepare_signals():
+    # Ctrl-C reaches the whole process group; the dispatcher decides what
+    # happens to workers, so they ignore it (and a terminal's hangup).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
+    faulthandler.register(TRACEBACK_SIGNAL, all_threads=True, chain=False)
+
+
+def worker_main(worker_class, sock, options, kwargs):
+    """Entry point of a worker process (target of multiprocessing)."""
+    _prepare_signals()
+    _die_with_parent()
+    channel = Channel(sock)
+    try:
+        worker = worker_class(**options, **kwargs)
+    except Exception:  # pylint: disable=broad-except
+        logger = Logger(options.get('pool_name', '?'), emit=lambda name, level,
+                        message: _send_quietly(channel, name, level, message))
+        logger.critical('%s() failed', worker_class.__name__, exc_info=True)
+        sys.exit(EXIT_SETUP_FAILED)
+    code = worker._run(channel)  # pylint: disable=protected-access
+    channel.close()
+    sys.exit(code)
+
+
+def _send_quietly(channel, name, level, message):
+    try:
+        channel.send(messages.log(name, level, message))
+    except ChannelClosed:
+        sys.stderr.write(f'[{name}] {message}\n')
