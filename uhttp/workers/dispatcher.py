@@ -150,7 +150,11 @@ class Dispatcher:
         sync). Respond and/or raise RejectRequest to refuse it."""
 
     def on_response(self, response, pending):
-        """Called after a worker's response was sent to its client."""
+        """Called for each worker response to a client, as it is sent.
+
+        `pending.client` is the client connection with its request,
+        `pending.pool` the pool that answered. Runs in the loop: keep it
+        short (queue follow-up work on a pool instead)."""
 
     def on_idle(self):
         """Called from the loop about every SELECT_TIMEOUT seconds."""
@@ -762,14 +766,16 @@ class Dispatcher:
             return
         client = pending.client
         self._finish(pending)
-        if client.socket is not None:
-            self._answer(client, status, headers, body)
         if self._has_response_hook:
+            # before writing: once written, a keep-alive connection is reset
+            # and the hook could no longer read the request it answers
             try:
                 self.on_response(
                     Response(request_id, status, headers, body), pending)
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_response() raised')
+        if client.socket is not None:
+            self._answer(client, status, headers, body)
         pool.pump()
 
     def _on_deferred(self, handle, request_id):
