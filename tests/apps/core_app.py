@@ -229,6 +229,10 @@ class CoreDispatcher(_workers.Dispatcher):
     def on_idle(self):
         self.idle_ticks = getattr(self, 'idle_ticks', 0) + 1
 
+    def on_worker_died(self, pool, worker_id, reason, exitcode):
+        self.died = getattr(self, 'died', [])
+        self.died.append([pool.name, worker_id, reason, exitcode])
+
     @_workers.sync('/health')
     def health(self, client, path_params):
         client.respond({'status': 'ok',
@@ -238,7 +242,8 @@ class CoreDispatcher(_workers.Dispatcher):
     def monitor(self, client, path_params):
         client.respond({'pools': [pool.status() for pool in self._pools],
                         'pending': len(self._pending),
-                        'idle_ticks': getattr(self, 'idle_ticks', 0)})
+                        'idle_ticks': getattr(self, 'idle_ticks', 0),
+                        'died': getattr(self, 'died', [])})
 
     @_workers.sync('/sync/hello/{name}', 'GET')
     def hello(self, client, path_params):
@@ -281,6 +286,9 @@ def main():
                 log_level=int(ENV.get('WORKER_LOG_LEVEL',
                                       _workers.LOG_INFO)),
                 worker_kill_timeout=env_float('KILL_TIMEOUT', 5),
+                queue_warning=int(ENV.get('QUEUE_WARNING', '100')),
+                unrecoverable_exit_codes=[
+                    int(code) for code in ENV.get('UNRECOVERABLE', '').split()],
                 flavour='test', answer=42,
             ),
             _workers.WorkerPool(OtherWorker, routes=['/other/**']),

@@ -1,0 +1,233 @@
+"""Supervision with real faults: killed, crashed, stuck and failing workers."""
+
+import os
+import random
+import signal
+import threading
+
+import pytest
+
+from conftest import pid_alive, wait_until
+
+CORE = 'core_app.py'
+
+
+def core_status(server):
+    """Status of the CoreWorker pool."""
+    return server.get('/monitor').json()['pools'][0]
+
+
+def request_in_thread(server, path, results, **kwargs):
+    """Start a GET in a thread; its HttpResult (or exception) lands in results."""
+    def run():
+        try:
+            results.append(server.get(path, **kwargs))
+        except Exception as err:  # pylint: disable=broad-except
+            results.append(err)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def busy_worker(server):
+    """(pid, request id) of the worker holding a request, once there is one."""
+    def find():
+        for worker in core_status(server)['workers']:
+            if worker['current_request'] is not None:
+                return worker['pid'], worker['current_request']
+        return None
+    return wait_until(find, 10, message='no worker took the request')
+
+
+@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGSEGV])
+def test_killed_worker_answers_its_request_at_once_and_is_replaced(
+        start_server, signum):
+    server = start_server(CORE, env={'WORKERS': '1'}, ready_workers=3)
+    results = []
+    thread = request_in_thread(server, '/api/sleep/30', results, timeout=20)
+    pid, request_id = busy_worker(server)
+    os.kill(pid, signum)
+    thread.join(20)
+    assert len(results) == 1 and results[0].status == 502, results
+    assert results[0].json() == {'error': 'Worker Died'}
+    server.wait_log(rf'request {request_id} GET /api/sleep/30 lost')
+    server.wait_log(rf'\(pid {pid}\) killed by {signal.Signals(signum).name}')
+    answer = server.get('/api/pid')
+    assert answer.status == 200 and answer.json()['pid'] != pid
+    status = core_status(server)
+    assert status['workers'][0]['restarts'] == 1
+    assert status['pending'] == 0
+    died = server.get('/monitor').json()['died']
+    assert died == [['CoreWorker', 0, f'killed by {signal.Signals(signum).name}',
+                     -signum]]
+
+
+def test_crash_of_one_worker_leaves_the_other_workers_requests_alone(
+        start_server):
+    server = start_server(CORE, env={'WORKERS': '2'}, ready_workers=4)
+    results = []
+    thread = request_in_thread(server, '/api/sleep/1.5', results)
+    busy_pid, _ = busy_worker(server)
+    crashed = server.get('/api/crash')  # goes to the idle worker
+    assert crashed.status == 502
+    thread.join(20)
+    assert results[0].status == 200 and results[0].json()['pid'] == busy_pid
+    server.wait_log(r'exited with code 7; 1 requests failed')
+
+
+def test_stuck_worker_is_killed_replaced_and_its_client_answered(
+        start_server):
+    server = start_server(CORE, env={
+        'WORKERS': '1', 'STUCK_TIMEOUT': '1', 'HEARTBEAT': '0.2',
+        'KILL_TIMEOUT': '1'}, ready_workers=3)
+    results = []
+    thread = request_in_thread(server, '/api/sleep/60', results, timeout=30)
+    pid, request_id = busy_worker(server)
+    thread.join(30)
+    assert len(results) == 1 and results[0].status == 502, results
+    server.wait_log(rf'sent no heartbeat .* request {request_id}: killing it')
+    wait_until(lambda: not pid_alive(pid), 10)
+    answer = server.get('/api/pid')
+    assert answer.status == 200 and answer.json()['pid'] != pid
+    assert server.get('/monitor').json()['died'][0][2] == 'stuck'
+
+
+def test_keep_alive_resets_request_timeout_and_stuck_clock(start_server):
+    server = start_server(CORE, env={
+        'WORKERS': '1', 'TIMEOUT': '1', 'STUCK_TIMEOUT': '1',
+        'HEARTBEAT': '0.2'}, ready_workers=3)
+    pid = server.get('/api/pid').json()['pid']
+    answer = server.get('/api/keepalive/3')
+    assert answer.status == 200 and answer.json() == {'kept_alive': True}
+    assert server.get('/api/pid').json()['pid'] == pid
+    assert server.count_log('killing it') == 0
+    # without keep_alive the same wait is a timeout
+    assert server.get('/api/sleep/1.6').status == 504
+
+
+def test_setup_failure_degrades_pool_then_recovers(start_server, tmp_path):
+    flag = tmp_path / 'broken'
+    flag.write_text('x')
+    server = start_server(CORE, env={
+        'WORKERS': '1', 'MAX_RESTARTS': '2', 'SETUP_FAIL_FLAG': str(flag)},
+        ready_workers=2)
+    server.wait_log(r'CRITICAL.*\[CoreWorker\[0\]\] setup\(\) failed')
+    server.wait_log(r'RuntimeError: setup refused')
+    server.wait_log(r'pool CoreWorker degraded')
+    answer = server.get('/api/pid')
+    assert answer.status == 503
+    status = core_status(server)
+    assert status['degraded'] is True
+    assert status['workers'][0]['restarts'] >= 3
+    flag.unlink()
+    wait_until(lambda: server.get('/api/pid').status == 200, 30,
+               message='pool did not recover')
+    assert core_status(server)['degraded'] is False
+    server.wait_log(r'pool CoreWorker: worker .* started healthy')
+
+
+def test_unrecoverable_exit_code_is_not_restarted(start_server):
+    server = start_server(CORE, env={'WORKERS': '1', 'UNRECOVERABLE': '7'},
+                          ready_workers=3)
+    assert server.get('/api/crash').status == 502
+    server.wait_log(r'CRITICAL.*unrecoverable code 7: not restarted')
+    status = core_status(server)
+    assert status['workers'][0]['alive'] is False
+    # nobody takes the request: it times out or waits; the other pools serve
+    assert server.get('/other/x').status == 200
+
+
+def test_config_reaches_workers_started_later(start_server):
+    server = start_server(CORE, env={'WORKERS': '1'}, ready_workers=3)
+    sent = server.request('POST', '/control/config', body={'limit': 5})
+    assert sent.status == 200
+    wait_until(lambda: server.get('/api/pid').json()['config'] ==
+               {'limit': 5}, 10)
+    old_pid = server.get('/api/pid').json()['pid']
+    os.kill(old_pid, signal.SIGKILL)
+
+    def replaced():
+        answer = server.get('/api/pid')
+        return answer.status == 200 and answer.json()['pid'] != old_pid \
+            and answer.json()
+    fresh = wait_until(replaced, 15)
+    assert fresh['config'] == {'limit': 5}
+
+
+def test_queue_warning_is_rate_limited(start_server):
+    server = start_server(CORE, env={'WORKERS': '1', 'QUEUE_WARNING': '2'},
+                          ready_workers=3)
+    results = []
+    threads = [request_in_thread(server, '/api/sleep/0.3', results)
+               for _ in range(10)]
+    for thread in threads:
+        thread.join(30)
+    assert [r.status for r in results] == [200] * 10
+    assert server.count_log(r'requests wait for a worker \(queue_warning=2\)') \
+        == 1
+
+
+def test_kill_storm_under_load_every_request_answered_once(start_server):
+    server = start_server(CORE, env={
+        'WORKERS': '3', 'MAX_RESTARTS': '1000', 'HEARTBEAT': '0.2'},
+        ready_workers=5)
+    outcomes = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(index):
+        for number in range(120):
+            key = f'{index}-{number}'
+            try:
+                answer = server.request('POST', f'/api/count/{key}',
+                                        timeout=20)
+                result = (key, answer.status, answer.body)
+            except Exception as err:  # pylint: disable=broad-except
+                result = (key, 'error', repr(err))
+            with lock:
+                outcomes.append(result)
+
+    def killer():
+        rng = random.Random(1)
+        kills = 0
+        while not stop.is_set() and kills < 30:
+            try:
+                pids = [w['pid'] for w in core_status(server)['workers']
+                        if w['alive']]
+            except Exception:  # pylint: disable=broad-except
+                pids = []
+            if pids:
+                try:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+            stop.wait(0.15)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    killing = threading.Thread(target=killer)
+    for thread in clients:
+        thread.start()
+    killing.start()
+    for thread in clients:
+        thread.join(120)
+    stop.set()
+    killing.join(10)
+    assert len(outcomes) == 8 * 120
+    assert server.count_log(r'killed by SIGKILL') >= 1
+    print('statuses', sorted((s, sum(1 for o in outcomes if o[1] == s))
+                             for s in {o[1] for o in outcomes}))
+    statuses = {status for _, status, _ in outcomes}
+    assert statuses <= {200, 502}, [o for o in outcomes
+                                    if o[1] not in (200, 502)][:5]
+    assert 200 in statuses
+    for key, status, body in outcomes:
+        if status == 200:
+            assert body == b'{"ran": 1}', (key, body)
+    monitor = server.get('/monitor').json()
+    assert monitor['pending'] == 0
+    pool = monitor['pools'][0]
+    assert pool['queue_size'] == 0
+    wait_until(lambda: all(w['in_flight'] == 0 for w in
+                           core_status(server)['workers']), 10)
+    assert server.get('/api/item/5').json() == {'id': 5}
