@@ -156,6 +156,12 @@ class CoreWorker(_workers.Worker):
         self.log.info('ran {key} in worker {w}', key=key, w=self.worker_id)
         return {'ran': self.ran[key]}
 
+    @_workers.api('/api/slowcount/{key}/{seconds:float}', 'POST')
+    def slow_count(self, request):
+        """Sleep, then count like /api/count/{key} (client-left tests)."""
+        time.sleep(request.path_params['seconds'])
+        return self.count(request)
+
     @_workers.api('/api/ran/{key}', 'GET')
     def ran_count(self, request):
         return {'ran': self.ran.get(request.path_params['key'], 0)}
