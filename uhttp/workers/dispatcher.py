@@ -16,6 +16,7 @@ answer.
 """
 
 import collections
+import multiprocessing
 import os
 import resource
 import selectors
@@ -31,6 +32,7 @@ from .log import LOG_INFO, Logger, LogOutput
 from .request import RejectRequest, Response, encode_body
 from .routing import MethodNotAllowed, RouteNotFound, Router
 from .static import StaticFiles
+from .worker import EXIT_APP_ERROR
 
 SELECT_TIMEOUT = 1.0
 HOUSEKEEPING_INTERVAL = 0.1
@@ -307,6 +309,7 @@ class Dispatcher:
 
     def run(self):
         """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop())."""
+        _refuse_to_run_in_worker()
         self._start()
         try:
             while self._state != 'stopped':
@@ -971,6 +974,22 @@ class Dispatcher:
         if self._selector is not None:
             self._selector.close()
         self.log.info('stopped')
+
+
+def _refuse_to_run_in_worker():
+    # A worker process imports the application's main module afresh (spawn).
+    # If that module starts a dispatcher on import, every worker would try to
+    # become a dispatcher: say so once, and exit with a code that the pool
+    # knows not to retry.
+    # (multiprocessing marks a spawned child with `_inheriting` while it
+    # imports the main module; its own import guard checks the same flag)
+    if getattr(multiprocessing.current_process(), '_inheriting', False):
+        sys.stderr.write(
+            'uhttp.workers: Dispatcher.run() was called while a worker '
+            'process imported the main module. Start the dispatcher under '
+            "`if __name__ == '__main__':` so workers can import the module "
+            'without running it.\n')
+        sys.exit(EXIT_APP_ERROR)
 
 
 def _note_signal(_signum, _frame):

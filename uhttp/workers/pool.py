@@ -23,8 +23,8 @@ from .log import LOG_WARNING
 from .request import Request, normalize_headers
 from .routing import PrefixMatcher
 from .worker import (
-    EXIT_PARENT_GONE, EXIT_SETUP_FAILED, TRACEBACK_SIGNAL, build_router,
-    worker_main)
+    EXIT_APP_ERROR, EXIT_PARENT_GONE, EXIT_SETUP_FAILED, TRACEBACK_SIGNAL,
+    build_router, worker_main)
 
 # How many requests a worker may hold that it has not finished (answered,
 # deferred or started streaming). Two keeps the next request in the worker's
@@ -410,6 +410,11 @@ class WorkerPool:
         reason = self._exit_reason(handle, exitcode)
         if handle.stopping:
             return reason, exitcode
+        if exitcode == EXIT_APP_ERROR:
+            self._dispatcher.log.critical(
+                'worker %s cannot run this application (see its message '
+                'above): not restarted', handle.name)
+            return reason, exitcode
         if exitcode in self.unrecoverable_exit_codes:
             self._dispatcher.log.critical(
                 'worker %s exited with unrecoverable code %s: not restarted',
@@ -433,6 +438,8 @@ class WorkerPool:
             return 'setup failed'
         if exitcode == EXIT_PARENT_GONE:
             return 'lost the dispatcher'
+        if exitcode == EXIT_APP_ERROR:
+            return 'application error'
         return f'exited with code {exitcode}'
 
     def _schedule_restart(self, handle):

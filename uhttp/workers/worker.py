@@ -30,6 +30,7 @@ from .routing import MethodNotAllowed, RouteNotFound, Router
 EXIT_OK = 0
 EXIT_SETUP_FAILED = 3       # the worker class or setup() raised
 EXIT_PARENT_GONE = 4        # the dispatcher disappeared
+EXIT_APP_ERROR = 5          # the application cannot run in a worker at all
 
 # signal whose arrival makes a worker print every thread's stack to stderr
 # (sent before a stuck worker is killed, so the log shows where it hung)
