@@ -108,7 +108,8 @@ class Dispatcher:
                  ssl_context=None, *, log_level=LOG_INFO,
                  max_connections=10000, max_content_length=1024 * 1024,
                  keep_alive_timeout=15, keep_alive_max_requests=1000,
-                 request_timeout=10, listen_backlog=1024):
+                 request_timeout=10, listen_backlog=1024,
+                 trusted_proxies=None):
         self.port = port
         self.address = address
         self._pools = list(pools or [])
@@ -125,6 +126,8 @@ class Dispatcher:
             'request_timeout': request_timeout,
             'file_chunk_size': 64 * 1024,
         }
+        if trusted_proxies:
+            self._server_options['trusted_proxies'] = list(trusted_proxies)
         self._log_output = LogOutput(sys.stderr)
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
