@@ -182,6 +182,14 @@ def test_do_check_not_called_for_static(static):
         == 403
 
 
+def test_raw_helper_control(static):
+    # the raw path used below does serve files when the path is fine
+    status, _headers, body, _ = raw_get(static.port, b"/static/notes.txt")
+    assert status == 200 and body == FILES['notes.txt']
+    status, _, body, _ = raw_get(static.port, b'/static/sub%2fpage.html')
+    assert status == 200 and body == FILES['sub/page.html']
+
+
 # -- nothing outside the root ------------------------------------------------------
 
 @pytest.mark.parametrize('target', [

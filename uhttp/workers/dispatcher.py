@@ -132,6 +132,7 @@ class Dispatcher:
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
         self._pending = {}
+        self._streams = {}
         self._expiry = {}
         self._next_request_id = 1
         self._flush_needed = set()
@@ -144,6 +145,7 @@ class Dispatcher:
         self._next_idle = 0.0
         self._signal_reader = None
         self._signal_writer = None
+        self._fd_callbacks = {}
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
         self._check_pools()
@@ -185,13 +187,33 @@ class Dispatcher:
 
     def status(self):
         """Pools, pending requests and connections, for monitoring."""
+        connections = self._server._waiting_connections \
+            if self._server else ()  # pylint: disable=protected-access
         return {
             'state': self._state,
             'pending': len(self._pending),
-            'connections': len(self._server._waiting_connections)
-            if self._server else 0,
+            'streams': len(self._streams),
+            'connections': len(connections),
+            'buffered_bytes': sum(c.send_buffer_size for c in connections),
             'pools': [pool.status() for pool in self._pools],
         }
+
+    def register_reader(self, fd, callback):
+        """Call `callback(fd)` from the dispatcher loop when `fd` is readable.
+        The callback runs in the loop: it must not block."""
+        self._set_fd_callback(fd, selectors.EVENT_READ, callback)
+
+    def unregister_reader(self, fd):
+        """Stop watching `fd` for reading."""
+        self._set_fd_callback(fd, selectors.EVENT_READ, None)
+
+    def register_writer(self, fd, callback):
+        """Call `callback(fd)` from the dispatcher loop when `fd` is writable."""
+        self._set_fd_callback(fd, selectors.EVENT_WRITE, callback)
+
+    def unregister_writer(self, fd):
+        """Stop watching `fd` for writing."""
+        self._set_fd_callback(fd, selectors.EVENT_WRITE, None)
 
     def stop(self, graceful=True):
         """Begin shutdown, as SIGTERM (graceful) or SIGQUIT would."""
@@ -212,6 +234,43 @@ class Dispatcher:
         return fallback
 
     find_pool = _find_pool
+
+    def _set_fd_callback(self, fd, event, callback):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        callbacks = self._fd_callbacks.setdefault(fd, {})
+        if callback is None:
+            callbacks.pop(event, None)
+        else:
+            callbacks[event] = callback
+        if self._selector is not None:
+            self._apply_fd_callbacks(fd)
+
+    def _apply_fd_callbacks(self, fd):
+        mask = 0
+        for event in self._fd_callbacks.get(fd, ()):
+            mask |= event
+        try:
+            self._selector.get_key(fd)
+            known = True
+        except KeyError:
+            known = False
+        if not mask:
+            self._fd_callbacks.pop(fd, None)
+            if known:
+                self._selector.unregister(fd)
+        elif known:
+            self._selector.modify(fd, mask, self._on_fd_event)
+        else:
+            self._selector.register(fd, mask, self._on_fd_event)
+
+    def _on_fd_event(self, fileobj, mask):
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        for event, callback in list(self._fd_callbacks.get(fd, {}).items()):
+            if mask & event:
+                try:
+                    callback(fd)
+                except Exception:  # pylint: disable=broad-except
+                    self.log.exception('callback for fd %d raised', fd)
 
     # -- set-up -----------------------------------------------------------------
 
@@ -252,6 +311,8 @@ class Dispatcher:
         self._state = 'running'
         now = time.monotonic()
         self._next_idle = now + SELECT_TIMEOUT
+        for fd in list(self._fd_callbacks):
+            self._apply_fd_callbacks(fd)
         for pool in self._pools:
             self._expiry[pool] = collections.OrderedDict()
             pool.start(self)
@@ -514,18 +575,26 @@ class Dispatcher:
         self._next_request_id += 1
         return request_id
 
-    def submit_internal(self, pool, method, path, data, headers, query=None):
+    def submit_internal(self, pool, method, path, data, headers, query=None,
+                        to_all=False):
         """Run a request on `pool` whose answer is dropped (request_id=-1
-        requests, forwards from workers)."""
+        requests, forwards from workers); `to_all` runs it on every worker."""
         if pool.degraded or self._state not in ('running', 'draining'):
             self.log.warning('pool %s cannot take internal request %s %s now',
                              pool.name, method, path)
             return
-        request_id = self._new_request_id()
-        message = messages.request(
-            request_id, method, path, query, headers, data, None)
-        pending = _PendingRequest(request_id, None, pool, message, None)
-        pool.submit(pending)
+
+        def make_pending():
+            request_id = self._new_request_id()
+            message = messages.request(
+                request_id, method, path, query, headers, data, None)
+            return _PendingRequest(request_id, None, pool, message, None)
+        if to_all:
+            if not pool.assign_to_all(make_pending):
+                self.log.warning('broadcast %s %s: pool %s has no ready '
+                                 'worker', method, path, pool.name)
+        else:
+            pool.submit(make_pending())
 
     def _answer(self, client, status, headers, body):
         """Send a complete response; never raises."""
@@ -555,6 +624,7 @@ class Dispatcher:
         """Forget a pending request whose client was dealt with."""
         pending.state = 'done'
         self._pending.pop(pending.request_id, None)
+        self._streams.pop(pending.request_id, None)
         queue = self._expiry.get(pending.pool)
         if queue is not None:
             queue.pop(pending.request_id, None)
@@ -832,7 +902,11 @@ class Dispatcher:
         _, request_id, _status, headers, cookies = message
         handle.pool.release(handle, pending)
         pending.state = 'streaming'
+        # a stream is no longer waiting: no timeout, not counted in
+        # max_pending, not waited for by a graceful shutdown
         self._expiry[pending.pool].pop(request_id, None)
+        self._pending.pop(request_id, None)
+        self._streams[request_id] = pending
         client = pending.client
         if pending.read_paused and client.socket is not None:
             pending.read_paused = False
@@ -859,13 +933,13 @@ class Dispatcher:
         pool.pump()
 
     def _on_forward(self, message):
-        _, method, path, data, headers = message
+        _, method, path, data, headers, to_all = message
         pool = self._find_pool(path)
         if pool is None:
             self.log.warning('forward to %s %s: no pool serves this path',
                              method, path)
             return
-        self.submit_internal(pool, method, path, data, headers)
+        self.submit_internal(pool, method, path, data, headers, to_all=to_all)
 
     # -- logging -----------------------------------------------------------------
 
@@ -905,10 +979,14 @@ class Dispatcher:
         deadline = self._shutdown_started + self.shutdown_timeout
         if self._pending and now < deadline:
             return
-        for pending in list(self._pending.values()):
+        self._fail_all_pending()
+        self._stop_workers(now)
+
+    def _fail_all_pending(self):
+        for pending in list(self._pending.values()) + list(
+                self._streams.values()):
             self._release_from_worker(pending)
             self._fail(pending, 503, 'Shutting down')
-        self._stop_workers(now)
 
     def _stop_workers(self, now):
         self._state = 'stopping'
@@ -947,9 +1025,7 @@ class Dispatcher:
             self._close_listener()
         now = time.monotonic()
         self._shutdown_started = now - self.shutdown_timeout
-        for pending in list(self._pending.values()):
-            self._release_from_worker(pending)
-            self._fail(pending, 503, 'Shutting down')
+        self._fail_all_pending()
         for pool in self._pools:
             pool.kill()
         self._state = 'stopping'

@@ -28,7 +28,7 @@ STREAM_DATA = 27    # (STREAM_DATA, request_id, body)
 STREAM_END = 28     # (STREAM_END, request_id)
 ACCEPTING = 29      # (ACCEPTING, flag)  pause() / resume()
 RETURNED = 30       # (RETURNED, request_id)  a paused worker hands a request back
-FORWARD = 31        # (FORWARD, method, path, data, headers)  fire-and-forget to a pool
+FORWARD = 31        # (FORWARD, method, path, data, headers, to_all)  fire-and-forget
 
 
 def request(request_id, method, path, query, headers, data, remote_address):
@@ -107,6 +107,7 @@ def returned(request_id):
     return (RETURNED, request_id)
 
 
-def forward(method, path, data, headers):
-    """A fire-and-forget request from a worker to whichever pool routes it."""
-    return (FORWARD, method, path, data, headers)
+def forward(method, path, data, headers, to_all=False):
+    """A fire-and-forget request from a worker to whichever pool routes it:
+    to one of its workers, or to every one (`to_all`)."""
+    return (FORWARD, method, path, data, headers, to_all)

@@ -275,6 +275,24 @@ class WorkerPool:
         self._dispatcher.submit_internal(
             self, method, path, data, headers, query)
 
+    def broadcast(self, path, data=None, method='POST', headers=None):
+        """Run a request on every live worker of this pool; the answers are
+        dropped. Use it to fan out an event (dispatcher process only)."""
+        self._dispatcher.submit_internal(
+            self, method.upper(), path, data, normalize_headers(headers),
+            to_all=True)
+
+    def assign_to_all(self, make_pending):
+        """Give one copy of a request to each ready worker, whatever its
+        load; `make_pending()` builds each copy. Returns how many."""
+        count = 0
+        for handle in self.workers:
+            if handle.ready and not handle.stopping and not handle.exited \
+                    and handle.kill_reason is None:
+                self._assign(handle, make_pending())
+                count += 1
+        return count
+
     def _least_busy(self):
         best = None
         for handle in self.workers:

@@ -199,9 +199,17 @@ class Worker:
             self._send(messages.accepting(True))
 
     def forward(self, path, data=None, method='POST', headers=None):
-        """Send a fire-and-forget request to whichever pool routes `path`."""
+        """Send a fire-and-forget request to whichever pool routes `path`
+        (one of its workers runs it; nobody gets the answer)."""
         self._send(messages.forward(
             method.upper(), path, data, normalize_headers(headers)))
+
+    def broadcast(self, path, data=None, method='POST', headers=None):
+        """Run a fire-and-forget request on every live worker of the pool
+        that routes `path` (this worker included, when it is that pool):
+        e.g. to fan an event out to the streams each worker holds."""
+        self._send(messages.forward(
+            method.upper(), path, data, normalize_headers(headers), True))
 
     def register_reader(self, fd, callback):
         """Call `callback(fd)` from the worker loop when `fd` is readable."""

@@ -1,0 +1,264 @@
+"""Deferred answers, SSE/NDJSON streams, disconnects, flow control, custom
+fds, forwarding and broadcasts — against a real dispatcher."""
+
+import os
+import selectors
+import signal
+import socket
+import threading
+
+import pytest
+
+from conftest import wait_until
+
+APP = 'stream_app.py'
+
+
+class StreamClient:
+    """A raw-socket streaming client that keeps every byte it receives."""
+
+    def __init__(self, port, path='/sse'):
+        self.sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+        self.sock.sendall(
+            f'GET {path} HTTP/1.1\r\nHost: test\r\n\r\n'.encode())
+        self.data = b''
+
+    def read_until(self, marker, timeout=10):
+        """Read until `marker` is in what was received; return everything."""
+        def arrived():
+            if marker in self.data:
+                return True
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            if not chunk:
+                raise AssertionError(
+                    f'stream closed before {marker!r}: {self.data!r}')
+            self.data += chunk
+            return marker in self.data
+        self.sock.settimeout(0.2)
+        wait_until(arrived, timeout, interval=0,
+                   message=f'{marker!r} not received: {self.data[-300:]!r}')
+        return self.data
+
+    def read_to_end(self, timeout=10):
+        """Read until the server closes the connection."""
+        self.sock.settimeout(timeout)
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return self.data
+            self.data += chunk
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope='module')
+def one_worker():
+    """A server with one stream worker (state checks need one process)."""
+    from conftest import APPS, Server  # pylint: disable=import-outside-toplevel
+    server = Server(os.path.join(APPS, APP), env={'WORKERS': '1'})
+    server.start(ready_workers=2)
+    yield server
+    server.stop()
+
+
+def state(server):
+    return server.get('/state').json()
+
+
+def test_sse_frames_exact_bytes(one_worker):
+    client = StreamClient(one_worker.port)
+    data = client.read_until(b': comment\n\n')
+    head, _, body = data.partition(b'\r\n\r\n')
+    lines = head.split(b'\r\n')
+    assert lines[0] == b'HTTP/1.1 200 OK'
+    assert b'content-type: text/event-stream' in lines
+    assert b'cache-control: no-cache' in lines
+    assert b'x-stream: yes' in lines
+    assert not any(line.startswith(b'content-length') for line in lines)
+    assert body == (b'id: 1\nevent: greet\nretry: 500\n'
+                    b'data: first line\ndata: second line\n\n'
+                    b'data: {"json": true}\n\n'
+                    b': comment\n\n')
+    one_worker.request('POST', '/internal/publish', body={'n': 1})
+    assert client.read_until(b'data: {"n": 1}\n\n').endswith(
+        b'event: news\ndata: {"n": 1}\n\n')
+    client.close()
+
+
+def test_client_disconnect_reaches_on_disconnect(one_worker):
+    client = StreamClient(one_worker.port)
+    client.read_until(b': comment\n\n')
+    subscriber = wait_until(lambda: state(one_worker)['subscribers'])[-1]
+    client.close()
+    wait_until(lambda: subscriber in state(one_worker)['disconnected'], 10,
+               message='on_disconnect not called')
+    assert subscriber not in state(one_worker)['subscribers']
+    # the worker sent to the gone stream in on_disconnect: no harm done
+    assert one_worker.get('/whoami').status == 200
+    assert one_worker.get('/status').json()['streams'] == len(
+        state(one_worker)['subscribers'])
+
+
+def test_ndjson_stream(one_worker):
+    client = StreamClient(one_worker.port, '/ndjson')
+    data = client.read_to_end()
+    head, _, body = data.partition(b'\r\n\r\n')
+    assert b'content-type: application/x-ndjson' in head
+    assert body == b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'
+
+
+def test_stream_end_closes_connection(one_worker):
+    client = StreamClient(one_worker.port)
+    client.read_until(b': comment\n\n')
+    assert one_worker.request('POST', '/end-all').json()['ended'] >= 1
+    client.read_to_end()  # returns only when the server closed it
+    client.close()
+
+
+def test_deferred_answered_from_on_idle(one_worker):
+    answer = one_worker.get('/defer/0.3')
+    assert answer.status == 200 and 'deferred' in answer.json()
+
+
+def test_one_worker_holds_many_deferred_requests_at_once(one_worker):
+    results = []
+    lock = threading.Lock()
+
+    def call():
+        answer = one_worker.get('/defer/1')
+        with lock:
+            results.append(answer)
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 20
+    assert all(r.status == 200 for r in results)
+    assert len({r.json()['deferred'] for r in results}) == 20
+    assert len({r.json()['pid'] for r in results}) == 1
+
+
+def test_answering_twice_is_harmless(one_worker):
+    answer = one_worker.get('/answer-twice')
+    assert answer.json() == {'first': True}
+    assert one_worker.get('/whoami').status == 200
+
+
+def test_deferred_times_out_then_kept_alive_past_timeout(start_server):
+    server = start_server(APP, env={'WORKERS': '1', 'TIMEOUT': '0.5'},
+                          ready_workers=2)
+    timed_out = server.get('/defer/5')
+    assert timed_out.status == 504
+    server.wait_log(r'WARNING .*request \d+ GET /defer/5 timed out')
+    # the worker was told: its deferred request is no longer held
+    wait_until(lambda: state(server)['disconnected'], 10)
+    kept = server.get('/defer-kept/1.5')
+    assert kept.status == 200 and 'kept' in kept.json()
+
+
+def test_worker_death_ends_its_streams(start_server):
+    server = start_server(APP, env={'WORKERS': '1'}, ready_workers=2)
+    client = StreamClient(server.port)
+    client.read_until(b': comment\n\n')
+    os.kill(state(server)['pid'], signal.SIGKILL)
+    client.read_to_end()  # the stream ends instead of hanging
+    client.close()
+    server.wait_log(r'killed by SIGKILL')
+
+
+def test_pause_sends_requests_to_siblings(start_server):
+    server = start_server(APP, env={'WORKERS': '2'}, ready_workers=3)
+    paused = server.request('POST', '/pause').json()['paused']
+    wait_until(lambda: any(
+        not w['accepting'] for p in server.get('/status').json()['pools']
+        for w in p['workers']), 10)
+    pids = {server.get('/whoami').json()['pid'] for _ in range(30)}
+    assert paused not in pids and len(pids) == 1
+    assert server.request('POST', '/resume-all').status == 200
+    wait_until(lambda: paused in {server.get('/whoami').json()['pid']
+                                  for _ in range(10)}, 15,
+               message='resumed worker never served again')
+
+
+def test_worker_answers_when_registered_fifo_is_written(one_worker, tmp_path):
+    fifo = str(tmp_path / 'wake')
+    os.mkfifo(fifo)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(
+        one_worker.request('POST', '/watch', body={'fifo': fifo})))
+    thread.start()
+    writer = os.open(fifo, os.O_WRONLY)  # blocks until the worker opened it
+    os.write(writer, b'wake up')
+    os.close(writer)
+    thread.join(10)
+    assert results and results[0].json() == {'read': 'wake up'}
+
+
+def test_forward_to_another_pool(one_worker):
+    assert one_worker.request('POST', '/forward',
+                              body={'note': 'hi'}).status == 200
+    wait_until(lambda: {'note': 'hi'} in one_worker.get(
+        '/other/inbox').json()['inbox'], 10)
+
+
+def test_slow_reader_is_cut_off_not_buffered(one_worker):
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window
+    slow.connect(('127.0.0.1', one_worker.port))
+    slow.sendall(b'GET /sse HTTP/1.1\r\nHost: t\r\n\r\n')
+    subscriber = wait_until(lambda: state(one_worker)['subscribers'])[-1]
+    # 1500 events of 8 KiB (12 MiB, more than the kernel buffers) to a
+    # client that reads nothing
+    sent = one_worker.request('POST', '/flood/1500').json()['sent']
+    assert sent
+    wait_until(lambda: subscriber in state(one_worker)['disconnected'], 10,
+               message='slow stream was not closed')
+    status = one_worker.get('/status').json()
+    assert status['buffered_bytes'] < 256 * 1024
+    slow.close()
+
+
+def test_broadcast_reaches_500_clients_on_two_workers_in_order(start_server):
+    server = start_server(APP, env={'WORKERS': '2'}, ready_workers=3)
+    count, events = 500, 20
+    selector = selectors.DefaultSelector()
+    received = {}
+    for index in range(count):
+        sock = socket.create_connection(('127.0.0.1', server.port))
+        sock.sendall(b'GET /sse HTTP/1.1\r\nHost: t\r\n\r\n')
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, index)
+        received[index] = b''
+
+    def pump(until):
+        def done():
+            for key, _ in selector.select(0.1):
+                try:
+                    chunk = key.fileobj.recv(65536)
+                except BlockingIOError:
+                    continue
+                received[key.data] += chunk
+            return until()
+        return done
+
+    wait_until(pump(lambda: all(b': comment\n\n' in data
+                                for data in received.values())), 60,
+               message='not every client got its stream')
+    for number in range(events):
+        assert server.request('POST', '/publish',
+                              body={'n': number}).status == 200
+    last = b'data: {"n": %d}\n\n' % (events - 1)
+    wait_until(pump(lambda: all(last in data for data in received.values())),
+               60, message='not every client got every event')
+    expected = b''.join(b'event: news\ndata: {"n": %d}\n\n' % n
+                        for n in range(events))
+    for data in received.values():
+        assert data.split(b': comment\n\n', 1)[1] == expected
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    selector.close()
