@@ -52,3 +52,29 @@ def test_static_site(start_server):
         'text/javascript')
     assert server.get('/').status == 302
     assert 'time' in server.get('/api/time').json()
+
+
+def test_sse_chat(start_server):
+    import socket  # pylint: disable=import-outside-toplevel
+    server = start_server(example('sse_chat.py'), ready_workers=2)
+    page = server.get('/static/chat.html')
+    assert page.status == 200 and b'EventSource' in page.body
+    listeners = []
+    for _ in range(4):  # spread over both workers
+        sock = socket.create_connection(('127.0.0.1', server.port), timeout=10)
+        sock.sendall(b'GET /chat/events HTTP/1.1\r\nHost: t\r\n\r\n')
+        listeners.append(sock)
+    greetings = [b'' for _ in listeners]
+    for index, sock in enumerate(listeners):
+        while b'event: system' not in greetings[index]:
+            greetings[index] += sock.recv(4096)
+    assert server.request('POST', '/chat/send', body={
+        'from': 'ada', 'text': 'hello'}).json() == {'sent': True}
+    assert server.request('POST', '/chat/internal/publish',
+                          body={}).status == 404
+    for index, sock in enumerate(listeners):
+        data = greetings[index]
+        while b'"text": "hello"' not in data:
+            data += sock.recv(4096)
+        assert b'event: message' in data and b'"from": "ada"' in data
+        sock.close()
