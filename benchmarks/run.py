@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -664,35 +665,121 @@ class _SseClient:
 _MARK = b'event: tick'
 
 
+class _SseRun:
+    """Many SSE clients on one selector, with running counters (so the
+    stop conditions cost nothing per wake-up)."""
+
+    def __init__(self, port, clients, target):
+        self.sel = selectors.DefaultSelector()
+        self.request = (f'GET /api/sse HTTP/1.1\r\nHost: {HOST}\r\n'
+                        'Accept: text/event-stream\r\n\r\n').encode()
+        self.target = target
+        self.settled = 0        # streaming, failed or closed
+        self.finished = 0       # got `target` events, or stream ended
+        self.clients = []
+        for _ in range(clients):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((HOST, port))
+            client = _SseClient(sock)
+            self.clients.append(client)
+            self.sel.register(sock, selectors.EVENT_WRITE, client)
+
+    def pump(self, until, done):
+        while time.monotonic() < until and not done():
+            for key, _mask in self.sel.select(0.05):
+                self._on_event(key.data)
+
+    def close(self):
+        for client in self.clients:
+            try:
+                client.sock.close()
+            except OSError:
+                pass
+        self.sel.close()
+
+    def _settle(self, client, state, error=None):
+        before = client.state
+        client.state = state
+        client.error = error
+        if before in ('connecting', 'head'):
+            self.settled += 1
+        elif before == 'streaming' and client.events < self.target:
+            self.finished += 1  # ended early: nothing more will come
+        if state != 'streaming':
+            try:
+                self.sel.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _on_event(self, client):
+        sock = client.sock
+        if client.state == 'connecting':
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._settle(client, 'failed',
+                             f'connect: {os.strerror(err)}')
+                return
+            try:
+                sock.send(self.request)  # small: fits the empty buffer
+            except OSError as exc:
+                self._settle(client, 'failed', f'send: {exc!r}')
+                return
+            client.state = 'head'
+            self.sel.modify(sock, selectors.EVENT_READ, client)
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._settle(client, 'failed', f'recv: {exc!r}')
+            return
+        if not data:
+            if client.state == 'streaming':
+                self._settle(client, 'closed', 'closed by the server')
+            else:
+                self._settle(client, 'failed',
+                             'closed before the stream started: '
+                             f'{client.head[:120]!r}')
+            return
+        if client.state == 'head':
+            client.head += data
+            end = client.head.find(b'\r\n\r\n')
+            if end < 0:
+                return
+            status_line = client.head.split(b'\r\n', 1)[0]
+            if b' 200' not in status_line:
+                self._settle(client, 'failed',
+                             status_line.decode('latin-1'))
+                return
+            data = client.head[end + 4:]
+            self._settle(client, 'streaming')
+        window = client.tail + data
+        found = window.count(_MARK)
+        if found:
+            before = client.events
+            client.events += found
+            client.last_event = time.monotonic()
+            if before < self.target <= client.events:
+                self.finished += 1
+        client.tail = window[-(len(_MARK) - 1):]
+
+
 def sse_test(server, clients, events, phase_timeout):
     """`clients` SSE subscribers on /api/sse, then `events` broadcasts
     (POST /broadcast); counts what each client received."""
     result = {'clients': clients, 'events': events}
-    sel = selectors.DefaultSelector()
-    request = (f'GET /api/sse HTTP/1.1\r\nHost: {HOST}\r\n'
-               'Accept: text/event-stream\r\n\r\n').encode()
-    conns = []
+    run = _SseRun(server.port, clients, events)
     try:
-        for _ in range(clients):
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex((HOST, server.port))
-            client = _SseClient(sock)
-            conns.append(client)
-            sel.register(sock, selectors.EVENT_WRITE, client)
-
-        def pump(until, stop):
-            while time.monotonic() < until and not stop():
-                for key, _mask in sel.select(0.05):
-                    _on_event(sel, key.data, request)
-
         started = time.monotonic()
-        pump(started + phase_timeout, lambda: all(
-            c.state in ('streaming', 'failed', 'closed') for c in conns))
-        subscribed = [c for c in conns if c.state == 'streaming']
+        run.pump(started + phase_timeout,
+                 lambda: run.settled >= clients)
+        subscribed = [c for c in run.clients if c.state == 'streaming']
         result['subscribed'] = len(subscribed)
         result['subscribe_s'] = time.monotonic() - started
-        failures = [c.error for c in conns if c.state != 'streaming']
+        failures = [c.error or c.state for c in run.clients
+                    if c.state != 'streaming']
         if failures:
             result['subscribe_failures'] = len(failures)
             result['first_failure'] = failures[0]
@@ -722,9 +809,8 @@ def sse_test(server, clients, events, phase_timeout):
         thread = threading.Thread(target=fire, daemon=True)
         t_first = time.monotonic()
         thread.start()
-        pump(t_first + phase_timeout,
-             lambda: all(c.events >= events or c.state != 'streaming'
-                         for c in subscribed))
+        run.pump(t_first + phase_timeout,
+                 lambda: run.finished >= len(subscribed))
         thread.join(5)
         delivered = sum(min(c.events, events) for c in subscribed)
         last = max((c.last_event for c in subscribed
@@ -745,12 +831,7 @@ def sse_test(server, clients, events, phase_timeout):
         if not server.alive():
             result['error'] = 'server exited: ' + server.failure_text()
     finally:
-        for client in conns:
-            try:
-                client.sock.close()
-            except OSError:
-                pass
-        sel.close()
+        run.close()
     # The streams are gone: the server must notice and forget them.
     if server.alive():
         deadline = time.monotonic() + 10
@@ -766,64 +847,6 @@ def sse_test(server, clients, events, phase_timeout):
             time.sleep(0.1)
         result['pending_after_close'] = pending
     return result
-
-
-def _on_event(sel, client, request):
-    sock = client.sock
-    if client.state == 'connecting':
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            _sse_fail(sel, client, f'connect: {os.strerror(err)}')
-            return
-        try:
-            sock.send(request)  # small: fits the empty send buffer
-        except OSError as exc:
-            _sse_fail(sel, client, f'send: {exc!r}')
-            return
-        client.state = 'head'
-        sel.modify(sock, selectors.EVENT_READ, client)
-        return
-    try:
-        data = sock.recv(65536)
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError as exc:
-        _sse_fail(sel, client, f'recv: {exc!r}')
-        return
-    if not data:
-        if client.state == 'streaming':
-            client.state = 'closed'
-            sel.unregister(sock)
-        else:
-            _sse_fail(sel, client, 'closed before the stream started: '
-                      f'{client.head[:120]!r}')
-        return
-    if client.state == 'head':
-        client.head += data
-        end = client.head.find(b'\r\n\r\n')
-        if end < 0:
-            return
-        status_line = client.head.split(b'\r\n', 1)[0]
-        if b' 200' not in status_line:
-            _sse_fail(sel, client, status_line.decode('latin-1'))
-            return
-        data = client.head[end + 4:]
-        client.state = 'streaming'
-    window = client.tail + data
-    found = window.count(_MARK)
-    if found:
-        client.events += found
-        client.last_event = time.monotonic()
-    client.tail = window[-(len(_MARK) - 1):]
-
-
-def _sse_fail(sel, client, error):
-    client.state = 'failed'
-    client.error = error
-    try:
-        sel.unregister(client.sock)
-    except (KeyError, ValueError):
-        pass
 
 
 # -- graceful stop under load -------------------------------------------------------
@@ -909,6 +932,18 @@ def setup_environments():
                                  text=True, timeout=60)
             versions[key] = out.stdout.strip()
     return python_self, python_1x, python_gunicorn, versions, notes
+
+
+def revive(server, where):
+    """Restart a server that exited; False when it does not come back."""
+    try:
+        server.note_crash(where)
+        time.sleep(0.5)  # let its start-up CPU settle before the next run
+        return True
+    except (RuntimeError, OSError) as err:
+        server.crashes.append(f'restart failed: {err}')
+        log(f'{server.key} cannot be restarted: {err}')
+        return False
 
 
 def start_all(servers):
@@ -1001,16 +1036,20 @@ def bench(args):
                 f'{[name for name, _ in order]}')
             for scenario in SCENARIOS:
                 for name, server in order:
-                    if not server.alive():
-                        server.note_crash('between runs')
+                    if not server.alive() and \
+                            not revive(server, 'between runs'):
+                        runs[name][scenario[0]].append(
+                            {'error': 'server down', 'round':
+                             round_index + 1})
+                        continue
                     result = measured_run(wrk, server, scenario, duration,
                                           body_path)
                     result['round'] = round_index + 1
                     runs[name][scenario[0]].append(result)
                     if result.get('server_crashed'):
                         result['crash'] = server.failure_text()
-                        server.note_crash(f'{scenario[0]} round '
-                                          f'{round_index + 1}')
+                        revive(server, f'{scenario[0]} round '
+                                       f'{round_index + 1}')
                     time.sleep(1.0 if scenario[2] >= 1024 else 0.3)
         report['runs'] = runs
         report['summary'] = summarize(runs)
@@ -1021,8 +1060,9 @@ def bench(args):
         for _name, server in entries:
             if _name == 'self_aa':
                 continue
-            if not server.alive():
-                server.note_crash('before the abandoned-client test')
+            if not server.alive() and not revive(
+                    server, 'before the abandoned-client test'):
+                continue
             log(f'abandoned clients: {server.key}')
             report['abandoned'][server.key] = abandoned_test(
                 wrk, server, 2 if quick else 3, 64 if quick else 256,
@@ -1035,8 +1075,9 @@ def bench(args):
             if server.kind == 'gunicorn':
                 report['sse'][server.key] = {'error': 'n/a (sync workers)'}
                 continue
-            if not server.alive():
-                server.note_crash('before the SSE test')
+            if not server.alive() and not revive(
+                    server, 'before the SSE test'):
+                continue
             log(f'SSE: {sse_clients} clients x {sse_events} events on '
                 f'{server.key}')
             try:
@@ -1056,8 +1097,11 @@ def bench(args):
                 continue
             log(f'SIGTERM with requests in flight: {server.key}')
             report['shutdown'][server.key] = shutdown_test(server)
-        report['crashes'] = {s.key: s.crashes for s in servers if s.crashes}
+    except Exception:  # pylint: disable=broad-except
+        report['aborted'] = traceback.format_exc()
+        log('run aborted:\n' + report['aborted'])
     finally:
+        report['crashes'] = {s.key: s.crashes for s in servers if s.crashes}
         for server in servers:
             if server.alive():
                 server.stop()
@@ -1129,6 +1173,9 @@ def render_markdown(report):
         f'gunicorn {versions.get("gunicorn", "n/a")}')
     add('- every server: 127.0.0.1, 2 workers; wrk -t1 (one thread) on the '
         'same 2 cores')
+    if report.get('aborted'):
+        add('- **the run was aborted**: '
+            + report['aborted'].strip().splitlines()[-1])
     for key, note in report.get('setup_notes', {}).items():
         add(f'- **{key} unavailable**: {note}')
     for key, text in report.get('start_failures', {}).items():
@@ -1363,7 +1410,7 @@ def write_chart(report):
 # -- profile mode -----------------------------------------------------------------------
 
 _PER_REQUEST_CALLS = (
-    ('epoll.poll', "select.epoll' objects>"),
+    ('epoll.poll', "'poll' of 'select.epoll' objects"),
     ('socket.recv', "'recv' of '_socket.socket' objects"),
     ('socket.send', "'send' of '_socket.socket' objects"),
     ('socket.sendall', "'sendall' of '_socket.socket' objects"),
@@ -1394,6 +1441,7 @@ def profile(args):
         monitor0 = get_json(server.port, '/monitor')
         log(f'profiling: wrk -c32 -d{duration}s on /api/item/1')
         result = run_wrk(wrk, server.port, '/api/item/1', 32, duration)
+        time.sleep(1.5)  # 'handled' arrives with the 1 s heartbeats
         monitor1 = get_json(server.port, '/monitor')
     finally:
         stopped = server.stop()

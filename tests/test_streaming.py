@@ -199,6 +199,18 @@ def test_worker_answers_when_registered_fifo_is_written(one_worker, tmp_path):
     assert results and results[0].json() == {'read': 'wake up'}
 
 
+def test_dispatcher_watches_a_descriptor_of_its_own(one_worker, tmp_path):
+    fifo = str(tmp_path / 'dispatcher-wake')
+    os.mkfifo(fifo)
+    assert one_worker.request('POST', '/dispatcher-watch',
+                              body={'fifo': fifo}).status == 200
+    writer = os.open(fifo, os.O_WRONLY)
+    os.write(writer, b'ping')
+    os.close(writer)
+    wait_until(lambda: one_worker.get('/dispatcher-read').json()['read'] ==
+               'ping', 10)
+
+
 def test_forward_to_another_pool(one_worker):
     assert one_worker.request('POST', '/forward',
                               body={'note': 'hi'}).status == 200

@@ -176,6 +176,21 @@ class StreamDispatcher(_workers.Dispatcher):
     def show_status(self, client, path_params):
         client.respond(self.status())
 
+    @_workers.sync('/dispatcher-watch', 'POST')
+    def dispatcher_watch(self, client, path_params):
+        fd = os.open(client.data['fifo'], os.O_RDONLY | os.O_NONBLOCK)
+        self.register_reader(fd, self.on_fifo)
+        client.respond({'watching': fd})
+
+    def on_fifo(self, fd):
+        self.fifo_data = os.read(fd, 4096).decode()
+        self.unregister_reader(fd)
+        os.close(fd)
+
+    @_workers.sync('/dispatcher-read')
+    def dispatcher_read(self, client, path_params):
+        client.respond({'read': getattr(self, 'fifo_data', None)})
+
     @_workers.sync('/resume-all', 'POST')
     def resume_all(self, client, path_params):
         self._pools[0].send_config({'resume_all': True})

@@ -28,6 +28,7 @@ import time
 from uhttp import server as _server
 
 from . import messages
+from .descriptors import READ, WRITE, DescriptorWatch
 from .log import LOG_INFO, Logger, LogOutput
 from .request import RejectRequest, Response, encode_body
 from .routing import MethodNotAllowed, RouteNotFound, Router
@@ -145,7 +146,7 @@ class Dispatcher:
         self._next_idle = 0.0
         self._signal_reader = None
         self._signal_writer = None
-        self._fd_callbacks = {}
+        self._descriptors = DescriptorWatch(self._descriptor_failed)
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
         self._check_pools()
@@ -201,19 +202,19 @@ class Dispatcher:
     def register_reader(self, fd, callback):
         """Call `callback(fd)` from the dispatcher loop when `fd` is readable.
         The callback runs in the loop: it must not block."""
-        self._set_fd_callback(fd, selectors.EVENT_READ, callback)
+        self._descriptors.watch(fd, READ, callback)
 
     def unregister_reader(self, fd):
         """Stop watching `fd` for reading."""
-        self._set_fd_callback(fd, selectors.EVENT_READ, None)
+        self._descriptors.watch(fd, READ, None)
 
     def register_writer(self, fd, callback):
         """Call `callback(fd)` from the dispatcher loop when `fd` is writable."""
-        self._set_fd_callback(fd, selectors.EVENT_WRITE, callback)
+        self._descriptors.watch(fd, WRITE, callback)
 
     def unregister_writer(self, fd):
         """Stop watching `fd` for writing."""
-        self._set_fd_callback(fd, selectors.EVENT_WRITE, None)
+        self._descriptors.watch(fd, WRITE, None)
 
     def stop(self, graceful=True):
         """Begin shutdown, as SIGTERM (graceful) or SIGQUIT would."""
@@ -235,42 +236,8 @@ class Dispatcher:
 
     find_pool = _find_pool
 
-    def _set_fd_callback(self, fd, event, callback):
-        fd = fd if isinstance(fd, int) else fd.fileno()
-        callbacks = self._fd_callbacks.setdefault(fd, {})
-        if callback is None:
-            callbacks.pop(event, None)
-        else:
-            callbacks[event] = callback
-        if self._selector is not None:
-            self._apply_fd_callbacks(fd)
-
-    def _apply_fd_callbacks(self, fd):
-        mask = 0
-        for event in self._fd_callbacks.get(fd, ()):
-            mask |= event
-        try:
-            self._selector.get_key(fd)
-            known = True
-        except KeyError:
-            known = False
-        if not mask:
-            self._fd_callbacks.pop(fd, None)
-            if known:
-                self._selector.unregister(fd)
-        elif known:
-            self._selector.modify(fd, mask, self._on_fd_event)
-        else:
-            self._selector.register(fd, mask, self._on_fd_event)
-
-    def _on_fd_event(self, fileobj, mask):
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        for event, callback in list(self._fd_callbacks.get(fd, {}).items()):
-            if mask & event:
-                try:
-                    callback(fd)
-                except Exception:  # pylint: disable=broad-except
-                    self.log.exception('callback for fd %d raised', fd)
+    def _descriptor_failed(self, fd, err):
+        self.log.error('callback for fd %d raised %r', fd, err, exc_info=err)
 
     # -- set-up -----------------------------------------------------------------
 
@@ -311,8 +278,7 @@ class Dispatcher:
         self._state = 'running'
         now = time.monotonic()
         self._next_idle = now + SELECT_TIMEOUT
-        for fd in list(self._fd_callbacks):
-            self._apply_fd_callbacks(fd)
+        self._descriptors.attach(self._selector)
         for pool in self._pools:
             self._expiry[pool] = collections.OrderedDict()
             pool.start(self)

@@ -20,6 +20,7 @@ import time
 
 from . import messages
 from .channel import Channel, ChannelClosed
+from .descriptors import READ, WRITE, DescriptorWatch
 from .log import LOG_WARNING, Logger
 from .request import (
     DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
@@ -139,7 +140,7 @@ class Worker:
         self._current = None
         self._open = {}
         self._handled = 0
-        self._fd_callbacks = {}
+        self._descriptors = DescriptorWatch(self._descriptor_failed)
         self._next_beat = 0.0
         self._parent_pid = os.getppid()
         self._handlers = {}
@@ -213,19 +214,19 @@ class Worker:
 
     def register_reader(self, fd, callback):
         """Call `callback(fd)` from the worker loop when `fd` is readable."""
-        self._set_fd_callback(fd, selectors.EVENT_READ, callback)
+        self._descriptors.watch(fd, READ, callback)
 
     def unregister_reader(self, fd):
         """Stop watching `fd` for reading."""
-        self._set_fd_callback(fd, selectors.EVENT_READ, None)
+        self._descriptors.watch(fd, READ, None)
 
     def register_writer(self, fd, callback):
         """Call `callback(fd)` from the worker loop when `fd` is writable."""
-        self._set_fd_callback(fd, selectors.EVENT_WRITE, callback)
+        self._descriptors.watch(fd, WRITE, callback)
 
     def unregister_writer(self, fd):
         """Stop watching `fd` for writing."""
-        self._set_fd_callback(fd, selectors.EVENT_WRITE, None)
+        self._descriptors.watch(fd, WRITE, None)
 
     # -- handling a request ---------------------------------------------------
 
@@ -380,39 +381,8 @@ class Worker:
         except Exception:  # pylint: disable=broad-except
             self.log.exception('%s() raised', hook.__name__)
 
-    def _set_fd_callback(self, fd, event, callback):
-        fd = fd if isinstance(fd, int) else fd.fileno()
-        callbacks = self._fd_callbacks.setdefault(fd, {})
-        if callback is None:
-            callbacks.pop(event, None)
-        else:
-            callbacks[event] = callback
-        mask = 0
-        for registered in callbacks:
-            mask |= registered
-        if self._selector is None:
-            return  # registered when the loop starts
-        self._apply_fd_mask(fd, mask)
-
-    def _apply_fd_mask(self, fd, mask):
-        try:
-            self._selector.get_key(fd)
-            known = True
-        except KeyError:
-            known = False
-        if not mask:
-            self._fd_callbacks.pop(fd, None)
-            if known:
-                self._selector.unregister(fd)
-        elif known:
-            self._selector.modify(fd, mask, self._on_fd)
-        else:
-            self._selector.register(fd, mask, self._on_fd)
-
-    def _on_fd(self, fd, mask):
-        for event, callback in list(self._fd_callbacks.get(fd, {}).items()):
-            if mask & event:
-                self._call_hook(callback, fd)
+    def _descriptor_failed(self, fd, err):
+        self.log.error('callback for fd %d raised %r', fd, err, exc_info=err)
 
     def _beat(self, now):
         self._next_beat = now + self.heartbeat_interval
@@ -436,11 +406,7 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._selector.register(channel.sock, selectors.EVENT_READ,
                                 self._on_channel)
-        for fd, callbacks in list(self._fd_callbacks.items()):
-            mask = 0
-            for event in callbacks:
-                mask |= event
-            self._apply_fd_mask(fd, mask)
+        self._descriptors.attach(self._selector)
         try:
             self.setup()
         except Exception:  # pylint: disable=broad-except
