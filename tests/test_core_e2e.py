@@ -768,10 +768,6 @@ def test_next_request_sent_while_first_is_pending(core):
     assert json.loads(answers[1][2]) == {'id': 21}
 
 
-@pytest.mark.xfail(reason='BUG: pipelined requests that arrive in one TCP '
-                   'segment: only the first is answered, the rest stay in '
-                   'the connection buffer with no read event to parse them',
-                   strict=True)
 def test_pipelined_requests_in_one_segment(core):
     with socket.create_connection(('127.0.0.1', core.port),
                                   timeout=10) as sock:
@@ -838,6 +834,28 @@ def test_client_leaving_while_queued_drops_request(single):
         assert result and result[0].status == 200, result
     wait_until(lambda: monitor(server)['pending'] == 0
                and core_pool(server)['pending'] == 0, 10)
+    assert server.get(f'/api/ran/{key}').json() == {'ran': 0}
+    assert server.count_log(f'ran {key}') == 0
+
+
+def test_client_leaving_while_waiting_in_worker_channel_is_cancelled(single):
+    server = single
+    key = unique('cancelled')
+    # one slow request busy in the worker; the next one is already sent to
+    # the same worker (it holds up to 2) but has not started
+    slow = in_thread(server.get, '/api/sleep/1', timeout=20)
+    wait_until(lambda: core_pool(server)['workers'][0]['in_flight'] == 1, 10)
+    sock = socket.create_connection(('127.0.0.1', server.port), timeout=10)
+    try:
+        sock.sendall(f'POST /api/count/{key} HTTP/1.1\r\nHost: x\r\n'
+                     'Content-Length: 0\r\n\r\n'.encode())
+        wait_until(lambda: core_pool(server)['workers'][0]['in_flight'] == 2,
+                   10, message='the request was not sent to the worker')
+    finally:
+        sock.close()
+    slow[0].join(20)
+    assert slow[1] and slow[1][0].status == 200
+    wait_until(lambda: core_pool(server)['pending'] == 0, 10)
     assert server.get(f'/api/ran/{key}').json() == {'ran': 0}
     assert server.count_log(f'ran {key}') == 0
 

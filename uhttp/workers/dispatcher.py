@@ -30,12 +30,19 @@ from uhttp import server as _server
 from . import messages
 from .descriptors import READ, WRITE, DescriptorWatch
 from .log import LOG_INFO, Logger, LogOutput
+from .metrics import Metrics
+from .pidfile import PidFile
+from .proctitle import set_title
 from .request import RejectRequest, Response, encode_body
 from .routing import MethodNotAllowed, RouteNotFound, Router
 from .static import StaticFiles
+from .systemd import Notifier, listen_sockets
 from .worker import EXIT_APP_ERROR
 
 SELECT_TIMEOUT = 1.0
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                   signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
+                   signal.SIGTTOU)
 HOUSEKEEPING_INTERVAL = 0.1
 
 _JSON = {'content-type': 'application/json'}
@@ -63,9 +70,12 @@ class _PendingRequest:
     """
 
     __slots__ = ('request_id', 'client', 'pool', 'worker', 'state',
-                 'deadline', 'message', 'counted_active', 'read_paused')
+                 'deadline', 'message', 'counted_active', 'read_paused',
+                 'started')
 
-    def __init__(self, request_id, client, pool, message, deadline):
+    def __init__(self, request_id, client, pool, message, deadline,
+                 started=0.0):
+        self.started = started
         self.request_id = request_id
         self.client = client
         self.pool = pool
@@ -110,7 +120,8 @@ class Dispatcher:
                  max_connections=10000, max_content_length=1024 * 1024,
                  keep_alive_timeout=15, keep_alive_max_requests=1000,
                  request_timeout=10, listen_backlog=1024,
-                 trusted_proxies=None):
+                 trusted_proxies=None, log_file=None, pid_file=None,
+                 metrics_route=None):
         self.port = port
         self.address = address
         self._pools = list(pools or [])
@@ -129,7 +140,14 @@ class Dispatcher:
         }
         if trusted_proxies:
             self._server_options['trusted_proxies'] = list(trusted_proxies)
-        self._log_output = LogOutput(sys.stderr)
+        self.log_file = log_file
+        self._log_output = LogOutput(sys.stderr, path=log_file)
+        self._pid_file = PidFile(pid_file) if pid_file else None
+        self.metrics_route = metrics_route
+        self._metrics = Metrics(self) if metrics_route else None
+        self._notifier = None
+        self._ready_notified = False
+        self._next_watchdog = None
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
         self._pending = {}
@@ -137,6 +155,7 @@ class Dispatcher:
         self._expiry = {}
         self._next_request_id = 1
         self._flush_needed = set()
+        self._pipelined = set()
         self._selector = None
         self._server = None
         self._state = 'new'
@@ -174,6 +193,11 @@ class Dispatcher:
     def on_worker_died(self, pool, worker_id, reason, exitcode):
         """A worker process ended unexpectedly (crash, kill, stuck)."""
 
+    def on_reload(self):
+        """Return new configuration for the workers (SIGHUP, reload()), or
+        None to keep theirs."""
+        return None
+
     # -- public tools ---------------------------------------------------------
 
     @property
@@ -182,9 +206,19 @@ class Dispatcher:
         return list(self._pools)
 
     @property
+    def is_running(self):
+        """True while the dispatcher serves (not starting or shutting down)."""
+        return self._state == 'running'
+
+    @property
     def pending_count(self):
         """Requests waiting for an answer from a pool."""
         return len(self._pending)
+
+    @property
+    def stream_count(self):
+        """Streaming responses in progress."""
+        return len(self._streams)
 
     def status(self):
         """Pools, pending requests and connections, for monitoring."""
@@ -215,6 +249,29 @@ class Dispatcher:
     def unregister_writer(self, fd):
         """Stop watching `fd` for writing."""
         self._descriptors.watch(fd, WRITE, None)
+
+    def restart_workers(self, graceful=True):
+        """Replace every worker of every pool with a fresh process (new code
+        from disk). Graceful: one at a time per pool, each new worker ready
+        before the old one stops; no request fails."""
+        if not self.is_running:
+            return
+        for pool in self._pools:
+            pool.restart_workers(graceful)
+
+    def reload(self):
+        """Ask `on_reload()` for new configuration and send it to every
+        worker's `on_config()` (workers started later get it too)."""
+        try:
+            config = self.on_reload()
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('on_reload() raised: configuration unchanged')
+            return
+        if config is None:
+            return
+        for pool in self._pools:
+            pool.send_config(config)
+        self.log.info('configuration reloaded')
 
     def stop(self, graceful=True):
         """Begin shutdown, as SIGTERM (graceful) or SIGQUIT would."""
@@ -263,6 +320,8 @@ class Dispatcher:
         return router if len(router) else None
 
     def _start(self):
+        if self._pid_file is not None:
+            self._pid_file.create()
         file_limit = _raise_open_file_limit()
         self.max_connections = max(
             16, min(self.max_connections, file_limit - 64
@@ -273,7 +332,13 @@ class Dispatcher:
             ssl_context=self.ssl_context, selector=self._selector,
             max_waiting_clients=self.max_connections,
             listen=self.listen_backlog, **self._server_options)
+        inherited = listen_sockets()
+        if inherited:
+            self._adopt_listener(inherited[0])
         self.port = self._server.socket.getsockname()[1]
+        self._notifier = Notifier()
+        if self._notifier.watchdog_interval:
+            self._next_watchdog = time.monotonic()
         self._install_signals()
         self._state = 'running'
         now = time.monotonic()
@@ -286,6 +351,22 @@ class Dispatcher:
         scheme = 'https' if self.ssl_context else 'http'
         self.log.info('listening on %s://%s:%d (pid %d, %d pools)', scheme,
                       host, self.port, os.getpid(), len(self._pools))
+        set_title(f'dispatcher {host}:{self.port}')
+
+    def _adopt_listener(self, sock):
+        """Serve on a socket systemd passed us instead of the one bound.
+
+        uhttp-server binds its own socket; it is swapped for the inherited
+        one (the server only ever accepts on `_socket`).
+        """
+        server = self._server
+        self._selector.unregister(server.socket)
+        server.socket.close()
+        sock.setblocking(False)
+        server._socket = sock  # pylint: disable=protected-access
+        self._selector.register(sock, selectors.EVENT_READ, server)
+        self.address = sock.getsockname()[0]
+        self.log.info('using the listening socket passed by systemd')
 
     def _install_signals(self):
         try:
@@ -300,7 +381,7 @@ class Dispatcher:
                              'handled, use stop() to shut down')
             return
         self._signal_reader, self._signal_writer = reader, writer
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, _note_signal)
         self._selector.register(reader, selectors.EVENT_READ,
                                 self._on_signal_readable)
@@ -335,6 +416,28 @@ class Dispatcher:
         self.log.warning('SIGQUIT: stopping now')
         self._stop_now()
 
+    def handle_hup(self):
+        """SIGHUP: reload configuration, then a rolling restart of workers."""
+        self.log.info('SIGHUP: reload and rolling restart of the workers')
+        self.reload()
+        self.restart_workers(graceful=True)
+
+    def handle_usr1(self):
+        """SIGUSR1: reopen the log file (after logrotate moved it)."""
+        self._log_output.reopen()
+        self.log.info('SIGUSR1: log file reopened')
+
+    def handle_ttin(self):
+        """SIGTTIN: one more worker in every pool."""
+        for pool in self._pools:
+            pool.resize(pool.num_workers + 1)
+
+    def handle_ttou(self):
+        """SIGTTOU: one worker fewer in every pool (never below one)."""
+        for pool in self._pools:
+            if pool.num_workers > 1:
+                pool.resize(pool.num_workers - 1)
+
     # -- the loop -----------------------------------------------------------------
 
     def run(self):
@@ -360,6 +463,8 @@ class Dispatcher:
                 owner.handle_event(key.fileobj, mask)
             else:
                 owner(key.fileobj, mask)
+        if self._pipelined:
+            self._serve_pipelined()
         self._server.maintenance()
         if self._flush_needed:
             self._flush_workers()
@@ -369,7 +474,7 @@ class Dispatcher:
             self._housekeeping(now)
 
     def _select_timeout(self):
-        if self._flush_needed:
+        if self._flush_needed or self._pipelined:
             return 0
         now = time.monotonic()
         wake = min(self._next_idle, self._next_housekeeping_due())
@@ -387,6 +492,8 @@ class Dispatcher:
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
         for pool in self._pools:
             pool.supervise(now)
+        if self._notifier.enabled:
+            self._systemd_step(now)
         if now >= self._next_idle:
             self._next_idle = now + SELECT_TIMEOUT
             try:
@@ -406,6 +513,8 @@ class Dispatcher:
             client = connection.handle_event(fileobj, mask)
             if client is not None:
                 self._on_request(client)
+            else:
+                self._note_pipelined(connection)
         elif pending.state == 'streaming':
             connection.handle_event(fileobj, mask)
             if connection.socket is None:
@@ -442,6 +551,14 @@ class Dispatcher:
         pending.read_paused = True
 
     def _on_request(self, client):
+        self._route_request(client)
+        self._note_pipelined(client)
+
+    def _route_request(self, client):
+        if self._metrics is not None and client.path == self.metrics_route:
+            body, content_type = self._metrics.render()
+            self._answer(client, 200, {'content-type': content_type}, body)
+            return
         if self._static:
             result = self._static.lookup(client.path)
             if result is not None:
@@ -454,6 +571,29 @@ class Dispatcher:
             self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
             return
         self._submit(client, pool)
+
+    # uhttp-server parses one request per read: requests a client sent in
+    # the same segment (pipelining) wait in the connection's buffer, and no
+    # socket event will announce them. Serve them from the loop instead.
+    def _note_pipelined(self, connection):
+        if connection._buffer and connection.context is None \
+                and connection._method is None \
+                and connection.socket is not None:  # pylint: disable=protected-access
+            self._pipelined.add(connection)
+
+    def _serve_pipelined(self):
+        connections, self._pipelined = self._pipelined, set()
+        for connection in connections:
+            if connection.context is not None or connection.socket is None \
+                    or connection._method is not None:  # pylint: disable=protected-access
+                continue
+            try:
+                loaded = connection.process_request()
+            except ValueError:  # a buffer beyond the header limit
+                connection.close()
+                continue
+            if loaded:
+                self._on_request(connection)
 
     def _serve_static(self, client, result):
         if result.status == 200:
@@ -513,9 +653,9 @@ class Dispatcher:
         message = messages.request(
             request_id, client.method, client.path, client.query,
             client.headers, data, client.remote_address)
+        now = time.monotonic()
         pending = _PendingRequest(
-            request_id, client, pool, message,
-            time.monotonic() + pool.timeout)
+            request_id, client, pool, message, now + pool.timeout, now)
         self._pending[request_id] = pending
         self._expiry[pool][request_id] = pending
         client.context = pending
@@ -566,6 +706,7 @@ class Dispatcher:
         """Send a complete response; never raises."""
         try:
             client.respond(data=body, status=status, headers=dict(headers))
+            self._note_pipelined(client)
         except _server.HttpError as err:
             self.log.error('cannot send response %s: %s', status, err)
             if status != 500:
@@ -588,6 +729,8 @@ class Dispatcher:
 
     def _finish(self, pending):
         """Forget a pending request whose client was dealt with."""
+        if pending.state == 'queued':
+            pending.pool.abandoned += 1  # its backlog entry is skipped later
         pending.state = 'done'
         self._pending.pop(pending.request_id, None)
         self._streams.pop(pending.request_id, None)
@@ -608,6 +751,9 @@ class Dispatcher:
         self._finish(pending)
         if client is None or client.socket is None:
             return
+        if self._metrics is not None and not was_streaming:
+            self._metrics.answered(pending.pool.name, '', status,
+                                   time.monotonic() - pending.started)
         if was_streaming:
             client.response_stream_end()
         else:
@@ -622,7 +768,7 @@ class Dispatcher:
         if handle is None or pending.state not in ('deferred', 'streaming'):
             return
         handle.pool.forget(handle, pending.request_id)
-        handle.pool._queue(handle, messages.disconnect(pending.request_id))  # pylint: disable=protected-access
+        handle.pool.send_to(handle, messages.disconnect(pending.request_id))
 
     def _client_left(self, pending):
         """The client of a pending request closed its connection."""
@@ -630,6 +776,10 @@ class Dispatcher:
             return
         self.log.debug('request %s: client left (%s)', pending.request_id,
                        pending.state)
+        if pending.state == 'assigned':
+            # it may still wait in the worker's channel behind another one
+            pending.pool.send_to(pending.worker,
+                                 messages.cancel(pending.request_id))
         self._release_from_worker(pending)
         self._finish(pending)
 
@@ -732,10 +882,15 @@ class Dispatcher:
         pool = handle.pool
         index, pid, was_stopping = handle.index, handle.pid, handle.stopping
         reason, exitcode = pool.on_exit(handle)
+        if self._metrics is not None:
+            self._metrics.worker_exited(pool.name, reason)
         self._fail_orphans(handle, orphans, reason)
         if was_stopping and reason == 'stopped':
             self.log.info('worker %s[%d] (pid %s) stopped', pool.name, index,
                           pid)
+        elif reason == 'restarted':
+            self.log.warning('worker %s[%d] (pid %s) restarted; %d requests '
+                             'failed', pool.name, index, pid, len(orphans))
         else:
             self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
                            pool.name, index, pid, reason, len(orphans))
@@ -759,9 +914,8 @@ class Dispatcher:
 
     def pool_degraded(self, pool):
         """A pool just became degraded: its backlog gets 503 now."""
-        while pool.backlog:
-            pending = pool.backlog.popleft()
-            if pending.state == 'queued' and pending.client is not None:
+        for pending in pool.take_backlog():
+            if pending.client is not None:
                 self._fail(pending, 503, 'Service Unavailable')
 
     # -- messages from workers ---------------------------------------------
@@ -797,7 +951,7 @@ class Dispatcher:
                            handle.name, kind)
 
     def _on_response_message(self, handle, message):
-        _, request_id, status, headers, body = message
+        _, request_id, status, headers, body, route = message
         pool = handle.pool
         pending = pool.forget(handle, request_id)
         if pending is None or pending.state == 'done' \
@@ -808,6 +962,9 @@ class Dispatcher:
             return
         client = pending.client
         self._finish(pending)
+        if self._metrics is not None:
+            self._metrics.answered(pool.name, route, status,
+                                   time.monotonic() - pending.started)
         if self._has_response_hook:
             # before writing: once written, a keep-alive connection is reset
             # and the hook could no longer read the request it answers
@@ -831,7 +988,7 @@ class Dispatcher:
         elif pending.client is not None:
             # answered already (timeout, client left): the worker may drop it
             pool.forget(handle, request_id)
-            pool._queue(handle, messages.disconnect(request_id))  # pylint: disable=protected-access
+            pool.send_to(handle, messages.disconnect(request_id))
         pool.pump()
 
     def _on_keep_alive(self, request_ids):
@@ -851,7 +1008,7 @@ class Dispatcher:
                 or pending.client is None:
             if kind != messages.STREAM_END and pending is not None:
                 handle.pool.forget(handle, request_id)
-                handle.pool._queue(handle, messages.disconnect(request_id))  # pylint: disable=protected-access
+                handle.pool.send_to(handle, messages.disconnect(request_id))
             return
         client = pending.client
         if kind == messages.STREAM_START:
@@ -919,9 +1076,25 @@ class Dispatcher:
 
     # -- shutdown ------------------------------------------------------------------
 
+    def _systemd_step(self, now):
+        if not self._ready_notified and self._state == 'running' and all(
+                h.ready for pool in self._pools for h in pool.workers):
+            self._ready_notified = True
+            self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
+                         f'MAINPID={os.getpid()}')
+        if self._next_watchdog is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self._notifier.watchdog_interval
+            self._notify('WATCHDOG=1')
+
+    def _notify(self, message):
+        error = self._notifier.notify(message) if self._notifier else None
+        if error is not None:
+            self.log.warning('systemd notification failed: %s', error)
+
     def _begin_drain(self):
         if self._state != 'running':
             return
+        self._notify('STOPPING=1')
         self._state = 'draining'
         now = time.monotonic()
         self._shutdown_started = now
@@ -988,6 +1161,7 @@ class Dispatcher:
                     pool.kill()
             return
         if self._state == 'running':
+            self._notify('STOPPING=1')
             self._close_listener()
         now = time.monotonic()
         self._shutdown_started = now - self.shutdown_timeout
@@ -1012,12 +1186,16 @@ class Dispatcher:
             self._server.close()
         if self._signal_reader is not None:
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             self._signal_reader.close()
             self._signal_writer.close()
         if self._selector is not None:
             self._selector.close()
+        if self._notifier is not None:
+            self._notifier.close()
+        if self._pid_file is not None:
+            self._pid_file.remove()
         self.log.info('stopped')
 
 

@@ -158,11 +158,34 @@ def _is_journal_stream(stream):
 
 
 class LogOutput:
-    """Writes formatted log lines to a stream in the detected style."""
+    """Writes formatted log lines to a stream in the detected style, or to a
+    file (`path`, plain lines, reopened by `reopen()` after rotation)."""
 
-    def __init__(self, stream=None, style=None):
-        self.stream = stream or sys.stderr
-        self.style = style or detect_style(self.stream)
+    def __init__(self, stream=None, style=None, path=None):
+        self.path = path
+        if path:
+            self.stream = self._open(path)
+            self.style = style or 'plain'
+        else:
+            self.stream = stream or sys.stderr
+            self.style = style or detect_style(self.stream)
+
+    @staticmethod
+    def _open(path):
+        return open(path, 'a', buffering=1, encoding='utf-8')  # pylint: disable=consider-using-with
+
+    def reopen(self):
+        """Open the log file again (logrotate renamed it); no-op on streams."""
+        if not self.path:
+            return
+        try:
+            fresh = self._open(self.path)
+        except OSError as err:
+            self.write('dispatcher', LOG_ERROR,
+                       f'cannot reopen log file {self.path}: {err}')
+            return
+        old, self.stream = self.stream, fresh
+        old.close()
 
     def format(self, name, level, message):
         """The text written for one record (without the final newline)."""

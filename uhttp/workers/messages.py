@@ -15,11 +15,12 @@ REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, 
 CONFIG = 2          # (CONFIG, config)
 STOP = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT = 4      # (DISCONNECT, request_id)  its client went away
+CANCEL = 5          # (CANCEL, request_id)  client left: skip it if not started
 
 # worker -> dispatcher
 READY = 20          # (READY, pid)  setup() finished
 HEARTBEAT = 21      # (HEARTBEAT, current_request_id, requests_handled)
-RESPONSE = 22       # (RESPONSE, request_id, status, headers, body)
+RESPONSE = 22       # (RESPONSE, request_id, status, headers, body, route)
 DEFERRED = 23       # (DEFERRED, request_id)  handler returned DEFERRED
 KEEP_ALIVE = 24     # (KEEP_ALIVE, request_ids)  reset timeout and stuck clock
 LOG = 25            # (LOG, name, level, message)
@@ -52,6 +53,11 @@ def disconnect(request_id):
     return (DISCONNECT, request_id)
 
 
+def cancel(request_id):
+    """Tell a worker to skip a request it has not started (client left)."""
+    return (CANCEL, request_id)
+
+
 def ready(pid):
     """The worker finished setup() and takes requests."""
     return (READY, pid)
@@ -62,9 +68,10 @@ def heartbeat(current_request_id, requests_handled):
     return (HEARTBEAT, current_request_id, requests_handled)
 
 
-def response(request_id, status, headers, body):
-    """The whole answer to a request; body is bytes."""
-    return (RESPONSE, request_id, status, headers, body)
+def response(request_id, status, headers, body, route=''):
+    """The whole answer to a request; body is bytes; route is the matched
+    pattern (for metrics), '' when none matched."""
+    return (RESPONSE, request_id, status, headers, body, route)
 
 
 def deferred(request_id):

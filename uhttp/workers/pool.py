@@ -14,6 +14,7 @@ reports events to the dispatcher, which owns the sockets.
 import collections
 import multiprocessing
 import os
+import random
 import signal
 import time
 
@@ -32,6 +33,7 @@ from .worker import (
 # behind a slow request to one.
 PREFETCH = 2
 
+MEMORY_CHECK_EVERY = 1.0    # seconds between two RSS readings of workers
 BACKOFF_FIRST = 1.0     # seconds before the first retry of a degraded pool
 BACKOFF_MAX = 30.0      # cap of the doubling back-off
 QUEUE_WARNING_EVERY = 10.0  # seconds between two "queue is long" warnings
@@ -58,11 +60,25 @@ class WorkerHandle:
         self.kill_reason = None
         self.kill_deadline = None
         self.exited = False
+        self.retiring = False       # stopping for good: not replaced
+        self.respawn = False        # killed on purpose: start it again
+        self.replacement = None     # the new worker that will take over
+        self.replaces = None        # the worker this one takes over from
+        self.assigned = 0           # requests given to this process
+        self.request_limit = None   # recycle after this many (max_requests)
+        self.rss = None             # resident memory, bytes (Linux)
 
     @property
     def name(self):
         """'PoolName[index]', as used in logs."""
         return f'{self.pool.name}[{self.index}]'
+
+    @property
+    def is_serving(self):
+        """Running and meant to stay (not stopping, retiring or killed)."""
+        return (self.process is not None and not self.exited
+                and not self.stopping and not self.retiring
+                and self.kill_reason is None)
 
     @property
     def has_capacity(self):
@@ -91,6 +107,8 @@ class WorkerHandle:
             'in_flight': len(self.in_flight),
             'handled': self.handled,
             'restarts': self.restarts,
+            'rss': self.rss,
+            'retiring': self.retiring,
         }
 
 
@@ -114,7 +132,7 @@ class PoolQueue:
 
     def qsize(self):
         """Requests waiting for a worker."""
-        return len(self._pool.backlog)
+        return self._pool.queue_size
 
 
 class WorkerPool:
@@ -129,7 +147,8 @@ class WorkerPool:
                  stuck_timeout=60, heartbeat_interval=1,
                  log_level=LOG_WARNING, max_restarts=10, restart_window=300,
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
-                 worker_kill_timeout=5, **kwargs):
+                 worker_kill_timeout=5, max_requests=0,
+                 max_requests_jitter=0, max_memory=0, **kwargs):
         if num_workers < 1:
             raise ValueError('num_workers must be at least 1')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
@@ -150,16 +169,23 @@ class WorkerPool:
         self.name = name or worker_class.__name__
         self.unrecoverable_exit_codes = frozenset(unrecoverable_exit_codes)
         self.worker_kill_timeout = worker_kill_timeout
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        self.max_memory = max_memory
         self.kwargs = kwargs
         self.request_queue = PoolQueue(self)
         self.workers = []
         self.backlog = collections.deque()
+        self.abandoned = 0      # backlog entries whose client was answered
         self.degraded = False
         self.config = None
         self._restart_times = collections.deque()
         self._backoff = BACKOFF_FIRST
         self._retry_at = None
         self._queue_warned_at = 0.0
+        self._next_memory_check = 0.0
+        self._roll_queue = collections.deque()
+        self._rolling = None    # the old worker being replaced by the roll
         self._dispatcher = None
         self._context = multiprocessing.get_context('spawn')
 
@@ -182,11 +208,25 @@ class WorkerPool:
         return {
             'name': self.name,
             'degraded': self.degraded,
-            'queue_size': len(self.backlog),
+            'queue_size': self.queue_size,
             'pending': sum(len(h.in_flight) for h in self.workers)
-            + len(self.backlog),
+            + self.queue_size,
             'workers': [handle.status(now) for handle in self.workers],
         }
+
+    @property
+    def queue_size(self):
+        """Requests waiting in the backlog for a free worker."""
+        return len(self.backlog) - self.abandoned
+
+    def take_backlog(self):
+        """Empty the backlog; return the requests still waiting in it."""
+        waiting = [p for p in self.backlog if p.state == 'queued']
+        self.backlog.clear()
+        self.abandoned = 0
+        for pending in waiting:
+            pending.state = 'taken'
+        return waiting
 
     @property
     def workers_alive(self):
@@ -233,6 +273,10 @@ class WorkerPool:
         handle.last_seen = now
         handle.in_flight = {}
         handle.active = 0
+        handle.assigned = 0
+        handle.rss = None
+        handle.request_limit = self.max_requests + random.randint(
+            0, self.max_requests_jitter) if self.max_requests else None
         if self.config is not None:
             self._queue(handle, messages.config(self.config))
         self._dispatcher.watch_worker(handle)
@@ -242,11 +286,12 @@ class WorkerPool:
         for handle in self.workers:
             self._stop_worker(handle)
 
-    def _stop_worker(self, handle):
+    def _stop_worker(self, handle, grace=None):
         if handle.exited or handle.stopping:
             return
         handle.stopping = True
-        handle.kill_deadline = time.monotonic() + self.worker_kill_timeout
+        handle.kill_deadline = time.monotonic() + (
+            self.worker_kill_timeout if grace is None else grace)
         self._queue(handle, messages.stop())
 
     def kill(self):
@@ -307,7 +352,11 @@ class WorkerPool:
         pending.counted_active = True
         handle.in_flight[pending.request_id] = pending
         handle.active += 1
+        handle.assigned += 1
         self._queue(handle, pending.message)
+        if handle.request_limit and handle.assigned >= handle.request_limit:
+            self._recycle(handle, f'served {handle.assigned} requests '
+                          f'(max_requests={self.max_requests})')
 
     def pump(self):
         """Move backlog requests to workers that have room."""
@@ -316,6 +365,7 @@ class WorkerPool:
             pending = backlog[0]
             if pending.state != 'queued':
                 backlog.popleft()  # answered (timeout) or its client left
+                self.abandoned -= 1
                 continue
             handle = self._least_busy()
             if handle is None:
@@ -336,6 +386,10 @@ class WorkerPool:
             self.release(handle, pending)
         return pending
 
+    def send_to(self, handle, message):
+        """Queue a message for one worker of this pool."""
+        self._queue(handle, message)
+
     def _queue(self, handle, message):
         channel = handle.channel
         if channel is None or channel.closed:
@@ -344,20 +398,26 @@ class WorkerPool:
         self._dispatcher.wants_flush(handle)
 
     def _warn_queue_size(self):
-        if not self.queue_warning or len(self.backlog) <= self.queue_warning:
+        if not self.queue_warning or self.queue_size <= self.queue_warning:
             return
         now = time.monotonic()
         if now - self._queue_warned_at >= QUEUE_WARNING_EVERY:
             self._queue_warned_at = now
             self._dispatcher.log.warning(
                 'pool %s: %d requests wait for a worker (queue_warning=%d)',
-                self.name, len(self.backlog), self.queue_warning)
+                self.name, self.queue_size, self.queue_warning)
 
     # -- messages from a worker ----------------------------------------------
 
     def on_ready(self, handle):
-        """The worker finished setup(): it takes requests, the pool heals."""
+        """The worker finished setup(): it takes requests, the pool heals,
+        and the worker it replaces (if any) may stop."""
         handle.ready = True
+        old = handle.replaces
+        if old is not None:
+            handle.replaces = None
+            old.replacement = None
+            self._retire(old)
         if self.degraded:
             self.degraded = False
             self._backoff = BACKOFF_FIRST
@@ -395,6 +455,9 @@ class WorkerPool:
                 and now >= self._retry_at:
             self._retry_at = None
             self._retry_one()
+        if now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_EVERY
+            self._check_memory()
 
     def _kill_stuck(self, handle, now):
         handle.kill_reason = 'stuck'
@@ -426,6 +489,16 @@ class WorkerPool:
         handle.exited = True
         handle.ready = False
         reason = self._exit_reason(handle, exitcode)
+        if handle.retiring:
+            self._retired(handle)
+            return reason, exitcode
+        if handle.replaces is not None:
+            self._replacement_failed(handle, reason)
+            return reason, exitcode
+        if handle.respawn:
+            handle.respawn = False
+            self._spawn(handle)
+            return reason, exitcode
         if handle.stopping:
             return reason, exitcode
         if exitcode == EXIT_APP_ERROR:
@@ -496,8 +569,128 @@ class WorkerPool:
 
     def _respawn_missing(self):
         for handle in self.workers:
-            if handle.exited and not handle.stopping:
+            if handle.exited and not handle.stopping and not handle.retiring:
                 self._spawn(handle)
+
+    # -- rolling restarts, resizing, recycling --------------------------------
+
+    def restart_workers(self, graceful=True):
+        """Replace every worker with a fresh process (new code from disk).
+
+        Graceful: one worker at a time, a new one is started and ready
+        before the old one is told to stop, and the old one finishes what it
+        holds: no request fails. Not graceful: every worker is terminated
+        now (its requests get 502) and started again.
+        """
+        serving = [h for h in self.workers if h.is_serving]
+        if not graceful:
+            now = time.monotonic()
+            for handle in serving:
+                handle.kill_reason = 'restarted'
+                handle.respawn = True
+                handle.kill_deadline = now + self.worker_kill_timeout
+                self._signal(handle, signal.SIGTERM)
+            return
+        self._roll_queue.extend(serving)
+        self._roll_next()
+
+    def _roll_next(self):
+        if self._rolling is not None:
+            return
+        while self._roll_queue:
+            old = self._roll_queue.popleft()
+            if old.is_serving and old.replacement is None:
+                self._rolling = old
+                self._replace(old, 'rolling restart')
+                return
+
+    def resize(self, num_workers):
+        """Run `num_workers` workers: start new ones, or retire the
+        highest-numbered ones gracefully."""
+        if num_workers < 1:
+            raise ValueError('a pool needs at least one worker')
+        self.num_workers = num_workers
+        members = [h for h in self.workers
+                   if not h.retiring and h.replaces is None]
+        for _ in range(num_workers - len(members)):
+            handle = WorkerHandle(self, self._free_index())
+            self.workers.append(handle)
+            self._spawn(handle)
+        extra = len(members) - num_workers
+        if extra > 0:
+            members.sort(key=lambda h: h.index, reverse=True)
+            for handle in members[:extra]:
+                if handle.replacement is not None:
+                    self._retire(handle.replacement)
+                self._retire(handle)
+        self._dispatcher.log.info('pool %s: resized to %d workers',
+                                  self.name, num_workers)
+
+    def _free_index(self):
+        used = {h.index for h in self.workers if not h.retiring}
+        index = 0
+        while index in used:
+            index += 1
+        return index
+
+    def _recycle(self, handle, why):
+        if handle.replacement is None and handle.is_serving \
+                and self._dispatcher.is_running:
+            self._replace(handle, why)
+
+    def _replace(self, old, why):
+        """Start a worker that takes over from `old` once it is ready."""
+        new = WorkerHandle(self, old.index)
+        new.replaces = old
+        old.replacement = new
+        self.workers.append(new)
+        self._spawn(new)
+        self._dispatcher.log.info('pool %s: replacing worker %s (pid %s): %s',
+                                  self.name, old.name, old.pid, why)
+
+    def _retire(self, handle):
+        """Stop a worker for good once it has finished what it holds."""
+        handle.retiring = True
+        if handle.exited:
+            self._retired(handle)
+            return
+        # it may hold requests up to the pool timeout: let them finish
+        self._stop_worker(handle, max(self.worker_kill_timeout, self.timeout))
+
+    def _retired(self, handle):
+        if handle in self.workers:
+            self.workers.remove(handle)
+        if handle is self._rolling:
+            self._rolling = None
+            if not self._roll_queue:
+                self._dispatcher.log.info('pool %s: rolling restart done',
+                                          self.name)
+            self._roll_next()
+
+    def _replacement_failed(self, handle, reason):
+        old = handle.replaces
+        handle.replaces = None
+        old.replacement = None
+        if handle in self.workers:
+            self.workers.remove(handle)
+        self._dispatcher.log.error(
+            'pool %s: the replacement of worker %s failed to start (%s); '
+            'keeping pid %s', self.name, old.name, reason, old.pid)
+        if old is self._rolling:
+            self._rolling = None
+            self._roll_queue.clear()
+            self._dispatcher.log.error('pool %s: rolling restart aborted',
+                                       self.name)
+
+    def _check_memory(self):
+        for handle in self.workers:
+            if not handle.is_serving:
+                continue
+            handle.rss = _resident_memory(handle.pid)
+            if self.max_memory and handle.rss and \
+                    handle.rss > self.max_memory:
+                self._recycle(handle, f'resident memory {handle.rss} bytes '
+                              f'> max_memory={self.max_memory}')
 
     def flush(self, handle):
         """Send queued messages to a worker; False when some remain."""
@@ -506,3 +699,15 @@ class WorkerPool:
         except ChannelClosed:
             return True  # its exit is noticed through its sentinel
 
+
+
+_PAGE_SIZE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
+
+
+def _resident_memory(pid):
+    """Resident set size of a process in bytes (Linux), else None."""
+    try:
+        with open(f'/proc/{pid}/statm', 'rb') as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None

@@ -120,7 +120,7 @@ class Request:
 
     __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
                  'data', 'headers', 'remote_address', '_cookies', '_worker',
-                 '_state')
+                 '_state', '_route')
 
     def __init__(self, request_id=-1, method='GET', path='/', data=None,
                  query=None, headers=None, path_params=None,
@@ -136,6 +136,7 @@ class Request:
         self._cookies = None
         self._worker = None
         self._state = 'new'
+        self._route = ''
 
     def __repr__(self):
         return f'<Request {self.request_id} {self.method} {self.path}>'
@@ -150,6 +151,7 @@ class Request:
         self._cookies = None
         self._worker = None
         self._state = 'new'
+        self._route = ''
 
     @property
     def cookies(self):

@@ -22,6 +22,7 @@ from . import messages
 from .channel import Channel, ChannelClosed
 from .descriptors import READ, WRITE, DescriptorWatch
 from .log import LOG_WARNING, Logger
+from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
     split_result)
@@ -105,12 +106,13 @@ def collect_routes(worker_class):
 
 
 def build_router(worker_class, bind=None):
-    """Compile the routes of a worker class; `bind(handler_class, name)`
-    returns the callable for each route (a placeholder when None)."""
+    """Compile the routes of a worker class. Each target is (callable,
+    pattern); `bind(handler_class, name)` returns the callable (the method
+    name stands in when bind is None)."""
     router = Router()
     for pattern, methods, handler_class, name in collect_routes(worker_class):
         target = bind(handler_class, name) if bind else name
-        router.add(pattern, methods, target)
+        router.add(pattern, methods, (target, pattern))
     return router
 
 
@@ -241,8 +243,8 @@ class Worker:
             rejected = self.do_check(request)
             if rejected is not None:
                 return rejected
-            target, request.path_params = self._router.match(
-                request.method, request.path)
+            (target, request._route), request.path_params = \
+                self._router.match(request.method, request.path)
             return target(request)
         except RejectRequest as err:
             return err.data, err.status
@@ -306,7 +308,7 @@ class Worker:
         request._state = 'answered'
         self._open.pop(request.request_id, None)
         self._send(messages.response(
-            request.request_id, status, headers, body))
+            request.request_id, status, headers, body, request._route))
         return True
 
     def _start_stream(self, request, headers, cookies):
@@ -354,7 +356,18 @@ class Worker:
         self._send(messages.log(name, level, message))
 
     def _on_channel(self, _fileobj, _mask):
-        for message in self._channel.receive():
+        batch = self._channel.receive()
+        # A request whose client left before it started arrives with its
+        # CANCEL in the same batch when it waited behind another request.
+        cancelled = {message[1] for message in batch
+                     if message[0] == messages.CANCEL}
+        for message in batch:
+            if cancelled and message[0] == messages.REQUEST \
+                    and message[1] in cancelled:
+                self.log.debug('request %s cancelled before it started',
+                               message[1])
+                self._send(messages.returned(message[1]))
+                continue
             self._on_message(message)
         if self._channel.closed:
             self._exit_code = EXIT_PARENT_GONE
@@ -372,6 +385,8 @@ class Worker:
             self._call_hook(self.on_disconnect, message[1])
         elif kind == messages.STOP:
             self._stopping = True
+        elif kind == messages.CANCEL:
+            pass  # too late: the request already ran (handled above if not)
         else:
             self.log.error('unknown message kind %r', kind)
 
@@ -460,6 +475,7 @@ def worker_main(worker_class, sock, options, kwargs):
                         message: _send_quietly(channel, name, level, message))
         logger.critical('%s() failed', worker_class.__name__, exc_info=True)
         sys.exit(EXIT_SETUP_FAILED)
+    set_title(f'worker {worker.pool_name}[{worker.worker_id}]')
     code = worker._run(channel)  # pylint: disable=protected-access
     channel.close()
     sys.exit(code)

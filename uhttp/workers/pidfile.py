@@ -1,0 +1,60 @@
+"""The pid file: written atomically, refused when it names a live process,
+removed on exit (only if it still names us)."""
+
+import os
+
+
+class PidFileError(RuntimeError):
+    """Another live process owns the pid file."""
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class PidFile:
+    """`with PidFile(path):` or create() / remove()."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.pid = None
+
+    def read(self):
+        """The pid in the file, or None when missing or unreadable."""
+        try:
+            with open(self.path, encoding='ascii') as handle:
+                return int(handle.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def create(self):
+        """Write our pid; raise PidFileError if a live process owns it.
+
+        A stale file (its process is gone) is replaced.
+        """
+        other = self.read()
+        if other and other != os.getpid() and _running(other):
+            raise PidFileError(
+                f'pid file {self.path} names running process {other}; '
+                'is the service already running?')
+        self.pid = os.getpid()
+        temporary = f'{self.path}.{self.pid}.tmp'
+        with open(temporary, 'w', encoding='ascii') as handle:
+            handle.write(f'{self.pid}\n')
+        os.replace(temporary, self.path)
+        return other
+
+    def remove(self):
+        """Remove the file if it still holds our pid."""
+        if self.pid is not None and self.read() == self.pid:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self.pid = None

@@ -1,0 +1,21 @@
+"""Process titles shown by ps and top ("uhttp.workers: worker Items[2]").
+
+Uses the optional `setproctitle` package (`pip install
+uhttp-workers[ops]`); without it titles stay as they are, silently: a title
+is a convenience, never a reason to fail.
+"""
+
+try:
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # optional extra not installed
+    _setproctitle = None
+
+PREFIX = 'uhttp.workers: '
+
+
+def set_title(title):
+    """Set the process title; returns False when setproctitle is missing."""
+    if _setproctitle is None:
+        return False
+    _setproctitle(PREFIX + title)
+    return True
