@@ -6,7 +6,8 @@ run the @api handlers. This module only re-exports the public API.
 
 from .dispatcher import Dispatcher, sync
 from .log import (
-    LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARNING, Logger)
+    LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARNING, Logger,
+    log_to_logging)
 from .pool import WorkerPool
 from .request import DEFERRED, RejectRequest, Request, Response
 from .worker import ApiHandler, Worker, api
@@ -14,5 +15,6 @@ from .worker import ApiHandler, Worker, api
 __all__ = [
     'Dispatcher', 'Worker', 'WorkerPool', 'ApiHandler', 'Request',
     'Response', 'api', 'sync', 'RejectRequest', 'DEFERRED', 'Logger',
+    'log_to_logging',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
 ]

@@ -6,6 +6,7 @@ the service in one place. This module only formats and writes; it must never
 block on anything but the final write to the output stream.
 """
 
+import logging
 import os
 import sys
 import time
@@ -124,6 +125,16 @@ class Logger:
     def is_error(self):
         """True when error records are emitted."""
         return self.level <= LOG_ERROR
+
+
+def log_to_logging(name, level, message):
+    """Forward one record to the standard `logging` module.
+
+    The logger is `uhttp.workers.<name>` (e.g. `uhttp.workers.Items[0]`) and
+    the level is kept, so logging's handlers, filters and formatters apply.
+    Use it from `Dispatcher.on_log`.
+    """
+    logging.getLogger(f'uhttp.workers.{name}').log(level, message)
 
 
 def _stderr_emit(name, level, message):

@@ -186,6 +186,7 @@ class WorkerPool:
         self._next_memory_check = 0.0
         self._roll_queue = collections.deque()
         self._rolling = None    # the old worker being replaced by the roll
+        self._rotation = 0
         self._dispatcher = None
         self._context = multiprocessing.get_context('spawn')
 
@@ -339,11 +340,21 @@ class WorkerPool:
         return count
 
     def _least_busy(self):
+        # ties are broken round-robin, so idle workers share the load (and
+        # reach max_requests) evenly
+        workers = self.workers
+        count = len(workers)
+        if not count:
+            return None
+        self._rotation = start = (self._rotation + 1) % count
         best = None
-        for handle in self.workers:
+        for offset in range(count):
+            handle = workers[(start + offset) % count]
             if handle.has_capacity and (best is None
                                         or handle.active < best.active):
                 best = handle
+                if not best.active:
+                    break
         return best
 
     def _assign(self, handle, pending):
