@@ -270,6 +270,16 @@ class CoreDispatcher(_workers.Dispatcher):
         client.respond({'sent': client.data})
 
 
+def tls_context():
+    """An SSLContext from TLS_CERT/TLS_KEY, or None."""
+    if not ENV.get('TLS_CERT'):
+        return None
+    import ssl  # pylint: disable=import-outside-toplevel
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ENV['TLS_CERT'], ENV['TLS_KEY'])
+    return context
+
+
 def main():
     static_dir = ENV.get('STATIC_DIR')
     dispatcher = CoreDispatcher(
@@ -277,6 +287,7 @@ def main():
         address=ENV.get('ADDRESS', '127.0.0.1'),
         static_routes={'/static/': static_dir} if static_dir else None,
         max_pending=int(ENV.get('MAX_PENDING', '1000')),
+        ssl_context=tls_context(),
         shutdown_timeout=env_float('SHUTDOWN_TIMEOUT', 10),
         max_content_length=int(ENV.get('MAX_CONTENT_LENGTH', 1024 * 1024)),
         log_level=int(ENV.get('LOG_LEVEL', _workers.LOG_INFO)),
