@@ -57,7 +57,7 @@ class HttpResult:
 class Server:
     """A dispatcher running in a subprocess."""
 
-    def __init__(self, script, env=None, args=(), cwd=None):
+    def __init__(self, script, env=None, args=(), cwd=None, pass_fds=()):
         self.script = script
         full_env = dict(os.environ, PORT='0', ADDRESS='127.0.0.1',
                         PYTHONUNBUFFERED='1')
@@ -65,7 +65,8 @@ class Server:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, script, *args], env=full_env, cwd=cwd or ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            pass_fds=pass_fds)
         self.pid = self.proc.pid
         self.lines = []
         self._lock = threading.Lock()

@@ -42,6 +42,11 @@ class VersionWorker(_workers.Worker):
     @_workers.api('/api/item/{{id:int}}')
     def item(self, request):
         return {{'id': request.path_params['id']}}
+
+    @_workers.api('/api/grow/{{mib:int}}', 'POST')
+    def grow(self, request):
+        self.ballast = bytearray(request.path_params['mib'] * 2**20)
+        return {{'pid': os.getpid()}}
 '''
 
 
@@ -286,3 +291,39 @@ def test_process_titles_name_role_pool_and_index(start_server, app_dir):
     titles = sorted(title(w['pid']) for w in pool_workers(server))
     assert titles == ['uhttp.workers: worker VersionWorker[0]',
                       'uhttp.workers: worker VersionWorker[1]']
+
+
+def test_max_memory_replaces_a_bloated_worker(start_server, app_dir):
+    server = start(start_server, app_dir, workers=1,
+                   MAX_MEMORY=str(200 * 2**20))
+    grown = server.request('POST', '/api/grow/300').json()['pid']
+    server.wait_log(r'replacing worker .*max_memory=', 20)
+    wait_until(lambda: grown not in serving_pids(server), 20)
+    assert server.get('/api/item/3').json() == {'id': 3}
+    wait_until(lambda: not pid_alive(grown), 20)
+
+
+def test_socket_activation_serves_on_the_passed_socket(app_dir):
+    from conftest import APPS, Server  # pylint: disable=import-outside-toplevel
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    # systemd passes the socket as fd 3 and names the receiving pid
+    launcher = (
+        'import os, sys; os.dup2(int(sys.argv[1]), 3); '
+        'os.environ["LISTEN_FDS"] = "1"; '
+        'os.environ["LISTEN_PID"] = str(os.getpid()); '
+        'os.execv(sys.executable, [sys.executable] + sys.argv[2:])')
+    server = Server('-c', env={'APP_DIR': str(app_dir), 'WORKERS': '1'},
+                    args=(launcher, str(listener.fileno()),
+                          os.path.join(APPS, APP)),
+                    pass_fds=(listener.fileno(),))
+    try:
+        server.wait_log(r'using the listening socket passed by systemd')
+        server.start(ready_workers=1)
+        assert server.port == port
+        listener.close()  # only the dispatcher's copy remains
+        assert server.get('/api/item/5').json() == {'id': 5}
+    finally:
+        server.stop()

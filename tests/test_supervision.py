@@ -231,3 +231,20 @@ def test_kill_storm_under_load_every_request_answered_once(start_server):
     wait_until(lambda: all(w['in_flight'] == 0 for w in
                            core_status(server)['workers']), 10)
     assert server.get('/api/item/5').json() == {'id': 5}
+
+
+def test_stuck_worker_ignoring_sigterm_is_killed(start_server):
+    server = start_server(CORE, env={
+        'WORKERS': '1', 'STUCK_TIMEOUT': '1', 'HEARTBEAT': '0.2',
+        'KILL_TIMEOUT': '1'}, ready_workers=3)
+    results = []
+    thread = request_in_thread(server, '/api/ignore-term', results,
+                               timeout=30)
+    pid, _ = busy_worker(server)
+    thread.join(30)
+    assert results and results[0].status == 502, results
+    server.wait_log(rf'worker CoreWorker\[0\] \(pid {pid}\) did not exit in '
+                    r'time: SIGKILL')
+    assert server.get('/api/pid').json()['pid'] != pid
+    # its stack was printed before it was killed: the log shows where it hung
+    server.wait_log(r'File ".*core_app\.py", line \d+ in ignore_term')

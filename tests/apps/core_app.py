@@ -174,6 +174,14 @@ class CoreWorker(_workers.Worker):
             self.keep_alive()
         return {'kept_alive': True}
 
+    @_workers.api('/api/ignore-term', 'GET')
+    def ignore_term(self, request):
+        """Hang with SIGTERM blocked: only SIGKILL ends this worker."""
+        import signal  # pylint: disable=import-outside-toplevel
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        time.sleep(60)
+        return {'unreachable': True}
+
     @_workers.api('/api/crash', 'GET')
     def crash(self, request):
         os._exit(7)

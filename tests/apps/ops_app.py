@@ -43,6 +43,7 @@ def main():
             num_workers=int(ENV.get('WORKERS', '2')),
             timeout=float(ENV.get('TIMEOUT', '10')),
             max_requests=int(ENV.get('MAX_REQUESTS', '0')),
+            max_memory=int(ENV.get('MAX_MEMORY', '0')),
             heartbeat_interval=0.2, log_level=_workers.LOG_INFO,
             routes=['/api/**'])],
     )
