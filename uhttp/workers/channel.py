@@ -58,6 +58,7 @@ class Channel:
         self.sock = sock
         self._inbox = bytearray()
         self._outbox = bytearray()
+        self._held = []     # worker side: frames waiting for flush_held()
         self.closed = False
 
     def fileno(self):
@@ -137,9 +138,29 @@ class Channel:
     # -- writing, worker side (blocks until written) -----------------------
 
     def send(self, message):
-        """Write one message synchronously; raises ChannelClosed."""
+        """Write one message synchronously (after any held ones); raises
+        ChannelClosed."""
+        frame = encode(message)
+        if self._held:
+            self._held.append(frame)
+            self.flush_held()
+            return
+        self._write(frame)
+
+    def hold(self, message):
+        """Keep a message to write with the next send() or flush_held():
+        many small frames then cost one system call."""
+        self._held.append(encode(message))
+
+    def flush_held(self):
+        """Write the held messages; raises ChannelClosed."""
+        if self._held:
+            frames, self._held = self._held, []
+            self._write(b''.join(frames))
+
+    def _write(self, data):
         try:
-            self.sock.sendall(encode(message))
+            self.sock.sendall(data)
         except OSError as err:
             self.closed = True
             raise ChannelClosed(str(err)) from err

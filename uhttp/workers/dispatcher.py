@@ -958,7 +958,7 @@ class Dispatcher:
                 or pending.client is None:
             if pending is None or pending.client is not None:
                 self.log.debug('request %s: late answer dropped', request_id)
-            pool.pump()
+            pool.pump(handle)
             return
         client = pending.client
         self._finish(pending)
@@ -975,7 +975,7 @@ class Dispatcher:
                 self.log.exception('on_response() raised')
         if client.socket is not None:
             self._answer(client, status, headers, body)
-        pool.pump()
+        pool.pump(handle)
 
     def _on_deferred(self, handle, request_id):
         pool = handle.pool
@@ -989,7 +989,7 @@ class Dispatcher:
             # answered already (timeout, client left): the worker may drop it
             pool.forget(handle, request_id)
             pool.send_to(handle, messages.disconnect(request_id))
-        pool.pump()
+        pool.pump(handle)
 
     def _on_keep_alive(self, request_ids):
         deadline_base = time.monotonic()
@@ -1042,7 +1042,7 @@ class Dispatcher:
             started = False
         if not started:
             self._client_left(pending)
-        handle.pool.pump()
+        handle.pool.pump(handle)
 
     def _on_returned(self, handle, request_id):
         pool = handle.pool

@@ -7,24 +7,33 @@ package (`pip install uhttp-workers[ops]`); this module never writes the text
 format by hand.
 """
 
-try:
-    import prometheus_client
-    from prometheus_client.core import GaugeMetricFamily
-except ImportError:  # optional extra not installed
-    prometheus_client = None
+import importlib
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def _import_prometheus():
+    # imported on first use: the library costs megabytes in every process
+    try:
+        importlib.import_module('prometheus_client.core')
+        return importlib.import_module('prometheus_client')
+    except ImportError as err:
+        raise RuntimeError(
+            'metrics need the prometheus_client package: '
+            'pip install "uhttp-workers[ops]"') from err
+
+
 class _LiveState:
     """Collector reading gauges from the dispatcher at scrape time."""
 
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, prometheus):
         self._dispatcher = dispatcher
+        self._gauge = prometheus.core.GaugeMetricFamily
 
     def collect(self):
         """Yield the gauge families (prometheus_client collector API)."""
+        GaugeMetricFamily = self._gauge  # pylint: disable=invalid-name
         dispatcher = self._dispatcher
         pending = GaugeMetricFamily(
             'uhttp_pending_requests', 'Requests waiting for a worker answer')
@@ -52,10 +61,7 @@ class Metrics:
     """The dispatcher's metrics registry."""
 
     def __init__(self, dispatcher):
-        if prometheus_client is None:
-            raise RuntimeError(
-                'metrics need the prometheus_client package: '
-                'pip install "uhttp-workers[ops]"')
+        prometheus_client = self._prometheus = _import_prometheus()
         registry = prometheus_client.CollectorRegistry()
         self.registry = registry
         self._requests = prometheus_client.Counter(
@@ -68,7 +74,7 @@ class Metrics:
         self._restarts = prometheus_client.Counter(
             'uhttp_worker_restarts', 'Worker exits, by reason',
             ['pool', 'reason'], registry=registry)
-        registry.register(_LiveState(dispatcher))
+        registry.register(_LiveState(dispatcher, prometheus_client))
         self._children = {}
 
     def answered(self, pool_name, route, status, seconds):
@@ -87,5 +93,5 @@ class Metrics:
 
     def render(self):
         """The text exposition format: (body bytes, content type)."""
-        return (prometheus_client.generate_latest(self.registry),
-                prometheus_client.CONTENT_TYPE_LATEST)
+        return (self._prometheus.generate_latest(self.registry),
+                self._prometheus.CONTENT_TYPE_LATEST)

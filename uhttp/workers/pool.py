@@ -309,6 +309,10 @@ class WorkerPool:
 
     def submit(self, pending):
         """Give a request to a worker now, or queue it in the backlog."""
+        if self.backlog:  # others wait already: keep the order, skip a search
+            self.backlog.append(pending)
+            self._warn_queue_size()
+            return
         handle = self._least_busy()
         if handle is None:
             self.backlog.append(pending)
@@ -369,8 +373,12 @@ class WorkerPool:
             self._recycle(handle, f'served {handle.assigned} requests '
                           f'(max_requests={self.max_requests})')
 
-    def pump(self):
-        """Move backlog requests to workers that have room."""
+    def pump(self, freed=None):
+        """Move backlog requests to workers that have room.
+
+        `freed`: the one worker that just finished something; only it can
+        have gained room, so it is filled without searching the others.
+        """
         backlog = self.backlog
         while backlog:
             pending = backlog[0]
@@ -378,9 +386,14 @@ class WorkerPool:
                 backlog.popleft()  # answered (timeout) or its client left
                 self.abandoned -= 1
                 continue
-            handle = self._least_busy()
-            if handle is None:
-                return
+            if freed is not None:
+                if not freed.has_capacity:
+                    return
+                handle = freed
+            else:
+                handle = self._least_busy()
+                if handle is None:
+                    return
             backlog.popleft()
             self._assign(handle, pending)
 

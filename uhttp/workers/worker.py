@@ -268,6 +268,7 @@ class Worker:
         if self._stopping or not self._accepting:
             self._send(messages.returned(request_id))
             return
+        self._flush_held()  # earlier answers go out before this handler runs
         request = Request(request_id, method, path, data, query, headers,
                           remote_address=remote)
         request._worker = self
@@ -307,7 +308,7 @@ class Worker:
                 'content-type': 'application/json'}, _ERROR_BODY
         request._state = 'answered'
         self._open.pop(request.request_id, None)
-        self._send(messages.response(
+        self._hold(messages.response(
             request.request_id, status, headers, body, request._route))
         return True
 
@@ -316,18 +317,18 @@ class Worker:
         self._open[request.request_id] = request
         cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
             else None
-        self._send(messages.stream_start(
+        self._hold(messages.stream_start(
             request.request_id, 200, headers, cookies))
         return True
 
     def _send_stream(self, request, body):
-        self._send(messages.stream_data(request.request_id, body))
+        self._hold(messages.stream_data(request.request_id, body))
         return True
 
     def _end_stream(self, request):
         request._state = 'ended'
         self._open.pop(request.request_id, None)
-        self._send(messages.stream_end(request.request_id))
+        self._hold(messages.stream_end(request.request_id))
         return True
 
     # -- the loop -------------------------------------------------------------
@@ -346,6 +347,22 @@ class Worker:
             return
         try:
             channel.send(message)
+        except ChannelClosed:
+            self._exit_code = EXIT_PARENT_GONE
+
+    def _hold(self, message):
+        # Stream frames and answers are held until the handler returns (or
+        # the next immediate send): a broadcast to N streams is one write.
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            channel.hold(message)
+
+    def _flush_held(self):
+        channel = self._channel
+        if channel is None or channel.closed:
+            return
+        try:
+            channel.flush_held()
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
@@ -436,6 +453,7 @@ class Worker:
             now = time.monotonic()
             if now >= self._next_beat:
                 self._beat(now)
+            self._flush_held()
         return self._exit_code
 
 
