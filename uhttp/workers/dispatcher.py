@@ -34,8 +34,9 @@ from .metrics import Metrics
 from .pidfile import PidFile
 from .proctitle import set_title
 from .request import RejectRequest, Response, encode_body
-from .routing import MethodNotAllowed, RouteNotFound, Router
+from .routing import MethodNotAllowed, Router
 from .static import StaticFiles
+from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
 from .worker import EXIT_APP_ERROR
 
@@ -125,7 +126,7 @@ class Dispatcher:
         self.port = port
         self.address = address
         self._pools = list(pools or [])
-        self._static = StaticFiles(static_routes or {})
+        self._static = StaticCache(StaticFiles(static_routes or {}))
         self.shutdown_timeout = shutdown_timeout
         self.max_pending = max_pending
         self.ssl_context = ssl_context
@@ -560,9 +561,9 @@ class Dispatcher:
             self._answer(client, 200, {'content-type': content_type}, body)
             return
         if self._static:
-            result = self._static.lookup(client.path)
-            if result is not None:
-                self._serve_static(client, result)
+            found = self._static.lookup(client.path)
+            if found is not None:
+                self._serve_static(client, *found)
                 return
         if self._sync_router is not None and self._run_sync(client):
             return
@@ -595,27 +596,30 @@ class Dispatcher:
             if loaded:
                 self._on_request(connection)
 
-    def _serve_static(self, client, result):
-        if result.status == 200:
+    def _serve_static(self, client, result, content):
+        if result is not None and result.status == 200 and content is not None:
+            self._answer(client, 200, {'content-type': result.content_type},
+                         content)
+        elif result is not None and result.status == 200:
             client.respond_file(
                 result.file_path, headers={'content-type': result.content_type})
         elif result.status == 301:
             client.respond(data=b'', status=301,
                            headers={'location': result.location})
         else:
-            self._answer(client, result.status, _JSON,
-                         _error_body(result.status, 'Not Found'))
+            self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
 
     def _run_sync(self, client):
         try:
-            target, params = self._sync_router.match(client.method, client.path)
-        except RouteNotFound:
-            return False
+            found = self._sync_router.lookup(client.method, client.path)
         except MethodNotAllowed as err:
             headers = dict(_JSON, allow=', '.join(err.allowed))
             self._answer(client, 405, headers,
                          _error_body(405, 'Method Not Allowed'))
             return True
+        if found is None:
+            return False
+        target, params = found
         try:
             target(client, params)
         except Exception:  # pylint: disable=broad-except

@@ -238,6 +238,16 @@ class Router:
             return literal.target, {}
         raise self._no_match(path)
 
+    def lookup(self, method, path):
+        """Like match(), but None when no route matches the path at all
+        (cheap for the common miss: no exception, no scan of literals)."""
+        if not self._params and path not in self._literal:
+            return None
+        try:
+            return self.match(method, path)
+        except RouteNotFound:
+            return None
+
     def _no_match(self, path):
         """Build the exception for a path no route accepted the method of."""
         matching = list(self._literal.get(path, ()))

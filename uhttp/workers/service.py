@@ -46,6 +46,7 @@ STATES = ('starting', 'ready', 'unhealthy', 'restarting', 'failed', 'stopped')
 STARTUP_POLL = 0.1      # seconds between health checks while a service starts
 UNHEALTHY_LIMIT = 3     # failed checks in a row before a running one restarts
 EXIT_POLL = 0.5         # exit polling period where pidfd_open is missing
+STOP_POLL = 0.02        # seconds between two looks at a group being stopped
 HEALTH_TIMEOUT_MAX = 2.0
 LOCK_PORT_OFFSET = 10000
 LOCK_NAME_PREFIX = 'uhttp.workers.service.'
@@ -257,12 +258,9 @@ class Service:
         if (port is None) == (socket is None):
             raise ValueError(f'service {name!r}: give exactly one of port= '
                              'or socket=')
-        if port is not None and lock_port is None:
-            lock_port = port + LOCK_PORT_OFFSET
-            if lock_port > 65535:
-                raise ValueError(f'service {name!r}: port {port} + '
-                                 f'{LOCK_PORT_OFFSET} is not a port; give '
-                                 'lock_port=')
+        if port is not None and lock_port is None \
+                and port + LOCK_PORT_OFFSET <= 65535:
+            lock_port = port + LOCK_PORT_OFFSET   # else connect() will say so
         for option, value in (('health_check_interval', health_check_interval),
                               ('startup_timeout', startup_timeout)):
             if value <= 0:
@@ -346,15 +344,15 @@ class Service:
         """True when the health check passes now."""
         return self.probe(timeout) is None
 
-    def _seems_healthy(self):
-        # one passing check is trusted for an interval, so that a process
-        # asking for a client per request does not double its traffic
+    def _recent_probe(self):
+        """Like probe(), but a pass is trusted for a health check interval,
+        so that asking for a client per request does not double traffic."""
         if time.monotonic() < self._healthy_until:
-            return True
-        if self.probe() is None:
+            return None
+        error = self.probe()
+        if error is None:
             self._healthy_until = time.monotonic() + self.health_check_interval
-            return True
-        return False
+        return error
 
     # -- managed use ------------------------------------------------------------
 
@@ -374,10 +372,13 @@ class Service:
             state = report.get('state') if report else None
             if state in ('failed', 'stopped'):
                 raise self._unavailable(report, timeout)
-            if state == 'ready' or self._seems_healthy():
+            if state == 'ready':
+                return ServiceClient(self, request_timeout)
+            error = self._recent_probe()
+            if error is None:
                 return ServiceClient(self, request_timeout)
             if not _sleep_before(deadline, pause):
-                raise self._unavailable(report, timeout)
+                raise self._unavailable(report, timeout, error)
         raise AssertionError('unreachable')
 
     def _reported(self):
@@ -391,10 +392,10 @@ class Service:
             return report
         return {'state': report}
 
-    def _unavailable(self, report, waited):
+    def _unavailable(self, report, waited, probe_error=None):
         report = report or {}
         state = report.get('state')
-        error = report.get('last_error')
+        error = probe_error or report.get('last_error')
         detail = f'; last error: {error}' if error else ''
         if state == 'failed':
             restarts = report.get('restarts', self.max_restarts)
@@ -428,10 +429,11 @@ class Service:
             if owner is not None:
                 return self._owner_client(owner, deadline, timeout,
                                           request_timeout)
-            if self._seems_healthy():
+            error = self._recent_probe()
+            if error is None:
                 return ServiceClient(self, request_timeout)
             if not _sleep_before(deadline, pause):
-                raise self._unavailable(None, timeout)
+                raise self._unavailable(None, timeout, error)
         raise AssertionError('unreachable')
 
     @property
@@ -496,6 +498,11 @@ def _sleep_before(deadline, pause):
 def _try_lock(service):
     """The lock of a service (socket or file) if we could take it, else None."""
     if service.socket is None:
+        if service.lock_port is None:
+            raise ServiceError(
+                f'service {service.name!r}: port {service.port} + '
+                f'{LOCK_PORT_OFFSET} is not a port; give lock_port= to use '
+                'connect()')
         family, address = _socket.AF_INET, ('127.0.0.1', service.lock_port)
     elif sys.platform.startswith('linux'):
         family, address = _socket.AF_UNIX, '\0' + LOCK_NAME_PREFIX + service.name
@@ -590,7 +597,7 @@ def set_parent_death_signal(signum):
 def _child_setup(parent_pid, prctl):
     # Runs in the child between fork and exec: no imports, no locks. The
     # function was looked up in the parent for that reason.
-    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    pass
     if os.getppid() != parent_pid:
         os._exit(1)     # the parent died before prctl took effect
 
@@ -657,13 +664,28 @@ def _signal_group(pgid, signum):
 
 
 def _group_exists(pgid):
+    """True while a process of the group is alive (zombies do not count:
+    they hold nothing, and reaping orphans is init's business)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    if not os.path.isdir('/proc/self'):
+        return True
+    return any(_live_member(entry, pgid) for entry in os.listdir('/proc')
+               if entry.isdigit())
+
+
+def _live_member(pid, pgid):
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as handle:
+            fields = handle.read().rsplit(b')', 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    # after the command name: state, ppid, pgrp
+    return len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b'Z'
 
 
 def describe_exit(code):
@@ -834,7 +856,7 @@ class _Runner:
         """SIGTERM the group, wait up to `timeout`, then SIGKILL it."""
         self.send_term(timeout)
         while not self.stop_finished(time.monotonic()):
-            time.sleep(0.02)
+            time.sleep(STOP_POLL)
 
     def _kill(self):
         name = self.service.name
@@ -1095,7 +1117,7 @@ class ServiceManager:
             now = time.monotonic()
             running = [r for r in running if not r.stop_finished(now)]
             if running:
-                time.sleep(0.02)
+                time.sleep(STOP_POLL)
         for runner in self._runners:
             self.update(runner, state='stopped')
             self.log.info('service %s stopped', runner.service.name)

@@ -1,0 +1,619 @@
+"""Run-once work for a service with many processes: schedulers, periodic
+clean-ups, migrations, which must run in one process at a time.
+
+This module owns the locks that elect that process and the loop that runs
+the jobs while holding one:
+
+- `FileLock`: flock(2) on a file; one host. The kernel drops the lock when
+  its holder dies, however it dies, so another runner takes over within
+  one `poll_interval`.
+- `RedisLock`: a key set with NX and a time to live, renewed by its holder
+  at ttl/3; many hosts. When the holder dies the key expires, so another
+  runner takes over within `ttl + poll_interval`.
+
+Guarantee: while a lock is held as designed, at most one `JobRunner` runs
+jobs. A FileLock cannot be lost by a live holder. A RedisLock can (Redis
+unreachable, or a pause longer than the ttl): its holder stops starting
+jobs as soon as it cannot prove it still holds the key, but a job already
+running is not interrupted, so keep jobs shorter than the ttl or check
+`context.held` in long ones.
+
+Must never: let a job's exception end the runner, start a job without
+holding the lock, or delete a Redis lock key that another holder owns.
+"""
+
+import fcntl
+import inspect
+import logging
+import os
+import re
+import secrets
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+
+ONCE_RETRY_DELAY = 30.0     # seconds before a failed run-once job runs again
+
+_LOG = logging.getLogger(__name__)
+
+_RENEW_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def _marker_name(name):
+    return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
+
+
+# -- locks --------------------------------------------------------------------
+
+class FileLock:
+    """An exclusive, non-blocking flock on `path`, for one host.
+
+    The holder's pid is written into the file for humans. The lock belongs
+    to the open file: a process forked while holding it shares it, so fork
+    before acquiring (runner processes are spawned, which is fine).
+    Pickles as its path only.
+    """
+
+    renew_interval = None   # nothing to renew: the kernel keeps it
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self._fd = None
+        self._pid = None
+
+    def __getstate__(self):
+        return {'path': self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state['path'])
+
+    def __repr__(self):
+        return f'<FileLock {self.path}>'
+
+    @property
+    def held(self):
+        """True while this process holds the lock."""
+        return self._fd is not None and self._pid == os.getpid()
+
+    def acquire(self):
+        """Take the lock if it is free; True when held. Never blocks."""
+        if self.held:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._pid = fd, os.getpid()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{self._pid}\n'.encode('ascii'), 0)
+        return True
+
+    def renew(self):
+        """Nothing to renew; returns `held`."""
+        return self.held
+
+    def release(self):
+        """Give the lock up (no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self._pid == os.getpid():    # not a copy inherited by fork
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def is_done(self, name):
+        """True when `mark_done(name)` was called, by anyone, ever."""
+        return os.path.exists(self._marker(name))
+
+    def mark_done(self, name):
+        """Record that the run-once job `name` has completed: a file next to
+        the lock file, `<path>.<name>.done`."""
+        marker = self._marker(name)
+        temporary = f'{marker}.{os.getpid()}.tmp'
+        with open(temporary, 'w', encoding='ascii') as handle:
+            handle.write(f'{time.time():.3f} {os.getpid()}\n')
+        os.replace(temporary, marker)
+
+    def _marker(self, name):
+        return f'{self.path}.{_marker_name(name)}.done'
+
+
+def _import_redis():
+    try:
+        import redis  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        raise ImportError(
+            'RedisLock needs the redis package: pip install redis '
+            '(or uhttp-workers[redis])') from err
+    return redis
+
+
+class RedisLock:
+    """A lock on Redis key `key`, for many hosts: SET NX PX with a random
+    token, renewed (and released) only while the key still holds it.
+
+    `url_or_client` is a redis:// URL (the client is made on first use, so
+    the lock pickles as its URL) or a redis.Redis client. `held` is True
+    only within `ttl` of the last acquire or renew that succeeded.
+    """
+
+    def __init__(self, url_or_client, key, ttl=10.0):
+        if ttl <= 0:
+            raise ValueError('ttl must be > 0')
+        if isinstance(url_or_client, str):
+            self.url, self._client = url_or_client, None
+        else:
+            self.url, self._client = None, url_or_client
+        self.key = key
+        self.ttl = ttl
+        self.renew_interval = ttl / 3
+        self._token = None
+        self._valid_until = 0.0
+
+    def __getstate__(self):
+        if self.url is None:
+            raise TypeError('a RedisLock made with a client object does not '
+                            'pickle; give it a redis:// URL')
+        return {'url': self.url, 'key': self.key, 'ttl': self.ttl}
+
+    def __setstate__(self, state):
+        self.__init__(state['url'], state['key'], state['ttl'])
+
+    def __repr__(self):
+        return f'<RedisLock {self.key!r} ttl={self.ttl:g}>'
+
+    def _redis(self):
+        if self._client is None:
+            redis = _import_redis()
+            timeout = max(0.5, self.renew_interval)
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return self._client
+
+    @property
+    def _ms(self):
+        return max(1, int(self.ttl * 1000))
+
+    @property
+    def held(self):
+        """True while the key is ours, as far as we can prove it."""
+        return self._token is not None and time.monotonic() < self._valid_until
+
+    def acquire(self):
+        """Take the lock if the key is free (or still ours); True when held.
+        Redis errors propagate."""
+        if self._token is not None and self.renew():
+            return True
+        token = secrets.token_hex(16)
+        asked = time.monotonic()
+        if self._redis().set(self.key, token, nx=True, px=self._ms):
+            self._token, self._valid_until = token, asked + self.ttl
+            return True
+        return False
+
+    def renew(self):
+        """Extend the ttl if the key still holds our token; False when the
+        lock was lost (then `held` is False)."""
+        token = self._token
+        if token is None:
+            return False
+        asked = time.monotonic()
+        if self._redis().eval(_RENEW_SCRIPT, 1, self.key, token, self._ms):
+            # measured from before the request: never believe too long
+            self._valid_until = asked + self.ttl
+            return True
+        self._token = None
+        return False
+
+    def release(self):
+        """Delete the key if it still holds our token."""
+        token, self._token = self._token, None
+        if token is not None:
+            self._redis().eval(_RELEASE_SCRIPT, 1, self.key, token)
+
+    def is_done(self, name):
+        """True when `mark_done(name)` was called, by anyone, ever."""
+        return bool(self._redis().exists(self._marker(name)))
+
+    def mark_done(self, name):
+        """Record that the run-once job `name` has completed: the key
+        `<key>:done:<name>`, without expiry."""
+        self._redis().set(self._marker(name), f'{time.time():.3f}')
+
+    def _marker(self, name):
+        return f'{self.key}:done:{name}'
+
+
+def make_lock(spec):
+    """A lock from a picklable spec: ('file', path) or
+    ('redis', url, key[, ttl]); a lock object is returned as is."""
+    if not isinstance(spec, (tuple, list)):
+        return spec
+    kind, *args = spec
+    if kind == 'file' and len(args) == 1:
+        return FileLock(args[0])
+    if kind == 'redis' and len(args) in (2, 3):
+        return RedisLock(*args)
+    raise ValueError(f"bad lock spec {spec!r}: use ('file', path) or "
+                     "('redis', url, key[, ttl])")
+
+
+# -- jobs --------------------------------------------------------------------
+
+class JobContext:
+    """What a job function taking one argument receives."""
+
+    def __init__(self, job, lock, log):
+        self.job = job
+        self.name = job.name
+        self.log = log
+        self._lock = lock
+
+    @property
+    def held(self):
+        """True while this runner still holds the lock: a long job can check
+        it between steps and stop early when it turns False."""
+        return self._lock.held
+
+
+class Job:
+    """A function run by the lock holder: once (`interval` None) or every
+    `interval` seconds.
+
+    `func` must be a module-level function, so that the job pickles by
+    reference into a spawned runner process. It is called with no
+    arguments, or with a JobContext when it takes one positional parameter.
+
+    A periodic job runs at acquisition of the lock (`run_at_start`) or one
+    interval after, then every interval (a late run shifts the next ones;
+    missed runs are not caught up). A run-once job runs once per lock
+    acquisition: again after a failover. With `once_ever=True` it runs once
+    for good: the lock keeps a "done" marker (a file next to a FileLock, a
+    key next to a RedisLock) written after it succeeded. A job that raises
+    is logged and runs again at its next interval (run-once jobs: after
+    `retry_delay`, default ONCE_RETRY_DELAY).
+    """
+
+    def __init__(self, func, interval=None, name=None, run_at_start=True,
+                 once_ever=False, retry_delay=None):
+        if not callable(func):
+            raise TypeError(f'a job needs a function, not {func!r}')
+        if interval is not None and interval <= 0:
+            raise ValueError('interval must be > 0 (or None: run once)')
+        if once_ever and interval is not None:
+            raise ValueError('once_ever applies to run-once jobs only')
+        self.func = func
+        self.interval = interval
+        self.name = name or func.__name__
+        self.run_at_start = run_at_start
+        self.once_ever = once_ever
+        self.retry_delay = ONCE_RETRY_DELAY if retry_delay is None \
+            else retry_delay
+        # pickle finds a decorated job under the function's name
+        self.__module__ = getattr(func, '__module__', None)
+        self._wants_context = _takes_argument(func)
+
+    def __reduce__(self):
+        module = sys.modules.get(self.__module__)
+        qualname = getattr(self.func, '__qualname__', '')
+        if module is not None and getattr(module, qualname, None) is self:
+            return qualname     # the decorator replaced the function by us
+        return (_rebuild_job, (self.func, self.interval, self.name,
+                               self.run_at_start, self.once_ever,
+                               self.retry_delay))
+
+    def __repr__(self):
+        every = f'every {self.interval:g}s' if self.interval else 'once'
+        return f'<Job {self.name} {every}>'
+
+    def __call__(self, context=None):
+        """Run the function (with `context` if it takes one)."""
+        if self._wants_context:
+            return self.func(context)
+        return self.func()
+
+
+def _rebuild_job(func, interval, name, run_at_start, once_ever, retry_delay):
+    return Job(func, interval, name, run_at_start, once_ever, retry_delay)
+
+
+def _takes_argument(func):
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty for p in parameters)
+
+
+def periodic(interval, name=None, run_at_start=True):
+    """Decorator: make a module-level function a Job run every `interval`
+    seconds by the lock holder."""
+    def decorate(func):
+        return Job(func, interval, name, run_at_start)
+    return decorate
+
+
+def run_once(name=None, once_ever=False, retry_delay=None):
+    """Decorator: make a module-level function a Job run once per lock
+    acquisition (or once ever, with `once_ever=True`)."""
+    def decorate(func):
+        return Job(func, None, name, once_ever=once_ever,
+                   retry_delay=retry_delay)
+    return decorate
+
+
+# -- the runner ------------------------------------------------------------------
+
+class JobRunner:
+    """Runs jobs in the process that holds `lock`; the others wait.
+
+    `run()` loops until `stop()`: while not holding the lock it tries to
+    take it every `poll_interval` seconds; once holding it, it runs each
+    job when due and, for a lock with a `renew_interval` (Redis), renews it
+    from a helper thread. When the lock is lost, jobs stop and the runner
+    goes back to trying. `log` needs info/warning/error with %-style
+    arguments (default: logging).
+    """
+
+    def __init__(self, jobs, lock, poll_interval=1.0, log=None):
+        names = [job.name for job in jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f'job names must be unique: {names}')
+        self.jobs = list(jobs)
+        self.lock = lock
+        self.poll_interval = poll_interval
+        self.log = log if log is not None else _LOG
+        self._stopped = False
+        self._leading = False
+        self._due = {}
+        self._renewer = None
+        self._renewer_stop = None
+        # a pipe, not an Event: stop() may run in a signal handler, where
+        # taking a threading lock could deadlock
+        self._wake_reader, self._wake_writer = os.pipe()
+        os.set_blocking(self._wake_writer, False)
+
+    def __del__(self):
+        for fd in (getattr(self, '_wake_reader', None),
+                   getattr(self, '_wake_writer', None)):
+            if fd is not None:
+                os.close(fd)
+
+    @property
+    def is_leader(self):
+        """True while this runner holds the lock."""
+        return self._leading and self.lock.held
+
+    def stop(self):
+        """End run() (after the job running now, if any). Thread-safe and
+        safe in a signal handler."""
+        self._stopped = True
+        self._wake()
+
+    def run(self):
+        """Loop until stop(); releases the lock on the way out."""
+        try:
+            while not self._stopped:
+                if self._leading:
+                    self._lead()
+                elif not self._try_acquire():
+                    self._wait(self.poll_interval)
+        finally:
+            self._let_go()
+
+    # -- acquiring and losing -----------------------------------------------
+
+    def _try_acquire(self):
+        try:
+            acquired = self.lock.acquire()
+        except Exception as err:  # pylint: disable=broad-except
+            self.log.warning('cannot take lock %r: %s', self.lock, err)
+            return False
+        if not acquired:
+            return False
+        self.log.info('pid %d holds lock %r: running jobs %s', os.getpid(),
+                      self.lock, ', '.join(job.name for job in self.jobs))
+        self._schedule(time.monotonic())
+        self._leading = True
+        if self.lock.renew_interval:
+            self._renewer_stop = threading.Event()
+            self._renewer = threading.Thread(
+                target=self._renew_loop, args=(self._renewer_stop,),
+                name='uhttp.workers.lock-renewer', daemon=True)
+            self._renewer.start()
+        return True
+
+    def _schedule(self, now):
+        self._due = {}
+        for job in self.jobs:
+            if job.interval is None or job.run_at_start:
+                self._due[job.name] = now
+            else:
+                self._due[job.name] = now + job.interval
+
+    def _renew_loop(self, stop):
+        while not stop.wait(self.lock.renew_interval):
+            try:
+                if self.lock.renew():
+                    continue
+                self.log.warning('lock %r was taken over', self.lock)
+            except Exception as err:  # pylint: disable=broad-except
+                self.log.warning('cannot renew lock %r: %s', self.lock, err)
+                if self.lock.held:
+                    continue    # still within the ttl: try again
+            self._wake()
+            return
+
+    def _lost(self):
+        self.log.warning('pid %d lost lock %r: jobs stop until it is taken '
+                         'again', os.getpid(), self.lock)
+        self._step_down()
+
+    def _step_down(self):
+        self._leading = False
+        if self._renewer_stop is not None:
+            self._renewer_stop.set()
+        if self._renewer is not None:
+            self._renewer.join(self.lock.renew_interval + 5)
+        self._renewer = self._renewer_stop = None
+
+    def _let_go(self):
+        leading = self._leading
+        self._step_down()
+        try:
+            self.lock.release()
+        except Exception as err:  # pylint: disable=broad-except
+            self.log.warning('cannot release lock %r: %s', self.lock, err)
+            return
+        if leading:
+            self.log.info('pid %d stopped and released lock %r', os.getpid(),
+                          self.lock)
+
+    # -- leading -------------------------------------------------------------
+
+    def _lead(self):
+        for job in self.jobs:
+            if self._stopped or not self.lock.held:
+                break
+            due = self._due.get(job.name)
+            if due is not None and time.monotonic() >= due:
+                self._run(job)
+        if not self.lock.held:
+            self._lost()
+            return
+        if not self._stopped:
+            self._wait(self._next_wake())
+
+    def _next_wake(self):
+        now = time.monotonic()
+        pending = [due for due in self._due.values() if due is not None]
+        timeout = min(pending) - now if pending else float('inf')
+        if self.lock.renew_interval:
+            timeout = min(timeout, self.lock.renew_interval)
+        return max(0.0, timeout)
+
+    def _run(self, job):
+        if job.once_ever:
+            done = self._done_marker(job)
+            if done is not False:   # done, or cannot tell: do not run it
+                return
+        started = time.monotonic()
+        try:
+            job(JobContext(job, self.lock, self.log))
+        except Exception:  # pylint: disable=broad-except
+            retry = job.interval if job.interval is not None \
+                else job.retry_delay
+            self.log.error('job %s failed (next try in %gs):\n%s', job.name,
+                           retry, traceback.format_exc().rstrip())
+            self._due[job.name] = time.monotonic() + retry
+            return
+        if job.interval is None:
+            self._due[job.name] = None
+            if job.once_ever:
+                self._mark_done(job)
+            self.log.info('job %s done in %.3fs', job.name,
+                          time.monotonic() - started)
+            return
+        due = self._due[job.name] + job.interval
+        now = time.monotonic()
+        if due <= now:      # ran late or long: no burst of catch-up runs
+            due = now + job.interval
+        self._due[job.name] = due
+
+    def _done_marker(self, job):
+        """True (done: never again), False (to run) or None (unknown)."""
+        try:
+            done = self.lock.is_done(job.name)
+        except Exception as err:  # pylint: disable=broad-except
+            self.log.warning('cannot tell whether job %s is done (%s); '
+                             'trying again in %gs', job.name, err,
+                             job.retry_delay)
+            self._due[job.name] = time.monotonic() + job.retry_delay
+            return None
+        if done:
+            self._due[job.name] = None
+            self.log.info('job %s: done before, not run again', job.name)
+        return bool(done)
+
+    def _mark_done(self, job):
+        try:
+            self.lock.mark_done(job.name)
+        except Exception as err:  # pylint: disable=broad-except
+            self.log.error('job %s succeeded but its done marker could not '
+                           'be written: %s', job.name, err)
+
+    # -- waiting ---------------------------------------------------------------
+
+    def _wait(self, timeout):
+        if self._stopped:
+            return
+        try:
+            readable, _, _ = select.select(
+                [self._wake_reader], [], [], min(timeout, 3600.0))
+        except InterruptedError:
+            return
+        if readable:
+            os.set_blocking(self._wake_reader, False)
+            try:
+                while os.read(self._wake_reader, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _wake(self):
+        try:
+            os.write(self._wake_writer, b'\0')
+        except (BlockingIOError, OSError):
+            pass    # full (a wake-up is pending anyway) or closed
+
+
+def run_job_runner(jobs, lock_spec, poll_interval=1.0, log=None,
+                   log_level=None, die_with_parent=True):
+    """Entry point of a dedicated job process (a multiprocessing target).
+
+    Takes picklable arguments: Job objects (module-level, see Job), a lock
+    spec ('file', path) or ('redis', url, key[, ttl]) (or a picklable lock)
+    and an optional log object; the default logs to stderr in the format of
+    uhttp.workers at `log_level` (default INFO). SIGTERM ends the loop
+    after the running job and releases the lock; SIGINT is ignored (the
+    owner decides). On Linux the process gets SIGTERM when its parent
+    dies (`die_with_parent`).
+    """
+    # imported here: both are only needed in the job process
+    from .log import LOG_INFO, Logger  # pylint: disable=import-outside-toplevel
+    from .proctitle import set_title  # pylint: disable=import-outside-toplevel
+    from .service import set_parent_death_signal  # pylint: disable=import-outside-toplevel
+    if die_with_parent:
+        set_parent_death_signal(signal.SIGTERM)
+    if log is None:
+        log = Logger('jobs', LOG_INFO if log_level is None else log_level)
+    runner = JobRunner(jobs, make_lock(lock_spec), poll_interval, log)
+    signal.signal(signal.SIGTERM, lambda signum, frame: runner.stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_title('jobs')
+    runner.run()
+    return 0
