@@ -16,11 +16,9 @@ answer.
 """
 
 import collections
-import multiprocessing
 import os
 import resource
 import selectors
-import signal
 import socket
 import sys
 import time
@@ -29,21 +27,19 @@ from uhttp import server as _server
 
 from . import messages
 from .descriptors import READ, WRITE, DescriptorWatch
+from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput
 from .metrics import Metrics
 from .pidfile import PidFile
 from .proctitle import set_title
-from .request import RejectRequest, Response, encode_body
+from .request import RejectRequest, encode_body
 from .routing import MethodNotAllowed, Router
 from .static import StaticFiles
 from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
-from .worker import EXIT_APP_ERROR
+from .worker_events import WorkerEvents
 
 SELECT_TIMEOUT = 1.0
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                   signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
-                   signal.SIGTTOU)
 HOUSEKEEPING_INTERVAL = 0.1
 
 _JSON = {'content-type': 'application/json'}
@@ -108,7 +104,7 @@ def _raise_open_file_limit():
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class Dispatcher:
+class Dispatcher(Lifecycle, WorkerEvents):
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
@@ -369,81 +365,11 @@ class Dispatcher:
         self.address = sock.getsockname()[0]
         self.log.info('using the listening socket passed by systemd')
 
-    def _install_signals(self):
-        try:
-            reader, writer = socket.socketpair()
-            reader.setblocking(False)
-            writer.setblocking(False)
-            signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        except ValueError:
-            reader.close()
-            writer.close()
-            self.log.warning('not in the main thread: signals are not '
-                             'handled, use stop() to shut down')
-            return
-        self._signal_reader, self._signal_writer = reader, writer
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _note_signal)
-        self._selector.register(reader, selectors.EVENT_READ,
-                                self._on_signal_readable)
-
-    def _on_signal_readable(self, _fileobj, _mask):
-        try:
-            data = self._signal_reader.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
-            name = signal.Signals(signum).name[3:].lower()
-            handler = getattr(self, f'handle_{name}', None)
-            if handler is not None:
-                handler()
-
-    def handle_term(self):
-        """SIGTERM: graceful shutdown."""
-        self.log.info('SIGTERM: graceful shutdown')
-        self._begin_drain()
-
-    def handle_int(self):
-        """SIGINT (Ctrl-C): graceful shutdown; a second one stops at once."""
-        if self._state != 'running':
-            self.log.warning('SIGINT again: stopping now')
-            self._stop_now()
-            return
-        self.log.info('SIGINT: graceful shutdown')
-        self._begin_drain()
-
-    def handle_quit(self):
-        """SIGQUIT: immediate shutdown."""
-        self.log.warning('SIGQUIT: stopping now')
-        self._stop_now()
-
-    def handle_hup(self):
-        """SIGHUP: reload configuration, then a rolling restart of workers."""
-        self.log.info('SIGHUP: reload and rolling restart of the workers')
-        self.reload()
-        self.restart_workers(graceful=True)
-
-    def handle_usr1(self):
-        """SIGUSR1: reopen the log file (after logrotate moved it)."""
-        self._log_output.reopen()
-        self.log.info('SIGUSR1: log file reopened')
-
-    def handle_ttin(self):
-        """SIGTTIN: one more worker in every pool."""
-        for pool in self._pools:
-            pool.resize(pool.num_workers + 1)
-
-    def handle_ttou(self):
-        """SIGTTOU: one worker fewer in every pool (never below one)."""
-        for pool in self._pools:
-            if pool.num_workers > 1:
-                pool.resize(pool.num_workers - 1)
-
     # -- the loop -----------------------------------------------------------------
 
     def run(self):
         """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop())."""
-        _refuse_to_run_in_worker()
+        refuse_to_run_in_worker()
         self._start()
         try:
             while self._state != 'stopped':
@@ -801,273 +727,6 @@ class Dispatcher:
                 self._release_from_worker(pending)
                 self._fail(pending, 504, 'Gateway Timeout')
 
-    # -- workers -------------------------------------------------------------------
-
-    def watch_worker(self, handle):
-        """Register a started worker's channel and exit sentinel."""
-        self._selector.register(
-            handle.channel.sock, selectors.EVENT_READ,
-            lambda _f, _m: self._on_worker_readable(handle))
-        self._selector.register(
-            handle.process.sentinel, selectors.EVENT_READ,
-            lambda _f, _m: self._on_worker_exit(handle))
-        if handle.channel.has_output:
-            self._flush_needed.add(handle)
-
-    def wants_flush(self, handle):
-        """A message was queued for this worker."""
-        self._flush_needed.add(handle)
-
-    def _flush_workers(self):
-        waiting = set()
-        for handle in self._flush_needed:
-            if handle.channel.closed:
-                continue
-            if not handle.pool.flush(handle):
-                waiting.add(handle)
-        self._flush_needed = waiting
-        for handle in waiting:
-            self._watch_writable(handle)
-
-    def _watch_writable(self, handle):
-        # Only while its socket buffer is full: a worker busy with a long
-        # request reads nothing for a while.
-        try:
-            self._selector.modify(
-                handle.channel.sock,
-                selectors.EVENT_READ | selectors.EVENT_WRITE,
-                lambda _f, mask: self._on_worker_io(handle, mask))
-        except (KeyError, ValueError):
-            pass
-
-    def _on_worker_io(self, handle, mask):
-        if mask & selectors.EVENT_WRITE and handle.pool.flush(handle):
-            self._flush_needed.discard(handle)
-            try:
-                self._selector.modify(
-                    handle.channel.sock, selectors.EVENT_READ,
-                    lambda _f, _m: self._on_worker_readable(handle))
-            except (KeyError, ValueError):
-                pass
-        if mask & selectors.EVENT_READ:
-            self._on_worker_readable(handle)
-
-    def _on_worker_readable(self, handle):
-        channel = handle.channel
-        batch = channel.receive()
-        if batch:
-            handle.last_seen = time.monotonic()
-            for message in batch:
-                self._on_worker_message(handle, message)
-        if channel.closed:
-            self._unwatch_channel(handle)
-
-    def _unwatch_channel(self, handle):
-        try:
-            self._selector.unregister(handle.channel.sock)
-        except (KeyError, ValueError):
-            pass
-
-    def _on_worker_exit(self, handle):
-        if handle.channel is None or handle.exited:
-            return
-        for message in handle.channel.receive():
-            self._on_worker_message(handle, message)
-        self._unwatch_channel(handle)
-        try:
-            self._selector.unregister(handle.process.sentinel)
-        except (KeyError, ValueError):
-            pass
-        handle.channel.close()
-        self._flush_needed.discard(handle)
-        orphans = list(handle.in_flight.values())
-        handle.in_flight = {}
-        handle.active = 0
-        pool = handle.pool
-        index, pid, was_stopping = handle.index, handle.pid, handle.stopping
-        reason, exitcode = pool.on_exit(handle)
-        if self._metrics is not None:
-            self._metrics.worker_exited(pool.name, reason)
-        self._fail_orphans(handle, orphans, reason)
-        if was_stopping and reason == 'stopped':
-            self.log.info('worker %s[%d] (pid %s) stopped', pool.name, index,
-                          pid)
-        elif reason == 'restarted':
-            self.log.warning('worker %s[%d] (pid %s) restarted; %d requests '
-                             'failed', pool.name, index, pid, len(orphans))
-        else:
-            self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
-                           pool.name, index, pid, reason, len(orphans))
-            try:
-                self.on_worker_died(pool, index, reason, exitcode)
-            except Exception:  # pylint: disable=broad-except
-                self.log.exception('on_worker_died() raised')
-        pool.pump()
-
-    def _fail_orphans(self, handle, orphans, reason):
-        for pending in orphans:
-            if pending.state == 'done' or pending.client is None:
-                continue
-            self.log.error('request %s %s %s lost: worker %s %s',
-                           pending.request_id, pending.client.method,
-                           pending.client.path, handle.name, reason)
-            if self._state == 'running':
-                self._fail(pending, 502, 'Worker Died')
-            else:
-                self._fail(pending, 503, 'Shutting down')
-
-    def pool_degraded(self, pool):
-        """A pool just became degraded: its backlog gets 503 now."""
-        for pending in pool.take_backlog():
-            if pending.client is not None:
-                self._fail(pending, 503, 'Service Unavailable')
-
-    # -- messages from workers ---------------------------------------------
-
-    def _on_worker_message(self, handle, message):
-        kind = message[0]
-        if kind == messages.RESPONSE:
-            self._on_response_message(handle, message)
-        elif kind == messages.LOG:
-            self._emit_log(message[1], message[2], message[3])
-        elif kind == messages.HEARTBEAT:
-            handle.handled = message[2]
-        elif kind == messages.DEFERRED:
-            self._on_deferred(handle, message[1])
-        elif kind == messages.KEEP_ALIVE:
-            self._on_keep_alive(message[1])
-        elif kind in (messages.STREAM_START, messages.STREAM_DATA,
-                      messages.STREAM_END):
-            self._on_stream_message(handle, message)
-        elif kind == messages.READY:
-            handle.pid = message[1]
-            self.log.info('worker %s ready (pid %s)', handle.name,
-                          handle.pid)
-            handle.pool.on_ready(handle)
-        elif kind == messages.ACCEPTING:
-            handle.pool.on_accepting(handle, message[1])
-        elif kind == messages.RETURNED:
-            self._on_returned(handle, message[1])
-        elif kind == messages.FORWARD:
-            self._on_forward(message)
-        else:
-            self.log.error('worker %s sent an unknown message kind %r',
-                           handle.name, kind)
-
-    def _on_response_message(self, handle, message):
-        _, request_id, status, headers, body, route = message
-        pool = handle.pool
-        pending = pool.forget(handle, request_id)
-        if pending is None or pending.state == 'done' \
-                or pending.client is None:
-            if pending is None or pending.client is not None:
-                self.log.debug('request %s: late answer dropped', request_id)
-            pool.pump(handle)
-            return
-        client = pending.client
-        self._finish(pending)
-        if self._metrics is not None:
-            self._metrics.answered(pool.name, route, status,
-                                   time.monotonic() - pending.started)
-        if self._has_response_hook:
-            # before writing: once written, a keep-alive connection is reset
-            # and the hook could no longer read the request it answers
-            try:
-                self.on_response(
-                    Response(request_id, status, headers, body), pending)
-            except Exception:  # pylint: disable=broad-except
-                self.log.exception('on_response() raised')
-        if client.socket is not None:
-            self._answer(client, status, headers, body)
-        pool.pump(handle)
-
-    def _on_deferred(self, handle, request_id):
-        pool = handle.pool
-        pending = handle.in_flight.get(request_id)
-        if pending is None:
-            return
-        pool.release(handle, pending)
-        if pending.state == 'assigned':
-            pending.state = 'deferred'
-        elif pending.client is not None:
-            # answered already (timeout, client left): the worker may drop it
-            pool.forget(handle, request_id)
-            pool.send_to(handle, messages.disconnect(request_id))
-        pool.pump(handle)
-
-    def _on_keep_alive(self, request_ids):
-        deadline_base = time.monotonic()
-        for request_id in request_ids:
-            pending = self._pending.get(request_id)
-            if pending is None or pending.state not in ('assigned',
-                                                        'deferred'):
-                continue
-            pending.deadline = deadline_base + pending.pool.timeout
-            self._expiry[pending.pool].move_to_end(request_id)
-
-    def _on_stream_message(self, handle, message):
-        kind, request_id = message[0], message[1]
-        pending = handle.in_flight.get(request_id)
-        if pending is None or pending.state == 'done' \
-                or pending.client is None:
-            if kind != messages.STREAM_END and pending is not None:
-                handle.pool.forget(handle, request_id)
-                handle.pool.send_to(handle, messages.disconnect(request_id))
-            return
-        client = pending.client
-        if kind == messages.STREAM_START:
-            self._start_stream(handle, pending, message)
-        elif kind == messages.STREAM_DATA:
-            if not client.send_chunk(message[2]):
-                self._client_left(pending)
-        else:
-            handle.pool.forget(handle, request_id)
-            self._finish(pending)
-            client.response_stream_end()
-
-    def _start_stream(self, handle, pending, message):
-        _, request_id, _status, headers, cookies = message
-        handle.pool.release(handle, pending)
-        pending.state = 'streaming'
-        # a stream is no longer waiting: no timeout, not counted in
-        # max_pending, not waited for by a graceful shutdown
-        self._expiry[pending.pool].pop(request_id, None)
-        self._pending.pop(request_id, None)
-        self._streams[request_id] = pending
-        client = pending.client
-        if pending.read_paused and client.socket is not None:
-            pending.read_paused = False
-            client._register()  # pylint: disable=protected-access
-        try:
-            started = client.response_stream(headers=headers, cookies=cookies)
-        except _server.HttpError as err:
-            self.log.error('request %s: cannot start stream: %s',
-                           request_id, err)
-            started = False
-        if not started:
-            self._client_left(pending)
-        handle.pool.pump(handle)
-
-    def _on_returned(self, handle, request_id):
-        pool = handle.pool
-        pending = pool.forget(handle, request_id)
-        if pending is None:
-            return
-        if pending.state == 'assigned':
-            pending.state = 'queued'
-            pending.worker = None
-            pool.backlog.appendleft(pending)
-        pool.pump()
-
-    def _on_forward(self, message):
-        _, method, path, data, headers, to_all = message
-        pool = self._find_pool(path)
-        if pool is None:
-            self.log.warning('forward to %s %s: no pool serves this path',
-                             method, path)
-            return
-        self.submit_internal(pool, method, path, data, headers, to_all=to_all)
-
     # -- logging -----------------------------------------------------------------
 
     def _emit_log(self, name, level, message):
@@ -1077,151 +736,6 @@ class Dispatcher:
             self._log_output.write('dispatcher', 40,
                                    f'on_log() raised {err!r}; record: '
                                    f'[{name}] {message}')
-
-    # -- shutdown ------------------------------------------------------------------
-
-    def _systemd_step(self, now):
-        if not self._ready_notified and self._state == 'running' and all(
-                h.ready for pool in self._pools for h in pool.workers):
-            self._ready_notified = True
-            self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
-                         f'MAINPID={os.getpid()}')
-        if self._next_watchdog is not None and now >= self._next_watchdog:
-            self._next_watchdog = now + self._notifier.watchdog_interval
-            self._notify('WATCHDOG=1')
-
-    def _notify(self, message):
-        error = self._notifier.notify(message) if self._notifier else None
-        if error is not None:
-            self.log.warning('systemd notification failed: %s', error)
-
-    def _begin_drain(self):
-        if self._state != 'running':
-            return
-        self._notify('STOPPING=1')
-        self._state = 'draining'
-        now = time.monotonic()
-        self._shutdown_started = now
-        self._next_housekeeping = now
-        self._close_listener()
-        self.log.info('draining %d pending requests (up to %ss)',
-                      len(self._pending), self.shutdown_timeout)
-
-    def _close_listener(self):
-        sock = self._server.socket
-        try:
-            self._selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
-
-    def _drain_step(self, now):
-        deadline = self._shutdown_started + self.shutdown_timeout
-        if self._pending and now < deadline:
-            return
-        self._fail_all_pending()
-        self._stop_workers(now)
-
-    def _fail_all_pending(self):
-        for pending in list(self._pending.values()) + list(
-                self._streams.values()):
-            self._release_from_worker(pending)
-            self._fail(pending, 503, 'Shutting down')
-
-    def _stop_workers(self, now):
-        self._state = 'stopping'
-        started = self._shutdown_started or now
-        self._stop_deadline = max(started + self.shutdown_timeout, now + 1.0)
-        for pool in self._pools:
-            for handle in pool.workers:
-                handle.kill_deadline = None
-            pool.stop()
-            for handle in pool.workers:
-                if handle.kill_deadline is not None:
-                    handle.kill_deadline = min(handle.kill_deadline,
-                                               self._stop_deadline)
-
-    def _stop_step(self, now):
-        if all(pool.all_exited() for pool in self._pools) \
-                and not self._unsent_output():
-            self._state = 'stopped'
-        elif now >= self._stop_deadline + 2.0:
-            self.log.error('shutdown overran; exiting with workers killed')
-            for pool in self._pools:
-                pool.kill()
-            self._state = 'stopped'
-
-    def _unsent_output(self):
-        return any(conn.has_data_to_send
-                   for conn in self._server._waiting_connections)  # pylint: disable=protected-access
-
-    def _stop_now(self):
-        if self._state in ('stopping', 'stopped'):
-            if self._state == 'stopping':
-                for pool in self._pools:
-                    pool.kill()
-            return
-        if self._state == 'running':
-            self._notify('STOPPING=1')
-            self._close_listener()
-        now = time.monotonic()
-        self._shutdown_started = now - self.shutdown_timeout
-        self._fail_all_pending()
-        for pool in self._pools:
-            pool.kill()
-        self._state = 'stopping'
-        self._stop_deadline = now + 1.0
-        self._next_housekeeping = now
-
-    def _close(self):
-        for pool in self._pools:
-            for handle in pool.workers:
-                if not handle.exited and handle.process is not None:
-                    handle.process.join(0.5)
-                    if handle.process.exitcode is None:
-                        handle.process.kill()
-                        handle.process.join(1)
-                if handle.channel is not None:
-                    handle.channel.close()
-        if self._server is not None:
-            self._server.close()
-        if self._signal_reader is not None:
-            signal.set_wakeup_fd(-1)
-            for signum in HANDLED_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            self._signal_reader.close()
-            self._signal_writer.close()
-        if self._selector is not None:
-            self._selector.close()
-        if self._notifier is not None:
-            self._notifier.close()
-        if self._pid_file is not None:
-            self._pid_file.remove()
-        self.log.info('stopped')
-
-
-def _refuse_to_run_in_worker():
-    # A worker process imports the application's main module afresh (spawn).
-    # If that module starts a dispatcher on import, every worker would try to
-    # become a dispatcher: say so once, and exit with a code that the pool
-    # knows not to retry.
-    # (multiprocessing marks a spawned child with `_inheriting` while it
-    # imports the main module; its own import guard checks the same flag)
-    if getattr(multiprocessing.current_process(), '_inheriting', False):
-        sys.stderr.write(
-            'uhttp.workers: Dispatcher.run() was called while a worker '
-            'process imported the main module. Start the dispatcher under '
-            "`if __name__ == '__main__':` so workers can import the module "
-            'without running it.\n')
-        sys.exit(EXIT_APP_ERROR)
-
-
-def _note_signal(_signum, _frame):
-    """Signal handlers only wake the loop (through the wake-up fd)."""
-
 
 def _answered(client):
     """True once a response was started, or the connection is gone."""

@@ -1,0 +1,242 @@
+"""Signals and the end of a dispatcher's life: shutdown, systemd, cleanup.
+
+A mixin of Dispatcher. Signal handlers only wake the loop through a
+wake-up socket; the loop then calls `handle_<signal name>()`, where the real
+work happens, outside any handler. Shutdown is a small state machine run
+from the loop's housekeeping: running → draining (pending requests finish)
+→ stopping (workers exit) → stopped.
+
+Must never do work inside a signal handler, or leave a worker process
+running after the dispatcher returns.
+"""
+
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from .worker import EXIT_APP_ERROR
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                   signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
+                   signal.SIGTTOU)
+
+
+class Lifecycle:
+    """Signals, shutdown and systemd notifications (mixed into Dispatcher)."""
+
+    def _install_signals(self):
+        try:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:
+            reader.close()
+            writer.close()
+            self.log.warning('not in the main thread: signals are not '
+                             'handled, use stop() to shut down')
+            return
+        self._signal_reader, self._signal_writer = reader, writer
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, _note_signal)
+        self._selector.register(reader, selectors.EVENT_READ,
+                                self._on_signal_readable)
+
+    def _on_signal_readable(self, _fileobj, _mask):
+        try:
+            data = self._signal_reader.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            name = signal.Signals(signum).name[3:].lower()
+            handler = getattr(self, f'handle_{name}', None)
+            if handler is not None:
+                handler()
+
+    def handle_term(self):
+        """SIGTERM: graceful shutdown."""
+        self.log.info('SIGTERM: graceful shutdown')
+        self._begin_drain()
+
+    def handle_int(self):
+        """SIGINT (Ctrl-C): graceful shutdown; a second one stops at once."""
+        if self._state != 'running':
+            self.log.warning('SIGINT again: stopping now')
+            self._stop_now()
+            return
+        self.log.info('SIGINT: graceful shutdown')
+        self._begin_drain()
+
+    def handle_quit(self):
+        """SIGQUIT: immediate shutdown."""
+        self.log.warning('SIGQUIT: stopping now')
+        self._stop_now()
+
+    def handle_hup(self):
+        """SIGHUP: reload configuration, then a rolling restart of workers."""
+        self.log.info('SIGHUP: reload and rolling restart of the workers')
+        self.reload()
+        self.restart_workers(graceful=True)
+
+    def handle_usr1(self):
+        """SIGUSR1: reopen the log file (after logrotate moved it)."""
+        self._log_output.reopen()
+        self.log.info('SIGUSR1: log file reopened')
+
+    def handle_ttin(self):
+        """SIGTTIN: one more worker in every pool."""
+        for pool in self._pools:
+            pool.resize(pool.num_workers + 1)
+
+    def handle_ttou(self):
+        """SIGTTOU: one worker fewer in every pool (never below one)."""
+        for pool in self._pools:
+            if pool.num_workers > 1:
+                pool.resize(pool.num_workers - 1)
+
+    def _systemd_step(self, now):
+        if not self._ready_notified and self._state == 'running' and all(
+                h.ready for pool in self._pools for h in pool.workers):
+            self._ready_notified = True
+            self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
+                         f'MAINPID={os.getpid()}')
+        if self._next_watchdog is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self._notifier.watchdog_interval
+            self._notify('WATCHDOG=1')
+
+    def _notify(self, message):
+        error = self._notifier.notify(message) if self._notifier else None
+        if error is not None:
+            self.log.warning('systemd notification failed: %s', error)
+
+    def _begin_drain(self):
+        if self._state != 'running':
+            return
+        self._notify('STOPPING=1')
+        self._state = 'draining'
+        now = time.monotonic()
+        self._shutdown_started = now
+        self._next_housekeeping = now
+        self._close_listener()
+        self.log.info('draining %d pending requests (up to %ss)',
+                      len(self._pending), self.shutdown_timeout)
+
+    def _close_listener(self):
+        sock = self._server.socket
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _drain_step(self, now):
+        deadline = self._shutdown_started + self.shutdown_timeout
+        if self._pending and now < deadline:
+            return
+        self._fail_all_pending()
+        self._stop_workers(now)
+
+    def _fail_all_pending(self):
+        for pending in list(self._pending.values()) + list(
+                self._streams.values()):
+            self._release_from_worker(pending)
+            self._fail(pending, 503, 'Shutting down')
+
+    def _stop_workers(self, now):
+        self._state = 'stopping'
+        started = self._shutdown_started or now
+        self._stop_deadline = max(started + self.shutdown_timeout, now + 1.0)
+        for pool in self._pools:
+            for handle in pool.workers:
+                handle.kill_deadline = None
+            pool.stop()
+            for handle in pool.workers:
+                if handle.kill_deadline is not None:
+                    handle.kill_deadline = min(handle.kill_deadline,
+                                               self._stop_deadline)
+
+    def _stop_step(self, now):
+        if all(pool.all_exited() for pool in self._pools) \
+                and not self._unsent_output():
+            self._state = 'stopped'
+        elif now >= self._stop_deadline + 2.0:
+            self.log.error('shutdown overran; exiting with workers killed')
+            for pool in self._pools:
+                pool.kill()
+            self._state = 'stopped'
+
+    def _unsent_output(self):
+        return any(conn.has_data_to_send
+                   for conn in self._server._waiting_connections)  # pylint: disable=protected-access
+
+    def _stop_now(self):
+        if self._state in ('stopping', 'stopped'):
+            if self._state == 'stopping':
+                for pool in self._pools:
+                    pool.kill()
+            return
+        if self._state == 'running':
+            self._notify('STOPPING=1')
+            self._close_listener()
+        now = time.monotonic()
+        self._shutdown_started = now - self.shutdown_timeout
+        self._fail_all_pending()
+        for pool in self._pools:
+            pool.kill()
+        self._state = 'stopping'
+        self._stop_deadline = now + 1.0
+        self._next_housekeeping = now
+
+    def _close(self):
+        for pool in self._pools:
+            for handle in pool.workers:
+                if not handle.exited and handle.process is not None:
+                    handle.process.join(0.5)
+                    if handle.process.exitcode is None:
+                        handle.process.kill()
+                        handle.process.join(1)
+                if handle.channel is not None:
+                    handle.channel.close()
+        if self._server is not None:
+            self._server.close()
+        if self._signal_reader is not None:
+            signal.set_wakeup_fd(-1)
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            self._signal_reader.close()
+            self._signal_writer.close()
+        if self._selector is not None:
+            self._selector.close()
+        if self._notifier is not None:
+            self._notifier.close()
+        if self._pid_file is not None:
+            self._pid_file.remove()
+        self.log.info('stopped')
+
+
+
+def refuse_to_run_in_worker():
+    # A worker process imports the application's main module afresh (spawn).
+    # If that module starts a dispatcher on import, every worker would try to
+    # become a dispatcher: say so once, and exit with a code that the pool
+    # knows not to retry.
+    # (multiprocessing marks a spawned child with `_inheriting` while it
+    # imports the main module; its own import guard checks the same flag)
+    if getattr(multiprocessing.current_process(), '_inheriting', False):
+        sys.stderr.write(
+            'uhttp.workers: Dispatcher.run() was called while a worker '
+            'process imported the main module. Start the dispatcher under '
+            "`if __name__ == '__main__':` so workers can import the module "
+            'without running it.\n')
+        sys.exit(EXIT_APP_ERROR)
+
+
+def _note_signal(_signum, _frame):
+    """Signal handlers only wake the loop (through the wake-up fd)."""

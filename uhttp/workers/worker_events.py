@@ -1,0 +1,289 @@
+"""The dispatcher's side of its workers: channels, exits, their messages.
+
+A mixin of Dispatcher. It registers each worker's channel and exit sentinel
+in the dispatcher's selector, writes queued messages when the channel can
+take them, and turns what workers send (answers, stream frames, heartbeats,
+log records, pause/resume, forwards) into actions on clients and pools. A
+worker's exit fails exactly the requests it held.
+
+Must never block on a channel, or trust a message to say which worker holds
+a request: the dispatcher's own books (pool.assign) say that.
+"""
+
+import selectors
+import time
+
+from uhttp import server as _server
+
+from . import messages
+from .request import Response
+
+
+class WorkerEvents:
+    """Worker channel events and messages (mixed into Dispatcher)."""
+
+    def watch_worker(self, handle):
+        """Register a started worker's channel and exit sentinel."""
+        self._selector.register(
+            handle.channel.sock, selectors.EVENT_READ,
+            lambda _f, _m: self._on_worker_readable(handle))
+        self._selector.register(
+            handle.process.sentinel, selectors.EVENT_READ,
+            lambda _f, _m: self._on_worker_exit(handle))
+        if handle.channel.has_output:
+            self._flush_needed.add(handle)
+
+    def wants_flush(self, handle):
+        """A message was queued for this worker."""
+        self._flush_needed.add(handle)
+
+    def _flush_workers(self):
+        waiting = set()
+        for handle in self._flush_needed:
+            if handle.channel.closed:
+                continue
+            if not handle.pool.flush(handle):
+                waiting.add(handle)
+        self._flush_needed = waiting
+        for handle in waiting:
+            self._watch_writable(handle)
+
+    def _watch_writable(self, handle):
+        # Only while its socket buffer is full: a worker busy with a long
+        # request reads nothing for a while.
+        try:
+            self._selector.modify(
+                handle.channel.sock,
+                selectors.EVENT_READ | selectors.EVENT_WRITE,
+                lambda _f, mask: self._on_worker_io(handle, mask))
+        except (KeyError, ValueError):
+            pass
+
+    def _on_worker_io(self, handle, mask):
+        if mask & selectors.EVENT_WRITE and handle.pool.flush(handle):
+            self._flush_needed.discard(handle)
+            try:
+                self._selector.modify(
+                    handle.channel.sock, selectors.EVENT_READ,
+                    lambda _f, _m: self._on_worker_readable(handle))
+            except (KeyError, ValueError):
+                pass
+        if mask & selectors.EVENT_READ:
+            self._on_worker_readable(handle)
+
+    def _on_worker_readable(self, handle):
+        channel = handle.channel
+        batch = channel.receive()
+        if batch:
+            handle.last_seen = time.monotonic()
+            for message in batch:
+                self._on_worker_message(handle, message)
+        if channel.closed:
+            self._unwatch_channel(handle)
+
+    def _unwatch_channel(self, handle):
+        try:
+            self._selector.unregister(handle.channel.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_worker_exit(self, handle):
+        if handle.channel is None or handle.exited:
+            return
+        for message in handle.channel.receive():
+            self._on_worker_message(handle, message)
+        self._unwatch_channel(handle)
+        try:
+            self._selector.unregister(handle.process.sentinel)
+        except (KeyError, ValueError):
+            pass
+        handle.channel.close()
+        self._flush_needed.discard(handle)
+        orphans = list(handle.in_flight.values())
+        handle.in_flight = {}
+        handle.active = 0
+        pool = handle.pool
+        index, pid, was_stopping = handle.index, handle.pid, handle.stopping
+        reason, exitcode = pool.on_exit(handle)
+        if self._metrics is not None:
+            self._metrics.worker_exited(pool.name, reason)
+        self._fail_orphans(handle, orphans, reason)
+        if was_stopping and reason == 'stopped':
+            self.log.info('worker %s[%d] (pid %s) stopped', pool.name, index,
+                          pid)
+        elif reason == 'restarted':
+            self.log.warning('worker %s[%d] (pid %s) restarted; %d requests '
+                             'failed', pool.name, index, pid, len(orphans))
+        else:
+            self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
+                           pool.name, index, pid, reason, len(orphans))
+            try:
+                self.on_worker_died(pool, index, reason, exitcode)
+            except Exception:  # pylint: disable=broad-except
+                self.log.exception('on_worker_died() raised')
+        pool.pump()
+
+    def _fail_orphans(self, handle, orphans, reason):
+        for pending in orphans:
+            if pending.state == 'done' or pending.client is None:
+                continue
+            self.log.error('request %s %s %s lost: worker %s %s',
+                           pending.request_id, pending.client.method,
+                           pending.client.path, handle.name, reason)
+            if self._state == 'running':
+                self._fail(pending, 502, 'Worker Died')
+            else:
+                self._fail(pending, 503, 'Shutting down')
+
+    def pool_degraded(self, pool):
+        """A pool just became degraded: its backlog gets 503 now."""
+        for pending in pool.take_backlog():
+            if pending.client is not None:
+                self._fail(pending, 503, 'Service Unavailable')
+
+    # -- messages from workers ---------------------------------------------
+
+    def _on_worker_message(self, handle, message):
+        kind = message[0]
+        if kind == messages.RESPONSE:
+            self._on_response_message(handle, message)
+        elif kind == messages.LOG:
+            self._emit_log(message[1], message[2], message[3])
+        elif kind == messages.HEARTBEAT:
+            handle.handled = message[2]
+        elif kind == messages.DEFERRED:
+            self._on_deferred(handle, message[1])
+        elif kind == messages.KEEP_ALIVE:
+            self._on_keep_alive(message[1])
+        elif kind in (messages.STREAM_START, messages.STREAM_DATA,
+                      messages.STREAM_END):
+            self._on_stream_message(handle, message)
+        elif kind == messages.READY:
+            handle.pid = message[1]
+            self.log.info('worker %s ready (pid %s)', handle.name,
+                          handle.pid)
+            handle.pool.on_ready(handle)
+        elif kind == messages.ACCEPTING:
+            handle.pool.on_accepting(handle, message[1])
+        elif kind == messages.RETURNED:
+            self._on_returned(handle, message[1])
+        elif kind == messages.FORWARD:
+            self._on_forward(message)
+        else:
+            self.log.error('worker %s sent an unknown message kind %r',
+                           handle.name, kind)
+
+    def _on_response_message(self, handle, message):
+        _, request_id, status, headers, body, route = message
+        pool = handle.pool
+        pending = pool.forget(handle, request_id)
+        if pending is None or pending.state == 'done' \
+                or pending.client is None:
+            if pending is None or pending.client is not None:
+                self.log.debug('request %s: late answer dropped', request_id)
+            pool.pump(handle)
+            return
+        client = pending.client
+        self._finish(pending)
+        if self._metrics is not None:
+            self._metrics.answered(pool.name, route, status,
+                                   time.monotonic() - pending.started)
+        if self._has_response_hook:
+            # before writing: once written, a keep-alive connection is reset
+            # and the hook could no longer read the request it answers
+            try:
+                self.on_response(
+                    Response(request_id, status, headers, body), pending)
+            except Exception:  # pylint: disable=broad-except
+                self.log.exception('on_response() raised')
+        if client.socket is not None:
+            self._answer(client, status, headers, body)
+        pool.pump(handle)
+
+    def _on_deferred(self, handle, request_id):
+        pool = handle.pool
+        pending = handle.in_flight.get(request_id)
+        if pending is None:
+            return
+        pool.release(handle, pending)
+        if pending.state == 'assigned':
+            pending.state = 'deferred'
+        elif pending.client is not None:
+            # answered already (timeout, client left): the worker may drop it
+            pool.forget(handle, request_id)
+            pool.send_to(handle, messages.disconnect(request_id))
+        pool.pump(handle)
+
+    def _on_keep_alive(self, request_ids):
+        deadline_base = time.monotonic()
+        for request_id in request_ids:
+            pending = self._pending.get(request_id)
+            if pending is None or pending.state not in ('assigned',
+                                                        'deferred'):
+                continue
+            pending.deadline = deadline_base + pending.pool.timeout
+            self._expiry[pending.pool].move_to_end(request_id)
+
+    def _on_stream_message(self, handle, message):
+        kind, request_id = message[0], message[1]
+        pending = handle.in_flight.get(request_id)
+        if pending is None or pending.state == 'done' \
+                or pending.client is None:
+            if kind != messages.STREAM_END and pending is not None:
+                handle.pool.forget(handle, request_id)
+                handle.pool.send_to(handle, messages.disconnect(request_id))
+            return
+        client = pending.client
+        if kind == messages.STREAM_START:
+            self._start_stream(handle, pending, message)
+        elif kind == messages.STREAM_DATA:
+            if not client.send_chunk(message[2]):
+                self._client_left(pending)
+        else:
+            handle.pool.forget(handle, request_id)
+            self._finish(pending)
+            client.response_stream_end()
+
+    def _start_stream(self, handle, pending, message):
+        _, request_id, _status, headers, cookies = message
+        handle.pool.release(handle, pending)
+        pending.state = 'streaming'
+        # a stream is no longer waiting: no timeout, not counted in
+        # max_pending, not waited for by a graceful shutdown
+        self._expiry[pending.pool].pop(request_id, None)
+        self._pending.pop(request_id, None)
+        self._streams[request_id] = pending
+        client = pending.client
+        if pending.read_paused and client.socket is not None:
+            pending.read_paused = False
+            client._register()  # pylint: disable=protected-access
+        try:
+            started = client.response_stream(headers=headers, cookies=cookies)
+        except _server.HttpError as err:
+            self.log.error('request %s: cannot start stream: %s',
+                           request_id, err)
+            started = False
+        if not started:
+            self._client_left(pending)
+        handle.pool.pump(handle)
+
+    def _on_returned(self, handle, request_id):
+        pool = handle.pool
+        pending = pool.forget(handle, request_id)
+        if pending is None:
+            return
+        if pending.state == 'assigned':
+            pending.state = 'queued'
+            pending.worker = None
+            pool.backlog.appendleft(pending)
+        pool.pump()
+
+    def _on_forward(self, message):
+        _, method, path, data, headers, to_all = message
+        pool = self._find_pool(path)
+        if pool is None:
+            self.log.warning('forward to %s %s: no pool serves this path',
+                             method, path)
+            return
+        self.submit_internal(pool, method, path, data, headers, to_all=to_all)
+
