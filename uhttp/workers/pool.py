@@ -148,7 +148,8 @@ class WorkerPool:
                  log_level=LOG_WARNING, max_restarts=10, restart_window=300,
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
                  worker_kill_timeout=5, max_requests=0,
-                 max_requests_jitter=0, max_memory=0, **kwargs):
+                 max_requests_jitter=0, max_memory=0, start_method=None,
+                 **kwargs):
         if num_workers < 1:
             raise ValueError('num_workers must be at least 1')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
@@ -188,7 +189,12 @@ class WorkerPool:
         self._rolling = None    # the old worker being replaced by the roll
         self._rotation = 0
         self._dispatcher = None
-        self._context = multiprocessing.get_context('spawn')
+        if start_method not in (None, 'fork', 'spawn'):
+            raise ValueError("start_method must be None, 'fork' or 'spawn'")
+        self.start_method = start_method
+        # auto: fork (shared memory, fast) until new code must be loaded
+        self._fresh_code = start_method == 'spawn' or (
+            'fork' not in multiprocessing.get_all_start_methods())
 
     def __repr__(self):
         return f'<WorkerPool {self.name} x{self.num_workers}>'
@@ -253,7 +259,9 @@ class WorkerPool:
             'log_level': self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
         }
-        process = self._context.Process(
+        method = 'spawn' if self._fresh_code else 'fork'
+        options['forked'] = method == 'fork'
+        process = multiprocessing.get_context(method).Process(
             target=worker_main, name=handle.name,
             args=(self.worker_class, worker_end, options, self.kwargs))
         try:
@@ -607,6 +615,8 @@ class WorkerPool:
         now (its requests get 502) and started again.
         """
         serving = [h for h in self.workers if h.is_serving]
+        if self.start_method is None:
+            self._fresh_code = True  # a forked worker would run the old code
         if not graceful:
             now = time.monotonic()
             for handle in serving:

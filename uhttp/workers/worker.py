@@ -15,6 +15,7 @@ import faulthandler
 import os
 import selectors
 import signal
+import stat
 import sys
 import time
 
@@ -481,8 +482,42 @@ def _prepare_signals():
     faulthandler.register(TRACEBACK_SIGNAL, all_threads=True, chain=False)
 
 
+def _isolate_from_dispatcher(keep):
+    """In a worker forked from the dispatcher: let go of its descriptors.
+
+    A forked worker inherits every client socket, the listening socket and
+    the selector of the dispatcher; holding them would keep connections open
+    that the dispatcher closed. Each one is replaced by /dev/null rather than
+    closed, so that the number stays taken: an inherited Python object that
+    closes "its" descriptor later cannot close one the worker opened since.
+    Pipes stay: one of them tells the dispatcher that this process exited.
+    """
+    try:
+        descriptors = [int(name) for name in os.listdir('/proc/self/fd')]
+    except OSError:
+        descriptors = range(3, 4096)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in descriptors:
+        if fd <= 2 or fd == null or fd in keep:
+            continue
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            os.dup2(null, fd, inheritable=False)
+        except OSError:
+            continue  # closed meanwhile (the fd listing itself)
+    os.close(null)
+
+
 def worker_main(worker_class, sock, options, kwargs):
     """Entry point of a worker process (target of multiprocessing)."""
+    options = dict(options)
+    if options.pop('forked', False):
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTIN,
+                       signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_DFL)
+        _isolate_from_dispatcher({sock.fileno()})
     _prepare_signals()
     _die_with_parent()
     channel = Channel(sock)
