@@ -130,7 +130,8 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def _encode_body(json, data, headers):
-    headers = {key.lower(): str(value) for key, value in (headers or {}).items()}
+    headers = {key.lower(): str(value)
+               for key, value in (headers or {}).items()}
     if json is not None and data is not None:
         raise ValueError('give json= or data=, not both')
     if json is not None:
@@ -168,7 +169,8 @@ class ServiceClient:
 
     def post(self, path, json=None, data=None, headers=None):
         """POST a JSON value (`json=`) or bytes/str (`data=`) to `path`."""
-        return self.request('POST', path, json=json, data=data, headers=headers)
+        return self.request('POST', path, json=json, data=data,
+                            headers=headers)
 
     def request(self, method, path, json=None, data=None, headers=None):
         """Send one request, return its ServiceResponse."""
@@ -199,7 +201,8 @@ class ServiceClient:
         raise AssertionError('unreachable')
 
     def _open(self):
-        self._connection = self.service._http_connection(self.timeout)  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        self._connection = self.service._http_connection(self.timeout)
         return self._connection
 
     def _failure(self, method, path, err):
@@ -222,7 +225,9 @@ class ServiceClient:
 
 def _describe_error(err):
     text = str(err) or type(err).__name__
-    return text if isinstance(err, OSError) else f'{type(err).__name__}: {text}'
+    if isinstance(err, OSError):
+        return text
+    return f'{type(err).__name__}: {text}'
 
 
 # -- the service description -------------------------------------------------
@@ -313,13 +318,15 @@ class Service:
     def command_line(self):
         """The command with `{port}` and `{socket}` replaced."""
         port = '' if self.port is None else str(self.port)
-        return [arg.replace('{port}', port).replace('{socket}', self.socket or '')
+        path = self.socket or ''
+        return [arg.replace('{port}', port).replace('{socket}', path)
                 for arg in self.command]
 
     def _http_connection(self, timeout):
         if self.socket:
             return _UnixHTTPConnection(self.socket, timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        return http.client.HTTPConnection(self.host, self.port,
+                                          timeout=timeout)
 
     # -- health ---------------------------------------------------------------
 
@@ -354,7 +361,7 @@ class Service:
             self._healthy_until = time.monotonic() + self.health_check_interval
         return error
 
-    # -- managed use ------------------------------------------------------------
+    # -- managed use ----------------------------------------------------------
 
     def client(self, timeout=None, request_timeout=30.0):
         """A client of the service, which someone else runs (managed use).
@@ -410,7 +417,7 @@ class Service:
                        f'{waited:g}s{known}{detail}')
         return ServiceUnavailable(message, state)
 
-    # -- standalone use -----------------------------------------------------------
+    # -- standalone use -------------------------------------------------------
 
     def connect(self, timeout=None, request_timeout=30.0):
         """A client of the service, starting it if nobody on this host runs it.
@@ -493,10 +500,10 @@ def _sleep_before(deadline, pause):
     return True
 
 
-# -- the standalone lock ---------------------------------------------------------
+# -- the standalone lock ------------------------------------------------------
 
 def _try_lock(service):
-    """The lock of a service (socket or file) if we could take it, else None."""
+    """The lock of a service (socket or file) if we took it, else None."""
     if service.socket is None:
         if service.lock_port is None:
             raise ServiceError(
@@ -505,7 +512,8 @@ def _try_lock(service):
                 'connect()')
         family, address = _socket.AF_INET, ('127.0.0.1', service.lock_port)
     elif sys.platform.startswith('linux'):
-        family, address = _socket.AF_UNIX, '\0' + LOCK_NAME_PREFIX + service.name
+        family = _socket.AF_UNIX
+        address = '\0' + LOCK_NAME_PREFIX + service.name
     else:
         return _try_file_lock(service.socket + '.lock')
     # No SO_REUSEADDR, and listening: no other socket may bind it then.
@@ -573,7 +581,7 @@ if hasattr(os, 'register_at_fork'):
     os.register_at_fork(after_in_child=_forget_owned_in_child)
 
 
-# -- process handling -------------------------------------------------------------
+# -- process handling ---------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _prctl():
@@ -597,7 +605,7 @@ def set_parent_death_signal(signum):
 def _child_setup(parent_pid, prctl):
     # Runs in the child between fork and exec: no imports, no locks. The
     # function was looked up in the parent for that reason.
-    pass
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if os.getppid() != parent_pid:
         os._exit(1)     # the parent died before prctl took effect
 
@@ -606,11 +614,13 @@ def _open_outputs(service):
     stdout = stderr = None
     try:
         if service.stdout:
-            stdout = open(service.stdout, 'ab')  # pylint: disable=consider-using-with
+            # pylint: disable-next=consider-using-with
+            stdout = open(service.stdout, 'ab')
         if service.stderr == 'stdout':
             stderr = subprocess.STDOUT
         elif service.stderr:
-            stderr = open(service.stderr, 'ab')  # pylint: disable=consider-using-with
+            # pylint: disable-next=consider-using-with
+            stderr = open(service.stderr, 'ab')
     except OSError:
         _close_outputs(stdout, stderr)
         raise
@@ -626,7 +636,9 @@ def _close_outputs(*files):
 def _spawn(service):
     """Start the service's process in its own session; return the Popen."""
     prctl = _prctl()
-    setup = functools.partial(_child_setup, os.getpid(), prctl) if prctl else None
+    setup = None
+    if prctl is not None:
+        setup = functools.partial(_child_setup, os.getpid(), prctl)
     if service.socket:
         _remove_stale_socket(service.socket)
     stdout, stderr = _open_outputs(service)
@@ -711,6 +723,7 @@ class _Runner:
     Only the supervision thread calls its methods; status() readers take
     the manager's lock.
     """
+    # pylint: disable=protected-access  (the manager's helpers for runners)
 
     def __init__(self, service, manager):
         self.service = service
@@ -751,10 +764,10 @@ class _Runner:
         except (OSError, ValueError, subprocess.SubprocessError) as err:
             self.fail(now, f'cannot start {service.command_line()!r}: {err}')
             return
-        self.manager.update(self, process=process, state='starting',
-                            started=time.time())
+        self.manager._update(self, process=process, state='starting',
+                             started=time.time())
         self.pidfd = _pidfd(process.pid)
-        self.manager.watch(self)
+        self.manager._watch(self)
         self.failed_checks = 0
         self.deadline = now + service.startup_timeout
         self.next_at = now + min(STARTUP_POLL, service.health_check_interval)
@@ -783,7 +796,7 @@ class _Runner:
     def _starting(self, now, error):
         service = self.service
         if error is None:
-            self.manager.update(self, state='ready')
+            self.manager._update(self, state='ready')
             self.manager.log.info('service %s ready at %s (pid %d)',
                                   service.name, service.address, self.pid)
             self.next_at = now + service.health_check_interval
@@ -791,7 +804,8 @@ class _Runner:
             self.fail(now, f'not healthy within startup_timeout='
                       f'{service.startup_timeout:g}s ({error})')
         else:
-            self.next_at = now + min(STARTUP_POLL, service.health_check_interval)
+            self.next_at = now + min(STARTUP_POLL,
+                                     service.health_check_interval)
 
     def _running(self, now, error):
         service = self.service
@@ -801,14 +815,14 @@ class _Runner:
                 self.manager.log.info('service %s is healthy again',
                                       service.name)
             self.failed_checks = 0
-            self.manager.update(self, state='ready')
+            self.manager._update(self, state='ready')
             return
         self.failed_checks += 1
         if self.failed_checks >= UNHEALTHY_LIMIT:
             self.fail(now, f'health check failed {self.failed_checks} times '
                       f'in a row ({error})')
             return
-        self.manager.update(self, state='unhealthy', last_error=error)
+        self.manager._update(self, state='unhealthy', last_error=error)
         self.manager.log.warning('service %s: health check failed (%s)',
                                  service.name, error)
 
@@ -817,14 +831,14 @@ class _Runner:
         service = self.service
         self.terminate(service.shutdown_timeout)
         if service.restart_on_failure and self.restarts < service.max_restarts:
-            self.manager.update(self, state='restarting', last_error=reason,
-                                restarts=self.restarts + 1)
+            self.manager._update(self, state='restarting', last_error=reason,
+                                 restarts=self.restarts + 1)
             self.next_at = now + service.restart_delay
             self.manager.log.warning(
                 'service %s %s; restart %d of %d in %gs', service.name, reason,
                 self.restarts, service.max_restarts, service.restart_delay)
         else:
-            self.manager.update(self, state='failed', last_error=reason)
+            self.manager._update(self, state='failed', last_error=reason)
             self.next_at = float('inf')
             self.manager.log.critical(
                 'service %s %s; giving up after %d restarts', service.name,
@@ -871,15 +885,15 @@ class _Runner:
         self._forget_process()
 
     def _forget_process(self):
-        self.manager.unwatch(self)
+        self.manager._unwatch(self)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
-        self.manager.update(self, process=None)
+        self.manager._update(self, process=None)
         self.stop_deadline = None
 
 
-# -- the manager ---------------------------------------------------------------------
+# -- the manager --------------------------------------------------------------
 
 class ServiceManager:
     """Runs services for their owner: one supervision thread for all.
@@ -945,10 +959,14 @@ class ServiceManager:
             target=self._supervise, name='uhttp.workers.services', daemon=True)
         self._thread.start()
 
-    def stop(self, timeout=None):
-        """Stop every service (SIGTERM to each process group, SIGKILL after
-        `timeout` or each service's shutdown_timeout); blocks until done.
-        Safe to call more than once, and from any thread."""
+    def stop(self, timeout=None, wait=True):
+        """Stop every service: SIGTERM to each process group, SIGKILL after
+        `timeout` (default: each service's shutdown_timeout).
+
+        Blocks until done, unless `wait` is False: then it returns at once,
+        the 'stopped' states arrive through on_change, and `stopped` tells
+        when all is over. Safe to call more than once, and from any thread.
+        """
         if not self._stopping:
             self._stop_timeout = timeout
         self._stopping = True
@@ -956,12 +974,18 @@ class ServiceManager:
         if thread is None:
             return
         self._wake()
-        if thread is threading.current_thread():
-            return      # called from a callback: the thread stops on return
+        if not wait or thread is threading.current_thread():
+            return      # (from a callback: the thread stops on return)
         longest = max((s.shutdown_timeout for s in self.services), default=0)
         thread.join((longest if timeout is None else timeout) + 10)
         if thread.is_alive():
             self.log.error('services did not stop in time')
+
+    @property
+    def stopped(self):
+        """True once stop() has completed: every service process is gone."""
+        return self._stopping and (
+            self._thread is None or not self._thread.is_alive())
 
     def status(self):
         """One dict per service: name, state, pid, restarts, max_restarts,
@@ -1021,9 +1045,9 @@ class ServiceManager:
                 return runner
         raise KeyError(f'no service named {name!r}')
 
-    # -- used by the runners (supervision thread) ---------------------------------
+    # -- used by the runners (supervision thread) -----------------------------
 
-    def update(self, runner, **fields):
+    def _update(self, runner, **fields):
         """Change a runner's fields under the lock; report a state change."""
         with self._changed:
             old = runner.state
@@ -1046,14 +1070,14 @@ class ServiceManager:
                 self.log.error('on_change callback %r failed:\n%s', callback,
                                traceback.format_exc().rstrip())
 
-    def watch(self, runner):
+    def _watch(self, runner):
         """Wake the supervision thread when the runner's process exits."""
         if runner.pidfd is None:
             self._exit_polling = True
         else:
             self._selector.register(runner.pidfd, selectors.EVENT_READ)
 
-    def unwatch(self, runner):
+    def _unwatch(self, runner):
         """Stop watching the runner's process."""
         if runner.pidfd is not None:
             try:
@@ -1061,7 +1085,7 @@ class ServiceManager:
             except (KeyError, ValueError):
                 pass
 
-    # -- the supervision thread ----------------------------------------------------------
+    # -- the supervision thread -----------------------------------------------
 
     def _supervise(self):
         try:
@@ -1119,5 +1143,5 @@ class ServiceManager:
             if running:
                 time.sleep(STOP_POLL)
         for runner in self._runners:
-            self.update(runner, state='stopped')
+            self._update(runner, state='stopped')
             self.log.info('service %s stopped', runner.service.name)

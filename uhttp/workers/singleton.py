@@ -190,7 +190,8 @@ class RedisLock:
             redis = _import_redis()
             timeout = max(0.5, self.renew_interval)
             self._client = redis.Redis.from_url(
-                self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+                self.url, socket_timeout=timeout,
+                socket_connect_timeout=timeout)
         return self._client
 
     @property
@@ -366,7 +367,7 @@ def run_once(name=None, once_ever=False, retry_delay=None):
     return decorate
 
 
-# -- the runner ------------------------------------------------------------------
+# -- the runner ---------------------------------------------------------------
 
 class JobRunner:
     """Runs jobs in the process that holds `lock`; the others wait.
@@ -380,6 +381,10 @@ class JobRunner:
     """
 
     def __init__(self, jobs, lock, poll_interval=1.0, log=None):
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise TypeError(f'JobRunner runs Job objects (see periodic() '
+                                f'and run_once()), not {job!r}')
         names = [job.name for job in jobs]
         if len(set(names)) != len(names):
             raise ValueError(f'job names must be unique: {names}')
@@ -566,7 +571,7 @@ class JobRunner:
             self.log.error('job %s succeeded but its done marker could not '
                            'be written: %s', job.name, err)
 
-    # -- waiting ---------------------------------------------------------------
+    # -- waiting --------------------------------------------------------------
 
     def _wait(self, timeout):
         if self._stopped:
@@ -603,10 +608,11 @@ def run_job_runner(jobs, lock_spec, poll_interval=1.0, log=None,
     owner decides). On Linux the process gets SIGTERM when its parent
     dies (`die_with_parent`).
     """
-    # imported here: both are only needed in the job process
-    from .log import LOG_INFO, Logger  # pylint: disable=import-outside-toplevel
-    from .proctitle import set_title  # pylint: disable=import-outside-toplevel
-    from .service import set_parent_death_signal  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    # imported here: only the job process needs them
+    from .log import LOG_INFO, Logger
+    from .proctitle import set_title
+    from .service import set_parent_death_signal
     if die_with_parent:
         set_parent_death_signal(signal.SIGTERM)
     if log is None:
