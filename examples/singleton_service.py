@@ -1,32 +1,35 @@
-"""A helper server shared by every worker, started once, on first use.
+"""A helper server shared by every worker, and a job that runs only once.
 
-Each worker asks `HELPER.connect()` for a client. The first process on the
-host to do so binds the helper's lock socket and starts the helper (and
-restarts it if it crashes); the others wait until it answers its health
-check. If that worker dies, the helper dies with it and the next
-`connect()` in any worker starts it again.
+The dispatcher starts the helper (`services=[...]`) before it reports ready,
+health-checks it from a background thread, restarts it if it dies and stops
+it after the workers at shutdown. Handlers reach it with
+`self.services['quote-helper'].client()`, which fails at once with a clear
+error while the helper is down or after it has given up.
 
-Run:  python examples/singleton_service.py  (PORT=8080; helper on 8765,
-      its lock on 18765: HELPER_PORT, HELPER_LOCK_PORT)
+The `tick` job runs every few seconds in exactly one process among all the
+dispatchers on this host that declare it (they share a lock file); if that
+process dies, another one takes over within a second.
+
+Run:  python examples/singleton_service.py   (PORT=8080; helper on 8765:
+      HELPER_PORT; job log in TICK_FILE, default /tmp/uhttp-workers-tick.log)
 Try:  curl http://127.0.0.1:8080/api/quote
+      curl http://127.0.0.1:8080/status
 """
 
 import os
 import sys
+import time
 
 import uhttp.workers as _workers
-from uhttp.workers.service import Service, ServiceError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOCK_PORT = os.environ.get('HELPER_LOCK_PORT')
+TICK_FILE = os.environ.get('TICK_FILE', '/tmp/uhttp-workers-tick.log')
 
-# Module level: every worker process builds the same description.
-HELPER = Service(
+HELPER = _workers.Service(
     name='quote-helper',
     command=[sys.executable, os.path.join(HERE, 'helper_server.py'),
              '--port', '{port}'],
     port=int(os.environ.get('HELPER_PORT', '8765')),
-    lock_port=int(LOCK_PORT) if LOCK_PORT else None,
     health_check_url='/health',
     health_check_interval=2.0,
     startup_timeout=10.0,
@@ -35,15 +38,23 @@ HELPER = Service(
 )
 
 
+@_workers.periodic(2.0)
+def tick():
+    """Append a line every 2 s: one writer on the whole host."""
+    with open(TICK_FILE, 'a', encoding='utf-8') as log:
+        log.write(f'{os.getpid()} {time.time():.1f}\n')
+
+
 class QuoteWorker(_workers.Worker):
     def ask_helper(self, path):
         """GET `path` from the helper; (data, status) for the client."""
         try:
-            with HELPER.connect(timeout=10.0, request_timeout=5.0) as helper:
+            with self.services['quote-helper'].client(
+                    timeout=10.0, request_timeout=5.0) as helper:
                 answer = helper.get(path)
-        except ServiceError as err:
+        except _workers.ServiceError as err:
             self.log.error('helper: %s', err)
-            return {'error': 'helper unavailable'}, 503
+            return {'error': 'helper unavailable', 'detail': str(err)}, 503
         return answer.json(), answer.status
 
     @_workers.api('/api/quote', 'GET')
@@ -53,19 +64,21 @@ class QuoteWorker(_workers.Worker):
             return data, status
         return {'worker': self.worker_id, 'worker_pid': os.getpid(), **data}
 
-    @_workers.api('/api/helper', 'GET')
-    def helper(self, request):
-        data, status = self.ask_helper('/quote')
-        if status != 200:
-            return data, status
-        return {'helper_pid': data['helper_pid'],
-                'address': HELPER.address, 'owner': HELPER.owned}
+
+class QuoteDispatcher(_workers.Dispatcher):
+    @_workers.sync('/status')
+    def show_status(self, client, path_params):
+        client.respond({'services': self.status()['services'],
+                        'jobs': self.status()['jobs']})
 
 
 def main():
-    dispatcher = _workers.Dispatcher(
+    dispatcher = QuoteDispatcher(
         port=int(os.environ.get('PORT', '8080')),
         address=os.environ.get('ADDRESS', '0.0.0.0'),
+        services=[HELPER],
+        jobs=[tick],
+        job_lock=('file', TICK_FILE + '.lock'),
         pools=[_workers.WorkerPool(QuoteWorker, num_workers=3,
                                    routes=['/api/**'])],
     )

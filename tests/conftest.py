@@ -34,6 +34,8 @@ def wait_until(predicate, timeout=10.0, interval=0.02, message=None):
         if value:
             return value
         if time.monotonic() >= deadline:
+            if callable(message):
+                message = message()
             raise AssertionError(message or f'condition not met in {timeout}s')
         time.sleep(interval)
 

@@ -78,3 +78,28 @@ def test_sse_chat(start_server):
             data += sock.recv(4096)
         assert b'event: message' in data and b'"from": "ada"' in data
         sock.close()
+
+
+def test_singleton_service(start_server, tmp_path):
+    from test_service import free_port  # pylint: disable=import-outside-toplevel
+    from conftest import pid_alive, wait_until  # pylint: disable=import-outside-toplevel
+    tick_file = tmp_path / 'tick.log'
+    server = start_server(example('singleton_service.py'), env={
+        'HELPER_PORT': str(free_port()), 'TICK_FILE': str(tick_file)},
+        ready_workers=3)
+    answers = [server.get('/api/quote').json() for _ in range(9)]
+    helpers = {answer['helper_pid'] for answer in answers}
+    assert len(helpers) == 1, answers
+    assert len({answer['worker'] for answer in answers}) > 1, answers
+    status = server.get('/status').json()
+    assert status['services'][0]['state'] == 'ready'
+    assert status['services'][0]['pid'] in helpers
+    assert status['jobs']['alive'] is True
+    wait_until(lambda: tick_file.exists() and tick_file.read_text(), 15)
+    writers = {line.split()[0] for line in tick_file.read_text().splitlines()}
+    assert writers == {str(status['jobs']['pid'])}
+    server.stop()
+    assert server.proc.returncode == 0
+    helper = helpers.pop()
+    wait_until(lambda: not pid_alive(helper), 10,
+               message='the helper outlived the service')

@@ -347,24 +347,3 @@ def test_unix_socket_service_standalone(tmp_path):
         service.close()
     assert not service.owned
     assert server is not None and not pid_alive(server)
-
-
-def test_example_shares_one_helper_between_workers(start_server):
-    env = {'HELPER_PORT': str(free_port()),
-           'HELPER_LOCK_PORT': str(free_port())}
-    server = start_server(os.path.join(ROOT, 'examples',
-                                       'singleton_service.py'),
-                          env=env, ready_workers=3)
-    answers = [server.get('/api/quote').json() for _ in range(9)]
-    helpers = {answer['helper_pid'] for answer in answers}
-    assert len(helpers) == 1, answers
-    assert len({answer['worker'] for answer in answers}) > 1, answers
-    assert all(answer['quote'] for answer in answers)
-    assert server.get('/api/helper').json()['helper_pid'] in helpers
-    helper = helpers.pop()
-    server.stop()
-    try:
-        wait_until(lambda: not pid_alive(helper), 10,
-                   message='the helper outlived the service')
-    finally:
-        kill_leftovers([helper])

@@ -30,6 +30,7 @@ from .descriptors import READ, WRITE, DescriptorWatch
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput
 from .metrics import Metrics
+from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
 from .request import RejectRequest, encode_body
@@ -104,7 +105,7 @@ def _raise_open_file_limit():
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class Dispatcher(Lifecycle, WorkerEvents):
+class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
@@ -118,7 +119,8 @@ class Dispatcher(Lifecycle, WorkerEvents):
                  keep_alive_timeout=15, keep_alive_max_requests=1000,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
-                 metrics_route=None):
+                 metrics_route=None, services=None, jobs=None,
+                 job_lock=None):
         self.port = port
         self.address = address
         self._pools = list(pools or [])
@@ -165,6 +167,7 @@ class Dispatcher(Lifecycle, WorkerEvents):
         self._descriptors = DescriptorWatch(self._descriptor_failed)
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
+        self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
     # -- hooks for applications ---------------------------------------------
@@ -228,6 +231,11 @@ class Dispatcher(Lifecycle, WorkerEvents):
             'connections': len(connections),
             'buffered_bytes': sum(c.send_buffer_size for c in connections),
             'pools': [pool.status() for pool in self._pools],
+            'services': self._service_manager.status()
+            if self._service_manager else [],
+            'jobs': {'pid': self._job_process.pid,
+                     'alive': self._job_process.is_alive()}
+            if self._job_process else None,
         }
 
     def register_reader(self, fd, callback):
@@ -341,6 +349,7 @@ class Dispatcher(Lifecycle, WorkerEvents):
         now = time.monotonic()
         self._next_idle = now + SELECT_TIMEOUT
         self._descriptors.attach(self._selector)
+        self._start_owned()
         for pool in self._pools:
             self._expiry[pool] = collections.OrderedDict()
             pool.start(self)
@@ -419,6 +428,7 @@ class Dispatcher(Lifecycle, WorkerEvents):
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
         for pool in self._pools:
             pool.supervise(now)
+        self._supervise_owned(now)
         if self._notifier.enabled:
             self._systemd_step(now)
         if now >= self._next_idle:

@@ -100,7 +100,8 @@ class Lifecycle:
 
     def _systemd_step(self, now):
         if not self._ready_notified and self._state == 'running' and all(
-                h.ready for pool in self._pools for h in pool.workers):
+                h.ready for pool in self._pools for h in pool.workers) \
+                and self._services_settled():
             self._ready_notified = True
             self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
                          f'MAINPID={os.getpid()}')
@@ -165,12 +166,16 @@ class Lifecycle:
     def _stop_step(self, now):
         if all(pool.all_exited() for pool in self._pools) \
                 and not self._unsent_output():
-            self._state = 'stopped'
+            # services last: workers may have used them while draining
+            if self._owned_stop_deadline is None:
+                self._stop_owned(self._stop_deadline)
+            if self._owned_stopped(now):
+                self._state = 'stopped'
         elif now >= self._stop_deadline + 2.0:
             self.log.error('shutdown overran; exiting with workers killed')
             for pool in self._pools:
                 pool.kill()
-            self._state = 'stopped'
+            self._stop_deadline = now  # the owned services go next
 
     def _unsent_output(self):
         return any(conn.has_data_to_send
@@ -195,6 +200,7 @@ class Lifecycle:
         self._next_housekeeping = now
 
     def _close(self):
+        self._close_owned()
         for pool in self._pools:
             for handle in pool.workers:
                 if not handle.exited and handle.process is not None:

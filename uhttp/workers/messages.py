@@ -16,6 +16,7 @@ CONFIG = 2          # (CONFIG, config)
 STOP = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT = 4      # (DISCONNECT, request_id)  its client went away
 CANCEL = 5          # (CANCEL, request_id)  client left: skip it if not started
+SERVICES = 6        # (SERVICES, {name: status})  helper service states
 
 # worker -> dispatcher
 READY = 20          # (READY, pid)  setup() finished
@@ -56,6 +57,11 @@ def disconnect(request_id):
 def cancel(request_id):
     """Tell a worker to skip a request it has not started (client left)."""
     return (CANCEL, request_id)
+
+
+def services(states):
+    """Current states of the dispatcher's helper services."""
+    return (SERVICES, states)
 
 
 def ready(pid):

@@ -258,6 +258,7 @@ class WorkerPool:
             'pool_name': self.name,
             'log_level': self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
+            'services': list(self._dispatcher.services.values()),
         }
         method = 'spawn' if self._fresh_code else 'fork'
         options['forked'] = method == 'fork'
@@ -288,6 +289,7 @@ class WorkerPool:
             0, self.max_requests_jitter) if self.max_requests else None
         if self.config is not None:
             self._queue(handle, messages.config(self.config))
+        self._dispatcher.worker_started(self, handle)
         self._dispatcher.watch_worker(handle)
 
     def stop(self):

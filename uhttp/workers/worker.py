@@ -12,6 +12,7 @@ without logging it, or outlive the dispatcher.
 
 import ctypes
 import faulthandler
+import functools
 import os
 import selectors
 import signal
@@ -128,7 +129,7 @@ class Worker:
     HANDLERS = []
 
     def __init__(self, worker_id=0, pool_name=None, log_level=LOG_WARNING,
-                 heartbeat_interval=1.0, **kwargs):
+                 heartbeat_interval=1.0, services=(), **kwargs):
         self.worker_id = worker_id
         self.pool_name = pool_name or type(self).__name__
         self.kwargs = kwargs
@@ -148,6 +149,12 @@ class Worker:
         self._parent_pid = os.getppid()
         self._handlers = {}
         self._router = build_router(type(self), self._bind_route)
+        self._service_states = {}
+        self.services = {}
+        for service in services:
+            service.state_getter = functools.partial(
+                self._service_states.get, service.name)
+            self.services[service.name] = service
 
     # -- hooks for applications ---------------------------------------------
 
@@ -403,6 +410,9 @@ class Worker:
             self._call_hook(self.on_disconnect, message[1])
         elif kind == messages.STOP:
             self._stopping = True
+        elif kind == messages.SERVICES:
+            self._service_states.clear()
+            self._service_states.update(message[1])
         elif kind == messages.CANCEL:
             pass  # too late: the request already ran (handled above if not)
         else:

@@ -1,0 +1,215 @@
+"""What the dispatcher owns besides workers: helper services and the job
+process.
+
+A mixin of Dispatcher. Helper services (`Service`) run under a
+ServiceManager whose supervision thread does the slow work (starting
+processes, health probes); it never touches the dispatcher's state. It
+reports through a thread-safe queue and one byte on a wake-up pipe; the loop
+then logs the records and sends the new service states to every worker, so
+`self.services[name].client()` in a handler knows at once when a service is
+down or has given up. Run-once and periodic jobs run in one spawned job
+process, which takes a host-wide lock before running anything.
+
+Must never block the loop on a service or let the supervision thread call
+application hooks.
+"""
+
+import collections
+import hashlib
+import multiprocessing
+import os
+import selectors
+import signal
+import tempfile
+import time
+
+from . import messages
+from .log import LOG_CRITICAL, LOG_ERROR, LOG_INFO, LOG_WARNING, format_message
+from .service import ServiceManager
+from .singleton import run_job_runner
+
+JOB_RESTART_DELAY = 1.0
+
+
+class _QueuedLog:
+    """A logger for another thread: records wait for the dispatcher loop."""
+
+    def __init__(self, name, wake):
+        self._name = name
+        self._wake = wake
+        self.records = collections.deque()
+
+    def _log(self, level, message, args):
+        self.records.append((self._name, level,
+                             format_message(message, args, {})))
+        self._wake()
+
+    def info(self, message, *args):
+        """Queue an info record."""
+        self._log(LOG_INFO, message, args)
+
+    def warning(self, message, *args):
+        """Queue a warning record."""
+        self._log(LOG_WARNING, message, args)
+
+    def error(self, message, *args):
+        """Queue an error record."""
+        self._log(LOG_ERROR, message, args)
+
+    def critical(self, message, *args):
+        """Queue a critical record."""
+        self._log(LOG_CRITICAL, message, args)
+
+
+def default_job_lock(jobs):
+    """('file', path) shared by every dispatcher on the host with the same
+    job names."""
+    names = ','.join(sorted(job.name for job in jobs))
+    digest = hashlib.sha256(names.encode()).hexdigest()[:16]
+    return ('file', os.path.join(tempfile.gettempdir(),
+                                 f'uhttp-workers-jobs-{digest}.lock'))
+
+
+class OwnedServices:
+    """Services and the job process of a Dispatcher (mixed into it)."""
+
+    def _init_owned(self, services, jobs, job_lock):
+        self._services = list(services or [])
+        names = [service.name for service in self._services]
+        if len(set(names)) != len(names):
+            raise ValueError(f'service names must be unique: {names}')
+        self._service_manager = None
+        self._service_states = {}
+        self._wake_reader = self._wake_writer = None
+        self._service_log = None
+        self._jobs = list(jobs or [])
+        self._job_lock = job_lock or (
+            default_job_lock(self._jobs) if self._jobs else None)
+        self._job_process = None
+        self._job_restart_at = None
+        self._owned_stop_deadline = None
+
+    @property
+    def services(self):
+        """The helper services this dispatcher runs, by name."""
+        return {service.name: service for service in self._services}
+
+    def _start_owned(self):
+        if self._services:
+            self._start_services()
+        if self._jobs:
+            self._start_job_process()
+
+    def _start_services(self):
+        self._wake_reader, self._wake_writer = os.pipe()
+        os.set_blocking(self._wake_reader, False)
+        os.set_blocking(self._wake_writer, False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ,
+                                self._on_services_wake)
+        self._service_log = _QueuedLog('services', self._wake_services)
+        manager = ServiceManager(self._services, log=self._service_log)
+        manager.on_change(lambda _name, _state: self._wake_services())
+        self._service_manager = manager
+        manager.start()
+
+    def _wake_services(self):
+        # called from the supervision thread: one byte, never blocking
+        try:
+            os.write(self._wake_writer, b'\0')
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or we are closing)
+
+    def _on_services_wake(self, _fileobj, _mask):
+        try:
+            while os.read(self._wake_reader, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        records = self._service_log.records
+        while records:
+            self._emit_log(*records.popleft())
+        states = {entry['name']: entry
+                  for entry in self._service_manager.status()}
+        if states != self._service_states:
+            self._service_states = states
+            for pool in self._pools:
+                for handle in pool.workers:
+                    pool.send_to(handle, messages.services(states))
+
+    def worker_started(self, pool, handle):
+        """A worker process was started: give it the service states."""
+        if self._service_states:
+            pool.send_to(handle, messages.services(self._service_states))
+
+    def _services_settled(self):
+        manager = self._service_manager
+        if manager is None:
+            return True
+        return all(entry['state'] in ('ready', 'failed')
+                   for entry in self._service_states.values()) and \
+            len(self._service_states) == len(self._services)
+
+    # -- the job process ------------------------------------------------------
+
+    def _start_job_process(self):
+        context = multiprocessing.get_context('spawn')
+        process = context.Process(
+            target=run_job_runner, name='jobs',
+            args=(self._jobs, self._job_lock),
+            kwargs={'log_level': self.log.level})
+        process.start()
+        self._job_process = process
+        self._job_restart_at = None
+        self.log.info('job process started (pid %s, %d jobs, lock %s)',
+                      process.pid, len(self._jobs), self._job_lock)
+
+    def _supervise_owned(self, now):
+        process = self._job_process
+        if process is None or self._state != 'running':
+            return
+        if self._job_restart_at is not None:
+            if now >= self._job_restart_at:
+                self._start_job_process()
+        elif not process.is_alive():
+            self.log.error('job process (pid %s) exited with code %s; '
+                           'restarting it in %.0fs', process.pid,
+                           process.exitcode, JOB_RESTART_DELAY)
+            self._job_restart_at = now + JOB_RESTART_DELAY
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def _stop_owned(self, deadline):
+        """Workers are gone: stop the job process and the services."""
+        if self._job_process is not None and self._job_process.is_alive():
+            os.kill(self._job_process.pid, signal.SIGTERM)
+        if self._service_manager is not None:
+            self._service_manager.stop(wait=False)
+        longest = max((service.shutdown_timeout
+                       for service in self._services), default=0)
+        self._owned_stop_deadline = max(deadline, time.monotonic()) + longest
+
+    def _owned_stopped(self, now):
+        """True when the job process and every service have ended (killing
+        the job process when it overruns the deadline)."""
+        process = self._job_process
+        if process is not None and process.is_alive():
+            if now < self._owned_stop_deadline:
+                return False
+            process.kill()
+        manager = self._service_manager
+        if manager is not None and not manager.stopped:
+            return now >= self._owned_stop_deadline + 10
+        return True
+
+    def _close_owned(self):
+        if self._job_process is not None:
+            self._job_process.join(1)
+            if self._job_process.exitcode is None:
+                self._job_process.kill()
+                self._job_process.join(1)
+        if self._service_manager is not None:
+            self._service_manager.stop(timeout=2)
+        for fd in (self._wake_reader, self._wake_writer):
+            if fd is not None:
+                os.close(fd)
+        self._wake_reader = self._wake_writer = None
