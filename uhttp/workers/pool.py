@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 
 from . import messages
@@ -260,7 +261,10 @@ class WorkerPool:
             'heartbeat_interval': self.heartbeat_interval,
             'services': list(self._dispatcher.services.values()),
         }
-        method = 'spawn' if self._fresh_code else 'fork'
+        # fork copies the dispatcher: never after new code was deployed, and
+        # never while another thread runs (it could hold a lock forever)
+        method = 'spawn' if self._fresh_code or \
+            threading.active_count() > 1 else 'fork'
         options['forked'] = method == 'fork'
         process = multiprocessing.get_context(method).Process(
             target=worker_main, name=handle.name,
