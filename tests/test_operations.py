@@ -320,10 +320,39 @@ def test_socket_activation_serves_on_the_passed_socket(app_dir):
                           os.path.join(APPS, APP)),
                     pass_fds=(listener.fileno(),))
     try:
-        server.wait_log(r'using the listening socket passed by systemd')
+        server.wait_log(r'inherited listening socket \(from systemd\)')
         server.start(ready_workers=1)
         assert server.port == port
         listener.close()  # only the dispatcher's copy remains
         assert server.get('/api/item/5').json() == {'id': 5}
     finally:
         server.stop()
+
+
+def test_usr2_replaces_the_dispatcher_without_refusing_a_connection(
+        start_server, app_dir, tmp_path):
+    pid_file = tmp_path / 'service.pid'
+    server = start(start_server, app_dir, workers=1, PID_FILE=str(pid_file))
+    old_pid = server.pid
+    load = SteadyLoad(server, '/api/item/1')
+    wait_until(lambda: len(load.results) >= 20, 10)
+    write_worker(app_dir, 'v3-new-dispatcher')
+    server.signal(signal.SIGUSR2)
+    new_pid = int(server.wait_log(
+        r'started new dispatcher \(pid (\d+)\)').group(1))
+    try:
+        assert server.wait_exit(30) == 0  # the old one drained and left
+        count = len(load.results)
+        wait_until(lambda: len(load.results) >= count + 20, 10)
+        results = load.stop()
+        assert set(results) == {200}, [r for r in results if r != 200][:5]
+        assert server.get('/api/version').json()['version'] == \
+            'v3-new-dispatcher'
+        assert int(pid_file.read_text()) == new_pid
+        server.wait_log(rf'listening on .*\(pid {new_pid},')
+        assert old_pid != new_pid
+    finally:
+        load.stop()
+        if pid_alive(new_pid):
+            os.kill(new_pid, signal.SIGTERM)
+            wait_until(lambda: not pid_alive(new_pid), 20)

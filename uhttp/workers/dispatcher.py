@@ -38,6 +38,7 @@ from .routing import MethodNotAllowed, Router
 from .static import StaticFiles
 from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
+from . import upgrade
 from .worker_events import WorkerEvents
 
 SELECT_TIMEOUT = 1.0
@@ -146,6 +147,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier = None
         self._ready_notified = False
+        self._successor = None
         self._next_watchdog = None
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
@@ -326,20 +328,23 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
 
     def _start(self):
         if self._pid_file is not None:
-            self._pid_file.create()
+            self._pid_file.create(predecessor=upgrade.predecessor_pid())
         file_limit = _raise_open_file_limit()
         self.max_connections = max(
             16, min(self.max_connections, file_limit - 64
                     - 4 * sum(p.num_workers for p in self._pools)))
         self._selector = selectors.DefaultSelector()
+        inherited = upgrade.inherited_listener() or next(
+            iter(listen_sockets()), None)
+        # with a socket handed over, bind a throwaway one (the port is taken)
         self._server = _server.HttpServer(
-            address=self.address, port=self.port,
+            address='127.0.0.1' if inherited else self.address,
+            port=0 if inherited else self.port,
             ssl_context=self.ssl_context, selector=self._selector,
             max_waiting_clients=self.max_connections,
             listen=self.listen_backlog, **self._server_options)
-        inherited = listen_sockets()
-        if inherited:
-            self._adopt_listener(inherited[0])
+        if inherited is not None:
+            self._adopt_listener(inherited)
         self.port = self._server.socket.getsockname()[1]
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:
@@ -372,7 +377,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         server._socket = sock  # pylint: disable=protected-access
         self._selector.register(sock, selectors.EVENT_READ, server)
         self.address = sock.getsockname()[0]
-        self.log.info('using the listening socket passed by systemd')
+        self.log.info('serving on an inherited listening socket (%s)',
+                      'from the previous dispatcher'
+                      if upgrade.predecessor_pid() else 'from systemd')
 
     # -- the loop -----------------------------------------------------------------
 
@@ -429,8 +436,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         for pool in self._pools:
             pool.supervise(now)
         self._supervise_owned(now)
-        if self._notifier.enabled:
-            self._systemd_step(now)
+        self._readiness_step(now)
         if now >= self._next_idle:
             self._next_idle = now + SELECT_TIMEOUT
             try:

@@ -18,11 +18,12 @@ import socket
 import sys
 import time
 
+from . import upgrade
 from .worker import EXIT_APP_ERROR
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                   signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
-                   signal.SIGTTOU)
+                   signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGTTIN, signal.SIGTTOU)
 
 
 class Lifecycle:
@@ -92,19 +93,59 @@ class Lifecycle:
         for pool in self._pools:
             pool.resize(pool.num_workers + 1)
 
+    def handle_usr2(self):
+        """SIGUSR2: start a new dispatcher (new code) on the same listening
+        socket; this one drains and exits once the new one is ready."""
+        if self._state != 'running' or self._successor is not None:
+            self.log.warning('SIGUSR2 ignored: %s', 'an upgrade is under way'
+                             if self._successor else 'shutting down')
+            return
+        try:
+            process, reader = upgrade.start_successor(self._server.socket)
+        except OSError as err:
+            self.log.error('SIGUSR2: cannot start a new dispatcher: %s', err)
+            return
+        self._successor = (process, reader)
+        self._selector.register(reader, selectors.EVENT_READ,
+                                self._on_successor_news)
+        self.log.info('SIGUSR2: started new dispatcher (pid %d); serving '
+                      'until it is ready', process.pid)
+
+    def _on_successor_news(self, _fileobj, _mask):
+        process, reader = self._successor
+        try:
+            news = os.read(reader, 64)
+        except BlockingIOError:
+            return
+        self._selector.unregister(reader)
+        os.close(reader)
+        if news.startswith(b'ready'):
+            self.log.info('new dispatcher (pid %d) is ready: draining',
+                          process.pid)
+            self._begin_drain()
+        else:
+            self._successor = None
+            self.log.error('new dispatcher (pid %d) ended before it was '
+                           'ready (exit code %s): still serving', process.pid,
+                           process.poll())
+
     def handle_ttou(self):
         """SIGTTOU: one worker fewer in every pool (never below one)."""
         for pool in self._pools:
             if pool.num_workers > 1:
                 pool.resize(pool.num_workers - 1)
 
-    def _systemd_step(self, now):
+    def _readiness_step(self, now):
+        """Once every worker and service is up: tell systemd and the
+        dispatcher we replace; then keep systemd's watchdog fed."""
         if not self._ready_notified and self._state == 'running' and all(
                 h.ready for pool in self._pools for h in pool.workers) \
                 and self._services_settled():
             self._ready_notified = True
             self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
                          f'MAINPID={os.getpid()}')
+            if upgrade.announce_ready():
+                self.log.info('ready: the previous dispatcher may go')
         if self._next_watchdog is not None and now >= self._next_watchdog:
             self._next_watchdog = now + self._notifier.watchdog_interval
             self._notify('WATCHDOG=1')

@@ -33,13 +33,15 @@ class PidFile:
         except (OSError, ValueError):
             return None
 
-    def create(self):
+    def create(self, predecessor=None):
         """Write our pid; raise PidFileError if a live process owns it.
 
-        A stale file (its process is gone) is replaced.
+        A stale file (its process is gone) is replaced, and so is one naming
+        `predecessor` (the dispatcher this one replaces).
         """
         other = self.read()
-        if other and other != os.getpid() and _running(other):
+        if other and other not in (os.getpid(), predecessor) \
+                and _running(other):
             raise PidFileError(
                 f'pid file {self.path} names running process {other}; '
                 'is the service already running?')

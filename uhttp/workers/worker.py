@@ -524,8 +524,8 @@ def worker_main(worker_class, sock, options, kwargs):
     options = dict(options)
     if options.pop('forked', False):
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTIN,
-                       signal.SIGTTOU):
+        for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                       signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_DFL)
         _isolate_from_dispatcher({sock.fileno()})
     _prepare_signals()

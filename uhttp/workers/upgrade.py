@@ -1,0 +1,75 @@
+"""Replacing the dispatcher itself without refusing a connection (SIGUSR2).
+
+The running dispatcher starts a successor: the same command line, with the
+listening socket passed as an inherited descriptor and the write end of a
+pipe. Both accept on that one socket meanwhile. When the successor's
+workers are ready it writes "ready" on the pipe, and the old dispatcher
+drains and exits like on SIGTERM. If the successor dies first, the pipe
+closes without "ready" and the old one keeps serving.
+
+This module only starts the successor and passes the handles; it never
+decides when to drain.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+ENV_LISTEN_FD = 'UHTTP_WORKERS_LISTEN_FD'
+ENV_READY_FD = 'UHTTP_WORKERS_READY_FD'
+ENV_PREDECESSOR = 'UHTTP_WORKERS_PREDECESSOR'
+
+
+def start_successor(listener):
+    """Start a new dispatcher process; return (Popen, ready pipe read fd)."""
+    reader, writer = os.pipe()
+    env = dict(os.environ)
+    env[ENV_LISTEN_FD] = str(listener.fileno())
+    env[ENV_READY_FD] = str(writer)
+    env[ENV_PREDECESSOR] = str(os.getpid())
+    # orig_argv keeps interpreter options and `-m module` invocations
+    command = [sys.executable] + list(getattr(sys, 'orig_argv', sys.argv))[1:]
+    try:
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
+            command, env=env, pass_fds=(listener.fileno(), writer),
+            close_fds=True)
+    finally:
+        os.close(writer)
+    os.set_blocking(reader, False)
+    return process, reader
+
+
+def inherited_listener(environ=None):
+    """The listening socket a predecessor passed us, or None."""
+    environ = os.environ if environ is None else environ
+    value = environ.pop(ENV_LISTEN_FD, None)
+    if not value:
+        return None
+    fd = int(value)
+    os.set_inheritable(fd, False)
+    return socket.socket(fileno=fd)
+
+
+def predecessor_pid(environ=None):
+    """Pid of the dispatcher we replace (its pid file is ours to take)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(ENV_PREDECESSOR)
+    return int(value) if value and value.isdigit() else None
+
+
+def announce_ready(environ=None):
+    """Tell the predecessor we serve; returns False when there is none."""
+    environ = os.environ if environ is None else environ
+    value = environ.pop(ENV_READY_FD, None)
+    environ.pop(ENV_PREDECESSOR, None)
+    if not value:
+        return False
+    fd = int(value)
+    try:
+        os.write(fd, b'ready')
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
