@@ -522,7 +522,13 @@ class WorkerPool:
         Returns (reason, exitcode) for the dispatcher's log and hook.
         """
         process = handle.process
-        process.join(0)
+        # The sentinel fires when the dying process closes its descriptors,
+        # a moment before the kernel reports its exit status: wait that
+        # moment (bounded; a process gets here only once it is exiting).
+        for _ in range(50):
+            process.join(0.002)
+            if process.exitcode is not None:
+                break
         exitcode = process.exitcode
         handle.exited = True
         handle.ready = False
