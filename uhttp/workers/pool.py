@@ -323,7 +323,7 @@ class WorkerPool:
 
     def submit(self, pending):
         """Give a request to a worker now, or queue it in the backlog."""
-        if self.backlog:  # others wait already: keep the order, skip a search
+        if self.queue_size > 0:  # others wait: keep the order, skip a search
             self.backlog.append(pending)
             self._warn_queue_size()
             return
