@@ -1007,3 +1007,13 @@ def test_ipv6_loopback(start_server):
         server.port, get_request('/api/item/7', 'Connection: close\r\n'),
         host='::1')
     assert status == 200 and json.loads(body) == {'id': 7}
+
+
+@pytest.mark.parametrize('value', [[1, 2], 'x', 5, 1.5, True, [], 0, None,
+                                   {'nested': [1, {'a': None}]}])
+def test_any_json_body_reaches_the_handler_as_sent(core, value):
+    answer = core.request('POST', '/api/echo', body=json.dumps(value).encode(),
+                          headers={'Content-Type': 'application/json'})
+    assert answer.status == 200
+    assert answer.json()['data'] == value
+    assert core.get('/api/item/1').status == 200  # still serving

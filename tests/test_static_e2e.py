@@ -219,3 +219,24 @@ def test_traversal_never_leaks(static, tree, target):
     # the server is still fine afterwards
     assert static.get('/static/notes.txt').body == FILES['notes.txt']
     assert (tree['base'] / 'secret.txt').read_bytes() == SECRET
+
+
+def test_head_has_no_body_and_other_methods_are_refused(static):
+    with socket.create_connection(('127.0.0.1', static.port),
+                                  timeout=10) as sock:
+        sock.sendall(b'HEAD /static/index.html HTTP/1.1\r\nHost: x\r\n\r\n'
+                     b'GET /static/style.css HTTP/1.1\r\nHost: x\r\n'
+                     b'Connection: close\r\n\r\n')
+        data = b''
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, rest = data.split(b'\r\n\r\n', 1)
+    assert head.startswith(b'HTTP/1.1 200')
+    # the next bytes are the GET's answer, not a body of the HEAD
+    assert rest.startswith(b'HTTP/1.1 200')
+    assert b'text/css' in rest
+    refused = static.request('DELETE', '/static/index.html')
+    assert refused.status == 405 and refused.headers['allow'] == 'GET, HEAD'

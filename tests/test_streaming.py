@@ -274,3 +274,18 @@ def test_broadcast_reaches_500_clients_on_two_workers_in_order(start_server):
     for key in list(selector.get_map().values()):
         key.fileobj.close()
     selector.close()
+
+
+def test_broadcast_reaches_a_paused_worker_once(start_server):
+    server = start_server(APP, env={'WORKERS': '2'}, ready_workers=3)
+    assert server.request('POST', '/pause').status == 200
+    wait_until(lambda: any(
+        not w['accepting'] for p in server.get('/status').json()['pools']
+        for w in p['workers']), 10)
+    assert server.request('POST', '/publish', body={'n': 'p'}).status == 200
+    for worker in (0, 1):
+        server.wait_log(rf"broadcast {{'n': 'p'}} reached worker {worker}$")
+    assert server.request('POST', '/publish', body={'n': 'q'}).status == 200
+    server.wait_log(r"broadcast {'n': 'q'} reached worker 1$")
+    server.wait_log(r"broadcast {'n': 'q'} reached worker 0$")
+    assert server.count_log(r"broadcast {'n': 'p'} reached") == 2

@@ -46,6 +46,8 @@ class StreamWorker(_workers.Worker):
 
     @_workers.api('/internal/publish', 'POST')
     def publish_here(self, request):
+        self.log.info('broadcast %s reached worker %d', request.data,
+                      self.worker_id)
         for subscriber in list(self.subscribers.values()):
             subscriber.send_event(request.data, event='news')
         return {'sent': len(self.subscribers)}

@@ -4,15 +4,14 @@ One Dispatcher process owns every client socket; pools of Worker processes
 run the @api handlers. This module only re-exports the public API.
 """
 
+import importlib
+
 from .dispatcher import Dispatcher, sync
 from .log import (
     LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARNING, Logger,
     log_to_logging)
 from .pool import WorkerPool
 from .request import DEFERRED, RejectRequest, Request, Response
-from .service import (
-    Service, ServiceError, ServiceManager, ServiceUnavailable)
-from .singleton import FileLock, Job, JobRunner, RedisLock, periodic, run_once
 from .worker import ApiHandler, Worker, api
 
 __all__ = [
@@ -23,3 +22,21 @@ __all__ = [
     'periodic', 'run_once',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
 ]
+
+# Helper services and jobs pull in an HTTP client and more: they are
+# imported when an application first uses one of their names.
+_LAZY = {
+    'Service': 'service', 'ServiceManager': 'service',
+    'ServiceError': 'service', 'ServiceUnavailable': 'service',
+    'FileLock': 'singleton', 'RedisLock': 'singleton', 'Job': 'singleton',
+    'JobRunner': 'singleton', 'periodic': 'singleton', 'run_once': 'singleton',
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'.{module}', __name__), name)
+    globals()[name] = value
+    return value

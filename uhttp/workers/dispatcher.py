@@ -494,7 +494,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         pending.read_paused = True
 
     def _on_request(self, client):
-        self._route_request(client)
+        try:
+            self._route_request(client)
+        except Exception:  # pylint: disable=broad-except
+            # one request must never end the loop that serves everyone
+            self.log.exception('request %s %s failed in the dispatcher',
+                               client.method, client.path)
+            if client.context is not None:
+                self._finish(client.context)
+            if not _answered(client):
+                self._answer(client, 500, _JSON,
+                             _error_body(500, 'Internal Server Error'))
         self._note_pipelined(client)
 
     def _route_request(self, client):
@@ -539,10 +549,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
                 self._on_request(connection)
 
     def _serve_static(self, client, result, content):
-        if result is not None and result.status == 200 and content is not None:
+        if client.method not in ('GET', 'HEAD'):
+            self._answer(client, 405, dict(_JSON, allow='GET, HEAD'),
+                         _error_body(405, 'Method Not Allowed'))
+        elif client.method == 'HEAD' and result.status == 200:
+            self._answer(client, 200, {'content-type': result.content_type},
+                         b'')
+        elif result.status == 200 and content is not None:
             self._answer(client, 200, {'content-type': result.content_type},
                          content)
-        elif result is not None and result.status == 200:
+        elif result.status == 200:
             client.respond_file(
                 result.file_path, headers={'content-type': result.content_type})
         elif result.status == 301:
@@ -594,8 +610,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
             return
         request_id = self._new_request_id()
         data = client.data
-        if data is not None and not isinstance(data, dict):
-            data = bytes(data) if data else None
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data) or None  # a raw body; decoded JSON stays as is
         message = messages.request(
             request_id, client.method, client.path, client.query,
             client.headers, data, client.remote_address)
@@ -639,7 +655,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         def make_pending():
             request_id = self._new_request_id()
             message = messages.request(
-                request_id, method, path, query, headers, data, None)
+                request_id, method, path, query, headers, data, None, to_all)
             return _PendingRequest(request_id, None, pool, message, None)
         if to_all:
             if not pool.assign_to_all(make_pending):
@@ -649,7 +665,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
             pool.submit(make_pending())
 
     def _answer(self, client, status, headers, body):
-        """Send a complete response; never raises."""
+        """Send a complete response; never raises. A HEAD request gets the
+        headers only (uhttp-server then says Content-Length: 0)."""
+        if client.method == 'HEAD':
+            body = b''
         try:
             client.respond(data=body, status=status, headers=dict(headers))
             self._note_pipelined(client)

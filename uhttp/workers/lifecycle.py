@@ -200,17 +200,21 @@ class Lifecycle:
                 handle.kill_deadline = None
             pool.stop()
             for handle in pool.workers:
-                if handle.kill_deadline is not None:
-                    handle.kill_deadline = min(handle.kill_deadline,
-                                               self._stop_deadline)
+                if handle.stopping and not handle.exited:
+                    # retiring ones too (recycled, rolled, resized away)
+                    handle.kill_deadline = min(
+                        handle.kill_deadline or self._stop_deadline,
+                        self._stop_deadline)
 
     def _stop_step(self, now):
-        if all(pool.all_exited() for pool in self._pools) \
-                and not self._unsent_output():
+        if all(pool.all_exited() for pool in self._pools) and (
+                not self._unsent_output() or now >= self._stop_deadline):
             # services last: workers may have used them while draining
             if self._owned_stop_deadline is None:
                 self._stop_owned(self._stop_deadline)
             if self._owned_stopped(now):
+                # clients that did not read their answers in time lose them
+                self._server.close()
                 self._state = 'stopped'
         elif now >= self._stop_deadline + 2.0:
             self.log.error('shutdown overran; exiting with workers killed')

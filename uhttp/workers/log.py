@@ -6,7 +6,6 @@ the service in one place. This module only formats and writes; it must never
 block on anything but the final write to the output stream.
 """
 
-import logging
 import os
 import sys
 import time
@@ -134,6 +133,7 @@ def log_to_logging(name, level, message):
     the level is kept, so logging's handlers, filters and formatters apply.
     Use it from `Dispatcher.on_log`.
     """
+    import logging  # pylint: disable=import-outside-toplevel
     logging.getLogger(f'uhttp.workers.{name}').log(level, message)
 
 

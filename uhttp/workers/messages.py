@@ -11,7 +11,7 @@ HTTP parser for requests); no kind re-encodes them.
 """
 
 # dispatcher -> worker
-REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address)
+REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address, to_all)
 CONFIG = 2          # (CONFIG, config)
 STOP = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT = 4      # (DISCONNECT, request_id)  its client went away
@@ -33,10 +33,12 @@ RETURNED = 30       # (RETURNED, request_id)  a paused worker hands a request ba
 FORWARD = 31        # (FORWARD, method, path, data, headers, to_all)  fire-and-forget
 
 
-def request(request_id, method, path, query, headers, data, remote_address):
-    """A request for a worker pool."""
+def request(request_id, method, path, query, headers, data, remote_address,
+            to_all=False):
+    """A request for a worker pool; `to_all`: a copy of a broadcast, run
+    even by a paused worker."""
     return (REQUEST, request_id, method, path, query, headers, data,
-            remote_address)
+            remote_address, to_all)
 
 
 def config(value):

@@ -15,18 +15,14 @@ application hooks.
 """
 
 import collections
-import hashlib
 import multiprocessing
 import os
 import selectors
 import signal
-import tempfile
 import time
 
 from . import messages
 from .log import LOG_CRITICAL, LOG_ERROR, LOG_INFO, LOG_WARNING, format_message
-from .service import ServiceManager
-from .singleton import run_job_runner
 
 JOB_RESTART_DELAY = 1.0
 
@@ -64,6 +60,8 @@ class _QueuedLog:
 def default_job_lock(jobs):
     """('file', path) shared by every dispatcher on the host with the same
     job names."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
     names = ','.join(sorted(job.name for job in jobs))
     digest = hashlib.sha256(names.encode()).hexdigest()[:16]
     return ('file', os.path.join(tempfile.gettempdir(),
@@ -107,6 +105,8 @@ class OwnedServices:
         self._selector.register(self._wake_reader, selectors.EVENT_READ,
                                 self._on_services_wake)
         self._service_log = _QueuedLog('services', self._wake_services)
+        # imported on use: the HTTP client costs megabytes in every process
+        from .service import ServiceManager  # pylint: disable=import-outside-toplevel
         manager = ServiceManager(self._services, log=self._service_log)
         manager.on_change(lambda _name, _state: self._wake_services())
         self._service_manager = manager
@@ -152,6 +152,7 @@ class OwnedServices:
     # -- the job process ------------------------------------------------------
 
     def _start_job_process(self):
+        from .singleton import run_job_runner  # pylint: disable=import-outside-toplevel
         context = multiprocessing.get_context('spawn')
         process = context.Process(
             target=run_job_runner, name='jobs',

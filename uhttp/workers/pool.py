@@ -12,6 +12,7 @@ reports events to the dispatcher, which owns the sockets.
 """
 
 import collections
+import gc
 import multiprocessing
 import os
 import random
@@ -63,6 +64,8 @@ class WorkerHandle:
         self.exited = False
         self.retiring = False       # stopping for good: not replaced
         self.respawn = False        # killed on purpose: start it again
+        self.awaiting_exit = False  # gone, exit status not known yet
+        self.lost = 0               # requests failed when it ended
         self.replacement = None     # the new worker that will take over
         self.replaces = None        # the worker this one takes over from
         self.assigned = 0           # requests given to this process
@@ -85,7 +88,8 @@ class WorkerHandle:
     def has_capacity(self):
         """True when it may be given one more request now."""
         return (self.ready and self.accepting and not self.stopping
-                and self.kill_reason is None and self.active < PREFETCH)
+                and self.kill_reason is None and self.active < PREFETCH
+                and not self.channel.closed)
 
     def current_request(self):
         """Id of the oldest request this worker is still working on."""
@@ -270,8 +274,14 @@ class WorkerPool:
             target=worker_main, name=handle.name,
             args=(self.worker_class, worker_end, options, self.kwargs))
         try:
+            if method == 'fork':
+                # objects the child only reads stay shared: its garbage
+                # collector must not write to them (frozen for the fork)
+                gc.freeze()
             process.start()
         finally:
+            if method == 'fork':
+                gc.unfreeze()
             worker_end.close()
         now = time.monotonic()
         handle.process = process
@@ -281,6 +291,8 @@ class WorkerPool:
         handle.accepting = True
         handle.stopping = False
         handle.exited = False
+        handle.awaiting_exit = False
+        handle.lost = 0
         handle.kill_reason = None
         handle.kill_deadline = None
         handle.started = now
@@ -476,8 +488,11 @@ class WorkerPool:
 
     def supervise(self, now):
         """Periodic checks: stuck workers, kill escalation, degraded retry."""
-        for handle in self.workers:
+        for handle in list(self.workers):
             if handle.exited or handle.process is None:
+                continue
+            if handle.awaiting_exit:
+                self._await_exit(handle, now)
                 continue
             if handle.kill_deadline is not None and now >= handle.kill_deadline:
                 handle.kill_deadline = None
@@ -496,6 +511,15 @@ class WorkerPool:
         if now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_EVERY
             self._check_memory()
+
+    def _await_exit(self, handle, now):
+        handle.process.join(0)
+        if handle.process.exitcode is not None:
+            self._dispatcher.worker_reaped(handle)
+        elif handle.kill_deadline is None or now >= handle.kill_deadline:
+            # it closed its end of the channel but lives on: finish it
+            handle.kill_deadline = now + 1.0
+            self._signal(handle, signal.SIGKILL)
 
     def _kill_stuck(self, handle, now):
         handle.kill_reason = 'stuck'
@@ -521,15 +545,7 @@ class WorkerPool:
 
         Returns (reason, exitcode) for the dispatcher's log and hook.
         """
-        process = handle.process
-        # The sentinel fires when the dying process closes its descriptors,
-        # a moment before the kernel reports its exit status: wait that
-        # moment (bounded; a process gets here only once it is exiting).
-        for _ in range(50):
-            process.join(0.002)
-            if process.exitcode is not None:
-                break
-        exitcode = process.exitcode
+        exitcode = handle.process.exitcode
         handle.exited = True
         handle.ready = False
         reason = self._exit_reason(handle, exitcode)
@@ -557,6 +573,10 @@ class WorkerPool:
             return reason, exitcode
         self._schedule_restart(handle)
         return reason, exitcode
+
+    def exit_reason(self, handle):
+        """Why the (exited) worker ended, in words."""
+        return self._exit_reason(handle, handle.process.exitcode)
 
     @staticmethod
     def _exit_reason(handle, exitcode):

@@ -13,7 +13,7 @@ Hidden files (``.name``) are served like any other file; do not put secrets
 in a static root.
 """
 
-import dataclasses
+import collections
 import mimetypes
 import os
 import posixpath
@@ -69,15 +69,13 @@ def _content_type(name):
     return guessed
 
 
-@dataclasses.dataclass(frozen=True)
-class StaticResult:
-    """Outcome of :meth:`StaticFiles.lookup` for a path under a prefix."""
+class StaticResult(collections.namedtuple(
+        'StaticResult', 'status file_path content_type size location',
+        defaults=(None, None, None, None))):
+    """Outcome of :meth:`StaticFiles.lookup` for a path under a prefix:
+    status, file_path, content_type, size, location (immutable)."""
 
-    status: int
-    file_path: str | None = None
-    content_type: str | None = None
-    size: int | None = None
-    location: str | None = None
+    __slots__ = ()
 
 
 _NOT_FOUND = StaticResult(404)

@@ -13,7 +13,6 @@ decides when to drain.
 
 import os
 import socket
-import subprocess
 import sys
 
 ENV_LISTEN_FD = 'UHTTP_WORKERS_LISTEN_FD'
@@ -23,6 +22,7 @@ ENV_PREDECESSOR = 'UHTTP_WORKERS_PREDECESSOR'
 
 def start_successor(listener):
     """Start a new dispatcher process; return (Popen, ready pipe read fd)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
     reader, writer = os.pipe()
     env = dict(os.environ)
     env[ENV_LISTEN_FD] = str(listener.fileno())

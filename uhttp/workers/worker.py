@@ -272,8 +272,9 @@ class Worker:
             return {'error': 'Internal Server Error'}, 500
 
     def _on_request(self, message):
-        _, request_id, method, path, query, headers, data, remote = message
-        if self._stopping or not self._accepting:
+        _, request_id, method, path, query, headers, data, remote, to_all = \
+            message
+        if self._stopping or not (self._accepting or to_all):
             self._send(messages.returned(request_id))
             return
         self._flush_held()  # earlier answers go out before this handler runs

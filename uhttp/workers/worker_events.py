@@ -38,15 +38,13 @@ class WorkerEvents:
         self._flush_needed.add(handle)
 
     def _flush_workers(self):
-        waiting = set()
-        for handle in self._flush_needed:
+        flush_needed, self._flush_needed = self._flush_needed, set()
+        for handle in flush_needed:
             if handle.channel.closed:
                 continue
             if not handle.pool.flush(handle):
-                waiting.add(handle)
-        self._flush_needed = waiting
-        for handle in waiting:
-            self._watch_writable(handle)
+                # the rest goes when the socket is writable (no spinning)
+                self._watch_writable(handle)
 
     def _watch_writable(self, handle):
         # Only while its socket buffer is full: a worker busy with a long
@@ -74,6 +72,8 @@ class WorkerEvents:
     def _on_worker_readable(self, handle):
         channel = handle.channel
         batch = channel.receive()
+        if channel.closed:
+            handle.ready = False  # its last answers must not pull in more
         if batch:
             handle.last_seen = time.monotonic()
             for message in batch:
@@ -88,8 +88,9 @@ class WorkerEvents:
             pass
 
     def _on_worker_exit(self, handle):
-        if handle.channel is None or handle.exited:
+        if handle.channel is None or handle.exited or handle.awaiting_exit:
             return
+        handle.ready = False  # its last answers must not pull in more
         for message in handle.channel.receive():
             self._on_worker_message(handle, message)
         self._unwatch_channel(handle)
@@ -102,12 +103,27 @@ class WorkerEvents:
         orphans = list(handle.in_flight.values())
         handle.in_flight = {}
         handle.active = 0
+        handle.lost = len(orphans)
+        handle.process.join(0)  # never blocks
+        if handle.process.exitcode is None:
+            # the sentinel can fire a moment before the exit status exists:
+            # answer its clients now, account for the exit when it is known
+            handle.awaiting_exit = True
+            self._fail_orphans(handle, orphans, 'ended')
+            return
+        self._fail_orphans(handle, orphans, handle.pool.exit_reason(handle))
+        self.worker_reaped(handle)
+
+    def worker_reaped(self, handle):
+        """The exit status of a worker that ended is known: restart it or
+        not, log it, tell on_worker_died()."""
+        handle.awaiting_exit = False
         pool = handle.pool
         index, pid, was_stopping = handle.index, handle.pid, handle.stopping
+        orphans = range(handle.lost)
         reason, exitcode = pool.on_exit(handle)
         if self._metrics is not None:
             self._metrics.worker_exited(pool.name, reason)
-        self._fail_orphans(handle, orphans, reason)
         if was_stopping and reason == 'stopped':
             self.log.info('worker %s[%d] (pid %s) stopped', pool.name, index,
                           pid)
@@ -260,9 +276,13 @@ class WorkerEvents:
         try:
             started = client.response_stream(headers=headers, cookies=cookies)
         except _server.HttpError as err:
+            # nothing was sent (e.g. CR/LF in a header): answer 500 instead
             self.log.error('request %s: cannot start stream: %s',
                            request_id, err)
-            started = False
+            self._release_from_worker(pending)
+            pending.state = 'deferred'  # not streaming yet: a plain answer
+            self._fail(pending, 500, 'Internal Server Error')
+            started = True
         if not started:
             self._client_left(pending)
         handle.pool.pump(handle)
@@ -272,7 +292,8 @@ class WorkerEvents:
         pending = pool.forget(handle, request_id)
         if pending is None:
             return
-        if pending.state == 'assigned':
+        if pending.state == 'assigned' and not pending.message[-1]:
+            # (a broadcast copy is not passed on: its sibling has its own)
             pending.state = 'queued'
             pending.worker = None
             pool.backlog.appendleft(pending)
