@@ -356,3 +356,15 @@ def test_usr2_replaces_the_dispatcher_without_refusing_a_connection(
         if pid_alive(new_pid):
             os.kill(new_pid, signal.SIGTERM)
             wait_until(lambda: not pid_alive(new_pid), 20)
+
+
+def test_usr2_with_broken_code_keeps_the_old_dispatcher(
+        start_server, app_dir, tmp_path):
+    pid_file = tmp_path / 'service.pid'
+    server = start(start_server, app_dir, workers=1, PID_FILE=str(pid_file))
+    (app_dir / 'versioned.py').write_text('this is not python\n')
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r'will not take over: it ended before it was ready', 30)
+    assert server.proc.poll() is None
+    assert server.get('/api/item/9').json() == {'id': 9}
+    assert int(pid_file.read_text()) == server.pid

@@ -289,3 +289,21 @@ def test_broadcast_reaches_a_paused_worker_once(start_server):
     server.wait_log(r"broadcast {'n': 'q'} reached worker 1$")
     server.wait_log(r"broadcast {'n': 'q'} reached worker 0$")
     assert server.count_log(r"broadcast {'n': 'p'} reached") == 2
+
+
+def test_stream_evicted_by_the_connection_limit_is_released(start_server):
+    server = start_server(APP, env={'WORKERS': '1', 'MAX_CONNECTIONS': '16'},
+                          ready_workers=2)
+    client = StreamClient(server.port)
+    client.read_until(b': comment\n\n')
+    subscriber = wait_until(lambda: state(server)['subscribers'])[-1]
+    crowd = [socket.create_connection(('127.0.0.1', server.port))
+             for _ in range(20)]  # the oldest connection (the stream) goes
+    try:
+        wait_until(lambda: subscriber in state(server)['disconnected'], 10,
+                   message='the evicted stream was not released')
+        assert server.get('/status').json()['streams'] == 0
+    finally:
+        for sock in crowd:
+            sock.close()
+        client.close()

@@ -248,3 +248,29 @@ def test_stuck_worker_ignoring_sigterm_is_killed(start_server):
     assert server.get('/api/pid').json()['pid'] != pid
     # its stack was printed before it was killed: the log shows where it hung
     server.wait_log(r'File ".*core_app\.py", line \d+ in ignore_term')
+
+
+def test_worker_hanging_in_setup_is_killed_and_retried(start_server,
+                                                       tmp_path):
+    flag = tmp_path / 'hang'
+    flag.write_text('x')
+    server = start_server(CORE, env={
+        'WORKERS': '1', 'SETUP_HANG_FLAG': str(flag), 'SETUP_TIMEOUT': '1',
+        'KILL_TIMEOUT': '1'}, ready_workers=2)
+    server.wait_log(r'did not finish setup\(\) in 1.0s: killing it')
+    flag.unlink()
+    wait_until(lambda: server.get('/api/pid').status == 200, 30,
+               message='the pool never recovered')
+    assert server.get('/monitor').json()['died'][0][2] == 'setup timed out'
+
+
+def test_unpicklable_pool_arguments_are_refused_at_once():
+    import threading  # pylint: disable=import-outside-toplevel
+    import uhttp.workers as _workers  # pylint: disable=import-outside-toplevel
+
+    class Local(_workers.Worker):  # not importable by a spawned process
+        pass
+    with pytest.raises(ValueError, match='picklable'):
+        _workers.WorkerPool(_workers.Worker, lock=threading.Lock())
+    with pytest.raises(ValueError, match='module level'):
+        _workers.WorkerPool(Local)

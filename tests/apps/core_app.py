@@ -49,6 +49,9 @@ class CoreWorker(_workers.Worker):
         flag = ENV.get('SETUP_FAIL_FLAG')
         if flag and os.path.exists(flag):
             raise RuntimeError(f'setup refused: {flag} exists')
+        hang = ENV.get('SETUP_HANG_FLAG')
+        if hang and os.path.exists(hang):
+            time.sleep(60)
         self.setup_calls = getattr(self, 'setup_calls', 0) + 1
         self.config = None
         self.idle_calls = 0
@@ -311,6 +314,7 @@ def main():
                 log_level=int(ENV.get('WORKER_LOG_LEVEL',
                                       _workers.LOG_INFO)),
                 worker_kill_timeout=env_float('KILL_TIMEOUT', 5),
+                setup_timeout=env_float('SETUP_TIMEOUT', 300),
                 queue_warning=int(ENV.get('QUEUE_WARNING', '100')),
                 unrecoverable_exit_codes=[
                     int(code) for code in ENV.get('UNRECOVERABLE', '').split()],

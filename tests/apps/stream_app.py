@@ -204,6 +204,7 @@ def main():
         port=int(ENV.get('PORT', '8080')),
         address=ENV.get('ADDRESS', '127.0.0.1'),
         max_pending=int(ENV.get('MAX_PENDING', '1000')),
+        max_connections=int(ENV.get('MAX_CONNECTIONS', '10000')),
         pools=[
             _workers.WorkerPool(
                 StreamWorker, num_workers=int(ENV.get('WORKERS', '2')),

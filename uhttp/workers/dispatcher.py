@@ -42,6 +42,8 @@ from . import upgrade
 from .worker_events import WorkerEvents
 
 SELECT_TIMEOUT = 1.0
+SWEEP_INTERVAL = 1.0    # seconds between checks for vanished connections
+ACCEPT_PAUSE = 0.1      # seconds without accepting after accept() failed
 HOUSEKEEPING_INTERVAL = 0.1
 
 _JSON = {'content-type': 'application/json'}
@@ -148,6 +150,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         self._notifier = None
         self._ready_notified = False
         self._successor = None
+        self._former_successors = []
+        self._predecessor = None
         self._next_watchdog = None
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
@@ -163,6 +167,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         self._shutdown_started = None
         self._stop_deadline = None
         self._next_housekeeping = 0.0
+        self._next_sweep = 0.0
+        self._accept_paused_until = None
         self._next_idle = 0.0
         self._signal_reader = None
         self._signal_writer = None
@@ -211,6 +217,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
     def is_running(self):
         """True while the dispatcher serves (not starting or shutting down)."""
         return self._state == 'running'
+
+    @property
+    def accepts_workers(self):
+        """True while new worker processes may be started."""
+        return self._state in ('new', 'running', 'draining')
 
     @property
     def pending_count(self):
@@ -327,8 +338,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         return router if len(router) else None
 
     def _start(self):
-        if self._pid_file is not None:
-            self._pid_file.create(predecessor=upgrade.predecessor_pid())
+        self._predecessor = upgrade.predecessor_pid()
+        if self._pid_file is not None and not self._predecessor:
+            self._pid_file.create()
         file_limit = _raise_open_file_limit()
         self.max_connections = max(
             16, min(self.max_connections, file_limit - 64
@@ -403,7 +415,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
             if owner.__class__ is _server.HttpConnection:
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
-                owner.handle_event(key.fileobj, mask)
+                self._accept(key.fileobj, mask)
             else:
                 owner(key.fileobj, mask)
         if self._pipelined:
@@ -415,6 +427,27 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         self._expire(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
+
+    def _accept(self, fileobj, mask):
+        connections = self._server._waiting_connections  # pylint: disable=protected-access
+        count = len(connections)
+        newest = connections[-1] if connections else None
+        self._server.handle_event(fileobj, mask)
+        if len(connections) == count and (
+                not connections or connections[-1] is newest):
+            # accept() failed (e.g. out of descriptors): uhttp-server drops
+            # the error and the socket stays readable; do not spin on it
+            self._selector.unregister(self._server.socket)
+            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def _resume_accepting(self, now):
+        if self._accept_paused_until is None or \
+                now < self._accept_paused_until:
+            return
+        self._accept_paused_until = None
+        if self._state == 'running':
+            self._selector.register(self._server.socket,
+                                    selectors.EVENT_READ, self._server)
 
     def _select_timeout(self):
         if self._flush_needed or self._pipelined:
@@ -435,8 +468,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
         for pool in self._pools:
             pool.supervise(now)
+        self._resume_accepting(now)
         self._supervise_owned(now)
         self._readiness_step(now)
+        self._upgrade_step(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            self._sweep_closed_clients()
         if now >= self._next_idle:
             self._next_idle = now + SELECT_TIMEOUT
             try:
@@ -595,7 +633,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         return True
 
     def _submit(self, client, pool):
-        if self._state != 'running':
+        # while handing over to a new dispatcher, keep serving the
+        # connections already open (each answer then closes its connection)
+        handover = self._state == 'draining' and self._successor is not None
+        if self._state != 'running' and not handover:
             self._answer(client, 503, _CLOSE,
                          _error_body(503, 'Shutting down'))
             return
@@ -669,6 +710,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         headers only (uhttp-server then says Content-Length: 0)."""
         if client.method == 'HEAD':
             body = b''
+        if self._state != 'running' and 'connection' not in headers:
+            headers = dict(headers, connection='close')
         try:
             client.respond(data=body, status=status, headers=dict(headers))
             self._note_pipelined(client)
@@ -734,6 +777,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
             return
         handle.pool.forget(handle, pending.request_id)
         handle.pool.send_to(handle, messages.disconnect(pending.request_id))
+
+    def _sweep_closed_clients(self):
+        """Forget requests whose connection is gone without an event (the
+        HTTP server evicts the oldest connection when max_connections is
+        reached, and closes it silently)."""
+        for pending in list(self._pending.values()) + list(
+                self._streams.values()):
+            client = pending.client
+            if client is not None and client.socket is None:
+                self._client_left(pending)
 
     def _client_left(self, pending):
         """The client of a pending request closed its connection."""

@@ -26,6 +26,20 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
                    signal.SIGTTIN, signal.SIGTTOU)
 
 
+def _forget_dispatcher_signals():
+    # runs in any child forked from the dispatcher, before anything else:
+    # a signal arriving then must not wake (or be handled by) the dispatcher
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        return  # forked from another thread: it never had the wake-up fd
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forget_dispatcher_signals)
+
+
 class Lifecycle:
     """Signals, shutdown and systemd notifications (mixed into Dispatcher)."""
 
@@ -105,29 +119,49 @@ class Lifecycle:
         except OSError as err:
             self.log.error('SIGUSR2: cannot start a new dispatcher: %s', err)
             return
-        self._successor = (process, reader)
+        self._successor = upgrade.Successor(
+            process, reader, time.monotonic() + upgrade.UPGRADE_TIMEOUT)
         self._selector.register(reader, selectors.EVENT_READ,
                                 self._on_successor_news)
         self.log.info('SIGUSR2: started new dispatcher (pid %d); serving '
                       'until it is ready', process.pid)
 
     def _on_successor_news(self, _fileobj, _mask):
-        process, reader = self._successor
-        try:
-            news = os.read(reader, 64)
-        except BlockingIOError:
+        successor = self._successor
+        news = successor.read_news()
+        if news is None:
             return
-        self._selector.unregister(reader)
-        os.close(reader)
-        if news.startswith(b'ready'):
+        self._selector.unregister(successor.reader)
+        successor.close_pipe()
+        if news == 'ready':
             self.log.info('new dispatcher (pid %d) is ready: draining',
-                          process.pid)
+                          successor.pid)
             self._begin_drain()
         else:
-            self._successor = None
-            self.log.error('new dispatcher (pid %d) ended before it was '
-                           'ready (exit code %s): still serving', process.pid,
-                           process.poll())
+            self._give_up_successor('it ended before it was ready')
+
+    def _give_up_successor(self, why):
+        """Stop a successor that will not take over; go on serving."""
+        successor, self._successor = self._successor, None
+        if successor is None or successor.ready:
+            self._successor = successor
+            return
+        if successor.reader is not None:
+            self._selector.unregister(successor.reader)
+            successor.close_pipe()
+        successor.stop()
+        self._former_successors.append(successor)
+        self.log.error('new dispatcher (pid %d) will not take over: %s',
+                       successor.pid, why)
+
+    def _upgrade_step(self, now):
+        successor = self._successor
+        if successor is not None and not successor.ready \
+                and now >= successor.deadline:
+            self._give_up_successor(
+                f'not ready within {upgrade.UPGRADE_TIMEOUT:.0f}s')
+        self._former_successors = [
+            s for s in self._former_successors if not s.reaped()]
 
     def handle_ttou(self):
         """SIGTTOU: one worker fewer in every pool (never below one)."""
@@ -142,6 +176,9 @@ class Lifecycle:
                 h.ready for pool in self._pools for h in pool.workers) \
                 and self._services_settled():
             self._ready_notified = True
+            if self._predecessor and self._pid_file is not None:
+                # only now: a successor that fails must leave it to the old
+                self._pid_file.create(predecessor=self._predecessor)
             self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
                          f'MAINPID={os.getpid()}')
             if upgrade.announce_ready():
@@ -158,6 +195,7 @@ class Lifecycle:
     def _begin_drain(self):
         if self._state != 'running':
             return
+        self._give_up_successor('this dispatcher is shutting down')
         self._notify('STOPPING=1')
         self._state = 'draining'
         now = time.monotonic()
@@ -233,6 +271,7 @@ class Lifecycle:
                     pool.kill()
             return
         if self._state == 'running':
+            self._give_up_successor('this dispatcher is shutting down')
             self._notify('STOPPING=1')
             self._close_listener()
         now = time.monotonic()
@@ -245,6 +284,7 @@ class Lifecycle:
         self._next_housekeeping = now
 
     def _close(self):
+        self._give_up_successor('this dispatcher is shutting down')
         self._close_owned()
         for pool in self._pools:
             for handle in pool.workers:

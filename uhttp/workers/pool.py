@@ -15,6 +15,7 @@ import collections
 import gc
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import threading
@@ -65,6 +66,8 @@ class WorkerHandle:
         self.retiring = False       # stopping for good: not replaced
         self.respawn = False        # killed on purpose: start it again
         self.awaiting_exit = False  # gone, exit status not known yet
+        self.unrecoverable = False  # ended with a code that forbids restart
+        self.retry_at = None        # start again at this time (failed start)
         self.lost = 0               # requests failed when it ended
         self.replacement = None     # the new worker that will take over
         self.replaces = None        # the worker this one takes over from
@@ -154,7 +157,7 @@ class WorkerPool:
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
                  worker_kill_timeout=5, max_requests=0,
                  max_requests_jitter=0, max_memory=0, start_method=None,
-                 **kwargs):
+                 setup_timeout=300, **kwargs):
         if num_workers < 1:
             raise ValueError('num_workers must be at least 1')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
@@ -178,7 +181,15 @@ class WorkerPool:
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
+        self.setup_timeout = setup_timeout
         self.kwargs = kwargs
+        try:
+            pickle.dumps((worker_class, kwargs))
+        except Exception as err:
+            raise ValueError(
+                f'WorkerPool({worker_class.__name__}): the worker class must '
+                'be defined at module level and the extra keyword arguments '
+                f'must be picklable (workers may be spawned): {err}') from err
         self.request_queue = PoolQueue(self)
         self.workers = []
         self.backlog = collections.deque()
@@ -257,6 +268,46 @@ class WorkerPool:
             self._spawn(handle)
 
     def _spawn(self, handle):
+        """Start a process for `handle`; False when it could not start (the
+        failure is logged and a retry scheduled, never raised)."""
+        if not self._dispatcher.accepts_workers:
+            return False
+        try:
+            process, channel = self._start_process(handle)
+        except Exception as err:  # pylint: disable=broad-except
+            self._dispatcher.log.error(
+                'pool %s: cannot start worker %s: %r', self.name, handle.name,
+                err, exc_info=err)
+            self._start_failed(handle, f'could not start: {err!r}')
+            return False
+        now = time.monotonic()
+        handle.process = process
+        handle.pid = process.pid
+        handle.channel = channel
+        handle.retry_at = None
+        handle.ready = False
+        handle.accepting = True
+        handle.stopping = False
+        handle.exited = False
+        handle.awaiting_exit = False
+        handle.lost = 0
+        handle.kill_reason = None
+        handle.kill_deadline = None
+        handle.started = now
+        handle.last_seen = now
+        handle.in_flight = {}
+        handle.active = 0
+        handle.assigned = 0
+        handle.rss = None
+        handle.request_limit = self.max_requests + random.randint(
+            0, self.max_requests_jitter) if self.max_requests else None
+        if self.config is not None:
+            self._queue(handle, messages.config(self.config))
+        self._dispatcher.worker_started(self, handle)
+        self._dispatcher.watch_worker(handle)
+        return True
+
+    def _start_process(self, handle):
         dispatcher_end, worker_end = channel_pair()
         options = {
             'worker_id': handle.index,
@@ -279,34 +330,24 @@ class WorkerPool:
                 # collector must not write to them (frozen for the fork)
                 gc.freeze()
             process.start()
+        except BaseException:
+            dispatcher_end.close()
+            raise
         finally:
             if method == 'fork':
                 gc.unfreeze()
             worker_end.close()
-        now = time.monotonic()
-        handle.process = process
-        handle.pid = process.pid
-        handle.channel = Channel(dispatcher_end)
+        return process, Channel(dispatcher_end)
+
+    def _start_failed(self, handle, reason):
+        handle.exited = True
         handle.ready = False
-        handle.accepting = True
-        handle.stopping = False
-        handle.exited = False
-        handle.awaiting_exit = False
-        handle.lost = 0
-        handle.kill_reason = None
-        handle.kill_deadline = None
-        handle.started = now
-        handle.last_seen = now
-        handle.in_flight = {}
-        handle.active = 0
-        handle.assigned = 0
-        handle.rss = None
-        handle.request_limit = self.max_requests + random.randint(
-            0, self.max_requests_jitter) if self.max_requests else None
-        if self.config is not None:
-            self._queue(handle, messages.config(self.config))
-        self._dispatcher.worker_started(self, handle)
-        self._dispatcher.watch_worker(handle)
+        if handle.process is None or handle.channel is None:
+            handle.process = None
+        if handle.replaces is not None:
+            self._replacement_failed(handle, reason)
+        elif handle in self.workers and not handle.retiring:
+            self._schedule_restart(handle, delay=BACKOFF_FIRST)
 
     def stop(self):
         """Ask every worker to finish what it holds and exit."""
@@ -489,6 +530,11 @@ class WorkerPool:
     def supervise(self, now):
         """Periodic checks: stuck workers, kill escalation, degraded retry."""
         for handle in list(self.workers):
+            if handle.retry_at is not None and now >= handle.retry_at \
+                    and not self.degraded:
+                handle.retry_at = None
+                self._spawn(handle)
+                continue
             if handle.exited or handle.process is None:
                 continue
             if handle.awaiting_exit:
@@ -504,6 +550,16 @@ class WorkerPool:
                   and not handle.stopping
                   and now - handle.last_seen > self.stuck_timeout):
                 self._kill_stuck(handle, now)
+            elif (not handle.ready and handle.kill_reason is None
+                  and self.setup_timeout
+                  and now - handle.started > self.setup_timeout):
+                handle.kill_reason = 'setup timed out'
+                handle.kill_deadline = now + min(self.worker_kill_timeout, 5)
+                self._dispatcher.log.error(
+                    'worker %s (pid %s) did not finish setup() in %ss: '
+                    'killing it', handle.name, handle.pid, self.setup_timeout)
+                self._signal(handle, TRACEBACK_SIGNAL)
+                self._signal(handle, signal.SIGTERM)
         if self.degraded and self._retry_at is not None \
                 and now >= self._retry_at:
             self._retry_at = None
@@ -562,11 +618,13 @@ class WorkerPool:
         if handle.stopping:
             return reason, exitcode
         if exitcode == EXIT_APP_ERROR:
+            handle.unrecoverable = True
             self._dispatcher.log.critical(
                 'worker %s cannot run this application (see its message '
                 'above): not restarted', handle.name)
             return reason, exitcode
         if exitcode in self.unrecoverable_exit_codes:
+            handle.unrecoverable = True
             self._dispatcher.log.critical(
                 'worker %s exited with unrecoverable code %s: not restarted',
                 handle.name, exitcode)
@@ -597,7 +655,7 @@ class WorkerPool:
             return 'application error'
         return f'exited with code {exitcode}'
 
-    def _schedule_restart(self, handle):
+    def _schedule_restart(self, handle, delay=0.0):
         now = time.monotonic()
         self._restart_times.append(now)
         while self._restart_times and \
@@ -617,12 +675,15 @@ class WorkerPool:
                 self._retry_at = now + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
             return
-        self._spawn(handle)
+        if delay:
+            handle.retry_at = now + delay
+        else:
+            self._spawn(handle)
 
     def _retry_one(self):
         """While degraded: start one worker to see whether the cause is gone."""
         for handle in self.workers:
-            if handle.exited:
+            if handle.exited and not handle.unrecoverable:
                 self._dispatcher.log.info(
                     'pool %s degraded: trying worker %s again', self.name,
                     handle.name)
@@ -633,7 +694,8 @@ class WorkerPool:
 
     def _respawn_missing(self):
         for handle in self.workers:
-            if handle.exited and not handle.stopping and not handle.retiring:
+            if handle.exited and not handle.stopping and not handle.retiring \
+                    and not handle.unrecoverable:
                 self._spawn(handle)
 
     # -- rolling restarts, resizing, recycling --------------------------------
@@ -657,6 +719,10 @@ class WorkerPool:
                 handle.kill_deadline = now + self.worker_kill_timeout
                 self._signal(handle, signal.SIGTERM)
             return
+        if self._rolling is not None or self._roll_queue:
+            self._dispatcher.log.info(
+                'pool %s: a rolling restart is under way; these workers are '
+                'replaced after it', self.name)
         self._roll_queue.extend(serving)
         self._roll_next()
 
@@ -675,6 +741,8 @@ class WorkerPool:
         highest-numbered ones gracefully."""
         if num_workers < 1:
             raise ValueError('a pool needs at least one worker')
+        if not self._dispatcher.accepts_workers:
+            return
         self.num_workers = num_workers
         members = [h for h in self.workers
                    if not h.retiring and h.replaces is None]

@@ -73,3 +73,47 @@ def announce_ready(environ=None):
     finally:
         os.close(fd)
     return True
+
+
+UPGRADE_TIMEOUT = 60.0  # seconds a successor has to become ready
+
+
+class Successor:
+    """A new dispatcher started by SIGUSR2, from start to ready (or gone)."""
+
+    def __init__(self, process, reader, deadline):
+        self.process = process
+        self.reader = reader
+        self.deadline = deadline
+        self.ready = False
+
+    @property
+    def pid(self):
+        """The successor's process id."""
+        return self.process.pid
+
+    def read_news(self):
+        """'ready', 'gone' (it ended first), or None (nothing yet)."""
+        try:
+            news = os.read(self.reader, 64)
+        except BlockingIOError:
+            return None
+        if news.startswith(b'ready'):
+            self.ready = True
+            return 'ready'
+        return 'gone'
+
+    def close_pipe(self):
+        """Stop listening to the successor."""
+        if self.reader is not None:
+            os.close(self.reader)
+            self.reader = None
+
+    def stop(self):
+        """Terminate a successor that will not take over."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def reaped(self):
+        """True once its exit status was collected (no zombie left)."""
+        return self.process.poll() is not None

@@ -14,6 +14,7 @@ import ctypes
 import faulthandler
 import functools
 import os
+import resource
 import selectors
 import signal
 import stat
@@ -503,10 +504,16 @@ def _isolate_from_dispatcher(keep):
     closes "its" descriptor later cannot close one the worker opened since.
     Pipes stay: one of them tells the dispatcher that this process exited.
     """
-    try:
-        descriptors = [int(name) for name in os.listdir('/proc/self/fd')]
-    except OSError:
-        descriptors = range(3, 4096)
+    descriptors = None
+    for listing in ('/proc/self/fd', '/dev/fd'):
+        try:
+            descriptors = [int(name) for name in os.listdir(listing)]
+            break
+        except OSError:
+            continue
+    if descriptors is None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        descriptors = range(3, min(limit, 1 << 16))
     null = os.open(os.devnull, os.O_RDWR)
     for fd in descriptors:
         if fd <= 2 or fd == null or fd in keep:
