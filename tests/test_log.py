@@ -54,3 +54,9 @@ def test_log_to_logging_keeps_level_and_worker_name(caplog):
     assert record.name == 'uhttp.workers.Items[2]'
     assert record.levelno == logging.WARNING
     assert record.getMessage() == 'careful'
+
+
+def test_printable_escapes_control_characters():
+    from uhttp.workers.log import printable  # pylint: disable=import-outside-toplevel
+    assert printable('/api/item/1') == '/api/item/1'
+    assert printable('/a\n2026 CRITICAL fake') == repr('/a\n2026 CRITICAL fake')

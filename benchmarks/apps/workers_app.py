@@ -24,7 +24,8 @@ Run: python workers_app.py --port 18081 --workers 2 --static-dir DIR
 
 BENCH_PROFILE_DIR=dir (this project only): the dispatcher runs under cProfile
 (dispatcher.prof) and each worker enables cProfile in setup() and writes
-worker-<id>.prof when its process exits (atexit; workers are spawned).
+worker-<id>.prof when its process exits (multiprocessing finalizer + atexit,
+so it works whether the worker was forked or spawned).
 """
 
 import argparse
@@ -51,13 +52,24 @@ def burn_cpu(ms):
 
 
 def _start_worker_profile(worker_id):
+    """Profile this worker process from here on; write the stats when it
+    exits. Workers may be forked (exit through os._exit: no atexit) or
+    spawned, so the dump is registered both as a multiprocessing finalizer
+    (run by every start method when the process target returns or raises
+    SystemExit) and with atexit; it runs once."""
     import cProfile  # pylint: disable=import-outside-toplevel
+    import multiprocessing.util  # pylint: disable=import-outside-toplevel
     profiler = cProfile.Profile()
     path = os.path.join(PROFILE_DIR, f'worker-{worker_id}.prof')
+    done = []
 
     def dump():
+        if done:
+            return
+        done.append(True)
         profiler.disable()
         profiler.dump_stats(path)
+    multiprocessing.util.Finalize(None, dump, exitpriority=100)
     atexit.register(dump)
     profiler.enable()
 
@@ -132,6 +144,9 @@ def main():
     parser.add_argument('--static-dir', required=True)
     parser.add_argument('--max-pending', type=int, default=4096)
     parser.add_argument('--shutdown-timeout', type=float, default=5)
+    parser.add_argument('--metrics', action='store_true',
+                        help='serve /metrics (this project only; needs '
+                        'prometheus_client)')
     args = parser.parse_args()
 
     limits = {
@@ -146,6 +161,8 @@ def main():
                       file_chunk_size=64 * 1024)
     else:
         limits.update(listen_backlog=1024, max_connections=10000)
+        if args.metrics:
+            limits['metrics_route'] = '/metrics'
 
     dispatcher = BenchDispatcher(
         port=args.port, address=args.address,

@@ -28,7 +28,7 @@ from uhttp import server as _server
 from . import messages
 from .descriptors import READ, WRITE, DescriptorWatch
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, LogOutput
+from .log import LOG_INFO, Logger, LogOutput, printable
 from .metrics import Metrics
 from .owned_services import OwnedServices
 from .pidfile import PidFile
@@ -537,7 +537,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
         except Exception:  # pylint: disable=broad-except
             # one request must never end the loop that serves everyone
             self.log.exception('request %s %s failed in the dispatcher',
-                               client.method, client.path)
+                               client.method, printable(client.path))
             if client.context is not None:
                 self._finish(client.context)
             if not _answered(client):
@@ -620,14 +620,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
             target(client, params)
         except Exception:  # pylint: disable=broad-except
             self.log.exception('sync handler %s %s failed', client.method,
-                               client.path)
+                               printable(client.path))
             if not _answered(client):
                 self._answer(client, 500, _JSON,
                              _error_body(500, 'Internal Server Error'))
             return True
         if not _answered(client):
             self.log.error('sync handler for %s %s returned without '
-                           'responding', client.method, client.path)
+                           'responding', client.method,
+                           printable(client.path))
             self._answer(client, 500, _JSON,
                          _error_body(500, 'Internal Server Error'))
         return True
@@ -810,7 +811,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
                 self.log.warning(
                     'request %s %s %s timed out after %ss (pool %s, %s)',
                     pending.request_id, pending.client.method,
-                    pending.client.path, pool.timeout, pool.name,
+                    printable(pending.client.path), pool.timeout, pool.name,
                     pending.state)
                 self._release_from_worker(pending)
                 self._fail(pending, 504, 'Gateway Timeout')

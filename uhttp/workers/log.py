@@ -43,6 +43,12 @@ def level_name(level):
     return LEVEL_NAMES.get(level, f'LEVEL {level}')
 
 
+def printable(text):
+    """`text` itself, or its repr when it holds control characters (a
+    request path with a decoded newline must not forge a log line)."""
+    return text if text.isprintable() else repr(text)
+
+
 def format_message(message, args, kwargs):
     """Apply %-style args or {}-style kwargs; never raise on a bad format."""
     message = str(message)

@@ -1,12 +1,14 @@
 """Prometheus metrics of the dispatcher, served on an optional route.
 
-Counters are updated where the dispatcher answers a request (a dict lookup
-and an increment); gauges (pending, backlog, workers) are read from the live
-state only when the route is scraped. Requires the optional `prometheus_client`
-package (`pip install uhttp-workers[ops]`); this module never writes the text
-format by hand.
+Counting happens where the dispatcher answers a request, in plain
+dictionaries (a lookup and an addition: the benchmarks do not move when it
+is on). Everything becomes Prometheus metric families only when the route
+is scraped, through a collector of the optional `prometheus_client` package
+(`pip install uhttp-workers[ops]`), which also writes the text format; this
+module never writes the format by hand.
 """
 
+import bisect
 import importlib
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -24,30 +26,78 @@ def _import_prometheus():
             'pip install "uhttp-workers[ops]"') from err
 
 
-class _LiveState:
-    """Collector reading gauges from the dispatcher at scrape time."""
+class _Latency:
+    """One histogram: a count per bucket (plus +Inf), the sum, the count."""
 
-    def __init__(self, dispatcher, prometheus):
+    __slots__ = ('buckets', 'total', 'count')
+
+    def __init__(self):
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds):
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self):
+        """[(upper bound text, cumulative count)] as Prometheus wants it."""
+        running = 0
+        result = []
+        for bound, count in zip(LATENCY_BUCKETS + (float('inf'),),
+                                self.buckets):
+            running += count
+            result.append(('+Inf' if bound == float('inf') else repr(bound),
+                           running))
+        return result
+
+
+class _Collector:
+    """prometheus_client collector: turns the counts into families."""
+
+    def __init__(self, metrics, dispatcher, core):
+        self._metrics = metrics
         self._dispatcher = dispatcher
-        self._gauge = prometheus.core.GaugeMetricFamily
+        self._core = core
 
     def collect(self):
-        """Yield the gauge families (prometheus_client collector API)."""
-        GaugeMetricFamily = self._gauge  # pylint: disable=invalid-name
-        dispatcher = self._dispatcher
-        pending = GaugeMetricFamily(
+        """Yield every metric family (prometheus_client collector API)."""
+        core, metrics = self._core, self._metrics
+        requests = core.CounterMetricFamily(
+            'uhttp_requests', 'Requests answered for worker pools',
+            labels=['pool', 'route', 'status'])
+        for (pool, route, status), count in metrics.requests.items():
+            requests.add_metric([pool, route, str(status)], count)
+        latency = core.HistogramMetricFamily(
+            'uhttp_request_duration_seconds',
+            'Time from a loaded request to its answer', labels=['pool'])
+        for pool, histogram in metrics.latency.items():
+            latency.add_metric([pool], histogram.cumulative(),
+                               sum_value=histogram.total)
+        restarts = core.CounterMetricFamily(
+            'uhttp_worker_restarts', 'Worker exits, by reason',
+            labels=['pool', 'reason'])
+        for (pool, reason), count in metrics.exits.items():
+            restarts.add_metric([pool, reason], count)
+        yield from (requests, latency, restarts)
+        yield from self._gauges()
+
+    def _gauges(self):
+        core, dispatcher = self._core, self._dispatcher
+        pending = core.GaugeMetricFamily(
             'uhttp_pending_requests', 'Requests waiting for a worker answer')
         pending.add_metric([], dispatcher.pending_count)
-        streams = GaugeMetricFamily(
+        streams = core.GaugeMetricFamily(
             'uhttp_open_streams', 'Streaming responses in progress')
         streams.add_metric([], dispatcher.stream_count)
-        queue = GaugeMetricFamily(
+        queue = core.GaugeMetricFamily(
             'uhttp_pool_queue_depth', 'Requests in a pool backlog',
             labels=['pool'])
-        alive = GaugeMetricFamily(
+        alive = core.GaugeMetricFamily(
             'uhttp_workers_alive', 'Worker processes running',
             labels=['pool'])
-        degraded = GaugeMetricFamily(
+        degraded = core.GaugeMetricFamily(
             'uhttp_pool_degraded', '1 while a pool answers 503',
             labels=['pool'])
         for pool in dispatcher.pools:
@@ -58,38 +108,30 @@ class _LiveState:
 
 
 class Metrics:
-    """The dispatcher's metrics registry."""
+    """The dispatcher's counts and the registry that exposes them."""
 
     def __init__(self, dispatcher):
-        prometheus_client = self._prometheus = _import_prometheus()
-        registry = prometheus_client.CollectorRegistry()
-        self.registry = registry
-        self._requests = prometheus_client.Counter(
-            'uhttp_requests', 'Requests answered for worker pools',
-            ['pool', 'route', 'status'], registry=registry)
-        self._latency = prometheus_client.Histogram(
-            'uhttp_request_duration_seconds',
-            'Time from a loaded request to its answer', ['pool'],
-            buckets=LATENCY_BUCKETS, registry=registry)
-        self._restarts = prometheus_client.Counter(
-            'uhttp_worker_restarts', 'Worker exits, by reason',
-            ['pool', 'reason'], registry=registry)
-        registry.register(_LiveState(dispatcher, prometheus_client))
-        self._children = {}
+        prometheus = self._prometheus = _import_prometheus()
+        self.requests = {}      # (pool, route, status) -> count
+        self.latency = {}       # pool -> _Latency
+        self.exits = {}         # (pool, reason) -> count
+        self.registry = prometheus.CollectorRegistry()
+        self.registry.register(
+            _Collector(self, dispatcher, prometheus.core))
 
     def answered(self, pool_name, route, status, seconds):
         """Count one answer to a client and its latency."""
         key = (pool_name, route, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._requests.labels(
-                pool_name, route, str(status))
-        child.inc()
-        self._latency.labels(pool_name).observe(seconds)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.latency.get(pool_name)
+        if histogram is None:
+            histogram = self.latency[pool_name] = _Latency()
+        histogram.observe(seconds)
 
     def worker_exited(self, pool_name, reason):
         """Count a worker exit (crash, stuck, recycle, …)."""
-        self._restarts.labels(pool_name, reason).inc()
+        key = (pool_name, reason)
+        self.exits[key] = self.exits.get(key, 0) + 1
 
     def render(self):
         """The text exposition format: (body bytes, content type)."""

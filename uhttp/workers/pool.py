@@ -324,18 +324,18 @@ class WorkerPool:
         process = multiprocessing.get_context(method).Process(
             target=worker_main, name=handle.name,
             args=(self.worker_class, worker_end, options, self.kwargs))
+        if method == 'fork':
+            # What the child only reads stays shared with the dispatcher as
+            # long as no garbage collection writes to it: freeze what lives
+            # now (collected first, so no garbage is frozen with it).
+            gc.collect()
+            gc.freeze()
         try:
-            if method == 'fork':
-                # objects the child only reads stay shared: its garbage
-                # collector must not write to them (frozen for the fork)
-                gc.freeze()
             process.start()
         except BaseException:
             dispatcher_end.close()
             raise
         finally:
-            if method == 'fork':
-                gc.unfreeze()
             worker_end.close()
         return process, Channel(dispatcher_end)
 

@@ -24,7 +24,7 @@ import time
 from . import messages
 from .channel import Channel, ChannelClosed
 from .descriptors import READ, WRITE, DescriptorWatch
-from .log import LOG_WARNING, Logger
+from .log import LOG_WARNING, Logger, printable
 from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
@@ -180,8 +180,8 @@ class Worker:
     def on_request_error(self, request, err):
         """A handler raised `err`: log it with its traceback, answer 500."""
         self.log.error(
-            '%s %s (request %s) failed: %r', request.method, request.path,
-            request.request_id, err, exc_info=err)
+            '%s %s (request %s) failed: %r', request.method,
+            printable(request.path), request.request_id, err, exc_info=err)
         return {'error': 'Internal Server Error'}, 500
 
     # -- tools for applications ---------------------------------------------

@@ -16,6 +16,7 @@ import time
 from uhttp import server as _server
 
 from . import messages
+from .log import printable
 from .request import Response
 
 
@@ -145,7 +146,8 @@ class WorkerEvents:
                 continue
             self.log.error('request %s %s %s lost: worker %s %s',
                            pending.request_id, pending.client.method,
-                           pending.client.path, handle.name, reason)
+                           printable(pending.client.path), handle.name,
+                           reason)
             if self._state == 'running':
                 self._fail(pending, 502, 'Worker Died')
             else:
