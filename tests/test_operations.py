@@ -4,7 +4,6 @@ code, resizing, recycling, pid/log files, systemd notifications, metrics."""
 import os
 import signal
 import socket
-import textwrap
 import threading
 
 import pytest

@@ -65,3 +65,25 @@ class DescriptorWatch:
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
+
+
+class WatchesDescriptors:
+    """The public API of a process loop that owns a DescriptorWatch
+    (`self._descriptors`): the Dispatcher's and every Worker's. Callbacks
+    run inside that loop, so they must not block."""
+
+    def register_reader(self, fd, callback):
+        """Call `callback(fd)` from the loop when `fd` is readable."""
+        self._descriptors.watch(fd, READ, callback)
+
+    def unregister_reader(self, fd):
+        """Stop watching `fd` for reading."""
+        self._descriptors.watch(fd, READ, None)
+
+    def register_writer(self, fd, callback):
+        """Call `callback(fd)` from the loop when `fd` is writable."""
+        self._descriptors.watch(fd, WRITE, callback)
+
+    def unregister_writer(self, fd):
+        """Stop watching `fd` for writing."""
+        self._descriptors.watch(fd, WRITE, None)

@@ -26,7 +26,7 @@ import time
 from uhttp import server as _server
 
 from . import messages
-from .descriptors import READ, WRITE, DescriptorWatch
+from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput, printable
 from .metrics import Metrics
@@ -108,7 +108,8 @@ def _raise_open_file_limit():
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
+class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
+                 WatchesDescriptors):
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
@@ -250,23 +251,6 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices):
                      'alive': self._job_process.is_alive()}
             if self._job_process else None,
         }
-
-    def register_reader(self, fd, callback):
-        """Call `callback(fd)` from the dispatcher loop when `fd` is readable.
-        The callback runs in the loop: it must not block."""
-        self._descriptors.watch(fd, READ, callback)
-
-    def unregister_reader(self, fd):
-        """Stop watching `fd` for reading."""
-        self._descriptors.watch(fd, READ, None)
-
-    def register_writer(self, fd, callback):
-        """Call `callback(fd)` from the dispatcher loop when `fd` is writable."""
-        self._descriptors.watch(fd, WRITE, callback)
-
-    def unregister_writer(self, fd):
-        """Stop watching `fd` for writing."""
-        self._descriptors.watch(fd, WRITE, None)
 
     def restart_workers(self, graceful=True):
         """Replace every worker of every pool with a fresh process (new code

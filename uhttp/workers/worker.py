@@ -23,7 +23,7 @@ import time
 
 from . import messages
 from .channel import Channel, ChannelClosed
-from .descriptors import READ, WRITE, DescriptorWatch
+from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import LOG_WARNING, Logger, printable
 from .proctitle import set_title
 from .request import (
@@ -119,7 +119,7 @@ def build_router(worker_class, bind=None):
     return router
 
 
-class Worker:
+class Worker(WatchesDescriptors):
     """Base class of an application's worker; runs in its own process.
 
     Override `setup()` to open what cannot cross a fork (database
@@ -222,22 +222,6 @@ class Worker:
         e.g. to fan an event out to the streams each worker holds."""
         self._send(messages.forward(
             method.upper(), path, data, normalize_headers(headers), True))
-
-    def register_reader(self, fd, callback):
-        """Call `callback(fd)` from the worker loop when `fd` is readable."""
-        self._descriptors.watch(fd, READ, callback)
-
-    def unregister_reader(self, fd):
-        """Stop watching `fd` for reading."""
-        self._descriptors.watch(fd, READ, None)
-
-    def register_writer(self, fd, callback):
-        """Call `callback(fd)` from the worker loop when `fd` is writable."""
-        self._descriptors.watch(fd, WRITE, callback)
-
-    def unregister_writer(self, fd):
-        """Stop watching `fd` for writing."""
-        self._descriptors.watch(fd, WRITE, None)
 
     # -- handling a request ---------------------------------------------------
 
