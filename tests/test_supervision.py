@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import socket
 import threading
 
 import pytest
@@ -274,3 +275,23 @@ def test_unpicklable_pool_arguments_are_refused_at_once():
         _workers.WorkerPool(_workers.Worker, lock=threading.Lock())
     with pytest.raises(ValueError, match='module level'):
         _workers.WorkerPool(Local)
+
+
+def test_sockets_never_leave_the_dispatcher(start_server):
+    """A worker holds one socket: its channel; no client or listening one,
+    also for a worker started while clients are connected."""
+    server = start_server(CORE, env={'WORKERS': '1'}, ready_workers=3)
+    idle = [socket.create_connection(('127.0.0.1', server.port))
+            for _ in range(5)]
+    try:
+        first = server.get('/api/descriptors').json()
+        assert first['kinds'].get('socket') == 1, first
+        os.kill(first['pid'], signal.SIGKILL)  # its replacement is forked now
+        fresh = wait_until(lambda: (lambda a: a.status == 200 and
+                                    a.json()['pid'] != first['pid'] and
+                                    a.json())(server.get('/api/descriptors')),
+                           20)
+        assert fresh['kinds'].get('socket') == 1, fresh
+    finally:
+        for sock in idle:
+            sock.close()

@@ -185,6 +185,19 @@ class CoreWorker(_workers.Worker):
         time.sleep(60)
         return {'unreachable': True}
 
+    @_workers.api('/api/descriptors', 'GET')
+    def descriptors(self, request):
+        """What this worker process has open, by kind."""
+        kinds = {}
+        for name in os.listdir('/proc/self/fd'):
+            try:
+                target = os.readlink(f'/proc/self/fd/{name}')
+            except OSError:
+                continue  # the listing's own descriptor, already closed
+            kind = target.split(':', 1)[0] if ':' in target else target
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {'kinds': kinds, 'pid': os.getpid()}
+
     @_workers.api('/api/crash', 'GET')
     def crash(self, request):
         os._exit(7)
