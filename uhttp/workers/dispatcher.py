@@ -16,6 +16,7 @@ answer.
 """
 
 import collections
+import math
 import os
 import resource
 import selectors
@@ -129,6 +130,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.address = address
         self._pools = list(pools or [])
         self._static = StaticCache(StaticFiles(static_routes or {}))
+        self._has_static = bool(static_routes)
         self.shutdown_timeout = shutdown_timeout
         self.max_pending = max_pending
         self.ssl_context = ssl_context
@@ -141,6 +143,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             'request_timeout': request_timeout,
             'file_chunk_size': 64 * 1024,
         }
+        self._trusts_proxies = bool(trusted_proxies)
         if trusted_proxies:
             self._server_options['trusted_proxies'] = list(trusted_proxies)
         self.log_file = log_file
@@ -168,6 +171,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._shutdown_started = None
         self._stop_deadline = None
         self._next_housekeeping = 0.0
+        self._next_expiry = math.inf
         self._next_sweep = 0.0
         self._accept_paused_until = None
         self._next_idle = 0.0
@@ -176,6 +180,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._descriptors = DescriptorWatch(self._descriptor_failed)
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
+        self._has_check = type(self).do_check is not Dispatcher.do_check
         self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
@@ -404,11 +409,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 owner(key.fileobj, mask)
         if self._pipelined:
             self._serve_pipelined()
-        self._server.maintenance()
         if self._flush_needed:
             self._flush_workers()
         now = time.monotonic()
-        self._expire(now)
+        if now >= self._next_expiry:
+            self._expire(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
 
@@ -436,12 +441,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def _select_timeout(self):
         if self._flush_needed or self._pipelined:
             return 0
-        now = time.monotonic()
-        wake = min(self._next_idle, self._next_housekeeping_due())
-        for queue in self._expiry.values():
-            if queue:
-                wake = min(wake, next(iter(queue.values())).deadline)
-        return max(0.0, wake - now)
+        wake = min(self._next_idle, self._next_housekeeping_due(),
+                   self._next_expiry)
+        return max(0.0, wake - time.monotonic())
 
     def _next_housekeeping_due(self):
         if self._state != 'running':
@@ -450,6 +452,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _housekeeping(self, now):
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        self._server.maintenance()  # idle and slow clients (its own pace)
         for pool in self._pools:
             pool.supervise(now)
         self._resume_accepting(now)
@@ -534,7 +537,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             body, content_type = self._metrics.render()
             self._answer(client, 200, {'content-type': content_type}, body)
             return
-        if self._static:
+        if self._has_static:
             found = self._static.lookup(client.path)
             if found is not None:
                 self._serve_static(client, *found)
@@ -625,7 +628,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 503, _CLOSE,
                          _error_body(503, 'Shutting down'))
             return
-        if not self._check(client):
+        if self._has_check and not self._check(client):
             return
         if pool.degraded:
             self._answer(client, 503, _JSON,
@@ -640,10 +643,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             data = bytes(data) or None  # a raw body; decoded JSON stays as is
         message = messages.request(
             request_id, client.method, client.path, client.query,
-            client.headers, data, client.remote_address)
+            client.headers, data,
+            client.remote_address if self._trusts_proxies
+            else _server.unmap_ipv4(client.addr[0]))
         now = time.monotonic()
+        deadline = now + pool.timeout
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
         pending = _PendingRequest(
-            request_id, client, pool, message, now + pool.timeout, now)
+            request_id, client, pool, message, deadline, now)
         self._pending[request_id] = pending
         self._expiry[pool][request_id] = pending
         client.context = pending
@@ -690,15 +698,18 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         else:
             pool.submit(make_pending())
 
-    def _answer(self, client, status, headers, body):
+    def _answer(self, client, status, headers, body, owned=False):
         """Send a complete response; never raises. A HEAD request gets the
-        headers only (uhttp-server then says Content-Length: 0)."""
+        headers only (uhttp-server then says Content-Length: 0). `owned`:
+        the headers dict is ours to give away (uhttp-server adds to it)."""
         if client.method == 'HEAD':
             body = b''
         if self._state != 'running' and 'connection' not in headers:
             headers = dict(headers, connection='close')
+        elif not owned:
+            headers = dict(headers)
         try:
-            client.respond(data=body, status=status, headers=dict(headers))
+            client.respond(data=body, status=status, headers=headers)
             self._note_pipelined(client)
         except _server.HttpError as err:
             self.log.error('cannot send response %s: %s', status, err)
@@ -787,10 +798,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._finish(pending)
 
     def _expire(self, now):
+        """Answer 504 to requests past their deadline; remember the next
+        deadline (a lower bound: keep_alive() only moves deadlines later)."""
+        earliest = math.inf
         for pool, queue in self._expiry.items():
             while queue:
                 pending = next(iter(queue.values()))
                 if pending.deadline > now:
+                    earliest = min(earliest, pending.deadline)
                     break
                 self.log.warning(
                     'request %s %s %s timed out after %ss (pool %s, %s)',
@@ -799,6 +814,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                     pending.state)
                 self._release_from_worker(pending)
                 self._fail(pending, 504, 'Gateway Timeout')
+        self._next_expiry = earliest
 
     # -- logging -----------------------------------------------------------------
 

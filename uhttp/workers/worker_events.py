@@ -215,7 +215,7 @@ class WorkerEvents:
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_response() raised')
         if client.socket is not None:
-            self._answer(client, status, headers, body)
+            self._answer(client, status, headers, body, owned=True)
         pool.pump(handle)
 
     def _on_deferred(self, handle, request_id):
