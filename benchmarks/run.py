@@ -98,8 +98,10 @@ def _python_ok(python, code):
     if not os.path.exists(python):
         return False
     try:
+        # cwd '/': from the repo root, `import uhttp.workers` would find
+        # the checkout's package before the one installed in the venv
         return subprocess.run([python, '-c', code], capture_output=True,
-                              timeout=60).returncode == 0
+                              cwd='/', timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -122,8 +124,12 @@ def ensure_venv(name, packages, check, editable=None):
         cmd += ['-e', editable]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 or not _python_ok(python, check):
-        raise RuntimeError(f'cannot set up {name}: '
-                           f'{(done.stderr or done.stdout).strip()[-800:]}')
+        output = [line for line in (done.stderr + done.stdout).splitlines()
+                  if line.strip() and not line.startswith('WARNING: ')]
+        raise RuntimeError(
+            f'cannot set up {name} (pip exit {done.returncode}): '
+            + (' | '.join(output[-5:]) or 'installed, but the import check '
+               f'failed: {check}'))
     return python
 
 
@@ -361,16 +367,34 @@ class Server:
                 return line
         return lines[-1] if lines else 'empty log'
 
+    def responsive(self, attempts=2):
+        """True when /health answers 200 (a server can be alive but gone
+        deaf: 1.8.1 shuts down gracefully after its loop raised)."""
+        for attempt in range(attempts):
+            if not self.alive():
+                return False
+            try:
+                if http_request(self.port, 'GET', '/health',
+                                timeout=5)[0] == 200:
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+        return False
+
     def note_crash(self, where):
         code = self.proc.poll()
-        text = f'{where}: exited with code {code}: {self.failure_text()}'
+        state = f'exited with code {code}' if code is not None else \
+            'stopped answering /health'
+        text = f'{where}: {state}: {self.failure_text()}'
         self.crashes.append(text)
         log(f'{self.key} crashed ({text}); restarting it')
         self.kill_leftovers()
         self.start()
         self.wait_ready()
 
-    def stop(self, timeout=SHUTDOWN_TIMEOUT + 10):
+    def stop(self, timeout=SHUTDOWN_TIMEOUT + 5):
         """SIGTERM the root; seconds until the whole tree is gone."""
         if not self.alive():
             self.kill_leftovers()
@@ -380,11 +404,12 @@ class Server:
         os.kill(self.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
+            # the root is gone: give its children a moment to follow
+            deadline = time.monotonic() + 2
+            while self._leftovers() and time.monotonic() < deadline:
+                time.sleep(0.02)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + 5
-        while self._leftovers() and time.monotonic() < deadline:
-            time.sleep(0.02)
         elapsed = time.monotonic() - started
         clean = self.proc.poll() is not None and not self._leftovers()
         self.kill_leftovers()
@@ -407,6 +432,7 @@ class Server:
 
     def kill_leftovers(self):
         """SIGKILL, by PID, every process of this server still running."""
+        self.tree()
         for pid in self._leftovers():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -592,12 +618,13 @@ def idle_cpu(servers, seconds):
 
 # -- abandoned clients --------------------------------------------------------------
 
-def abandoned_test(wrk, server, duration, burst, drain_limit):
+def abandoned_test(wrk, server, duration, burst, followup_timeout,
+                   drain_limit):
     """wrk with a 1 s timeout on /api/work/50 at c=256, stopped with requests
     in flight, plus `burst` raw clients that send a request and close at once;
     then: latency of a follow-up request, time until /monitor shows nothing
     pending."""
-    result = {}
+    result = {'burst': burst, 'followup_timeout_s': followup_timeout}
     result['wrk'] = run_wrk(wrk, server.port, '/api/work/50', 256, duration,
                             timeout='1s')
     request = (f'GET /api/work/50 HTTP/1.1\r\nHost: {HOST}\r\n\r\n').encode()
@@ -614,9 +641,12 @@ def abandoned_test(wrk, server, duration, burst, drain_limit):
     stopped = time.monotonic()
     try:
         status, _, seconds = http_request(server.port, 'GET', '/api/item/1',
-                                          timeout=60)
+                                          timeout=followup_timeout)
         result['followup_status'] = status
         result['followup_ms'] = seconds * 1000
+    except socket.timeout:
+        result['followup_status'] = f'no answer in {followup_timeout}s'
+        result['followup_ms'] = None
     except (OSError, http.client.HTTPException) as err:
         result['followup_status'] = f'error: {err!r}'
         result['followup_ms'] = None
@@ -685,10 +715,16 @@ class _SseRun:
             self.clients.append(client)
             self.sel.register(sock, selectors.EVENT_WRITE, client)
 
-    def pump(self, until, done):
+    def pump(self, until, done, server):
+        check = 0.0
         while time.monotonic() < until and not done():
             for key, _mask in self.sel.select(0.05):
                 self._on_event(key.data)
+            now = time.monotonic()
+            if now >= check:
+                check = now + 0.25
+                if not server.alive():
+                    return
 
     def close(self):
         for client in self.clients:
@@ -766,7 +802,7 @@ class _SseRun:
         client.tail = window[-(len(_MARK) - 1):]
 
 
-def sse_test(server, clients, events, phase_timeout):
+def sse_test(server, clients, events, phase_timeout, close_wait):
     """`clients` SSE subscribers on /api/sse, then `events` broadcasts
     (POST /broadcast); counts what each client received."""
     result = {'clients': clients, 'events': events}
@@ -774,7 +810,7 @@ def sse_test(server, clients, events, phase_timeout):
     try:
         started = time.monotonic()
         run.pump(started + phase_timeout,
-                 lambda: run.settled >= clients)
+                 lambda: run.settled >= clients, server)
         subscribed = [c for c in run.clients if c.state == 'streaming']
         result['subscribed'] = len(subscribed)
         result['subscribe_s'] = time.monotonic() - started
@@ -810,7 +846,7 @@ def sse_test(server, clients, events, phase_timeout):
         t_first = time.monotonic()
         thread.start()
         run.pump(t_first + phase_timeout,
-                 lambda: run.finished >= len(subscribed))
+                 lambda: run.finished >= len(subscribed), server)
         thread.join(5)
         delivered = sum(min(c.events, events) for c in subscribed)
         last = max((c.last_event for c in subscribed
@@ -834,7 +870,7 @@ def sse_test(server, clients, events, phase_timeout):
         run.close()
     # The streams are gone: the server must notice and forget them.
     if server.alive():
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + close_wait
         pending = None
         while time.monotonic() < deadline:
             try:
@@ -851,7 +887,7 @@ def sse_test(server, clients, events, phase_timeout):
 
 # -- graceful stop under load -------------------------------------------------------
 
-def shutdown_test(server):
+def shutdown_test(server, grace):
     """SIGTERM with 4 requests of 300 ms CPU in flight: seconds until the
     whole process tree is gone, and what those requests got."""
     if not server.alive():
@@ -870,7 +906,7 @@ def shutdown_test(server):
     for thread in threads:
         thread.start()
     time.sleep(0.15)
-    seconds = server.stop()
+    seconds = server.stop(SHUTDOWN_TIMEOUT + grace)
     for thread in threads:
         thread.join(10)
     return {
@@ -929,7 +965,7 @@ def setup_environments():
             ('gunicorn', python_gunicorn, GUNICORN_CHECK)):
         if python:
             out = subprocess.run([python, '-c', code], capture_output=True,
-                                 text=True, timeout=60)
+                                 text=True, cwd='/', timeout=60)
             versions[key] = out.stdout.strip()
     return python_self, python_1x, python_gunicorn, versions, notes
 
@@ -965,9 +1001,15 @@ def bench(args):
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
     duration = args.duration or (2 if quick else 5)
+    pause = 0.1 if quick else 0.2        # between two wrk runs
     idle_seconds = 5 if quick else 10
     sse_clients = 200 if quick else 1000
     sse_events = 20
+    sse_timeout = 15 if quick else 30    # per phase (subscribe, deliver)
+    # abandoned clients: wrk seconds, raw burst, follow-up timeout, drain
+    # limit; then SIGTERM, waited for up to shutdown_timeout + stop_grace
+    abandon = (1, 64, 4, 2) if quick else (3, 256, 10, 5)
+    stop_grace = 1 if quick else 2
     os.makedirs(RESULTS, exist_ok=True)
     info = machine_info(wrk)
     python_self, python_1x, python_gunicorn, versions, notes = \
@@ -982,6 +1024,7 @@ def bench(args):
         'mode': 'quick' if quick else 'full',
         'rounds': rounds, 'duration_s': duration,
         'machine': info, 'versions': versions, 'setup_notes': notes,
+        'checkout': git_state(),
         'servers': {s.key: {'title': s.title, 'port': s.port,
                             'workers': s.workers} for s in servers},
         'started_at': time.strftime('%Y-%m-%d %H:%M:%S'),
@@ -1001,7 +1044,7 @@ def bench(args):
         log(f'smoke: {json.dumps(report["smoke"])}')
 
         log(f'idle CPU over {idle_seconds}s (all servers idle together)')
-        time.sleep(1.0)
+        time.sleep(0.5)
         report['idle_cpu_pct'] = idle_cpu(up, idle_seconds)
         report['pss_idle_kb'] = {s.key: s.pss_kb() for s in up}
         if 'self_4w' in by_key:
@@ -1025,8 +1068,9 @@ def bench(args):
         for _name, server in entries:
             if _name == 'self_aa':
                 continue
-            run_wrk(wrk, server.port, '/api/item/1', 32, 1 if quick else 2)
-            run_wrk(wrk, server.port, '/api/echo', 8, 1, body_path)
+            run_wrk(wrk, server.port, '/api/item/1', 32, 1)
+            if not quick:
+                run_wrk(wrk, server.port, '/api/echo', 8, 1, body_path)
 
         runs = {name: {sc[0]: [] for sc in SCENARIOS} for name, _ in entries}
         for round_index in range(rounds):
@@ -1046,27 +1090,17 @@ def bench(args):
                                           body_path)
                     result['round'] = round_index + 1
                     runs[name][scenario[0]].append(result)
-                    if result.get('server_crashed'):
+                    if result.get('server_crashed') or \
+                            not server.responsive():
+                        result['server_crashed'] = True
                         result['crash'] = server.failure_text()
                         revive(server, f'{scenario[0]} round '
                                        f'{round_index + 1}')
-                    time.sleep(1.0 if scenario[2] >= 1024 else 0.3)
+                    time.sleep(pause * (3 if scenario[2] >= 1024 else 1))
         report['runs'] = runs
         report['summary'] = summarize(runs)
         report['pss_after_load_kb'] = {s.key: s.pss_kb() for s in up
                                        if s.alive()}
-
-        report['abandoned'] = {}
-        for _name, server in entries:
-            if _name == 'self_aa':
-                continue
-            if not server.alive() and not revive(
-                    server, 'before the abandoned-client test'):
-                continue
-            log(f'abandoned clients: {server.key}')
-            report['abandoned'][server.key] = abandoned_test(
-                wrk, server, 2 if quick else 3, 64 if quick else 256,
-                15 if quick else 30)
 
         report['sse'] = {}
         for _name, server in entries:
@@ -1075,28 +1109,35 @@ def bench(args):
             if server.kind == 'gunicorn':
                 report['sse'][server.key] = {'error': 'n/a (sync workers)'}
                 continue
-            if not server.alive() and not revive(
-                    server, 'before the SSE test'):
+            if not server.alive() and not revive(server,
+                                                 'before the SSE test'):
                 continue
             log(f'SSE: {sse_clients} clients x {sse_events} events on '
                 f'{server.key}')
             try:
                 report['sse'][server.key] = sse_test(
-                    server, sse_clients, sse_events, 20 if quick else 40)
+                    server, sse_clients, sse_events, sse_timeout,
+                    2 if quick else 3)
             except Exception as err:  # pylint: disable=broad-except
                 report['sse'][server.key] = {'error': repr(err)}
+            if not server.responsive(1):
+                report['sse'][server.key].setdefault(
+                    'error', 'server down after the test: '
+                    + server.failure_text())
 
+        report['abandoned'] = {}
         report['shutdown'] = {}
         for _name, server in entries:
             if _name == 'self_aa':
                 continue
-            if not server.alive():
-                report['shutdown'][server.key] = {
-                    'error': 'not running: ' + server.failure_text()}
-                server.kill_leftovers()
+            if not server.responsive(1) and not revive(
+                    server, 'before the abandoned-client test'):
                 continue
-            log(f'SIGTERM with requests in flight: {server.key}')
-            report['shutdown'][server.key] = shutdown_test(server)
+            log(f'abandoned clients, then SIGTERM: {server.key}')
+            report['abandoned'][server.key] = abandoned_test(
+                wrk, server, *abandon)
+            report['shutdown'][server.key] = shutdown_test(
+                server, stop_grace)
     except Exception:  # pylint: disable=broad-except
         report['aborted'] = traceback.format_exc()
         log('run aborted:\n' + report['aborted'])
@@ -1168,6 +1209,7 @@ def render_markdown(report):
         f'{machine.get("mem_total", "?")} RAM, kernel {machine["kernel"]}, '
         f'Python {machine["python"]}, {machine["wrk"]}')
     versions = report.get('versions', {})
+    add(f'- checkout: {report.get("checkout", "?")}')
     add(f'- versions: this checkout uhttp-workers/uhttp-server '
         f'{versions.get("self", "?")}; peer {versions.get("peer1x", "n/a")}; '
         f'gunicorn {versions.get("gunicorn", "n/a")}')
@@ -1303,9 +1345,16 @@ def render_markdown(report):
     if report.get('abandoned'):
         add('## Abandoned clients')
         add('')
-        add('wrk -c256 --timeout 1s on /api/work/50, stopped with its '
-            'requests in flight, then raw clients that send the same request '
-            'and close at once; then one GET /api/item/1.')
+        first = next(iter(report['abandoned'].values()))
+        add('wrk -t1 -c256 --timeout 1s on /api/work/50 (2 workers, 50 ms '
+            'of CPU each), stopped with its requests in flight; then '
+            '"burst" raw clients that send the same request and close at '
+            'once; then one GET /api/item/1 (given up after '
+            f'{first.get("followup_timeout_s")} s), and /monitor polled '
+            'until nothing is pending or queued. wrk\'s --timeout only '
+            'counts late responses (it keeps the connection), so the '
+            'abandonment is wrk exiting and the raw burst. The SIGTERM test '
+            'below follows each server\'s abandoned-client test at once.')
         add('')
         add('| server | wrk 2xx/s | burst clients | follow-up status | '
             'follow-up ms | drained (pending 0) after s | pending left |')
@@ -1419,6 +1468,60 @@ _PER_REQUEST_CALLS = (
 )
 
 
+def _category(func):
+    filename, _line, name = func
+    if "'poll' of 'select.epoll'" in name:
+        return 'waiting in epoll.poll'
+    if '_socket.socket' in name:
+        return 'socket syscalls (send/recv/accept)'
+    if '_pickle' in name:
+        return 'pickle dumps/loads'
+    if filename.endswith(os.path.join('uhttp', 'server.py')):
+        return 'uhttp-server: HTTP parse + response build'
+    if filename.endswith(os.path.join('workers', 'routing.py')):
+        return 'uhttp.workers routing'
+    if os.sep + 'json' + os.sep in filename:
+        return 'json encode/decode'
+    if os.path.join('uhttp', 'workers') in filename:
+        return 'uhttp.workers: ' + os.path.basename(filename)
+    if filename.endswith('selectors.py') or 'epoll' in name:
+        return 'selectors wrapper / epoll register/modify'
+    if filename.endswith('workers_app.py'):
+        return 'application handler'
+    return 'other (stdlib, builtins)'
+
+
+def _categories(stats, requests):
+    """tottime grouped by where it is spent, per request."""
+    totals = {}
+    for func, value in stats.stats.items():
+        key = _category(func)
+        totals[key] = totals.get(key, 0.0) + value[2]
+    busy = sum(v for k, v in totals.items() if k != 'waiting in epoll.poll')
+    lines = [f'where the time goes, per request (tottime; busy = all but '
+             f'the wait: {busy / requests * 1e6:.0f} µs/request under '
+             'the profiler):']
+    for key, value in sorted(totals.items(), key=lambda kv: -kv[1]):
+        share = '' if key == 'waiting in epoll.poll' or not busy else \
+            f' ({value / busy * 100:.0f}% of busy)'
+        lines.append(f'  {value / requests * 1e6:8.1f} µs  {key}{share}')
+    return '\n'.join(lines)
+
+
+def git_state():
+    """Commit and dirtiness of the checkout (read-only git commands)."""
+    try:
+        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
+                              cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--',
+                                'uhttp'], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return head + (' (uhttp/ modified)' if dirty else '')
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
 def profile(args):
     import pstats  # pylint: disable=import-outside-toplevel
     import io  # pylint: disable=import-outside-toplevel
@@ -1451,7 +1554,8 @@ def profile(args):
                 for w in p['workers']}
     total = sum(handled.values())
     print(f'# Profile: wrk -t1 -c32 -d{duration}s GET /api/item/1 '
-          f'(dispatcher and workers under cProfile)', file=out)
+          f'(dispatcher and workers under cProfile; checkout '
+          f'{git_state()})', file=out)
     print(f'wrk: {result.get("ok_per_s", 0):,.0f} 2xx/s under the '
           f'profiler, p50 {result.get("p50_ms")} ms, p99 '
           f'{result.get("p99_ms")} ms; requests handled per worker since '
@@ -1472,6 +1576,7 @@ def profile(args):
               f'over the process lifetime)', file=out)
         stats.sort_stats('tottime').print_stats(25)
         if requests:
+            print(_categories(stats, requests), file=out)
             calls = []
             for short, needle in _PER_REQUEST_CALLS:
                 count = sum(value[1] for func, value in stats.stats.items()
