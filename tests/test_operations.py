@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -23,6 +24,7 @@ VERSION = {version!r}
 
 class VersionWorker(_workers.Worker):
     def setup(self):
+        time.sleep({setup_delay})
         self.config = None
 
     def on_config(self, config):
@@ -49,9 +51,10 @@ class VersionWorker(_workers.Worker):
 '''
 
 
-def write_worker(directory, version):
+def write_worker(directory, version, setup_delay=0):
     path = directory / 'versioned.py'
-    path.write_text(WORKER_CODE.format(version=version))
+    path.write_text(WORKER_CODE.format(version=version,
+                                       setup_delay=setup_delay))
     return path
 
 
@@ -79,17 +82,19 @@ def serving_pids(server):
 class SteadyLoad:
     """A client thread sending requests until stopped; keeps every status."""
 
-    def __init__(self, server, path, limit=3000):
+    def __init__(self, server, path, limit=200_000, seconds=60):
         self.server = server
         self.path = path
         self.limit = limit
+        self.deadline = time.monotonic() + seconds
         self.results = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
-        while not self._stop.is_set() and len(self.results) < self.limit:
+        while not self._stop.is_set() and len(self.results) < self.limit \
+                and time.monotonic() < self.deadline:
             try:
                 self.results.append(self.server.get(self.path).status)
             except Exception as err:  # pylint: disable=broad-except
@@ -331,18 +336,24 @@ def test_socket_activation_serves_on_the_passed_socket(app_dir):
 def test_usr2_replaces_the_dispatcher_without_refusing_a_connection(
         start_server, app_dir, tmp_path):
     pid_file = tmp_path / 'service.pid'
-    server = start(start_server, app_dir, workers=1, PID_FILE=str(pid_file))
+    # TIMEOUT below the new code's setup time: a request the new dispatcher
+    # took before its worker was ready would come back 504
+    server = start(start_server, app_dir, workers=1, PID_FILE=str(pid_file),
+                   TIMEOUT='1')
     old_pid = server.pid
     load = SteadyLoad(server, '/api/item/1')
     wait_until(lambda: len(load.results) >= 20, 10)
-    write_worker(app_dir, 'v3-new-dispatcher')
+    # the new code takes a while to set up: the old dispatcher must go on
+    # serving everyone meanwhile (the new one takes no client before ready)
+    write_worker(app_dir, 'v3-new-dispatcher', setup_delay=1.5)
     server.signal(signal.SIGUSR2)
     new_pid = int(server.wait_log(
         r'started new dispatcher \(pid (\d+)\)').group(1))
     try:
         assert server.wait_exit(30) == 0  # the old one drained and left
         count = len(load.results)
-        wait_until(lambda: len(load.results) >= count + 20, 10)
+        wait_until(lambda: len(load.results) >= count + 20, 10,
+                   message=lambda: f'{load.results[-5:]}\n{server.log}')
         results = load.stop()
         assert set(results) == {200}, [r for r in results if r != 200][:5]
         assert server.get('/api/version').json()['version'] == \

@@ -346,6 +346,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             listen=self.listen_backlog, **self._server_options)
         if inherited is not None:
             self._adopt_listener(inherited)
+        if self._predecessor:
+            # the old dispatcher serves until we are ready: take no client
+            # before then (the shared listen backlog holds them meanwhile)
+            self._selector.unregister(self._server.socket)
         self.port = self._server.socket.getsockname()[1]
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:

@@ -176,9 +176,12 @@ class Lifecycle:
                 h.ready for pool in self._pools for h in pool.workers) \
                 and self._services_settled():
             self._ready_notified = True
-            if self._predecessor and self._pid_file is not None:
-                # only now: a successor that fails must leave it to the old
-                self._pid_file.create(predecessor=self._predecessor)
+            if self._predecessor:
+                self._selector.register(self._server.socket,
+                                        selectors.EVENT_READ, self._server)
+                if self._pid_file is not None:
+                    # only now: a successor that fails leaves it to the old
+                    self._pid_file.create(predecessor=self._predecessor)
             self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
                          f'MAINPID={os.getpid()}')
             if upgrade.announce_ready():

@@ -30,6 +30,7 @@ from .request import (
     DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
     split_result)
 from .routing import MethodNotAllowed, RouteNotFound, Router
+from .upgrade import ENV_READY_FD
 
 # Named exit codes, so the dispatcher can tell why a worker ended.
 EXIT_OK = 0
@@ -499,8 +500,14 @@ def _isolate_from_dispatcher(keep):
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         descriptors = range(3, min(limit, 1 << 16))
     null = os.open(os.devnull, os.O_RDWR)
+    # the pipe on which a new dispatcher announces it is ready is its own
+    ready = os.environ.get(ENV_READY_FD, '')
+    foreign = {int(ready)} if ready.isdigit() else set()
     for fd in descriptors:
         if fd <= 2 or fd == null or fd in keep:
+            continue
+        if fd in foreign:
+            os.dup2(null, fd, inheritable=False)
             continue
         try:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
