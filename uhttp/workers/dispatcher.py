@@ -748,9 +748,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         client = pending.client
         if client is not None and client.context is pending:
             client.context = None
-            if pending.read_paused and client.socket is not None:
-                pending.read_paused = False
-                client._register()  # pylint: disable=protected-access
+            self._resume_reading(pending)
+
+    @staticmethod
+    def _resume_reading(pending):
+        """Watch the client socket again if a pipelined request made us stop
+        (see _probe_waiting_client) now that its answer is going out."""
+        client = pending.client
+        if pending.read_paused and client.socket is not None:
+            pending.read_paused = False
+            client._register()  # pylint: disable=protected-access
 
     def _fail(self, pending, status, message):
         """Answer a pending request with an error now."""
@@ -775,8 +782,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         handle = pending.worker
         if handle is None or pending.state not in ('deferred', 'streaming'):
             return
-        handle.pool.forget(handle, pending.request_id)
-        handle.pool.send_to(handle, messages.disconnect(pending.request_id))
+        handle.pool.drop(handle, pending.request_id)
 
     def _sweep_closed_clients(self):
         """Forget requests whose connection is gone without an event (the

@@ -477,6 +477,12 @@ class WorkerPool:
             self.release(handle, pending)
         return pending
 
+    def drop(self, handle, request_id):
+        """Forget a deferred/streaming request and tell its worker so (its
+        on_disconnect() runs)."""
+        self.forget(handle, request_id)
+        self._queue(handle, messages.disconnect(request_id))
+
     def send_to(self, handle, message):
         """Queue a message for one worker of this pool."""
         self._queue(handle, message)
@@ -549,17 +555,17 @@ class WorkerPool:
             elif (handle.ready and handle.kill_reason is None
                   and not handle.stopping
                   and now - handle.last_seen > self.stuck_timeout):
-                self._kill_stuck(handle, now)
+                self._kill(
+                    handle, now, 'stuck', 'sent no heartbeat for %.1fs '
+                    '(stuck_timeout %ss), request %s',
+                    now - handle.last_seen, self.stuck_timeout,
+                    handle.current_request())
             elif (not handle.ready and handle.kill_reason is None
                   and self.setup_timeout
                   and now - handle.started > self.setup_timeout):
-                handle.kill_reason = 'setup timed out'
-                handle.kill_deadline = now + min(self.worker_kill_timeout, 5)
-                self._dispatcher.log.error(
-                    'worker %s (pid %s) did not finish setup() in %ss: '
-                    'killing it', handle.name, handle.pid, self.setup_timeout)
-                self._signal(handle, TRACEBACK_SIGNAL)
-                self._signal(handle, signal.SIGTERM)
+                self._kill(handle, now, 'setup timed out',
+                           'did not finish setup() in %ss',
+                           self.setup_timeout)
         if self.degraded and self._retry_at is not None \
                 and now >= self._retry_at:
             self._retry_at = None
@@ -577,15 +583,15 @@ class WorkerPool:
             handle.kill_deadline = now + 1.0
             self._signal(handle, signal.SIGKILL)
 
-    def _kill_stuck(self, handle, now):
-        handle.kill_reason = 'stuck'
+    def _kill(self, handle, now, reason, why, *args):
+        """Stop a misbehaving worker: its stack to stderr, SIGTERM, and
+        SIGKILL if it is still there after a short grace."""
+        handle.kill_reason = reason
         handle.kill_deadline = now + min(self.worker_kill_timeout, 5)
         self._dispatcher.log.error(
-            'worker %s (pid %s) sent no heartbeat for %.1fs (stuck_timeout '
-            '%ss), request %s: killing it', handle.name, handle.pid,
-            now - handle.last_seen, self.stuck_timeout,
-            handle.current_request())
-        self._signal(handle, TRACEBACK_SIGNAL)  # stack to stderr first
+            'worker %s (pid %s) ' + why + ': killing it', handle.name,
+            handle.pid, *args)
+        self._signal(handle, TRACEBACK_SIGNAL)
         self._signal(handle, signal.SIGTERM)
 
     def _signal(self, handle, signum):

@@ -228,8 +228,7 @@ class WorkerEvents:
             pending.state = 'deferred'
         elif pending.client is not None:
             # answered already (timeout, client left): the worker may drop it
-            pool.forget(handle, request_id)
-            pool.send_to(handle, messages.disconnect(request_id))
+            pool.drop(handle, request_id)
         pool.pump(handle)
 
     def _on_keep_alive(self, request_ids):
@@ -248,8 +247,7 @@ class WorkerEvents:
         if pending is None or pending.state == 'done' \
                 or pending.client is None:
             if kind != messages.STREAM_END and pending is not None:
-                handle.pool.forget(handle, request_id)
-                handle.pool.send_to(handle, messages.disconnect(request_id))
+                handle.pool.drop(handle, request_id)
             return
         client = pending.client
         if kind == messages.STREAM_START:
@@ -272,9 +270,7 @@ class WorkerEvents:
         self._pending.pop(request_id, None)
         self._streams[request_id] = pending
         client = pending.client
-        if pending.read_paused and client.socket is not None:
-            pending.read_paused = False
-            client._register()  # pylint: disable=protected-access
+        self._resume_reading(pending)
         try:
             started = client.response_stream(headers=headers, cookies=cookies)
         except _server.HttpError as err:
