@@ -196,6 +196,52 @@ def pid_alive(pid):
         return False
 
 
+def parse_response(buffer):
+    """(status, headers, body, used) of the first complete response, or None."""
+    end = buffer.find(b'\r\n\r\n')
+    if end < 0:
+        return None
+    lines = bytes(buffer[:end]).decode('latin-1').split('\r\n')
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(':')
+        headers[key.strip().lower()] = value.strip()
+    length = int(headers.get('content-length', '0'))
+    if len(buffer) < end + 4 + length:
+        return None
+    body = bytes(buffer[end + 4:end + 4 + length])
+    return status, headers, body, end + 4 + length
+
+
+class RecordingLog:
+    """A log object (ServiceManager, JobRunner) that keeps every line."""
+
+    def __init__(self):
+        self.lines = []
+        self._lock = threading.Lock()
+
+    def _add(self, level, message, *args):
+        with self._lock:
+            self.lines.append(f'{level} {message % args}')
+
+    def info(self, message, *args):
+        self._add('INFO', message, *args)
+
+    def warning(self, message, *args):
+        self._add('WARNING', message, *args)
+
+    def error(self, message, *args):
+        self._add('ERROR', message, *args)
+
+    def critical(self, message, *args):
+        self._add('CRITICAL', message, *args)
+
+    def text(self):
+        with self._lock:
+            return '\n'.join(self.lines)
+
+
 @pytest.fixture
 def start_server():
     """Factory: start_server('app.py', env={...}, ready_workers=N)."""

@@ -27,7 +27,8 @@ import pytest
 import uhttp.workers as _workers
 from uhttp.workers.log import LogOutput, detect_style
 
-from conftest import APPS, Server, pid_alive, wait_until, worker_pids
+from conftest import (
+    APPS, Server, parse_response, pid_alive, wait_until, worker_pids)
 
 CORE_APP = os.path.join(APPS, 'core_app.py')
 ROUTING_APP = os.path.join(APPS, 'core_routing_app.py')
@@ -37,24 +38,6 @@ CORE_WORKERS = 4            # CoreWorker x2, OtherWorker x1, Fallback x1
 
 
 # -- helpers -------------------------------------------------------------------
-
-def parse_response(buffer):
-    """(status, headers, body, used) of the first complete response, or None."""
-    end = buffer.find(b'\r\n\r\n')
-    if end < 0:
-        return None
-    lines = bytes(buffer[:end]).decode('latin-1').split('\r\n')
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(':')
-        headers[key.strip().lower()] = value.strip()
-    length = int(headers.get('content-length', '0'))
-    if len(buffer) < end + 4 + length:
-        return None
-    body = bytes(buffer[end + 4:end + 4 + length])
-    return status, headers, body, end + 4 + length
-
 
 def exchange(port, data, host='127.0.0.1', timeout=10.0):
     """Send raw bytes; return (status, headers, body) of the first response,

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from conftest import APPS, ROOT, pid_alive, wait_until
+from conftest import APPS, ROOT, RecordingLog, pid_alive, wait_until
 from uhttp.workers.service import (
     Service, ServiceManager, ServiceUnavailable)
 
@@ -35,34 +35,6 @@ def free_port():
 
 def server_command(*extra):
     return [sys.executable, SERVER, '--port', '{port}', *extra]
-
-
-class RecordingLog:
-    """A log object for ServiceManager that keeps every line."""
-
-    def __init__(self):
-        self.lines = []
-        self._lock = threading.Lock()
-
-    def _add(self, level, message, *args):
-        with self._lock:
-            self.lines.append(f'{level} {message % args}')
-
-    def info(self, message, *args):
-        self._add('INFO', message, *args)
-
-    def warning(self, message, *args):
-        self._add('WARNING', message, *args)
-
-    def error(self, message, *args):
-        self._add('ERROR', message, *args)
-
-    def critical(self, message, *args):
-        self._add('CRITICAL', message, *args)
-
-    def text(self):
-        with self._lock:
-            return '\n'.join(self.lines)
 
 
 class Racer:

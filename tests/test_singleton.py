@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from conftest import APPS, ROOT, wait_until
+from conftest import APPS, ROOT, RecordingLog, wait_until
 from uhttp.workers.singleton import (
     FileLock, Job, JobRunner, RedisLock, make_lock, run_job_runner)
 
@@ -30,31 +30,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
-
-
-class RecordingLog:
-    """A log object for JobRunner that keeps every line."""
-
-    def __init__(self):
-        self.lines = []
-        self._lock = threading.Lock()
-
-    def _add(self, level, message, *args):
-        with self._lock:
-            self.lines.append(f'{level} {message % args}')
-
-    def info(self, message, *args):
-        self._add('INFO', message, *args)
-
-    def warning(self, message, *args):
-        self._add('WARNING', message, *args)
-
-    def error(self, message, *args):
-        self._add('ERROR', message, *args)
-
-    def text(self):
-        with self._lock:
-            return '\n'.join(self.lines)
 
 
 def read_lines(path):

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from conftest import APPS, Server
+from conftest import APPS, Server, parse_response
 
 CORE_APP = os.path.join(APPS, 'core_app.py')
 SECRET = b'TOP SECRET 8f3a0c: never served'
@@ -36,23 +36,6 @@ FILES = {
 
 # -- helpers -------------------------------------------------------------------
 
-def parse_response(buffer):
-    """(status, headers, body) of the first complete response, or None."""
-    end = buffer.find(b'\r\n\r\n')
-    if end < 0:
-        return None
-    lines = bytes(buffer[:end]).decode('latin-1').split('\r\n')
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(':')
-        headers[key.strip().lower()] = value.strip()
-    length = int(headers.get('content-length', '0'))
-    if len(buffer) < end + 4 + length:
-        return None
-    return status, headers, bytes(buffer[end + 4:end + 4 + length])
-
-
 def raw_get(port, target, extra=b''):
     """GET exactly `target` (bytes, sent as is); return (status, headers,
     body, everything received), status None if closed without answer."""
@@ -64,7 +47,8 @@ def raw_get(port, target, extra=b''):
         while True:
             parsed = parse_response(received)
             if parsed:
-                return (*parsed, bytes(received))
+                status, headers, body, _ = parsed
+                return status, headers, body, bytes(received)
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:
