@@ -640,28 +640,6 @@ def test_debug_log_line_shown_at_debug_level(short_timeout):
     short_timeout.wait_log(r'DEBUG +\[CoreWorker\[\d\]\] debug line hidden')
 
 
-def test_max_pending_is_503(start_server):
-    server = start_server('core_app.py', env={'MAX_PENDING': '2'},
-                          ready_workers=CORE_WORKERS)
-    count = 6
-    barrier = threading.Barrier(count)
-
-    def slow(_):
-        barrier.wait(10)
-        return server.get('/api/sleep/1', timeout=20)
-    with concurrent.futures.ThreadPoolExecutor(count) as executor:
-        results = list(executor.map(slow, range(count)))
-    statuses = sorted(result.status for result in results)
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses.count(200) >= 2, statuses
-    assert statuses.count(503) >= 1, statuses
-    for result in results:
-        if result.status == 503:
-            assert result.json() == {'error': 'Too Busy'}
-    wait_until(lambda: monitor(server)['pending'] == 0, 10)
-    assert server.get('/api/item/8').json() == {'id': 8}
-
-
 def test_body_over_max_content_length_is_413(core):
     head = (b'POST /api/echo HTTP/1.1\r\nHost: x\r\n'
             b'Content-Type: application/octet-stream\r\n'
@@ -861,7 +839,8 @@ def test_client_leaving_after_worker_took_request(single):
     status = monitor(server)
     assert status['pending'] == 0
     assert status['pools'][0]['workers'][0]['in_flight'] == 0
-    assert server.count_log(f'ran {key} in worker') == 1
+    # the log line travels through the server's output pipe: poll for it
+    wait_until(lambda: server.count_log(f'ran {key} in worker') == 1, 10)
     assert server.get('/api/item/4').json() == {'id': 4}
 
 

@@ -15,8 +15,6 @@ worker), let a loaded request be parsed twice, or leave a client without an
 answer.
 """
 
-import collections
-import math
 import os
 import resource
 import selectors
@@ -27,6 +25,9 @@ import time
 from uhttp import server as _server
 
 from . import messages
+from .admission import (
+    HOLD_ACCEPT_FAILED, HOLD_PREDECESSOR, Admission, ListenerGate, resume)
+from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput, printable
@@ -49,6 +50,10 @@ HOUSEKEEPING_INTERVAL = 0.1
 
 _JSON = {'content-type': 'application/json'}
 _CLOSE = {'content-type': 'application/json', 'connection': 'close'}
+# every 503 says when to come back (RFC 9110 §10.2.3)
+RETRY_AFTER = '1'
+_RETRY = {'content-type': 'application/json', 'retry-after': RETRY_AFTER}
+_CLOSE_RETRY = dict(_CLOSE, **{'retry-after': RETRY_AFTER})
 
 
 def sync(pattern, *methods):
@@ -62,34 +67,6 @@ def sync(pattern, *methods):
             (pattern, methods),)
         return func
     return decorate
-
-
-class _PendingRequest:
-    """A request waiting for its pool: who asked, who works on it, until when.
-
-    `state`: queued (in the pool backlog) → assigned (sent to a worker) →
-    deferred / streaming → done (the client was answered or left).
-    """
-
-    __slots__ = ('request_id', 'client', 'pool', 'worker', 'state',
-                 'deadline', 'message', 'counted_active', 'read_paused',
-                 'started')
-
-    def __init__(self, request_id, client, pool, message, deadline,
-                 started=0.0):
-        self.started = started
-        self.request_id = request_id
-        self.client = client
-        self.pool = pool
-        self.worker = None
-        self.state = 'queued'
-        self.deadline = deadline
-        self.message = message
-        self.counted_active = False
-        self.read_paused = False
-
-    def __repr__(self):
-        return f'<PendingRequest {self.request_id} {self.state}>'
 
 
 def _error_body(status, message):
@@ -159,9 +136,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._next_watchdog = None
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
-        self._pending = {}
-        self._streams = {}
-        self._expiry = {}
+        self._pending = PendingTable()
+        self._admission = Admission(max_pending)
+        self._gate = None
         self._next_request_id = 1
         self._flush_needed = set()
         self._pipelined = set()
@@ -171,7 +148,6 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._shutdown_started = None
         self._stop_deadline = None
         self._next_housekeeping = 0.0
-        self._next_expiry = math.inf
         self._next_sweep = 0.0
         self._accept_paused_until = None
         self._next_idle = 0.0
@@ -237,7 +213,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     @property
     def stream_count(self):
         """Streaming responses in progress."""
-        return len(self._streams)
+        return self._pending.stream_count
 
     def status(self):
         """Pools, pending requests and connections, for monitoring."""
@@ -246,7 +222,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return {
             'state': self._state,
             'pending': len(self._pending),
-            'streams': len(self._streams),
+            'streams': self._pending.stream_count,
+            'parked': self._admission.parked_count,
             'connections': len(connections),
             'buffered_bytes': sum(c.send_buffer_size for c in connections),
             'pools': [pool.status() for pool in self._pools],
@@ -344,12 +321,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             ssl_context=self.ssl_context, selector=self._selector,
             max_waiting_clients=self.max_connections,
             listen=self.listen_backlog, **self._server_options)
+        self._gate = ListenerGate(self._selector, self._server.socket,
+                                  self._server)
         if inherited is not None:
             self._adopt_listener(inherited)
         if self._predecessor:
             # the old dispatcher serves until we are ready: take no client
             # before then (the shared listen backlog holds them meanwhile)
-            self._selector.unregister(self._server.socket)
+            self._gate.hold(HOLD_PREDECESSOR)
         self.port = self._server.socket.getsockname()[1]
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:
@@ -361,7 +340,6 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._descriptors.attach(self._selector)
         self._start_owned()
         for pool in self._pools:
-            self._expiry[pool] = collections.OrderedDict()
             pool.start(self)
         host = f'[{self.address}]' if ':' in self.address else self.address
         scheme = 'https' if self.ssl_context else 'http'
@@ -376,11 +354,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         one (the server only ever accepts on `_socket`).
         """
         server = self._server
-        self._selector.unregister(server.socket)
-        server.socket.close()
+        old = server.socket
         sock.setblocking(False)
         server._socket = sock  # pylint: disable=protected-access
-        self._selector.register(sock, selectors.EVENT_READ, server)
+        self._gate.replace_socket(sock)
+        old.close()
         self.address = sock.getsockname()[0]
         self.log.info('serving on an inherited listening socket (%s)',
                       'from the previous dispatcher'
@@ -416,7 +394,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self._flush_needed:
             self._flush_workers()
         now = time.monotonic()
-        if now >= self._next_expiry:
+        if now >= self._pending.next_expiry:
             self._expire(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
@@ -430,7 +408,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 not connections or connections[-1] is newest):
             # accept() failed (e.g. out of descriptors): uhttp-server drops
             # the error and the socket stays readable; do not spin on it
-            self._selector.unregister(self._server.socket)
+            self._gate.hold(HOLD_ACCEPT_FAILED)
             self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def _resume_accepting(self, now):
@@ -438,15 +416,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 now < self._accept_paused_until:
             return
         self._accept_paused_until = None
-        if self._state == 'running':
-            self._selector.register(self._server.socket,
-                                    selectors.EVENT_READ, self._server)
+        self._gate.release(HOLD_ACCEPT_FAILED)
 
     def _select_timeout(self):
         if self._flush_needed or self._pipelined:
             return 0
         wake = min(self._next_idle, self._next_housekeeping_due(),
-                   self._next_expiry)
+                   self._pending.next_expiry)
         return max(0.0, wake - time.monotonic())
 
     def _next_housekeeping_due(self):
@@ -482,12 +458,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def _on_connection_event(self, connection, fileobj, mask):
         pending = connection.context
         if pending is None:
+            if self._admission.closed and not self._answers_itself(
+                    connection):
+                self._admission.park(connection)
+                return
             client = connection.handle_event(fileobj, mask)
             if client is not None:
                 self._on_request(client)
             else:
                 self._note_pipelined(connection)
-        elif pending.state == 'streaming':
+        elif pending.state == STREAMING:
             connection.handle_event(fileobj, mask)
             if connection.socket is None:
                 self._client_left(pending)
@@ -530,7 +510,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self.log.exception('request %s %s failed in the dispatcher',
                                client.method, printable(client.path))
             if client.context is not None:
-                self._finish(client.context)
+                self._give_up(client.context, None)
             if not _answered(client):
                 self._answer(client, 500, _JSON,
                              _error_body(500, 'Internal Server Error'))
@@ -569,6 +549,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if connection.context is not None or connection.socket is None \
                     or connection._method is not None:  # pylint: disable=protected-access
                 continue
+            if self._admission.closed and not self._answers_itself(
+                    connection):
+                self._admission.park(connection)
+                continue
             try:
                 loaded = connection.process_request()
             except ValueError:  # a buffer beyond the header limit
@@ -576,6 +560,53 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 continue
             if loaded:
                 self._on_request(connection)
+
+    # -- admission ----------------------------------------------------------------
+
+    def _answers_itself(self, connection):
+        """Whether the request waiting on an idle connection is one the
+        dispatcher answers itself (static, @sync, metrics), judged from its
+        request line, peeked at without reading it. Used only while the
+        pools are full, to keep health checks and static files prompt."""
+        buffered = connection._buffer  # pylint: disable=protected-access
+        if buffered:
+            head = bytes(buffered[:2048])
+        else:
+            try:
+                head = connection.socket.recv(2048, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except (ValueError, OSError):
+                return True  # TLS cannot peek, or an error: let it be read
+            if not head:
+                return True  # the client left: reading notices it
+        parts = head.split(b'\n', 1)[0].rstrip(b'\r').split(b' ')
+        if len(parts) != 3:
+            return False  # not a whole request line (yet)
+        method = parts[0].decode('latin-1')
+        try:
+            path = _server.decode_percent_encoding(
+                parts[1].split(b'?', 1)[0]).decode('utf-8')
+        except (UnicodeError, ValueError):
+            return True  # the parser answers it 400
+
+        if self._metrics is not None and path == self.metrics_route:
+            return True
+        if self._has_static and self._static.lookup(path) is not None:
+            return True
+        if self._sync_router is None:
+            return False
+        try:
+            return self._sync_router.lookup(method, path) is not None
+        except MethodNotAllowed:
+            return True
+
+    def _admission_changed(self):
+        """The number of pending requests changed: close or reopen."""
+        for connection in self._admission.update(
+                len(self._pending), self._gate):
+            if resume(connection) and connection._buffer:  # pylint: disable=protected-access
+                self._pipelined.add(connection)
 
     def _serve_static(self, client, result, content):
         if client.method not in ('GET', 'HEAD'):
@@ -629,17 +660,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         # connections already open (each answer then closes its connection)
         handover = self._state == 'draining' and self._successor is not None
         if self._state != 'running' and not handover:
-            self._answer(client, 503, _CLOSE,
+            self._answer(client, 503, _CLOSE_RETRY,
                          _error_body(503, 'Shutting down'))
             return
         if self._has_check and not self._check(client):
             return
         if pool.degraded:
-            self._answer(client, 503, _JSON,
+            self._answer(client, 503, _RETRY,
                          _error_body(503, 'Service Unavailable'))
             return
         if len(self._pending) >= self.max_pending:
-            self._answer(client, 503, _JSON, _error_body(503, 'Too Busy'))
+            self._answer(client, 503, _RETRY, _error_body(503, 'Too Busy'))
             return
         request_id = self._new_request_id()
         data = client.data
@@ -650,15 +681,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             client.headers, data,
             client.remote_address if self._trusts_proxies
             else _server.unmap_ipv4(client.addr[0]))
-        now = time.monotonic()
-        deadline = now + pool.timeout
-        if deadline < self._next_expiry:
-            self._next_expiry = deadline
-        pending = _PendingRequest(
-            request_id, client, pool, message, deadline, now)
-        self._pending[request_id] = pending
-        self._expiry[pool][request_id] = pending
+        pending = self._pending.open(
+            request_id, client, pool, message, time.monotonic())
         client.context = pending
+        self._admission_changed()
         pool.submit(pending)
 
     def _check(self, client):
@@ -694,7 +720,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             request_id = self._new_request_id()
             message = messages.request(
                 request_id, method, path, query, headers, data, None, to_all)
-            return _PendingRequest(request_id, None, pool, message, None)
+            return Pending(request_id, None, pool, message, to_all=to_all)
         if to_all:
             if not pool.assign_to_all(make_pending):
                 self.log.warning('broadcast %s %s: pool %s has no ready '
@@ -735,20 +761,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- pending requests ---------------------------------------------------
 
-    def _finish(self, pending):
-        """Forget a pending request whose client was dealt with."""
-        if pending.state == 'queued':
-            pending.pool.abandoned += 1  # its backlog entry is skipped later
-        pending.state = 'done'
-        self._pending.pop(pending.request_id, None)
-        self._streams.pop(pending.request_id, None)
-        queue = self._expiry.get(pending.pool)
-        if queue is not None:
-            queue.pop(pending.request_id, None)
+    def _complete(self, pending):
+        """End a request in the table (the client was dealt with) and watch
+        its connection again. Returns the state it was in."""
+        state = self._pending.finish(pending)
         client = pending.client
         if client is not None and client.context is pending:
             client.context = None
             self._resume_reading(pending)
+        self._admission_changed()
+        return state
 
     @staticmethod
     def _resume_reading(pending):
@@ -759,72 +781,66 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pending.read_paused = False
             client._register()  # pylint: disable=protected-access
 
-    def _fail(self, pending, status, message):
-        """Answer a pending request with an error now."""
+    def _give_up(self, pending, status, message=None):
+        """The dispatcher ends a request without its worker's answer
+        (timeout, client gone, worker died, shutdown): its worker is told,
+        and the client gets `status` (None: nothing, it is gone)."""
+        worker = pending.worker
+        state = self._complete(pending)
+        if worker is not None and not worker.exited:
+            if state == ASSIGNED:
+                # it may still wait in the worker's channel: skip it there
+                worker.pool.send_to(worker, messages.cancel(
+                    pending.request_id))
+            elif state in (DEFERRED, STREAMING):
+                worker.pool.drop(worker, pending)
         client = pending.client
-        was_streaming = pending.state == 'streaming'
-        self._finish(pending)
-        if client is None or client.socket is None:
+        if status is None or client is None or client.socket is None:
             return
-        if self._metrics is not None and not was_streaming:
+        if state == STREAMING:
+            client.response_stream_end()
+            return
+        if self._metrics is not None:
             self._metrics.answered(pending.pool.name, '', status,
                                    time.monotonic() - pending.started)
-        if was_streaming:
-            client.response_stream_end()
-        else:
-            headers = _CLOSE if status == 503 and self._state != 'running' \
-                else _JSON
-            self._answer(client, status, headers, _error_body(status, message))
-
-    def _release_from_worker(self, pending):
-        """The dispatcher gave up on a deferred/streaming request: tell its
-        worker so it can drop it."""
-        handle = pending.worker
-        if handle is None or pending.state not in ('deferred', 'streaming'):
-            return
-        handle.pool.drop(handle, pending.request_id)
+        headers = _JSON
+        if status == 503:
+            headers = _CLOSE_RETRY if self._state != 'running' else _RETRY
+        self._answer(client, status, headers, _error_body(status, message))
 
     def _sweep_closed_clients(self):
         """Forget requests whose connection is gone without an event (the
         HTTP server evicts the oldest connection when max_connections is
         reached, and closes it silently)."""
-        for pending in list(self._pending.values()) + list(
-                self._streams.values()):
+        for pending in self._pending.all():
             client = pending.client
             if client is not None and client.socket is None:
                 self._client_left(pending)
 
     def _client_left(self, pending):
         """The client of a pending request closed its connection."""
-        if pending.state == 'done':
-            return
         self.log.debug('request %s: client left (%s)', pending.request_id,
                        pending.state)
-        if pending.state == 'assigned':
-            # it may still wait in the worker's channel behind another one
-            pending.pool.send_to(pending.worker,
-                                 messages.cancel(pending.request_id))
-        self._release_from_worker(pending)
-        self._finish(pending)
+        self._give_up(pending, None)
 
     def _expire(self, now):
-        """Answer 504 to requests past their deadline; remember the next
-        deadline (a lower bound: keep_alive() only moves deadlines later)."""
-        earliest = math.inf
-        for pool, queue in self._expiry.items():
-            while queue:
-                pending = next(iter(queue.values()))
-                if pending.deadline > now:
-                    earliest = min(earliest, pending.deadline)
-                    break
+        """Requests past their deadline: 503 for one that never left the
+        backlog (a retry is safe), 504 for one a worker had."""
+        for pending in self._pending.expired(now):
+            pool = pending.pool
+            if pending.state == QUEUED:
                 self.log.warning(
-                    'request %s %s %s timed out after %ss (pool %s, %s)',
-                    pending.request_id, pending.client.method,
-                    printable(pending.client.path), pool.timeout, pool.name,
-                    pending.state)
-                self._release_from_worker(pending)
-                self._fail(pending, 504, 'Gateway Timeout')
-        self._next_expiry = earliest
+                    'request %s %s %s waited %ss for a worker of pool %s: '
+                    '503', pending.request_id, pending.client.method,
+                    printable(pending.client.path), pool.timeout, pool.name)
+                self._give_up(pending, 503, 'Service Unavailable')
+                continue
+            self.log.warning(
+                'request %s %s %s timed out after %ss (pool %s, %s)',
+                pending.request_id, pending.client.method,
+                printable(pending.client.path), pool.timeout, pool.name,
+                pending.state)
+            self._give_up(pending, 504, 'Gateway Timeout')
 
     # -- logging -----------------------------------------------------------------
 

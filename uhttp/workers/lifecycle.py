@@ -19,6 +19,7 @@ import sys
 import time
 
 from . import upgrade
+from .admission import HOLD_CLOSED, HOLD_PREDECESSOR, resume
 from .worker import EXIT_APP_ERROR
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
@@ -177,8 +178,7 @@ class Lifecycle:
                 and self._services_settled():
             self._ready_notified = True
             if self._predecessor:
-                self._selector.register(self._server.socket,
-                                        selectors.EVENT_READ, self._server)
+                self._gate.release(HOLD_PREDECESSOR)
                 if self._pid_file is not None:
                     # only now: a successor that fails leaves it to the old
                     self._pid_file.create(predecessor=self._predecessor)
@@ -209,15 +209,15 @@ class Lifecycle:
                       len(self._pending), self.shutdown_timeout)
 
     def _close_listener(self):
-        sock = self._server.socket
+        self._gate.hold(HOLD_CLOSED)
         try:
-            self._selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        try:
-            sock.close()
+            self._server.socket.close()
         except OSError:
             pass
+        # parked connections are read now: their requests get 503
+        for connection in self._admission.release_all():
+            if resume(connection) and connection._buffer:  # pylint: disable=protected-access
+                self._pipelined.add(connection)
 
     def _drain_step(self, now):
         deadline = self._shutdown_started + self.shutdown_timeout
@@ -227,10 +227,8 @@ class Lifecycle:
         self._stop_workers(now)
 
     def _fail_all_pending(self):
-        for pending in list(self._pending.values()) + list(
-                self._streams.values()):
-            self._release_from_worker(pending)
-            self._fail(pending, 503, 'Shutting down')
+        for pending in self._pending.all():
+            self._give_up(pending, 503, 'Shutting down')
 
     def _stop_workers(self, now):
         self._state = 'stopping'

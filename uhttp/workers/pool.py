@@ -26,98 +26,19 @@ from .channel import Channel, ChannelClosed, channel_pair
 from .log import LOG_WARNING
 from .request import Request, normalize_headers
 from .routing import PrefixMatcher
+from .pending import ASSIGNED, QUEUED
 from .worker import (
     EXIT_APP_ERROR, EXIT_PARENT_GONE, EXIT_SETUP_FAILED, TRACEBACK_SIGNAL,
     build_router, worker_main)
-
-# How many requests a worker may hold that it has not finished (answered,
-# deferred or started streaming). Two keeps the next request in the worker's
-# socket while it answers the current one, and limits head-of-line blocking
-# behind a slow request to one.
-PREFETCH = 2
+from .worker_handle import WorkerHandle
 
 MEMORY_CHECK_EVERY = 1.0    # seconds between two RSS readings of workers
 BACKOFF_FIRST = 1.0     # seconds before the first retry of a degraded pool
 BACKOFF_MAX = 30.0      # cap of the doubling back-off
 QUEUE_WARNING_EVERY = 10.0  # seconds between two "queue is long" warnings
-
-
-class WorkerHandle:
-    """The dispatcher's view of one worker process."""
-
-    def __init__(self, pool, index):
-        self.pool = pool
-        self.index = index
-        self.process = None
-        self.channel = None
-        self.pid = None
-        self.ready = False
-        self.accepting = True
-        self.stopping = False
-        self.started = 0.0
-        self.last_seen = 0.0
-        self.in_flight = {}     # request_id -> Pending (all it holds)
-        self.active = 0         # of those, not yet answered/deferred/streaming
-        self.handled = 0
-        self.restarts = 0
-        self.kill_reason = None
-        self.kill_deadline = None
-        self.exited = False
-        self.retiring = False       # stopping for good: not replaced
-        self.respawn = False        # killed on purpose: start it again
-        self.awaiting_exit = False  # gone, exit status not known yet
-        self.unrecoverable = False  # ended with a code that forbids restart
-        self.retry_at = None        # start again at this time (failed start)
-        self.lost = 0               # requests failed when it ended
-        self.replacement = None     # the new worker that will take over
-        self.replaces = None        # the worker this one takes over from
-        self.assigned = 0           # requests given to this process
-        self.request_limit = None   # recycle after this many (max_requests)
-        self.rss = None             # resident memory, bytes (Linux)
-
-    @property
-    def name(self):
-        """'PoolName[index]', as used in logs."""
-        return f'{self.pool.name}[{self.index}]'
-
-    @property
-    def is_serving(self):
-        """Running and meant to stay (not stopping, retiring or killed)."""
-        return (self.process is not None and not self.exited
-                and not self.stopping and not self.retiring
-                and self.kill_reason is None)
-
-    @property
-    def has_capacity(self):
-        """True when it may be given one more request now."""
-        return (self.ready and self.accepting and not self.stopping
-                and self.kill_reason is None and self.active < PREFETCH
-                and not self.channel.closed)
-
-    def current_request(self):
-        """Id of the oldest request this worker is still working on."""
-        for request_id, pending in self.in_flight.items():
-            if pending.state == 'assigned':
-                return request_id
-        return None
-
-    def status(self, now):
-        """A JSON-friendly summary for monitoring."""
-        return {
-            'index': self.index,
-            'pid': self.pid,
-            'alive': self.process is not None and not self.exited,
-            'ready': self.ready,
-            'accepting': self.accepting,
-            'last_seen': round(now - self.last_seen, 3) if self.last_seen
-            else None,
-            'current_request': self.current_request(),
-            'in_flight': len(self.in_flight),
-            'handled': self.handled,
-            'restarts': self.restarts,
-            'rss': self.rss,
-            'retiring': self.retiring,
-        }
+# A request prefetched behind one that has run this long is taken back
+# (and no more are prefetched behind it), even while no sibling is idle.
+REVOKE_AFTER = 0.1
 
 
 class PoolQueue:
@@ -242,14 +163,15 @@ class WorkerPool:
         """Requests waiting in the backlog for a free worker."""
         return len(self.backlog) - self.abandoned
 
-    def take_backlog(self):
-        """Empty the backlog; return the requests still waiting in it."""
-        waiting = [p for p in self.backlog if p.state == 'queued']
-        self.backlog.clear()
+    def queued_requests(self):
+        """The requests waiting in the backlog, oldest first."""
+        return [p for p in self.backlog if p.state == QUEUED]
+
+    def compact_backlog(self):
+        """Drop the backlog entries of requests that ended meanwhile."""
+        self.backlog = collections.deque(
+            p for p in self.backlog if p.state == QUEUED)
         self.abandoned = 0
-        for pending in waiting:
-            pending.state = 'taken'
-        return waiting
 
     @property
     def workers_alive(self):
@@ -280,27 +202,11 @@ class WorkerPool:
                 err, exc_info=err)
             self._start_failed(handle, f'could not start: {err!r}')
             return False
-        now = time.monotonic()
-        handle.process = process
-        handle.pid = process.pid
-        handle.channel = channel
         handle.retry_at = None
-        handle.ready = False
-        handle.accepting = True
-        handle.stopping = False
-        handle.exited = False
-        handle.awaiting_exit = False
-        handle.lost = 0
-        handle.kill_reason = None
-        handle.kill_deadline = None
-        handle.started = now
-        handle.last_seen = now
-        handle.in_flight = {}
-        handle.active = 0
-        handle.assigned = 0
-        handle.rss = None
-        handle.request_limit = self.max_requests + random.randint(
-            0, self.max_requests_jitter) if self.max_requests else None
+        handle.reset(process, channel, time.monotonic(),
+                     self.max_requests + random.randint(
+                         0, self.max_requests_jitter)
+                     if self.max_requests else None)
         if self.config is not None:
             self._queue(handle, messages.config(self.config))
         self._dispatcher.worker_started(self, handle)
@@ -411,8 +317,10 @@ class WorkerPool:
         return count
 
     def _least_busy(self):
-        # ties are broken round-robin, so idle workers share the load (and
-        # reach max_requests) evenly
+        """An idle worker, else one that may take a second request now (its
+        current one has not run long); None when all are full or slow.
+        Ties are broken round-robin, so idle workers share the load (and
+        reach max_requests) evenly."""
         workers = self.workers
         count = len(workers)
         if not count:
@@ -425,23 +333,24 @@ class WorkerPool:
                                         or handle.active < best.active):
                 best = handle
                 if not best.active:
-                    break
+                    return best
+        if best is not None and \
+                time.monotonic() - best.busy_since >= REVOKE_AFTER:
+            return None  # it runs something long: wait for any to free
         return best
 
     def _assign(self, handle, pending):
-        pending.state = 'assigned'
-        pending.worker = handle
-        pending.counted_active = True
-        handle.in_flight[pending.request_id] = pending
-        handle.active += 1
-        handle.assigned += 1
+        pending.state = ASSIGNED
+        handle.take(pending)
         self._queue(handle, pending.message)
         if handle.request_limit and handle.assigned >= handle.request_limit:
             self._recycle(handle, f'served {handle.assigned} requests '
                           f'(max_requests={self.max_requests})')
 
     def pump(self, freed=None):
-        """Move backlog requests to workers that have room.
+        """Move backlog requests to workers that have room; with nothing
+        left to move, let an idle worker take over a request that waits
+        behind a busy sibling.
 
         `freed`: the one worker that just finished something; only it can
         have gained room, so it is filled without searching the others.
@@ -449,7 +358,7 @@ class WorkerPool:
         backlog = self.backlog
         while backlog:
             pending = backlog[0]
-            if pending.state != 'queued':
+            if pending.state != QUEUED:
                 backlog.popleft()  # answered (timeout) or its client left
                 self.abandoned -= 1
                 continue
@@ -463,25 +372,59 @@ class WorkerPool:
                     return
             backlog.popleft()
             self._assign(handle, pending)
+        if freed is None or freed.is_idle:
+            self._revoke_for_idle()
 
-    def release(self, handle, pending):
-        """The worker finished the synchronous part of a request."""
-        if pending.counted_active:
-            pending.counted_active = False
-            handle.active -= 1
+    def _revoke_for_idle(self):
+        """A worker is idle and the backlog is empty: ask a busy worker for
+        a request that still waits in its channel (invariant: a request
+        never waits for a busy worker while a sibling is idle)."""
+        if not any(handle.is_idle for handle in self.workers):
+            return
+        waiting = [h.waiting_request() for h in self.workers]
+        waiting = [p for p in waiting if p is not None]
+        if waiting:
+            self.revoke(min(waiting, key=lambda p: p.worker.busy_since))
 
-    def forget(self, handle, request_id):
-        """Drop a request from a worker's book (answered or abandoned)."""
-        pending = handle.in_flight.pop(request_id, None)
-        if pending is not None:
-            self.release(handle, pending)
-        return pending
+    def revoke_slow(self, now):
+        """Take back requests waiting behind one that runs long, when a
+        sibling is not held up the same way (it will be free sooner)."""
+        for handle in self.workers:
+            if handle.active > 1 and now - handle.busy_since >= REVOKE_AFTER \
+                    and self._sibling_sooner(handle, now):
+                pending = handle.waiting_request()
+                if pending is not None:
+                    self.revoke(pending)
 
-    def drop(self, handle, request_id):
+    def _sibling_sooner(self, handle, now):
+        return any(other is not handle and other.takes_requests and (
+            not other.active or now - other.busy_since < REVOKE_AFTER)
+            for other in self.workers)
+
+    def revoke(self, pending):
+        """Ask the worker holding `pending` to hand it back unstarted; it
+        answers RETURNED (the request is requeued first in line) or, when it
+        had started it already, answers it as usual."""
+        pending.revoked = True
+        self._queue(pending.worker, messages.cancel(pending.request_id))
+
+    def requeue(self, pending):
+        """A worker handed back a request it did not start: first in line."""
+        pending.state = QUEUED
+        pending.worker = None
+        pending.revoked = False
+        self.backlog.appendleft(pending)
+
+    def backlog_entry_abandoned(self):
+        """A queued request ended (timeout, client left): its backlog entry
+        stays until the pump skips it."""
+        self.abandoned += 1
+
+    def drop(self, handle, pending):
         """Forget a deferred/streaming request and tell its worker so (its
         on_disconnect() runs)."""
-        self.forget(handle, request_id)
-        self._queue(handle, messages.disconnect(request_id))
+        handle.forget(pending)
+        self._queue(handle, messages.disconnect(pending.request_id))
 
     def send_to(self, handle, message):
         """Queue a message for one worker of this pool."""
@@ -573,6 +516,7 @@ class WorkerPool:
         if now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_EVERY
             self._check_memory()
+        self.revoke_slow(now)
 
     def _await_exit(self, handle, now):
         handle.process.join(0)

@@ -10,6 +10,7 @@ Must never: touch a socket of the dispatcher, swallow a handler error
 without logging it, or outlive the dispatcher.
 """
 
+import collections
 import ctypes
 import faulthandler
 import functools
@@ -19,6 +20,7 @@ import selectors
 import signal
 import stat
 import sys
+import threading
 import time
 
 from . import messages
@@ -43,6 +45,10 @@ EXIT_APP_ERROR = 5          # the application cannot run in a worker at all
 TRACEBACK_SIGNAL = signal.SIGUSR1
 
 _ERROR_BODY = b'{"error": "Internal Server Error"}'
+
+# While a handler runs, the channel is checked this often for requests the
+# dispatcher takes back (to give them to an idle sibling).
+REVOKE_POLL = 0.01
 
 
 def api(pattern, *methods):
@@ -144,6 +150,13 @@ class Worker(WatchesDescriptors):
         self._stopping = False
         self._exit_code = None
         self._current = None
+        self._inbox = collections.deque()   # messages read, not yet handled
+        self._fresh = False     # the inbox was filled by the latest read
+        # The channel is read by the loop and, while a handler runs, by the
+        # revocation watcher; writes come from both: one lock each way.
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._busy = threading.Event()  # a handler runs: watch the channel
         self._open = {}
         self._handled = 0
         self._descriptors = DescriptorWatch(self._descriptor_failed)
@@ -268,10 +281,13 @@ class Worker(WatchesDescriptors):
                           remote_address=remote)
         request._worker = self
         self._current = request_id
+        if not self._busy.is_set():
+            self._busy.set()
         try:
             result = self.handle_request(request)
         finally:
-            self._current = None
+            with self._read_lock:  # the watcher stops filling the inbox
+                self._current = None
         self._handled += 1
         self._finish(request, result)
 
@@ -341,7 +357,8 @@ class Worker(WatchesDescriptors):
         if channel is None or channel.closed:
             return
         try:
-            channel.send(message)
+            with self._write_lock:
+                channel.send(message)
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
@@ -350,14 +367,16 @@ class Worker(WatchesDescriptors):
         # the next immediate send): a broadcast to N streams is one write.
         channel = self._channel
         if channel is not None and not channel.closed:
-            channel.hold(message)
+            with self._write_lock:
+                channel.hold(message)
 
     def _flush_held(self):
         channel = self._channel
         if channel is None or channel.closed:
             return
         try:
-            channel.flush_held()
+            with self._write_lock:
+                channel.flush_held()
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
@@ -368,21 +387,63 @@ class Worker(WatchesDescriptors):
         self._send(messages.log(name, level, message))
 
     def _on_channel(self, _fileobj, _mask):
-        batch = self._channel.receive()
-        # A request whose client left before it started arrives with its
-        # CANCEL in the same batch when it waited behind another request.
-        cancelled = {message[1] for message in batch
-                     if message[0] == messages.CANCEL}
-        for message in batch:
-            if cancelled and message[0] == messages.REQUEST \
-                    and message[1] in cancelled:
-                self.log.debug('request %s cancelled before it started',
-                               message[1])
-                self._send(messages.returned(message[1]))
-                continue
-            self._on_message(message)
+        self._receive()
+        self._fresh = True
+        self._handle_inbox()
+
+    def _receive(self):
+        """Read what the channel holds into the inbox; a CANCEL takes its
+        request out of the inbox if it has not started (answered RETURNED):
+        its client left, or the dispatcher gives it to an idle sibling."""
+        with self._read_lock:
+            self._receive_locked()
         if self._channel.closed:
             self._exit_code = EXIT_PARENT_GONE
+
+    def _receive_locked(self):
+        for message in self._channel.receive():
+            if message[0] == messages.CANCEL:
+                self._cancel(message[1])
+            else:
+                self._inbox.append(message)
+
+    def _cancel(self, request_id):
+        """(Under the read lock.) Hand back a request not yet started."""
+        for index, message in enumerate(self._inbox):
+            if message[0] == messages.REQUEST and message[1] == request_id:
+                del self._inbox[index]
+                self.log.debug('request %s handed back unstarted',
+                               request_id)
+                self._send(messages.returned(request_id))
+                return
+
+    def _handle_inbox(self):
+        inbox = self._inbox
+        while inbox and self._exit_code is None:
+            if not self._fresh and inbox[0][0] == messages.REQUEST:
+                self._receive()  # it may have been taken back meanwhile
+            self._fresh = False
+            with self._read_lock:
+                if not inbox:
+                    return
+                message = inbox.popleft()
+            self._on_message(message)
+
+    def _watch_revocations(self):
+        """Thread: while a handler runs, keep reading the channel so that a
+        request waiting behind it can be handed back to the dispatcher (the
+        loop reads it again once the handler returns)."""
+        busy = self._busy
+        while True:
+            busy.wait()
+            time.sleep(REVOKE_POLL)
+            with self._read_lock:
+                if self._channel.closed:
+                    return
+                if self._current is None:
+                    busy.clear()
+                    continue
+                self._receive_locked()
 
     def _on_message(self, message):
         kind = message[0]
@@ -400,8 +461,6 @@ class Worker(WatchesDescriptors):
         elif kind == messages.SERVICES:
             self._service_states.clear()
             self._service_states.update(message[1])
-        elif kind == messages.CANCEL:
-            pass  # too late: the request already ran (handled above if not)
         else:
             self.log.error('unknown message kind %r', kind)
 
@@ -443,6 +502,8 @@ class Worker(WatchesDescriptors):
             self.log.critical('setup() failed', exc_info=True)
             return EXIT_SETUP_FAILED
         self._send(messages.ready(os.getpid()))
+        threading.Thread(target=self._watch_revocations, daemon=True,
+                         name='revocations').start()
         self._next_beat = time.monotonic() + self.heartbeat_interval
         while not self._should_exit():
             timeout = max(0.0, self._next_beat - time.monotonic())

@@ -17,6 +17,7 @@ from uhttp import server as _server
 
 from . import messages
 from .log import printable
+from .pending import ASSIGNED, DEFERRED, DONE
 from .request import Response
 
 
@@ -101,10 +102,7 @@ class WorkerEvents:
             pass
         handle.channel.close()
         self._flush_needed.discard(handle)
-        orphans = list(handle.in_flight.values())
-        handle.in_flight = {}
-        handle.active = 0
-        handle.lost = len(orphans)
+        orphans = handle.take_all_back()
         handle.process.join(0)  # never blocks
         if handle.process.exitcode is None:
             # the sentinel can fire a moment before the exit status exists:
@@ -142,22 +140,22 @@ class WorkerEvents:
 
     def _fail_orphans(self, handle, orphans, reason):
         for pending in orphans:
-            if pending.state == 'done' or pending.client is None:
+            if pending.state == DONE or pending.client is None:
                 continue
             self.log.error('request %s %s %s lost: worker %s %s',
                            pending.request_id, pending.client.method,
                            printable(pending.client.path), handle.name,
                            reason)
             if self._state == 'running':
-                self._fail(pending, 502, 'Worker Died')
+                self._give_up(pending, 502, 'Worker Died')
             else:
-                self._fail(pending, 503, 'Shutting down')
+                self._give_up(pending, 503, 'Shutting down')
 
     def pool_degraded(self, pool):
         """A pool just became degraded: its backlog gets 503 now."""
-        for pending in pool.take_backlog():
-            if pending.client is not None:
-                self._fail(pending, 503, 'Service Unavailable')
+        for pending in pool.queued_requests():
+            self._give_up(pending, 503, 'Service Unavailable')
+        pool.compact_backlog()
 
     # -- messages from workers ---------------------------------------------
 
@@ -194,15 +192,17 @@ class WorkerEvents:
     def _on_response_message(self, handle, message):
         _, request_id, status, headers, body, route = message
         pool = handle.pool
-        pending = pool.forget(handle, request_id)
-        if pending is None or pending.state == 'done' \
-                or pending.client is None:
-            if pending is None or pending.client is not None:
-                self.log.debug('request %s: late answer dropped', request_id)
+        pending = handle.in_flight.get(request_id)
+        if pending is None:
+            self.log.debug('request %s: late answer dropped', request_id)
             pool.pump(handle)
             return
+        handle.forget(pending)
         client = pending.client
-        self._finish(pending)
+        if pending.state == DONE or client is None:
+            pool.pump(handle)
+            return
+        self._complete(pending)
         if self._metrics is not None:
             self._metrics.answered(pool.name, route, status,
                                    time.monotonic() - pending.started)
@@ -223,31 +223,26 @@ class WorkerEvents:
         pending = handle.in_flight.get(request_id)
         if pending is None:
             return
-        pool.release(handle, pending)
-        if pending.state == 'assigned':
-            pending.state = 'deferred'
+        handle.release(pending)
+        if pending.state == ASSIGNED:
+            pending.state = DEFERRED
         elif pending.client is not None:
             # answered already (timeout, client left): the worker may drop it
-            pool.drop(handle, request_id)
+            pool.drop(handle, pending)
         pool.pump(handle)
 
     def _on_keep_alive(self, request_ids):
-        deadline_base = time.monotonic()
-        for request_id in request_ids:
-            pending = self._pending.get(request_id)
-            if pending is None or pending.state not in ('assigned',
-                                                        'deferred'):
-                continue
-            pending.deadline = deadline_base + pending.pool.timeout
-            self._expiry[pending.pool].move_to_end(request_id)
+        self._pending.keep_alive(request_ids, time.monotonic())
 
     def _on_stream_message(self, handle, message):
         kind, request_id = message[0], message[1]
         pending = handle.in_flight.get(request_id)
-        if pending is None or pending.state == 'done' \
+        if pending is None or pending.state == DONE \
                 or pending.client is None:
             if kind != messages.STREAM_END and pending is not None:
-                handle.pool.drop(handle, request_id)
+                handle.pool.drop(handle, pending)
+            elif pending is not None:
+                handle.forget(pending)
             return
         client = pending.client
         if kind == messages.STREAM_START:
@@ -256,19 +251,15 @@ class WorkerEvents:
             if not client.send_chunk(message[2]):
                 self._client_left(pending)
         else:
-            handle.pool.forget(handle, request_id)
-            self._finish(pending)
+            handle.forget(pending)
+            self._complete(pending)
             client.response_stream_end()
 
     def _start_stream(self, handle, pending, message):
         _, request_id, _status, headers, cookies = message
-        handle.pool.release(handle, pending)
-        pending.state = 'streaming'
-        # a stream is no longer waiting: no timeout, not counted in
-        # max_pending, not waited for by a graceful shutdown
-        self._expiry[pending.pool].pop(request_id, None)
-        self._pending.pop(request_id, None)
-        self._streams[request_id] = pending
+        handle.release(pending)
+        self._pending.start_stream(pending)
+        self._admission_changed()
         client = pending.client
         self._resume_reading(pending)
         try:
@@ -277,9 +268,8 @@ class WorkerEvents:
             # nothing was sent (e.g. CR/LF in a header): answer 500 instead
             self.log.error('request %s: cannot start stream: %s',
                            request_id, err)
-            self._release_from_worker(pending)
-            pending.state = 'deferred'  # not streaming yet: a plain answer
-            self._fail(pending, 500, 'Internal Server Error')
+            pending.state = DEFERRED  # not streaming yet: a plain answer
+            self._give_up(pending, 500, 'Internal Server Error')
             started = True
         if not started:
             self._client_left(pending)
@@ -287,14 +277,13 @@ class WorkerEvents:
 
     def _on_returned(self, handle, request_id):
         pool = handle.pool
-        pending = pool.forget(handle, request_id)
+        pending = handle.in_flight.get(request_id)
         if pending is None:
             return
-        if pending.state == 'assigned' and not pending.message[-1]:
+        handle.forget(pending)
+        if pending.state == ASSIGNED and not pending.to_all:
             # (a broadcast copy is not passed on: its sibling has its own)
-            pending.state = 'queued'
-            pending.worker = None
-            pool.backlog.appendleft(pending)
+            pool.requeue(pending)
         pool.pump()
 
     def _on_forward(self, message):

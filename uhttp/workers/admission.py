@@ -1,0 +1,153 @@
+"""Admission control: past `max_pending`, push back instead of refusing.
+
+When the pools hold `max_pending` requests, the dispatcher stops taking
+more: it stops accepting connections (the kernel's listen backlog holds
+them) and parks every keep-alive connection that sends a new request
+without reading it (its bytes wait in the kernel; TCP slows the client).
+Requests the dispatcher answers itself (static files, @sync routes such as
+a health check, /metrics) are still served: they cost no pool capacity.
+When the pools drain below a low-water mark, parked connections are read
+again, oldest first, one per free place, and then accepting resumes.
+
+This keeps the workers busy and the dispatcher's core on useful work under
+overload, where answering 503 at once would make every client send again
+at once (congestive collapse). A 503 goes only to a request that waited
+in a backlog for its whole pool timeout.
+
+Must never: read from a parked connection, hold more than `max_pending`
+pool requests, or forget a parked connection (each is resumed or closed).
+"""
+
+import collections
+import selectors
+
+# reasons for not accepting connections; the listener is watched only
+# while none holds
+HOLD_FULL = 'full'              # the pools hold max_pending requests
+HOLD_ACCEPT_FAILED = 'failed'   # accept() failed: retry a moment later
+HOLD_PREDECESSOR = 'handover'   # the old dispatcher serves until we are ready
+HOLD_CLOSED = 'closed'          # shutting down
+
+
+class ListenerGate:
+    """Watches the listening socket in the selector unless something holds
+    it; each reason is held and released on its own."""
+
+    def __init__(self, selector, sock, owner):
+        self._selector = selector
+        self._sock = sock
+        self._owner = owner
+        self._holds = set()
+        self._watched = True    # HttpServer registers it when it binds
+
+    def replace_socket(self, sock):
+        """Watch `sock` instead (an inherited listener)."""
+        self._unwatch()
+        self._sock = sock
+        self._update()
+
+    def hold(self, reason):
+        """Stop accepting for `reason` until release(reason)."""
+        self._holds.add(reason)
+        self._update()
+
+    def release(self, reason):
+        """`reason` no longer stands in the way of accepting."""
+        self._holds.discard(reason)
+        self._update()
+
+    def is_held(self, reason):
+        """True while `reason` holds the listener."""
+        return reason in self._holds
+
+    def _update(self):
+        if self._holds or self._sock is None:
+            self._unwatch()
+        elif not self._watched:
+            try:
+                self._selector.register(self._sock, selectors.EVENT_READ,
+                                        self._owner)
+                self._watched = True
+            except (ValueError, OSError):
+                pass  # closed meanwhile
+
+    def _unwatch(self):
+        if self._watched:
+            self._watched = False
+            try:
+                self._selector.unregister(self._sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+
+class Admission:
+    """Whether new pool requests may be read now, and the connections that
+    wait for that (parked)."""
+
+    def __init__(self, max_pending):
+        self.max_pending = max_pending
+        # reopen a little below the limit: no flapping at every answer
+        self.reopen_at = max(0, max_pending - max(1, max_pending // 10))
+        self.closed = False
+        self._parked = collections.deque()
+
+    @property
+    def parked_count(self):
+        """Connections waiting to be read."""
+        return len(self._parked)
+
+    def park(self, connection):
+        """Stop reading `connection` until there is room for its request."""
+        connection._unregister()  # pylint: disable=protected-access
+        # no idle or request timeout while we are the ones not reading
+        connection._read_paused = True  # pylint: disable=protected-access
+        connection._read_pause_timeout = 0  # pylint: disable=protected-access
+        self._parked.append(connection)
+
+    def update(self, pending_count, gate):
+        """Close or reopen after the number of pending requests changed;
+        returns the parked connections to read again now."""
+        if not self.closed and not self._parked \
+                and pending_count < self.max_pending:
+            return ()
+        if pending_count >= self.max_pending:
+            if not self.closed:
+                self.closed = True
+                gate.hold(HOLD_FULL)
+            return ()
+        if self.closed:
+            if pending_count > self.reopen_at:
+                return ()
+            self.closed = False
+        if not self._parked:
+            gate.release(HOLD_FULL)
+            return ()
+        resumed = []
+        free = self.max_pending - pending_count
+        while self._parked and len(resumed) < free:
+            resumed.append(self._parked.popleft())
+        if not self._parked:
+            gate.release(HOLD_FULL)
+        return resumed
+
+    def release_all(self):
+        """Every parked connection (at shutdown: they are answered or
+        closed by the caller)."""
+        parked, self._parked = list(self._parked), collections.deque()
+        return parked
+
+
+def resume(connection):
+    """Read a parked connection again; False when it is gone."""
+    # pylint: disable=protected-access
+    connection._read_paused = False
+    connection._read_pause_timeout = None
+    if connection.socket is None:
+        return False
+    connection.update_activity()
+    if connection._request_start is not None:
+        connection._request_start = connection._last_activity
+    if not connection._register():
+        connection.close()
+        return False
+    return True
