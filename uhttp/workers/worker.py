@@ -434,6 +434,7 @@ class Worker(WatchesDescriptors):
         request waiting behind it can be handed back to the dispatcher (the
         loop reads it again once the handler returns)."""
         busy = self._busy
+        watched = None
         while True:
             busy.wait()
             time.sleep(REVOKE_POLL)
@@ -442,8 +443,10 @@ class Worker(WatchesDescriptors):
                     return
                 if self._current is None:
                     busy.clear()
-                    continue
-                self._receive_locked()
+                elif self._current != watched:
+                    watched = self._current  # read only if it runs on
+                else:
+                    self._receive_locked()
 
     def _on_message(self, message):
         kind = message[0]
