@@ -577,19 +577,20 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if loaded:
                 self._on_request(connection)
 
-    def _serve_static(self, client, result, content):
+    def _serve_static(self, client, result, body):
+        # `body` (a 200's StaticBody) holds cached bytes or a file opened
+        # without following symlinks: it is what gets sent, never the path
+        # opened again; HEAD carries the length GET would send
         if client.method not in ('GET', 'HEAD'):
+            if body is not None:
+                body.close()
             self._answer(client, 405, dict(_JSON, allow='GET, HEAD'),
                          _error_body(405, 'Method Not Allowed'))
-        elif client.method == 'HEAD' and result.status == 200:
-            self._answer(client, 200, {'content-type': result.content_type},
-                         b'')
-        elif result.status == 200 and content is not None:
-            self._answer(client, 200, {'content-type': result.content_type},
-                         content)
         elif result.status == 200:
-            client.respond_file(
-                result.file_path, headers={'content-type': result.content_type})
+            headers = {'content-type': result.content_type}
+            if self._state != 'running':
+                headers['connection'] = 'close'
+            body.respond(client, headers, head_only=client.method == 'HEAD')
         elif result.status == 301:
             client.respond(data=b'', status=301,
                            headers={'location': result.location})
