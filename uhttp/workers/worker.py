@@ -307,23 +307,33 @@ class Worker(WatchesDescriptors):
             request.request_id, status, headers, body, request._route))
         return True
 
+    # A stream's frames are held (so that an event fanned out to N streams
+    # is one write) unless they belong to the request whose handler is
+    # running: a handler streaming in a loop would otherwise keep its whole
+    # stream in this process and its client would see nothing until it
+    # returned. Those go at once, each write blocking while the dispatcher
+    # is behind, which paces the handler.
+
     def _start_stream(self, request, headers, cookies):
         request._state = 'streaming'
         self._open[request.request_id] = request
         cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
             else None
         self._hold(messages.stream_start(
-            request.request_id, 200, headers, cookies))
+            request.request_id, 200, headers, cookies),
+            now=request.request_id == self._current)
         return True
 
     def _send_stream(self, request, body):
-        self._hold(messages.stream_data(request.request_id, body))
+        self._hold(messages.stream_data(request.request_id, body),
+                   now=request.request_id == self._current)
         return True
 
     def _end_stream(self, request):
         request._state = 'ended'
         self._open.pop(request.request_id, None)
-        self._hold(messages.stream_end(request.request_id))
+        self._hold(messages.stream_end(request.request_id),
+                   now=request.request_id == self._current)
         return True
 
     # -- the loop -------------------------------------------------------------
@@ -345,12 +355,20 @@ class Worker(WatchesDescriptors):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _hold(self, message):
-        # Stream frames and answers are held until the handler returns (or
-        # the next immediate send): a broadcast to N streams is one write.
+    def _hold(self, message, now=False):
+        # Answers and stream frames wait for the end of this loop turn, the
+        # next immediate send or the channel's HOLD_LIMIT, whichever comes
+        # first (`now`: written at once, after those held before it).
         channel = self._channel
-        if channel is not None and not channel.closed:
-            channel.hold(message)
+        if channel is None or channel.closed:
+            return
+        try:
+            if now:
+                channel.send(message)
+            else:
+                channel.hold(message)
+        except ChannelClosed:
+            self._exit_code = EXIT_PARENT_GONE
 
     def _flush_held(self):
         channel = self._channel
