@@ -467,3 +467,20 @@ def test_frames_held_before_an_immediate_one_keep_their_order(
     assert [(m[0], m[1]) for m in frames_waiting(peer)] == [
         (messages.STREAM_START, 3), (messages.STREAM_DATA, 3),
         (messages.STREAM_START, 4)]
+
+
+def test_an_answer_given_inside_its_running_handler_leaves_at_once(
+        worker_and_peer):
+    worker, peer = worker_and_peer
+    running = a_request(worker, 9)
+    worker._current = 9  # pylint: disable=protected-access
+    running.respond({'early': True})
+    (answer,) = frames_waiting(peer)
+    assert answer[:3] == (messages.RESPONSE, 9, 200)
+    assert answer[4] == b'{"early": true}'
+    worker._current = None  # pylint: disable=protected-access
+    later = a_request(worker, 10)     # e.g. DEFERRED, answered from on_idle
+    later.respond({'late': True})
+    assert frames_waiting(peer) == []
+    worker._flush_held()  # pylint: disable=protected-access
+    assert frames_waiting(peer)[0][:2] == (messages.RESPONSE, 10)

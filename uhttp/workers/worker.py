@@ -289,6 +289,13 @@ class Worker(WatchesDescriptors):
                 'request %s: return value ignored, it was already answered',
                 request.request_id)
 
+    # Answers and stream frames are held (so that an event fanned out to N
+    # streams is one write) unless they belong to the request whose handler
+    # is running: a handler streaming in a loop would otherwise keep its
+    # whole stream in this process and its client would see nothing until
+    # it returned. Those go at once, each write blocking while the
+    # dispatcher is behind, which paces the handler.
+
     def _send_response(self, request, data, status, headers):
         headers = normalize_headers(headers)
         try:
@@ -304,15 +311,9 @@ class Worker(WatchesDescriptors):
         request._state = 'answered'
         self._open.pop(request.request_id, None)
         self._hold(messages.response(
-            request.request_id, status, headers, body, request._route))
+            request.request_id, status, headers, body, request._route),
+            now=request.request_id == self._current)
         return True
-
-    # A stream's frames are held (so that an event fanned out to N streams
-    # is one write) unless they belong to the request whose handler is
-    # running: a handler streaming in a loop would otherwise keep its whole
-    # stream in this process and its client would see nothing until it
-    # returned. Those go at once, each write blocking while the dispatcher
-    # is behind, which paces the handler.
 
     def _start_stream(self, request, headers, cookies):
         request._state = 'streaming'
