@@ -412,6 +412,13 @@ def test_open_inside_refuses_a_path_outside_the_root(tree, tmp_path):
         open_inside(real(tree), real(tmp_path / 'secret'))
     with pytest.raises(OSError):
         open_inside(real(tree), real(tree))
+    sibling = tmp_path / (tree.name + 'x')   # shares the root's name prefix
+    sibling.mkdir()
+    (sibling / 'secret').write_text('top secret')
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(sibling / 'secret'))
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(tree) + '/docs/../../secret')
 
 
 # -- the cache in front: a swapped file is never served from it --------------------

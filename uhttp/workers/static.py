@@ -226,8 +226,12 @@ def open_inside(root, file_path):
     (binary file, ``os.stat_result`` of that open file); raises OSError when
     it cannot be opened or is not a regular file.
     """
-    parts = os.path.relpath(file_path, root).split(os.sep)
-    if parts[0] in (os.curdir, os.pardir) or not _is_inside(root, file_path):
+    # both are real paths (normalised, no symlinks): a prefix test is a
+    # containment test, and cheaper than relpath + commonpath per request
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    parts = file_path[len(prefix):].split(os.sep)
+    if not file_path.startswith(prefix) or '' in parts \
+            or os.curdir in parts or os.pardir in parts:
         raise OSError(errno.EINVAL, 'not below the static root', file_path)
     fd = os.open(root, _DIR_FLAGS)
     try:
