@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from uhttp.workers.static import StaticFiles, StaticResult
+from uhttp.workers.static import StaticFiles, StaticResult, open_inside
+from uhttp.workers.static_cache import StaticCache
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_result_is_frozen():
     with pytest.raises(AttributeError):
         result.status = 200
     assert (result.file_path, result.content_type, result.size,
-            result.location) == (None, None, None, None)
+            result.location, result.root) == (None, None, None, None, None)
 
 
 # -- prefix selection -------------------------------------------------------
@@ -143,7 +144,7 @@ def test_regular_file(static, tree):
     result = static.lookup('/static/hello.txt')
     assert result == StaticResult(
         200, file_path=real(tree / 'hello.txt'),
-        content_type='text/plain; charset=utf-8', size=5)
+        content_type='text/plain; charset=utf-8', size=5, root=real(tree))
     assert os.path.isabs(result.file_path)
 
 
@@ -353,3 +354,132 @@ def test_content_type_follows_url_name_for_symlink(static, tree):
     result = static.lookup('/static/latest.txt')
     assert result.file_path == real(tree / 'app.js')
     assert result.content_type == 'text/plain; charset=utf-8'
+
+
+# -- opening without following symlinks ------------------------------------------
+
+def swap_for_symlink(path, target):
+    """Atomically replace `path` by a symlink to `target` (rename over it)."""
+    temporary = str(path) + '.swap'
+    os.symlink(target, temporary)
+    os.rename(temporary, path)
+
+
+def test_open_inside_opens_the_resolved_file(static, tree):
+    result = static.lookup('/static/docs/index.html')
+    handle, info = open_inside(result.root, result.file_path)
+    with handle:
+        assert handle.read() == b'<h1>docs</h1>'
+    assert info.st_size == len('<h1>docs</h1>')
+
+
+def test_open_inside_refuses_a_file_swapped_for_a_symlink(static, tree):
+    result = static.lookup('/static/hello.txt')
+    swap_for_symlink(tree / 'hello.txt', tree.parent / 'secret')
+    with pytest.raises(OSError):
+        open_inside(result.root, result.file_path)
+    # resolving afresh sees the link and refuses it
+    assert static.lookup('/static/hello.txt').status == 404
+
+
+def test_open_inside_refuses_even_a_symlink_inside_the_root(static, tree):
+    # it opens the real path that was checked, nothing that replaced it
+    result = static.lookup('/static/hello.txt')
+    swap_for_symlink(tree / 'hello.txt', tree / 'page.html')
+    with pytest.raises(OSError):
+        open_inside(result.root, result.file_path)
+    assert static.lookup('/static/hello.txt').file_path == \
+        real(tree / 'page.html')
+
+
+def test_open_inside_refuses_a_directory_swapped_for_a_symlink(
+        static, tree, tmp_path):
+    result = static.lookup('/static/docs/index.html')
+    os.rename(tree / 'docs', tmp_path / 'docs-moved')
+    os.symlink(tmp_path / 'outside', tree / 'docs')  # has an index.html
+    with pytest.raises(OSError):
+        open_inside(result.root, result.file_path)
+    assert static.lookup('/static/docs/index.html').status == 404
+
+
+def test_open_inside_refuses_a_fifo_without_blocking(tree):
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(tree / 'fifo'))
+
+
+def test_open_inside_refuses_a_path_outside_the_root(tree, tmp_path):
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(tmp_path / 'secret'))
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(tree))
+    sibling = tmp_path / (tree.name + 'x')   # shares the root's name prefix
+    sibling.mkdir()
+    (sibling / 'secret').write_text('top secret')
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(sibling / 'secret'))
+    with pytest.raises(OSError):
+        open_inside(real(tree), real(tree) + '/docs/../../secret')
+
+
+# -- the cache in front: a swapped file is never served from it --------------------
+
+def cached_lookup(cache, path):
+    """The result and the bytes the dispatcher would send for `path`."""
+    result, body = cache.lookup(path)
+    if body is None:
+        return result, None
+    if body.file is None:
+        return result, body.data
+    with body.file:
+        return result, body.file.read()
+
+
+@pytest.mark.parametrize('max_file', [1024, 4], ids=['cached', 'streamed'])
+def test_file_swapped_for_outside_symlink_is_never_served(
+        tree, tmp_path, max_file):
+    cache = StaticCache(StaticFiles({'/static/': str(tree)}),
+                        max_file=max_file)
+    result, data = cached_lookup(cache, '/static/hello.txt')
+    assert result.status == 200 and data == b'hello'
+    swap_for_symlink(tree / 'hello.txt', tmp_path / 'secret')
+    for _ in range(3):  # within the resolution's ttl, and after forgetting
+        result, data = cached_lookup(cache, '/static/hello.txt')
+        assert result.status == 404 and data is None
+
+
+@pytest.mark.parametrize('max_file', [1024, 4], ids=['cached', 'streamed'])
+def test_directory_swapped_for_outside_symlink_is_never_served(
+        tree, tmp_path, max_file):
+    cache = StaticCache(StaticFiles({'/static/': str(tree)}),
+                        max_file=max_file)
+    assert cached_lookup(cache, '/static/docs/index.html')[1] == \
+        b'<h1>docs</h1>'
+    os.rename(tree / 'docs', tmp_path / 'docs-moved')
+    os.symlink(tmp_path / 'outside', tree / 'docs')
+    result, data = cached_lookup(cache, '/static/docs/index.html')
+    assert result.status == 404 and data is None
+
+
+def test_file_swapped_for_inside_symlink_serves_the_link_target(tree):
+    cache = StaticCache(StaticFiles({'/static/': str(tree)}))
+    assert cached_lookup(cache, '/static/hello.txt')[1] == b'hello'
+    (tree / 'other.txt').write_bytes(b'other file')
+    swap_for_symlink(tree / 'hello.txt', 'other.txt')
+    result, data = cached_lookup(cache, '/static/hello.txt')
+    assert result.status == 200 and data == b'other file'
+    assert result.size == len(b'other file')
+
+
+@pytest.mark.parametrize('max_file', [1024, 4], ids=['cached', 'streamed'])
+def test_plain_file_replaced_or_rewritten_serves_new_bytes(tree, max_file):
+    cache = StaticCache(StaticFiles({'/static/': str(tree)}),
+                        max_file=max_file)
+    assert cached_lookup(cache, '/static/hello.txt')[1] == b'hello'
+    (tree / 'new.tmp').write_bytes(b'hello again')
+    os.rename(tree / 'new.tmp', tree / 'hello.txt')  # a deploy's swap
+    result, data = cached_lookup(cache, '/static/hello.txt')
+    assert data == b'hello again' and result.size == len(data)
+    with open(tree / 'hello.txt', 'ab') as handle:  # appended in place
+        handle.write(b', longer')
+    result, data = cached_lookup(cache, '/static/hello.txt')
+    assert data == b'hello again, longer' and result.size == len(data)

@@ -13,10 +13,10 @@ def make(tmp_path, **options):
 
 def test_small_file_bytes_are_returned_and_reused(tmp_path):
     cache = make(tmp_path)
-    result, data = cache.lookup('/s/a.txt')
-    assert result.status == 200 and data == b'first'
-    again, data_again = cache.lookup('/s/a.txt')
-    assert again is result and data_again is data  # served from the cache
+    result, body = cache.lookup('/s/a.txt')
+    assert result.status == 200 and body.data == b'first'
+    again, body_again = cache.lookup('/s/a.txt')
+    assert again is result and body_again is body  # served from the cache
 
 
 def test_changed_file_is_never_served_stale(tmp_path):
@@ -25,7 +25,7 @@ def test_changed_file_is_never_served_stale(tmp_path):
     path = tmp_path / 'a.txt'
     path.write_bytes(b'second!')
     os.utime(path, ns=(0, 10**9))  # a different mtime even within a tick
-    assert cache.lookup('/s/a.txt')[1] == b'second!'
+    assert cache.lookup('/s/a.txt')[1].data == b'second!'
 
 
 def test_removed_file_becomes_404(tmp_path):
@@ -39,8 +39,11 @@ def test_removed_file_becomes_404(tmp_path):
 def test_large_files_are_not_read(tmp_path):
     cache = make(tmp_path, max_file=10)
     (tmp_path / 'big.bin').write_bytes(b'x' * 100)
-    result, data = cache.lookup('/s/big.bin')
-    assert result.status == 200 and result.size == 100 and data is None
+    result, body = cache.lookup('/s/big.bin')
+    assert result.status == 200 and result.size == 100
+    assert body.data is None and body.size == 100  # an open file, unread
+    assert body.file.tell() == 0
+    body.close()
 
 
 def test_refusals_and_other_paths_pass_through(tmp_path):

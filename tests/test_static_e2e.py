@@ -224,3 +224,112 @@ def test_head_has_no_body_and_other_methods_are_refused(static):
     assert b'text/css' in rest
     refused = static.request('DELETE', '/static/index.html')
     assert refused.status == 405 and refused.headers['allow'] == 'GET, HEAD'
+
+
+# -- files swapped for symlinks ------------------------------------------------------
+
+SMALL = 1000              # served from the dispatcher's small-file cache
+LARGE = 300 * 1024        # above the cache's 256 KiB: streamed from disk
+
+
+def swap_for_symlink(path, target):
+    """Atomically replace `path` by a symlink to `target`."""
+    temporary = str(path) + '.swap'
+    os.symlink(target, temporary)
+    os.rename(temporary, path)
+
+
+def replace_file(path, content):
+    """Atomically replace `path` by a new regular file (a deploy's swap)."""
+    temporary = str(path) + '.new'
+    with open(temporary, 'wb') as handle:
+        handle.write(content)
+    os.rename(temporary, path)
+
+
+@pytest.mark.parametrize('size', [SMALL, LARGE], ids=['cached', 'streamed'])
+def test_file_swapped_for_outside_symlink_is_404(static, tree, size):
+    name = f'swap-{size}.bin'
+    inside = os.urandom(size)
+    outside = SECRET * (size // len(SECRET) + 1)
+    (tree['base'] / name).write_bytes(outside)
+    (tree['root'] / name).write_bytes(inside)
+    for _ in range(2):  # the second answer comes from what was kept
+        served = static.get('/static/' + name)
+        assert served.status == 200 and served.body == inside
+    swap_for_symlink(tree['root'] / name, tree['base'] / name)
+    for _ in range(5):  # at once (within the lookup's ttl) and again
+        status, _headers, _body, received = raw_get(
+            static.port, b'/static/' + name.encode())
+        assert status == 404
+        assert SECRET not in received
+
+
+@pytest.mark.parametrize('size', [SMALL, LARGE], ids=['cached', 'streamed'])
+def test_directory_swapped_for_outside_symlink_is_404(static, tree, size):
+    directory = tree['root'] / f'swapdir-{size}'
+    directory.mkdir()
+    (directory / 'page.bin').write_bytes(b'i' * size)
+    elsewhere = tree['base'] / f'elsewhere-{size}'
+    elsewhere.mkdir()
+    (elsewhere / 'page.bin').write_bytes(SECRET * (size // len(SECRET) + 1))
+    path = f'/static/swapdir-{size}/page.bin'.encode()
+    assert raw_get(static.port, path)[0] == 200
+    os.rename(directory, tree['base'] / f'moved-{size}')
+    os.symlink(elsewhere, directory)
+    status, _headers, _body, received = raw_get(static.port, path)
+    assert status == 404
+    assert SECRET not in received
+
+
+@pytest.mark.parametrize('size', [SMALL, LARGE], ids=['cached', 'streamed'])
+def test_plain_file_still_serves_and_updates(static, tree, size):
+    name = f'plain-{size}.bin'
+    first, second = os.urandom(size), os.urandom(size + 7)
+    (tree['root'] / name).write_bytes(first)
+    assert static.get('/static/' + name).body == first
+    replace_file(tree['root'] / name, second)
+    served = static.get('/static/' + name)
+    assert served.status == 200 and served.body == second
+    assert int(served.headers['content-length']) == len(second)
+
+
+def test_file_swapped_for_inside_symlink_serves_its_target(static, tree):
+    (tree['root'] / 'swap-in.txt').write_bytes(b'before')
+    assert static.get('/static/swap-in.txt').body == b'before'
+    swap_for_symlink(tree['root'] / 'swap-in.txt', 'notes.txt')
+    served = static.get('/static/swap-in.txt')
+    assert served.status == 200 and served.body == FILES['notes.txt']
+
+
+# -- HEAD ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['style.css', 'big.bin'],
+                         ids=['cached', 'streamed'])
+def test_head_carries_the_length_get_sends(static, name):
+    get = static.get('/static/' + name)
+    head = static.request('HEAD', '/static/' + name)
+    assert head.status == 200 and head.body == b''
+    assert int(head.headers['content-length']) == len(get.body) > 0
+    assert head.headers['content-length'] == get.headers['content-length']
+    assert head.headers['content-type'] == get.headers['content-type']
+
+
+def test_head_sends_no_body_bytes(static, tree):
+    # a pipelined GET follows the HEAD: its status line must come right
+    # after the HEAD's headers, however long the file is
+    with socket.create_connection(('127.0.0.1', static.port),
+                                  timeout=10) as sock:
+        sock.sendall(b'HEAD /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n'
+                     b'GET /static/notes.txt HTTP/1.1\r\nHost: x\r\n'
+                     b'Connection: close\r\n\r\n')
+        data = b''
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, rest = data.split(b'\r\n\r\n', 1)
+    assert b'content-length: %d' % len(tree['big']) in head.lower()
+    assert rest.startswith(b'HTTP/1.1 200')
+    assert rest.endswith(FILES['notes.txt'])

@@ -6,10 +6,16 @@ import selectors
 import signal
 import socket
 import threading
+import time
+import urllib.parse
 
 import pytest
 
 from conftest import wait_until
+from uhttp.workers import messages
+from uhttp.workers.channel import HOLD_LIMIT, Channel, channel_pair
+from uhttp.workers.request import Request
+from uhttp.workers.worker import Worker
 
 APP = 'stream_app.py'
 
@@ -307,3 +313,174 @@ def test_stream_evicted_by_the_connection_limit_is_released(start_server):
         for sock in crowd:
             sock.close()
         client.close()
+
+
+# -- frames leave the worker at once ----------------------------------------------
+
+def peak_rss_kib(pid):
+    """The process's peak resident set size (VmHWM), in KiB."""
+    with open(f'/proc/{pid}/status', encoding='ascii') as status:
+        for line in status:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    raise AssertionError(f'no VmHWM for pid {pid}')
+
+
+def test_looping_handler_delivers_its_first_event_while_running(
+        one_worker, tmp_path):
+    flag = tmp_path / 'first-event-received'
+    count = 2000
+    client = StreamClient(one_worker.port, '/stream-loop/%d?flag=%s' % (
+        count, urllib.parse.quote(str(flag))))
+    # the handler waits for this flag after its first event: receiving the
+    # event before creating the flag proves it left while the handler ran
+    client.read_until(b'data: {"n": 0}\n\n')
+    flag.touch()
+    data = client.read_to_end(timeout=30)
+    client.close()
+    body = data.partition(b'\r\n\r\n')[2]
+    expected = b'data: {"n": 0}\n\nevent: flag\ndata: {"flag_seen": true}\n\n' \
+        + b''.join(b'data: {"n": %d}\n\n' % n for n in range(1, count))
+    assert body == expected
+
+
+def test_worker_memory_stays_bounded_streaming_to_a_slow_client(one_worker):
+    mib = 100
+    pid = state(one_worker)['pid']
+    peak_before = peak_rss_kib(pid)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(('127.0.0.1', one_worker.port))
+    slow.sendall(b'GET /stream-bulk/%d HTTP/1.1\r\nHost: t\r\n\r\n' % mib)
+    slow.settimeout(10)
+    received = 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:     # read a little, now and then
+        chunk = slow.recv(4096)
+        if not chunk:
+            break
+        received += len(chunk)
+        time.sleep(0.002)
+    slow.close()
+    # the dispatcher cut the slow reader off: it got a small part only
+    assert 0 < received < mib * 1024 * 1024 // 4
+    done = wait_until(lambda: state(one_worker)['bulk_done'], 30,
+                      message='the streaming handler did not finish')[-1]
+    wait_until(lambda: done in state(one_worker)['disconnected'], 10,
+               message='the worker was not told its client left')
+    assert state(one_worker)['pid'] == pid   # the same worker, alive
+    # 100 MiB went through the worker; it never held more than a little
+    grown = peak_rss_kib(pid) - peak_before
+    assert grown < 16 * 1024, f'worker peak RSS grew by {grown} KiB'
+
+
+# -- the worker's hold policy, without processes -------------------------------------
+
+def frames_waiting(sock):
+    """Every complete message readable on `sock` now, without blocking."""
+    return Channel(sock).receive()
+
+
+@pytest.fixture
+def worker_and_peer():
+    dispatcher_end, worker_end = channel_pair()
+    worker = Worker()
+    worker._channel = Channel(worker_end)  # pylint: disable=protected-access
+    yield worker, dispatcher_end
+    dispatcher_end.close()
+    worker_end.close()
+
+
+def a_request(worker, request_id):
+    request = Request(request_id, 'GET', '/sse')
+    request._worker = worker  # pylint: disable=protected-access
+    return request
+
+
+def test_channel_holds_small_frames_until_flushed():
+    dispatcher_end, worker_end = channel_pair()
+    channel = Channel(worker_end)
+    for number in range(100):
+        channel.hold(('small', number))
+    assert frames_waiting(dispatcher_end) == []
+    channel.flush_held()
+    assert frames_waiting(dispatcher_end) == [
+        ('small', number) for number in range(100)]
+    dispatcher_end.close()
+    worker_end.close()
+
+
+def test_channel_writes_held_frames_past_the_bound():
+    dispatcher_end, worker_end = channel_pair()
+    channel = Channel(worker_end)
+    block = b'b' * (HOLD_LIMIT // 4)
+    sent = 0
+    while not frames_waiting(dispatcher_end):
+        channel.hold(('block', block))
+        sent += 1
+        assert sent <= 4, 'held frames passed the bound without a write'
+        assert channel.held_size < HOLD_LIMIT
+    assert channel.held_size == 0
+    dispatcher_end.close()
+    worker_end.close()
+
+
+def test_frames_of_the_running_request_leave_at_once(worker_and_peer):
+    worker, peer = worker_and_peer
+    running = a_request(worker, 7)
+    worker._current = 7  # pylint: disable=protected-access
+    running.response_stream()
+    assert [m[0] for m in frames_waiting(peer)] == [messages.STREAM_START]
+    running.send_event('one')
+    assert frames_waiting(peer) == [
+        (messages.STREAM_DATA, 7, b'data: one\n\n')]
+    running.response_stream_end()
+    assert frames_waiting(peer) == [(messages.STREAM_END, 7)]
+
+
+def test_fan_out_to_other_streams_is_held_for_one_write(worker_and_peer):
+    worker, peer = worker_and_peer
+    subscribers = [a_request(worker, number) for number in range(100, 600)]
+    for subscriber in subscribers:
+        subscriber.response_stream()      # no handler running: held
+    worker._flush_held()  # pylint: disable=protected-access
+    assert len(frames_waiting(peer)) == 500
+    worker._current = 1  # pylint: disable=protected-access
+    for subscriber in subscribers:        # a broadcast handler fans out
+        subscriber.send_event({'n': 1})
+    assert worker._channel.held_size > 0  # pylint: disable=protected-access
+    worker._flush_held()  # pylint: disable=protected-access
+    received = frames_waiting(peer)
+    assert [(m[1], m[2]) for m in received] == [
+        (number, b'data: {"n": 1}\n\n') for number in range(100, 600)]
+
+
+def test_frames_held_before_an_immediate_one_keep_their_order(
+        worker_and_peer):
+    worker, peer = worker_and_peer
+    other = a_request(worker, 3)
+    other.response_stream()
+    other.send_event('held')
+    running = a_request(worker, 4)
+    worker._current = 4  # pylint: disable=protected-access
+    running.response_stream()
+    assert [(m[0], m[1]) for m in frames_waiting(peer)] == [
+        (messages.STREAM_START, 3), (messages.STREAM_DATA, 3),
+        (messages.STREAM_START, 4)]
+
+
+def test_an_answer_given_inside_its_running_handler_leaves_at_once(
+        worker_and_peer):
+    worker, peer = worker_and_peer
+    running = a_request(worker, 9)
+    worker._current = 9  # pylint: disable=protected-access
+    running.respond({'early': True})
+    (answer,) = frames_waiting(peer)
+    assert answer[:3] == (messages.RESPONSE, 9, 200)
+    assert answer[4] == b'{"early": true}'
+    worker._current = None  # pylint: disable=protected-access
+    later = a_request(worker, 10)     # e.g. DEFERRED, answered from on_idle
+    later.respond({'late': True})
+    assert frames_waiting(peer) == []
+    worker._flush_held()  # pylint: disable=protected-access
+    assert frames_waiting(peer)[0][:2] == (messages.RESPONSE, 10)

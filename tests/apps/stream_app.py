@@ -17,6 +17,7 @@ class StreamWorker(_workers.Worker):
         self.kept = {}
         self.watched = {}
         self.inbox = []
+        self.bulk_done = []
 
     # -- streams ---------------------------------------------------------
 
@@ -37,6 +38,33 @@ class StreamWorker(_workers.Worker):
             request.send_ndjson({'n': number})
         request.response_stream_end()
         return None
+
+    @_workers.api('/stream-loop/{count:int}', 'GET')
+    def stream_loop(self, request):
+        """Stream `count` events from the handler itself, with small sleeps;
+        after the first, wait (bounded) for the file named by ?flag= to
+        exist: the client creates it once it has received that event."""
+        request.response_stream()
+        request.send_event({'n': 0})
+        flag = request.query['flag']
+        deadline = time.monotonic() + 20
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        request.send_event({'flag_seen': os.path.exists(flag)}, event='flag')
+        for number in range(1, request.path_params['count']):
+            request.send_event({'n': number})
+            time.sleep(0.0002)
+        request.response_stream_end()
+
+    @_workers.api('/stream-bulk/{mib:int}', 'GET')
+    def stream_bulk(self, request):
+        """Stream `mib` MiB in 64 KiB chunks from the handler, then end."""
+        request.response_stream(content_type='application/octet-stream')
+        block = b'x' * 65536
+        for _ in range(request.path_params['mib'] * 16):
+            request.send_chunk(block)
+        request.response_stream_end()
+        self.bulk_done.append(request.request_id)
 
     @_workers.api('/publish', 'POST')
     def publish(self, request):
@@ -75,7 +103,7 @@ class StreamWorker(_workers.Worker):
     def state(self, request):
         return {'pid': os.getpid(), 'subscribers': sorted(self.subscribers),
                 'disconnected': self.disconnected, 'inbox': self.inbox,
-                'accepting': self._accepting}
+                'accepting': self._accepting, 'bulk_done': self.bulk_done}
 
     def on_disconnect(self, request_id):
         self.disconnected.append(request_id)
@@ -210,7 +238,8 @@ def main():
                 StreamWorker, num_workers=int(ENV.get('WORKERS', '2')),
                 timeout=float(ENV.get('TIMEOUT', '30')),
                 heartbeat_interval=0.1, log_level=_workers.LOG_INFO,
-                routes=['/sse', '/ndjson', '/publish', '/internal/**',
+                routes=['/sse', '/ndjson', '/stream-loop/**',
+                        '/stream-bulk/**', '/publish', '/internal/**',
                         '/flood/**', '/end-all', '/state', '/defer/**',
                         '/defer-kept/**', '/answer-twice', '/pause',
                         '/whoami', '/watch', '/forward']),

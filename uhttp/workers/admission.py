@@ -1,13 +1,14 @@
 """Admission control: past `max_pending`, push back instead of refusing.
 
 When the pools hold `max_pending` requests, the dispatcher stops taking
-more: it stops accepting connections (the kernel's listen backlog holds
-them) and parks every keep-alive connection that sends a new request
-without reading it (its bytes wait in the kernel; TCP slows the client).
-Requests the dispatcher answers itself (static files, @sync routes such as
-a health check, /metrics) are still served: they cost no pool capacity.
-When the pools drain below a low-water mark, parked connections are read
-again, oldest first, one per free place, and then accepting resumes.
+more: it parks every connection that sends a new request without reading
+it (its bytes wait in the kernel; TCP slows the client), and once as many
+connections are parked as the listen backlog holds, it stops accepting
+too (the kernel queues the rest). Requests the dispatcher answers itself
+(static files, @sync routes such as a health check, /metrics) are still
+served, also on new connections: they cost no pool capacity. When the
+pools drain below a low-water mark, parked connections are read again,
+oldest first, one per free place.
 
 This keeps the workers busy and the dispatcher's core on useful work under
 overload, where answering 503 at once would make every client send again
@@ -84,10 +85,13 @@ class Admission:
     """Whether new pool requests may be read now, and the connections that
     wait for that (parked)."""
 
-    def __init__(self, max_pending):
+    def __init__(self, max_pending, park_limit):
         self.max_pending = max_pending
         # reopen a little below the limit: no flapping at every answer
         self.reopen_at = max(0, max_pending - max(1, max_pending // 10))
+        # past this many parked connections, stop accepting: the kernel's
+        # listen backlog queues the rest
+        self.park_limit = park_limit
         self.closed = False
         self._parked = collections.deque()
 
@@ -96,13 +100,15 @@ class Admission:
         """Connections waiting to be read."""
         return len(self._parked)
 
-    def park(self, connection):
+    def park(self, connection, gate):
         """Stop reading `connection` until there is room for its request."""
         connection._unregister()  # pylint: disable=protected-access
         # no idle or request timeout while we are the ones not reading
         connection._read_paused = True  # pylint: disable=protected-access
         connection._read_pause_timeout = 0  # pylint: disable=protected-access
         self._parked.append(connection)
+        if len(self._parked) >= self.park_limit:
+            gate.hold(HOLD_FULL)
 
     def update(self, pending_count, gate):
         """Close or reopen after the number of pending requests changed;
@@ -111,22 +117,16 @@ class Admission:
                 and pending_count < self.max_pending:
             return ()
         if pending_count >= self.max_pending:
-            if not self.closed:
-                self.closed = True
-                gate.hold(HOLD_FULL)
+            self.closed = True
             return ()
-        if self.closed:
-            if pending_count > self.reopen_at:
-                return ()
-            self.closed = False
-        if not self._parked:
-            gate.release(HOLD_FULL)
+        if self.closed and pending_count > self.reopen_at:
             return ()
+        self.closed = False
         resumed = []
         free = self.max_pending - pending_count
         while self._parked and len(resumed) < free:
             resumed.append(self._parked.popleft())
-        if not self._parked:
+        if len(self._parked) < self.park_limit:
             gate.release(HOLD_FULL)
         return resumed
 

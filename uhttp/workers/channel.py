@@ -9,8 +9,10 @@ after every complete frame it wrote has been read.
 
 The dispatcher's end never blocks: writes are buffered and flushed when the
 socket is writable. The worker's end writes synchronously (the worker may
-wait for the dispatcher, never the other way round) and reads without
-blocking.
+wait for the dispatcher, never the other way round: that wait is the
+backpressure a worker streaming faster than the dispatcher reads gets) and
+reads without blocking. It may hold frames back to write many in one call,
+never more than `HOLD_LIMIT` bytes of them.
 """
 
 import pickle
@@ -25,6 +27,9 @@ _RECV_SIZE = 256 * 1024
 # cannot starve the dispatcher's other sockets (invariant: no unbounded tick).
 _MAX_RECVS_PER_CALL = 16
 _SOCKET_BUFFER = 1024 * 1024
+# Held frames are written once they pass this many bytes: batching many
+# small frames pays off, keeping megabytes in the worker does not.
+HOLD_LIMIT = 64 * 1024
 
 
 class ChannelClosed(Exception):
@@ -59,6 +64,7 @@ class Channel:
         self._inbox = bytearray()
         self._outbox = bytearray()
         self._held = []     # worker side: frames waiting for flush_held()
+        self._held_size = 0
         self.closed = False
 
     def fileno(self):
@@ -149,14 +155,26 @@ class Channel:
 
     def hold(self, message):
         """Keep a message to write with the next send() or flush_held():
-        many small frames then cost one system call."""
-        self._held.append(encode(message))
+        many small frames then cost one system call. Once the held frames
+        pass HOLD_LIMIT bytes they are written at once (raises
+        ChannelClosed then)."""
+        frame = encode(message)
+        self._held.append(frame)
+        self._held_size += len(frame)
+        if self._held_size >= HOLD_LIMIT:
+            self.flush_held()
+
+    @property
+    def held_size(self):
+        """Bytes of frames held, not yet written."""
+        return self._held_size
 
     def flush_held(self):
         """Write the held messages; raises ChannelClosed."""
         if self._held:
             frames, self._held = self._held, []
-            self._write(b''.join(frames))
+            self._held_size = 0
+            self._write(frames[0] if len(frames) == 1 else b''.join(frames))
 
     def _write(self, data):
         try:

@@ -137,7 +137,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self._sync_router = self._build_sync_router()
         self._pending = PendingTable()
-        self._admission = Admission(max_pending)
+        self._admission = Admission(max_pending, park_limit=listen_backlog)
         self._gate = None
         self._next_request_id = 1
         self._flush_needed = set()
@@ -460,7 +460,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if pending is None:
             if self._admission.closed and not self._answers_itself(
                     connection):
-                self._admission.park(connection)
+                self._admission.park(connection, self._gate)
                 return
             client = connection.handle_event(fileobj, mask)
             if client is not None:
@@ -551,7 +551,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 continue
             if self._admission.closed and not self._answers_itself(
                     connection):
-                self._admission.park(connection)
+                self._admission.park(connection, self._gate)
                 continue
             try:
                 loaded = connection.process_request()
@@ -589,10 +589,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 parts[1].split(b'?', 1)[0]).decode('utf-8')
         except (UnicodeError, ValueError):
             return True  # the parser answers it 400
-
         if self._metrics is not None and path == self.metrics_route:
             return True
-        if self._has_static and self._static.lookup(path) is not None:
+        if self._has_static and self._static.serves(path):
             return True
         if self._sync_router is None:
             return False
@@ -608,19 +607,20 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if resume(connection) and connection._buffer:  # pylint: disable=protected-access
                 self._pipelined.add(connection)
 
-    def _serve_static(self, client, result, content):
+    def _serve_static(self, client, result, body):
+        # `body` (a 200's StaticBody) holds cached bytes or a file opened
+        # without following symlinks: it is what gets sent, never the path
+        # opened again; HEAD carries the length GET would send
         if client.method not in ('GET', 'HEAD'):
+            if body is not None:
+                body.close()
             self._answer(client, 405, dict(_JSON, allow='GET, HEAD'),
                          _error_body(405, 'Method Not Allowed'))
-        elif client.method == 'HEAD' and result.status == 200:
-            self._answer(client, 200, {'content-type': result.content_type},
-                         b'')
-        elif result.status == 200 and content is not None:
-            self._answer(client, 200, {'content-type': result.content_type},
-                         content)
         elif result.status == 200:
-            client.respond_file(
-                result.file_path, headers={'content-type': result.content_type})
+            headers = {'content-type': result.content_type}
+            if self._state != 'running':
+                headers['connection'] = 'close'
+            body.respond(client, headers, head_only=client.method == 'HEAD')
         elif result.status == 301:
             client.respond(data=b'', status=301,
                            headers={'location': result.location})

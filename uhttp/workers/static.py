@@ -1,25 +1,31 @@
 """Safe static file resolution for uhttp.workers.
 
-This module owns mapping URL prefixes to directories and turning a request
-path into a decision: serve this file (with type and size), redirect a
-directory URL to its trailing-slash form, or 404.
+This module owns mapping URL prefixes to directories, turning a request
+path into a decision (serve this file, with type and size; redirect a
+directory URL to its trailing-slash form; or 404), opening a decided file
+without leaving the root, and handing a file's bytes or open file to a
+connection (:class:`StaticBody`).
 
-It must never read file contents, decode the path again (the HTTP server
-already percent-decoded it once; ``%2e`` arriving here is a literal name),
-list directories, or resolve anything outside a configured root. The final
-containment check is ``os.path.realpath`` + ``os.path.commonpath``, so a
-symlink leading out of the root is refused while one inside it works.
-Hidden files (``.name``) are served like any other file; do not put secrets
-in a static root.
+It must never decode the path again (the HTTP server already
+percent-decoded it once; ``%2e`` arriving here is a literal name), list
+directories, or open anything outside a configured root. Resolution checks
+containment with ``os.path.realpath`` + ``os.path.commonpath``, so a symlink
+leading out of the root is refused while one inside it works. Because the
+tree may change between that check and the open (a file swapped for a
+symlink), :func:`open_inside` opens the resolved real path again component
+by component from the root, each with ``O_NOFOLLOW``: the file it returns
+is the one the check approved, or none at all. Hidden files (``.name``) are
+served like any other file; do not put secrets in a static root.
 """
 
 import collections
+import errno
 import mimetypes
 import os
 import posixpath
 import stat
 
-__all__ = ['StaticFiles', 'StaticResult']
+__all__ = ['StaticBody', 'StaticFiles', 'StaticResult', 'open_inside']
 
 _INDEX = 'index.html'
 
@@ -70,10 +76,11 @@ def _content_type(name):
 
 
 class StaticResult(collections.namedtuple(
-        'StaticResult', 'status file_path content_type size location',
-        defaults=(None, None, None, None))):
+        'StaticResult', 'status file_path content_type size location root',
+        defaults=(None, None, None, None, None))):
     """Outcome of :meth:`StaticFiles.lookup` for a path under a prefix:
-    status, file_path, content_type, size, location (immutable)."""
+    status, file_path (its real path), content_type, size, location (of a
+    301) and root (the real root it was found in), immutable."""
 
     __slots__ = ()
 
@@ -168,14 +175,14 @@ class StaticFiles:
             # 'file.txt/' names a directory that does not exist.
             return _NOT_FOUND
         name = segments[-1] if segments else real
-        return self._file(real, info, name)
+        return self._file(root, real, info, name)
 
     def _index(self, root, directory):
         real = os.path.realpath(os.path.join(directory, _INDEX))
         info = self._stat_inside(root, real)
         if info is None:
             return _NOT_FOUND
-        return self._file(real, info, _INDEX)
+        return self._file(root, real, info, _INDEX)
 
     @staticmethod
     def _stat_inside(root, real):
@@ -188,10 +195,107 @@ class StaticFiles:
             return None
 
     @staticmethod
-    def _file(real, info, name):
+    def _file(root, real, info, name):
         """200 for a readable regular file; the URL name picks the type."""
         if not stat.S_ISREG(info.st_mode) or not os.access(real, os.R_OK):
             return _NOT_FOUND
         return StaticResult(
             200, file_path=real, content_type=_content_type(name),
-            size=info.st_size)
+            size=info.st_size, root=root)
+
+
+_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
+# O_PATH (Linux) walks a directory that may be searched but not listed,
+# as a path-based open would.
+_DIR_FLAGS = (getattr(os, 'O_PATH', os.O_RDONLY) | os.O_DIRECTORY
+              | os.O_NOFOLLOW | _CLOEXEC)
+# O_NONBLOCK: a FIFO swapped in must not block the opener (it is refused
+# after fstat); it changes nothing for a regular file.
+_FILE_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+               | _CLOEXEC)
+
+
+def open_inside(root, file_path):
+    """Open ``file_path``, a real path below the real directory ``root``,
+    for reading, following no symlink on the way.
+
+    The root and then each component are opened relative to the previous
+    one (``dir_fd=``, i.e. openat) with ``O_NOFOLLOW``, so a component that
+    became a symlink since the path was resolved (even one pointing inside
+    the root) makes the open fail instead of leading elsewhere. Returns
+    (binary file, ``os.stat_result`` of that open file); raises OSError when
+    it cannot be opened or is not a regular file.
+    """
+    # both are real paths (normalised, no symlinks): a prefix test is a
+    # containment test, and cheaper than relpath + commonpath per request
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    parts = file_path[len(prefix):].split(os.sep)
+    if not file_path.startswith(prefix) or '' in parts \
+            or os.curdir in parts or os.pardir in parts:
+        raise OSError(errno.EINVAL, 'not below the static root', file_path)
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            parent, fd = fd, os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(parent)
+        file_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        info = os.fstat(file_fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, 'not a regular file', file_path)
+        return os.fdopen(file_fd, 'rb'), info
+    except BaseException:
+        os.close(file_fd)
+        raise
+
+
+class StaticBody:
+    """What a 200 static answer sends: the bytes of a small file (``data``)
+    or a file opened by :func:`open_inside` (``file``); ``size`` is its
+    length, the Content-Length of GET and HEAD alike.
+
+    A body holding bytes can be reused for many answers; one holding a file
+    is used once: :meth:`respond` hands the file to the connection, which
+    streams it in chunks and closes it, or :meth:`close` drops it.
+    """
+
+    __slots__ = ('data', 'file', 'size')
+
+    def __init__(self, data=None, file=None, size=None):
+        self.data = data
+        self.file = file
+        self.size = len(data) if size is None else size
+
+    def __repr__(self):
+        kind = 'file' if self.file is not None else 'bytes'
+        return f'<StaticBody {kind} {self.size}>'
+
+    def respond(self, client, headers, head_only=False):
+        """Answer 200 on the uhttp-server connection ``client``.
+
+        ``headers`` (given away: Content-Length is added) go out with the
+        real length; a HEAD (``head_only``) sends nothing more. The streamed
+        file is this body's already-opened one, never the path opened again.
+        """
+        headers['content-length'] = self.size
+        if head_only or self.file is None or client.socket is None:
+            self.close()
+            # data=None: uhttp-server keeps our Content-Length (with bytes
+            # it would count them itself, 0 for a HEAD's empty body)
+            client.respond(data=None if head_only else self.data,
+                           headers=headers)
+            return
+        handle, self.file = self.file, None
+        # what uhttp-server's respond_file() does after its own open():
+        # the connection refills its send buffer from this file and closes
+        # it when done or when the connection closes
+        client._file_handle = handle  # pylint: disable=protected-access
+        client.respond(data=None, headers=headers)
+
+    def close(self):
+        """Close the file, if any (a body not handed to a connection)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -3,22 +3,39 @@
 Resolving a request path safely costs a stat per path component, and
 opening and reading a small file costs more than sending it. This cache
 remembers each URL's resolution for a moment (`ttl`) and the contents of
-small files, revalidated by one `os.stat` per request (inode, size and
-modification time must still match), so a changed or removed file is never
-served stale. Large files are not cached: they are streamed from disk.
+small files, revalidated by one `os.lstat` per request: the path must still
+name, without a symlink at its end, the very file whose bytes were read
+(device, inode, size, modification and change times), so a changed,
+removed or swapped file is never served stale. Every file is read or
+streamed from a descriptor opened by `static.open_inside`, which follows no
+symlink: a file swapped for a symlink since its path was resolved is
+resolved afresh (a link leading out of the root then answers 404). Large
+files are not cached: they are streamed from that descriptor.
 
-It must never cache a refusal as an acceptance (404s are not remembered) or
-hold more than `max_total` bytes.
+It must never cache a refusal as an acceptance (404s are not remembered),
+serve bytes it did not read through `open_inside`, or hold more than
+`max_total` bytes.
 """
 
 import os
+import stat
 import time
+
+from .static import StaticBody, StaticResult, open_inside
 
 SMALL_FILE = 256 * 1024
 
+_NOT_FOUND = StaticResult(404)
+
+
+def _identity(info):
+    """What must not change for cached bytes to stay valid."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns)
+
 
 class StaticCache:
-    """Front of a StaticFiles: `lookup(path)` → (StaticResult, bytes|None)."""
+    """Front of a StaticFiles: `lookup(path)` → (StaticResult, StaticBody|None)."""
 
     def __init__(self, static_files, ttl=1.0, max_file=SMALL_FILE,
                  max_total=32 * 1024 * 1024, max_entries=4096):
@@ -28,64 +45,93 @@ class StaticCache:
         self._max_total = max_total
         self._max_entries = max_entries
         self._resolved = {}     # url path -> (StaticResult, expires)
-        self._contents = {}     # file path -> (identity, bytes)
+        self._contents = {}     # file path -> (identity, StaticBody)
         self._total = 0
 
     def __bool__(self):
         return bool(self._static)
 
+    def serves(self, path):
+        """True when `path` is under a static mount (nothing is opened)."""
+        return self._resolve(path) is not None
+
     def lookup(self, path):
-        """None (not a static path), or the result and the file's bytes when
-        it is small enough to be cached (None otherwise)."""
+        """None (not a static path), or the result and, for a 200, its body.
+
+        The body holds the bytes of a small file (cached) or a file opened
+        for this answer, which the caller must send or close. The result's
+        size is the body's.
+        """
+        result = self._resolve(path)
+        if result is None or result.status != 200:
+            return None if result is None else (result, None)
+        body = self._body(result)
+        if body is None:
+            # changed since it was resolved (removed, swapped for a link):
+            # resolve it afresh, once
+            self._forget(path, result.file_path)
+            result = self._resolve(path)
+            if result.status != 200:
+                return result, None
+            body = self._body(result)
+            if body is None:
+                self._forget(path, result.file_path)
+                return _NOT_FOUND, None
+        if body.size != result.size:
+            result = result._replace(size=body.size)
+        return result, body
+
+    def _resolve(self, path):
         now = time.monotonic()
         cached = self._resolved.get(path)
         if cached is not None and cached[1] > now:
-            result = cached[0]
-        else:
-            result = self._static.lookup(path)
-            if result is None:
-                return None
-            if result.status == 200:
-                if len(self._resolved) >= self._max_entries:
-                    self._resolved.clear()
-                self._resolved[path] = (result, now + self._ttl)
-        if result.status != 200 or result.size > self._max_file:
-            return result, None
-        return self._read(path, result)
+            return cached[0]
+        result = self._static.lookup(path)
+        if result is not None and result.status == 200:
+            if len(self._resolved) >= self._max_entries:
+                self._resolved.clear()
+            self._resolved[path] = (result, now + self._ttl)
+        return result
 
-    def _read(self, path, result):
-        try:
-            info = os.stat(result.file_path)
-        except OSError:
-            self._forget(path, result.file_path)
-            return self._static.lookup(path), None
-        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+    def _body(self, result):
+        """The file's body, or None if it cannot be opened inside the root."""
         entry = self._contents.get(result.file_path)
-        if entry is not None and entry[0] == identity:
-            return result, entry[1]
-        if info.st_size > self._max_file:
-            return result, None
+        if entry is not None:
+            try:
+                info = os.lstat(result.file_path)
+            except OSError:
+                info = None
+            if info is not None and stat.S_ISREG(info.st_mode) \
+                    and _identity(info) == entry[0]:
+                return entry[1]
         try:
-            with open(result.file_path, 'rb') as handle:
-                data = handle.read(self._max_file + 1)
+            handle, info = open_inside(result.root, result.file_path)
         except OSError:
-            self._forget(path, result.file_path)
-            return self._static.lookup(path), None
-        self._store(result.file_path, identity, data)
-        return result, data
+            return None
+        if info.st_size > self._max_file:
+            return StaticBody(file=handle, size=info.st_size)
+        with handle:
+            try:
+                data = handle.read(self._max_file + 1)
+            except OSError:
+                return None
+        body = StaticBody(data)
+        if len(data) == info.st_size:  # not written to while we read
+            self._store(result.file_path, _identity(info), body)
+        return body
 
-    def _store(self, file_path, identity, data):
+    def _store(self, file_path, identity, body):
         old = self._contents.pop(file_path, None)
         if old is not None:
-            self._total -= len(old[1])
-        if self._total + len(data) > self._max_total:
+            self._total -= old[1].size
+        if self._total + body.size > self._max_total:
             self._contents.clear()
             self._total = 0
-        self._contents[file_path] = (identity, data)
-        self._total += len(data)
+        self._contents[file_path] = (identity, body)
+        self._total += body.size
 
     def _forget(self, path, file_path):
         self._resolved.pop(path, None)
         old = self._contents.pop(file_path, None)
         if old is not None:
-            self._total -= len(old[1])
+            self._total -= old[1].size

@@ -305,6 +305,13 @@ class Worker(WatchesDescriptors):
                 'request %s: return value ignored, it was already answered',
                 request.request_id)
 
+    # Answers and stream frames are held (so that an event fanned out to N
+    # streams is one write) unless they belong to the request whose handler
+    # is running: a handler streaming in a loop would otherwise keep its
+    # whole stream in this process and its client would see nothing until
+    # it returned. Those go at once, each write blocking while the
+    # dispatcher is behind, which paces the handler.
+
     def _send_response(self, request, data, status, headers):
         headers = normalize_headers(headers)
         try:
@@ -320,7 +327,8 @@ class Worker(WatchesDescriptors):
         request._state = 'answered'
         self._open.pop(request.request_id, None)
         self._hold(messages.response(
-            request.request_id, status, headers, body, request._route))
+            request.request_id, status, headers, body, request._route),
+            now=request.request_id == self._current)
         return True
 
     def _start_stream(self, request, headers, cookies):
@@ -329,17 +337,20 @@ class Worker(WatchesDescriptors):
         cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
             else None
         self._hold(messages.stream_start(
-            request.request_id, 200, headers, cookies))
+            request.request_id, 200, headers, cookies),
+            now=request.request_id == self._current)
         return True
 
     def _send_stream(self, request, body):
-        self._hold(messages.stream_data(request.request_id, body))
+        self._hold(messages.stream_data(request.request_id, body),
+                   now=request.request_id == self._current)
         return True
 
     def _end_stream(self, request):
         request._state = 'ended'
         self._open.pop(request.request_id, None)
-        self._hold(messages.stream_end(request.request_id))
+        self._hold(messages.stream_end(request.request_id),
+                   now=request.request_id == self._current)
         return True
 
     # -- the loop -------------------------------------------------------------
@@ -362,13 +373,21 @@ class Worker(WatchesDescriptors):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _hold(self, message):
-        # Stream frames and answers are held until the handler returns (or
-        # the next immediate send): a broadcast to N streams is one write.
+    def _hold(self, message, now=False):
+        # Answers and stream frames wait for the end of this loop turn, the
+        # next immediate send or the channel's HOLD_LIMIT, whichever comes
+        # first (`now`: written at once, after those held before it).
         channel = self._channel
-        if channel is not None and not channel.closed:
+        if channel is None or channel.closed:
+            return
+        try:
             with self._write_lock:
-                channel.hold(message)
+                if now:
+                    channel.send(message)
+                else:
+                    channel.hold(message)
+        except ChannelClosed:
+            self._exit_code = EXIT_PARENT_GONE
 
     def _flush_held(self):
         channel = self._channel
@@ -433,6 +452,9 @@ class Worker(WatchesDescriptors):
         """Thread: while a handler runs, keep reading the channel so that a
         request waiting behind it can be handed back to the dispatcher (the
         loop reads it again once the handler returns)."""
+        # signals stay the main thread's business, as in a worker without
+        # this thread (a handler that blocks SIGTERM still blocks it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         busy = self._busy
         watched = None
         while True:
