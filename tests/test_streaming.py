@@ -477,7 +477,7 @@ def test_an_answer_given_inside_its_running_handler_leaves_at_once(
     running.respond({'early': True})
     (answer,) = frames_waiting(peer)
     assert answer[:3] == (messages.RESPONSE, 9, 200)
-    assert answer[4] == b'{"early": true}'
+    assert answer[3].endswith(b'\r\n\r\n{"early": true}')
     worker._current = None  # pylint: disable=protected-access
     later = a_request(worker, 10)     # e.g. DEFERRED, answered from on_idle
     later.respond({'late': True})

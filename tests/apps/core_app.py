@@ -125,6 +125,20 @@ class CoreWorker(_workers.Worker):
         return {'code': request.path_params['code']}, \
             request.path_params['code'], {'X-Custom': 'yes'}
 
+    @_workers.api('/api/badanswer/{kind}', 'GET')
+    def bad_answer(self, request):
+        """Answers that must never reach the wire as given."""
+        return {
+            'colon-in-name': ('x', 200, {'x-a:b': '1'}),
+            'space-in-name': ('x', 200, {'x a': '1'}),
+            'nul-in-value': ('x', 200, {'x-a': 'a\x00b'}),
+            'crlf-in-value': ('x', 200, {'x-a': 'a\r\nset-cookie: y=1'}),
+            'function-value': ('x', 200, {'x-a': print}),
+            'status-1xx': ('x', 102),
+            'status-101': ('x', 101),
+            'status-700': ('x', 700),
+        }[request.path_params['kind']]
+
     @_workers.api('/api/bytes', 'GET')
     def raw_bytes(self, request):
         return b'\x00\x01binary'

@@ -24,7 +24,7 @@ import time
 
 from uhttp import server as _server
 
-from . import messages
+from . import framing, messages
 from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_PREDECESSOR, Admission, ListenerGate, resume)
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
@@ -680,7 +680,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             request_id, client.method, client.path, client.query,
             client.headers, data,
             client.remote_address if self._trusts_proxies
-            else _server.unmap_ipv4(client.addr[0]))
+            else _server.unmap_ipv4(client.addr[0]), False,
+            client._should_keep_alive())  # pylint: disable=protected-access
         pending = self._pending.open(
             request_id, client, pool, message, time.monotonic())
         client.context = pending
@@ -748,6 +749,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                              _error_body(500, 'Internal Server Error'))
             else:
                 client.close()
+
+    def _send_answer(self, client, wire, keep_alive):
+        """Write a complete answer a worker built (status line included):
+        the dispatcher's whole share of a pool answer."""
+        # pylint: disable=protected-access
+        if keep_alive and self._state != 'running':
+            wire, keep_alive = framing.with_close(wire), False
+        client._response_started = True
+        client._is_streaming = False
+        client._response_keep_alive = keep_alive
+        try:
+            client._send(wire)  # finishes (keep-alive reset) once all is out
+        except OSError:
+            client.close()
+            return
+        self._note_pipelined(client)
 
     def _answer_data(self, client, status, data):
         headers = {}

@@ -11,7 +11,7 @@ HTTP parser for requests); no kind re-encodes them.
 """
 
 # dispatcher -> worker
-REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address, to_all)
+REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address, to_all, keep_alive)
 CONFIG = 2          # (CONFIG, config)
 STOP = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT = 4      # (DISCONNECT, request_id)  its client went away
@@ -21,7 +21,7 @@ SERVICES = 6        # (SERVICES, {name: status})  helper service states
 # worker -> dispatcher
 READY = 20          # (READY, pid)  setup() finished
 HEARTBEAT = 21      # (HEARTBEAT, current_request_id, requests_handled)
-RESPONSE = 22       # (RESPONSE, request_id, status, headers, body, route)
+RESPONSE = 22       # (RESPONSE, request_id, status, wire_bytes, keep_alive, route)
 DEFERRED = 23       # (DEFERRED, request_id)  handler returned DEFERRED
 KEEP_ALIVE = 24     # (KEEP_ALIVE, request_ids)  reset timeout and stuck clock
 LOG = 25            # (LOG, name, level, message)
@@ -34,11 +34,12 @@ FORWARD = 31        # (FORWARD, method, path, data, headers, to_all)  fire-and-f
 
 
 def request(request_id, method, path, query, headers, data, remote_address,
-            to_all=False):
+            to_all=False, keep_alive=False):
     """A request for a worker pool; `to_all`: a copy of a broadcast, run
-    even by a paused worker."""
+    even by a paused worker; `keep_alive`: whether its connection may stay
+    open after the answer (the worker writes that into the answer)."""
     return (REQUEST, request_id, method, path, query, headers, data,
-            remote_address, to_all)
+            remote_address, to_all, keep_alive)
 
 
 def config(value):
@@ -76,10 +77,11 @@ def heartbeat(current_request_id, requests_handled):
     return (HEARTBEAT, current_request_id, requests_handled)
 
 
-def response(request_id, status, headers, body, route=''):
-    """The whole answer to a request; body is bytes; route is the matched
-    pattern (for metrics), '' when none matched."""
-    return (RESPONSE, request_id, status, headers, body, route)
+def response(request_id, status, wire, keep_alive, route=''):
+    """The whole answer to a request as it goes on the wire (status line,
+    headers, body: see framing.py); whether the connection stays open after
+    it; route is the matched pattern (for metrics), '' when none matched."""
+    return (RESPONSE, request_id, status, wire, keep_alive, route)
 
 
 def deferred(request_id):

@@ -120,7 +120,7 @@ class Request:
 
     __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
                  'data', 'headers', 'remote_address', '_cookies', '_worker',
-                 '_state', '_route')
+                 '_state', '_route', '_keep_alive')
 
     def __init__(self, request_id=-1, method='GET', path='/', data=None,
                  query=None, headers=None, path_params=None,
@@ -137,6 +137,7 @@ class Request:
         self._worker = None
         self._state = 'new'
         self._route = ''
+        self._keep_alive = False
 
     def __repr__(self):
         return f'<Request {self.request_id} {self.method} {self.path}>'
@@ -152,6 +153,7 @@ class Request:
         self._worker = None
         self._state = 'new'
         self._route = ''
+        self._keep_alive = False
 
     @property
     def cookies(self):
@@ -252,6 +254,18 @@ class Response:
 
     def __repr__(self):
         return f'<Response {self.request_id} {self.status}>'
+
+    @classmethod
+    def from_wire(cls, request_id, status, wire):
+        """The Response of an answer's bytes as a worker built them."""
+        head, _, body = bytes(wire).partition(b'\r\n\r\n')
+        headers = {}
+        for line in head.decode('latin-1').split('\r\n')[1:]:
+            name, _, value = line.partition(':')
+            name, value = name.lower(), value.strip()
+            headers[name] = f'{headers[name]}, {value}' if name in headers \
+                else value
+        return cls(request_id, status, headers, body)
 
     @property
     def data(self):

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from . import messages
+from . import framing, messages
 from .channel import Channel, ChannelClosed
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import LOG_WARNING, Logger, printable
@@ -251,7 +251,7 @@ class Worker(WatchesDescriptors):
             if rejected is not None:
                 return rejected
             (target, request._route), request.path_params = \
-                self._router.match(request.method, request.path)
+                self._route(request.method, request.path)
             return target(request)
         except RejectRequest as err:
             return err.data, err.status
@@ -263,6 +263,16 @@ class Worker(WatchesDescriptors):
         except Exception as err:  # pylint: disable=broad-except
             return self._handler_failed(request, err)
 
+    def _route(self, method, path):
+        try:
+            return self._router.match(method, path)
+        except MethodNotAllowed:
+            if method != 'HEAD':
+                raise
+        # HEAD is GET without the body (RFC 9110 §9.3.2); the framing
+        # keeps the length and drops the body
+        return self._router.match('GET', path)
+
     def _handler_failed(self, request, err):
         try:
             return self.on_request_error(request, err)
@@ -271,8 +281,8 @@ class Worker(WatchesDescriptors):
             return {'error': 'Internal Server Error'}, 500
 
     def _on_request(self, message):
-        _, request_id, method, path, query, headers, data, remote, to_all = \
-            message
+        (_, request_id, method, path, query, headers, data, remote, to_all,
+         keep_alive) = message
         if self._stopping or not (self._accepting or to_all):
             self._send(messages.returned(request_id))
             return
@@ -280,6 +290,7 @@ class Worker(WatchesDescriptors):
         request = Request(request_id, method, path, data, query, headers,
                           remote_address=remote)
         request._worker = self
+        request._keep_alive = keep_alive
         self._current = request_id
         if not self._busy.is_set():
             self._busy.set()
@@ -313,21 +324,29 @@ class Worker(WatchesDescriptors):
     # dispatcher is behind, which paces the handler.
 
     def _send_response(self, request, data, status, headers):
-        headers = normalize_headers(headers)
+        # The complete answer is built here, so that the dispatcher (the one
+        # serial process of the service) only writes bytes.
+        keep_alive = request._keep_alive
         try:
-            if not isinstance(status, int):
-                raise TypeError(f'status must be an int, not {status!r}')
+            headers = {str(key).lower(): value
+                       for key, value in headers.items()} if headers else {}
             body = encode_body(data, headers)
+            wire, keep_alive = framing.frame_response(
+                status, headers, body, keep_alive=keep_alive,
+                head_only=request.method == 'HEAD')
         except Exception as err:  # pylint: disable=broad-except
             self.log.error(
-                'request %s: cannot encode the response: %s',
-                request.request_id, err, exc_info=err)
-            status, headers, body = 500, {
-                'content-type': 'application/json'}, _ERROR_BODY
+                'request %s: cannot encode the response to %s %s: %s',
+                request.request_id, request.method, printable(request.path),
+                err, exc_info=err)
+            status = 500
+            wire = framing.encode_response(
+                500, {'content-type': 'application/json'}, _ERROR_BODY,
+                keep_alive=keep_alive, head_only=request.method == 'HEAD')
         request._state = 'answered'
         self._open.pop(request.request_id, None)
         self._hold(messages.response(
-            request.request_id, status, headers, body, request._route),
+            request.request_id, status, wire, keep_alive, request._route),
             now=request.request_id == self._current)
         return True
 

@@ -190,7 +190,7 @@ class WorkerEvents:
                            handle.name, kind)
 
     def _on_response_message(self, handle, message):
-        _, request_id, status, headers, body, route = message
+        _, request_id, status, wire, keep_alive, route = message
         pool = handle.pool
         pending = handle.in_flight.get(request_id)
         if pending is None:
@@ -211,11 +211,11 @@ class WorkerEvents:
             # and the hook could no longer read the request it answers
             try:
                 self.on_response(
-                    Response(request_id, status, headers, body), pending)
+                    Response.from_wire(request_id, status, wire), pending)
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_response() raised')
         if client.socket is not None:
-            self._answer(client, status, headers, body, owned=True)
+            self._send_answer(client, wire, keep_alive)
         pool.pump(handle)
 
     def _on_deferred(self, handle, request_id):
