@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of uhttp.workers (this checkout) against its peers.
 
-    python benchmarks/run.py            full run (3 rounds, about 14 minutes)
+    python benchmarks/run.py            full run (3 rounds, about 13 minutes)
     python benchmarks/run.py --quick    one short round (about 3 minutes)
     python benchmarks/run.py --baseline REF
                                         also measure commit REF of this
@@ -1230,8 +1230,8 @@ def run_phases(report, wrk, servers, plan, files):
     report['runs'] = measure_rounds(wrk, entries, plan, body_path)
     report['summary'] = summarize(report['runs'])
     report['targets'] = {name: targets.evaluate(report['summary'], name)
-                         for name, server in entries
-                         if server.kind in ('self', 'baseline')}
+                         for name in ('self', 'self_aa', 'baseline')
+                         if name in report['entries']}
     report['pss_after_load_kb'] = {s.key: s.pss_kb() for s in up
                                    if s.alive()}
 
@@ -1878,6 +1878,8 @@ def main():
                         '(any git revision: a hash, a branch, HEAD~1) as '
                         'one more server, in the same rounds')
     args = parser.parse_args()
+    if args.profile and args.baseline:
+        parser.error('--baseline measures in the rounds; --profile has none')
     if args.profile:
         return profile(args)
     return bench(args)
