@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of uhttp.workers (this checkout) against its peers.
 
-    python benchmarks/run.py            full run (3 rounds, < 10 minutes)
-    python benchmarks/run.py --quick    one short round (< 2 minutes)
+    python benchmarks/run.py            full run (3 rounds, about 13 minutes)
+    python benchmarks/run.py --quick    one short round (about 3 minutes)
+    python benchmarks/run.py --baseline REF
+                                        also measure commit REF of this
+                                        repository as one more server
     python benchmarks/run.py --profile  cProfile of the dispatcher and a worker
                                         during a c=32 run on the pool route
 
 Peers, each in its own virtual environment under benchmarks/.venvs/ (created
 on first use, reused afterwards):
   uhttp-workers==1.8.1 with uhttp-server==2.6.2 (the PyPI implementation),
-  gunicorn (latest) with 2 sync workers serving the same endpoints as WSGI.
+  gunicorn (latest) with 2 sync workers serving the same endpoints as WSGI,
+  uvicorn[standard] (httptools, uvloop) and granian[uvloop] (its ASGI
+  interface), each with 2 workers serving the same endpoints as raw ASGI.
 
 Every server listens on 127.0.0.1 only, with two workers. The results go to
 stdout and to benchmarks/results/latest.md and latest.json. See README.md for
@@ -33,6 +38,10 @@ import threading
 import time
 import traceback
 
+import hol
+import targets
+from baseline import Baseline, BaselineError
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 APPS = os.path.join(BENCH, 'apps')
@@ -44,12 +53,37 @@ CLK_TCK = os.sysconf('SC_CLK_TCK')
 SHUTDOWN_TIMEOUT = 5.0          # given to every server (app flag / gunicorn)
 WORKERS = 2
 
-PEER_1X_PACKAGES = ['uhttp-workers==1.8.1', 'uhttp-server==2.6.2']
 PEER_1X_CHECK = ("import importlib.metadata as m; "
                  "assert m.version('uhttp-workers') == '1.8.1'; "
                  "assert m.version('uhttp-server') == '2.6.2'; "
-                 "import uhttp.workers")
-GUNICORN_CHECK = "import gunicorn; print(gunicorn.__version__)"
+                 "import uhttp.workers; "
+                 "print(m.version('uhttp-workers'), m.version('uhttp-server'))")
+
+# kind -> (venv under .venvs/, pip requirements, check run by the venv's
+# python: it must exit 0 and print the version shown in the report)
+PEERS = {
+    'peer1x': ('uhttp-workers-1.8.1',
+               ['uhttp-workers==1.8.1', 'uhttp-server==2.6.2'],
+               PEER_1X_CHECK),
+    'gunicorn': ('gunicorn', ['gunicorn'],
+                 "import gunicorn; print(gunicorn.__version__)"),
+    'uvicorn': ('uvicorn', ['uvicorn[standard]'],
+                "import uvicorn, uvloop, httptools; print(uvicorn.__version__,"
+                " '(uvloop', uvloop.__version__ + ', httptools',"
+                " httptools.__version__ + ')')"),
+    'granian': ('granian', ['granian[uvloop]'],
+                "import granian, uvloop; print(granian.__version__,"
+                " '(uvloop', uvloop.__version__ + ')')"),
+}
+SELF_VERSION = ("import importlib.metadata as m; "
+                "print(m.version('uhttp-workers'), m.version('uhttp-server'))")
+
+# the kinds that run apps/workers_app.py (a dispatcher with /monitor)
+UHTTP_KINDS = ('self', 'baseline', 'peer1x')
+ASGI_KINDS = ('uvicorn', 'granian')
+# entries measured in the rounds, in this base order (rotated per round)
+ENTRY_ORDER = ('self', 'baseline', 'peer1x', 'gunicorn', 'uvicorn',
+               'granian')
 
 ECHO_BODY_SIZE = 1024
 
@@ -77,8 +111,20 @@ SCENARIO_TITLES = {
 
 KIND_TITLES = {
     'self': 'uhttp.workers (this checkout)',
+    'baseline': 'uhttp.workers (baseline)',
     'peer1x': 'uhttp-workers 1.8.1',
     'gunicorn': 'gunicorn sync',
+    'uvicorn': 'uvicorn (httptools, uvloop)',
+    'granian': 'granian asgi',
+}
+
+# column names of the ratio tables
+SHORT_NAMES = {
+    'baseline': 'baseline',
+    'peer1x': '1.8.1',
+    'gunicorn': 'gunicorn',
+    'uvicorn': 'uvicorn',
+    'granian': 'granian',
 }
 
 
@@ -94,16 +140,22 @@ def _venv_python(name):
     return os.path.join(VENVS, name, 'bin', 'python')
 
 
-def _python_ok(python, code):
+def _python_output(python, code):
+    """What `python -c code` prints, or None when it fails."""
     if not os.path.exists(python):
-        return False
+        return None
     try:
         # cwd '/': from the repo root, `import uhttp.workers` would find
         # the checkout's package before the one installed in the venv
-        return subprocess.run([python, '-c', code], capture_output=True,
-                              cwd='/', timeout=60).returncode == 0
+        done = subprocess.run([python, '-c', code], capture_output=True,
+                              text=True, cwd='/', timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _python_ok(python, code):
+    return _python_output(python, code) is not None
 
 
 def ensure_venv(name, packages, check, editable=None):
@@ -187,7 +239,8 @@ def machine_info(wrk):
 # -- /proc: process trees, CPU and memory ---------------------------------------
 
 def _read_stat(pid):
-    """(ppid, cpu ticks incl. reaped children, start time) or None."""
+    """(ppid, cpu ticks incl. reaped children, start time, own cpu ticks)
+    or None."""
     try:
         with open(f'/proc/{pid}/stat', encoding='ascii',
                   errors='replace') as handle:
@@ -197,12 +250,14 @@ def _read_stat(pid):
     rest = text[text.rindex(')') + 2:].split()
     # rest[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17,
     # starttime=22
-    ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-    return int(rest[1]), ticks, int(rest[19])
+    own = int(rest[11]) + int(rest[12])
+    ticks = own + int(rest[13]) + int(rest[14])
+    return int(rest[1]), ticks, int(rest[19]), own
 
 
 def process_tree(root):
-    """{pid: (ticks, starttime)} of root and all its descendants."""
+    """{pid: (ticks, starttime, own ticks)} of root and all its
+    descendants."""
     stats = {}
     children = {}
     for name in os.listdir('/proc'):
@@ -217,7 +272,7 @@ def process_tree(root):
     todo = [root] if root in stats else []
     while todo:
         pid = todo.pop()
-        tree[pid] = (stats[pid][1], stats[pid][2])
+        tree[pid] = stats[pid][1:]
         todo.extend(children.get(pid, ()))
     return tree
 
@@ -269,7 +324,8 @@ def free_port():
 class Server:
     """One server under test: its command, process tree and log."""
 
-    def __init__(self, key, kind, port, cmd, env, workers=WORKERS):
+    def __init__(self, key, kind, port, cmd, env, workers=WORKERS,
+                 title=None):
         self.key = key
         self.kind = kind
         self.port = port
@@ -281,12 +337,18 @@ class Server:
         self.starts = 0
         self.crashes = []        # failure texts of unexpected exits
         self.log_path = None
+        self.ready_dir = None    # ASGI apps: one file per started worker
+        self._title = title or KIND_TITLES[kind]
 
     @property
     def title(self):
-        title = KIND_TITLES[self.kind]
-        return title if self.workers == WORKERS else \
-            f'{title}, {self.workers} workers'
+        return self._title if self.workers == WORKERS else \
+            f'{self._title}, {self.workers} workers'
+
+    @property
+    def has_monitor(self):
+        """True when /monitor reports the pending table and the pools."""
+        return self.kind in UHTTP_KINDS
 
     def start(self):
         self.starts += 1
@@ -294,9 +356,16 @@ class Server:
         self.log_path = os.path.join(RESULTS, 'logs',
                                      f'{self.key}{suffix}.log')
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        env = self.env
+        if self.kind in ASGI_KINDS:
+            self.ready_dir = os.path.join(RESULTS, 'ready',
+                                          f'{self.key}{suffix}')
+            shutil.rmtree(self.ready_dir, ignore_errors=True)
+            os.makedirs(self.ready_dir)
+            env = dict(env, BENCH_READY_DIR=self.ready_dir)
         with open(self.log_path, 'wb') as log_file:
             self.proc = subprocess.Popen(
-                self.cmd, env=self.env, cwd=BENCH, stdout=log_file,
+                self.cmd, env=env, cwd=BENCH, stdout=log_file,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         self.known[self.proc.pid] = None
@@ -310,12 +379,17 @@ class Server:
 
     def tree(self):
         tree = process_tree(self.pid) if self.alive() else {}
-        for pid, (_ticks, start) in tree.items():
+        for pid, (_ticks, start, _own) in tree.items():
             self.known[pid] = start
         return tree
 
     def cpu_ticks(self):
-        return sum(ticks for ticks, _ in self.tree().values())
+        """(CPU ticks of the whole tree, CPU ticks of the root process
+        alone: the dispatcher of uhttp.workers, the master of the others)."""
+        tree = self.tree()
+        root = tree.get(self.pid)
+        return (sum(ticks for ticks, _, _ in tree.values()),
+                root[2] if root else None)
 
     def pss_kb(self):
         return pss_kb(self.tree())
@@ -344,14 +418,22 @@ class Server:
         if status != 200:
             return False
         if self.kind == 'gunicorn':
-            workers = len(self.tree()) - 1
-            return workers >= self.workers and \
-                http_request(self.port, 'GET', '/api/item/1')[0] == 200
-        pools = get_json(self.port, '/monitor')['pools']
-        for pool in pools:
-            for worker in pool['workers']:
-                if not worker.get('ready', worker.get('alive')):
-                    return False
+            if len(self.tree()) - 1 < self.workers:
+                return False
+        elif self.kind in ASGI_KINDS:
+            # each worker marks its lifespan startup with a file named after
+            # its PID; count those of processes of this tree
+            tree = self.tree()
+            started = [name for name in os.listdir(self.ready_dir)
+                       if name.isdigit() and int(name) in tree]
+            if len(started) < self.workers:
+                return False
+        else:
+            pools = get_json(self.port, '/monitor')['pools']
+            for pool in pools:
+                for worker in pool['workers']:
+                    if not worker.get('ready', worker.get('alive')):
+                        return False
         return http_request(self.port, 'GET', '/api/item/1')[0] == 200
 
     def failure_text(self):
@@ -445,12 +527,21 @@ class Server:
                 pass
 
 
-def make_servers(python_self, python_1x, python_gunicorn, static_dir,
-                 include_4w=True):
+def make_servers(pythons, static_dir, include_4w=True, baseline=None):
+    """The servers to start: pythons maps a kind to its interpreter (None:
+    not available); baseline is (python, title) of --baseline or None.
+
+    Every server gets the same listen backlog (1024: the default of this
+    project and granian; gunicorn's and uvicorn's is 2048) and the same
+    graceful timeout (SHUTDOWN_TIMEOUT); everything else is each server's
+    default (apps/workers_app.py says what 1.8.1 is given)."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    for name in ('JOURNAL_STREAM', 'BENCH_PROFILE_DIR', 'PYTHONPATH'):
+    for name in ('JOURNAL_STREAM', 'BENCH_PROFILE_DIR', 'PYTHONPATH',
+                 'BENCH_READY_DIR'):
         env.pop(name, None)
     app = os.path.join(APPS, 'workers_app.py')
+    static_env = dict(env, BENCH_STATIC_DIR=static_dir)
+    grace = str(int(SHUTDOWN_TIMEOUT))
     servers = []
 
     def workers_cmd(python, port, workers):
@@ -458,28 +549,47 @@ def make_servers(python_self, python_1x, python_gunicorn, static_dir,
                 '--static-dir', static_dir, '--shutdown-timeout',
                 str(SHUTDOWN_TIMEOUT)]
 
-    port = free_port()
-    servers.append(Server('self', 'self', port,
-                          workers_cmd(python_self, port, WORKERS), env))
+    def tool(python, name):
+        return os.path.join(os.path.dirname(python), name)
+
+    def add(key, kind, build, server_env=env, **extra):
+        port = free_port()
+        servers.append(Server(key, kind, port, build(port), server_env,
+                              **extra))
+
+    python_self = pythons['self']
+    add('self', 'self', lambda port: workers_cmd(python_self, port, WORKERS))
     if include_4w:
-        port = free_port()
-        servers.append(Server('self_4w', 'self', port,
-                              workers_cmd(python_self, port, 4), env,
-                              workers=4))
-    if python_1x:
-        port = free_port()
-        servers.append(Server('peer1x', 'peer1x', port,
-                              workers_cmd(python_1x, port, WORKERS), env))
-    if python_gunicorn:
-        port = free_port()
-        gunicorn = os.path.join(os.path.dirname(python_gunicorn), 'gunicorn')
-        genv = dict(env, BENCH_STATIC_DIR=static_dir)
-        servers.append(Server('gunicorn', 'gunicorn', port, [
-            gunicorn, '-w', str(WORKERS), '-k', 'sync',
-            '-b', f'{HOST}:{port}', '--chdir', APPS,
-            '--graceful-timeout', str(int(SHUTDOWN_TIMEOUT)),
+        add('self_4w', 'self', lambda port: workers_cmd(python_self, port, 4),
+            workers=4)
+    if baseline:
+        add('baseline', 'baseline',
+            lambda port: workers_cmd(baseline[0], port, WORKERS),
+            title=baseline[1])
+    if pythons.get('peer1x'):
+        add('peer1x', 'peer1x',
+            lambda port: workers_cmd(pythons['peer1x'], port, WORKERS))
+    if pythons.get('gunicorn'):
+        add('gunicorn', 'gunicorn', lambda port: [
+            tool(pythons['gunicorn'], 'gunicorn'), '-w', str(WORKERS),
+            '-k', 'sync', '-b', f'{HOST}:{port}', '--backlog', '1024',
+            '--chdir', APPS, '--graceful-timeout', grace,
             '--no-control-socket', '--log-level', 'warning',
-            'gunicorn_app:app'], genv))
+            'gunicorn_app:app'], static_env)
+    if pythons.get('uvicorn'):
+        add('uvicorn', 'uvicorn', lambda port: [
+            tool(pythons['uvicorn'], 'uvicorn'), 'asgi_app:app',
+            '--app-dir', APPS, '--host', HOST, '--port', str(port),
+            '--workers', str(WORKERS), '--backlog', '1024',
+            '--timeout-graceful-shutdown', grace, '--lifespan', 'on',
+            '--log-level', 'warning', '--no-access-log'], static_env)
+    if pythons.get('granian'):
+        add('granian', 'granian', lambda port: [
+            tool(pythons['granian'], 'granian'), '--interface', 'asgi',
+            '--workers', str(WORKERS), '--host', HOST, '--port', str(port),
+            '--backlog', '1024', '--workers-kill-timeout', grace,
+            '--log-level', 'warning', '--working-dir', APPS,
+            'asgi_app:app'], static_env)
     return servers
 
 
@@ -530,6 +640,12 @@ def smoke_check(server, static_bytes, echo_body):
             return f'HTTP {status} {data[:80]!r}'
         return None
 
+    def sleep():
+        status, data, _ = http_request(port, 'GET', '/api/sleep/10')
+        if status != 200 or json.loads(data) != {'ms': 10}:
+            return f'HTTP {status} {data[:80]!r}'
+        return None
+
     def monitor():
         status, data, _ = http_request(port, 'GET', '/monitor')
         if status != 200 or 'pending' not in json.loads(data):
@@ -538,7 +654,7 @@ def smoke_check(server, static_bytes, echo_body):
 
     for name, func in (('health', health), ('static', static),
                        ('item', item), ('echo', echo), ('work', work),
-                       ('monitor', monitor)):
+                       ('sleep', sleep), ('monitor', monitor)):
         check(name, func)
     return checks
 
@@ -583,19 +699,24 @@ def run_wrk(wrk, port, path, connections, duration, body_file=None,
 
 
 def measured_run(wrk, server, scenario, duration, body_file):
-    """wrk plus CPU time of the server's process tree around it."""
+    """wrk plus CPU time of the server's process tree, and of its root
+    process alone, around it."""
     name, path, connections, post = scenario
-    before = server.cpu_ticks()
+    tree_before, root_before = server.cpu_ticks()
     result = run_wrk(wrk, server.port, path, connections, duration,
                      body_file if post else None)
-    after = server.cpu_ticks() if server.alive() else None
+    tree_after, root_after = server.cpu_ticks() if server.alive() \
+        else (None, None)
     if 'error' not in result:
         served = result['requests']
-        if after is not None and served:
-            result['cpu_us_per_req'] = (after - before) / CLK_TCK \
-                / served * 1e6
-        result['cpu_s'] = None if after is None else \
-            (after - before) / CLK_TCK
+        if tree_after is not None and served:
+            result['cpu_us_per_req'] = (tree_after - tree_before) \
+                / CLK_TCK / served * 1e6
+        if None not in (root_before, root_after) and served:
+            result['disp_cpu_us_per_req'] = (root_after - root_before) \
+                / CLK_TCK / served * 1e6
+        result['cpu_s'] = None if tree_after is None else \
+            (tree_after - tree_before) / CLK_TCK
     if not server.alive():
         result['server_crashed'] = True
     return result
@@ -605,13 +726,13 @@ def measured_run(wrk, server, scenario, duration, body_file):
 
 def idle_cpu(servers, seconds):
     """CPU % of each server's tree while nothing talks to it (together)."""
-    before = {s.key: s.cpu_ticks() for s in servers}
+    before = {s.key: s.cpu_ticks()[0] for s in servers}
     started = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - started
     result = {}
     for server in servers:
-        ticks = server.cpu_ticks() - before[server.key]
+        ticks = server.cpu_ticks()[0] - before[server.key]
         result[server.key] = ticks / CLK_TCK / wall * 100
     return result
 
@@ -650,7 +771,7 @@ def abandoned_test(wrk, server, duration, burst, followup_timeout,
     except (OSError, http.client.HTTPException) as err:
         result['followup_status'] = f'error: {err!r}'
         result['followup_ms'] = None
-    if server.kind == 'gunicorn':
+    if not server.has_monitor:
         result['drained_after_s'] = 'n/a'
         result['pending_left'] = 'n/a'
         return result
@@ -939,35 +1060,33 @@ def prepare_files():
 
 
 def setup_environments():
-    """Interpreters for (self, 1.8.1 peer, gunicorn); peers may be None."""
-    python_self = self_python()
+    """({kind: python or None}, {kind: version}, {kind: why unavailable})."""
+    pythons = {'self': self_python()}
+    versions = {'self': _python_output(pythons['self'], SELF_VERSION)}
     notes = {}
+    for kind, (venv, packages, check) in PEERS.items():
+        try:
+            pythons[kind] = ensure_venv(venv, packages, check)
+            versions[kind] = _python_output(pythons[kind], check)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            pythons[kind] = None
+            notes[kind] = str(err)
+            log(f'{KIND_TITLES[kind]} unavailable: {err}')
+    return pythons, versions, notes
+
+
+def setup_baseline(ref):
+    """The --baseline commit checked out and installed; its interpreter is
+    in .python. Raises BaselineError."""
+    base = Baseline(REPO, ref)
+    log(f'baseline {ref} = {base.commit[:12]}: checking it out')
+    base.checkout()
     try:
-        python_1x = ensure_venv('uhttp-workers-1.8.1', PEER_1X_PACKAGES,
-                                PEER_1X_CHECK)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-        python_1x = None
-        notes['peer1x'] = str(err)
-        log(f'uhttp-workers 1.8.1 unavailable: {err}')
-    try:
-        python_gunicorn = ensure_venv('gunicorn', ['gunicorn'],
-                                      GUNICORN_CHECK)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-        python_gunicorn = None
-        notes['gunicorn'] = str(err)
-        log(f'gunicorn unavailable: {err}')
-    versions = {}
-    for key, python, code in (
-            ('self', python_self, "import importlib.metadata as m; "
-             "print(m.version('uhttp-workers'), m.version('uhttp-server'))"),
-            ('peer1x', python_1x, "import importlib.metadata as m; "
-             "print(m.version('uhttp-workers'), m.version('uhttp-server'))"),
-            ('gunicorn', python_gunicorn, GUNICORN_CHECK)):
-        if python:
-            out = subprocess.run([python, '-c', code], capture_output=True,
-                                 text=True, cwd='/', timeout=60)
-            versions[key] = out.stdout.strip()
-    return python_self, python_1x, python_gunicorn, versions, notes
+        base.install(ensure_venv, VENVS)
+    except BaselineError:
+        base.remove()
+        raise
+    return base
 
 
 def revive(server, where):
@@ -995,166 +1114,217 @@ def start_all(servers):
     return failed
 
 
+class Plan:
+    """Durations and sizes of one run (full or --quick)."""
+
+    def __init__(self, args):
+        quick = args.quick
+        self.quick = quick
+        self.rounds = args.rounds or (1 if quick else 3)
+        self.duration = args.duration or (2 if quick else 5)
+        self.pause = 0.1 if quick else 0.2        # between two wrk runs
+        self.idle_seconds = 5 if quick else 10
+        self.hol_seconds = 2 if quick else 4
+        self.sse_clients = 200 if quick else 1000
+        self.sse_events = 20
+        self.sse_timeout = 15 if quick else 30    # per phase
+        self.sse_close_wait = 2 if quick else 3
+        # abandoned clients: wrk seconds, raw burst, follow-up timeout,
+        # drain limit; then SIGTERM, waited for up to shutdown_timeout +
+        # stop_grace
+        self.abandon = (1, 64, 4, 2) if quick else (3, 256, 10, 5)
+        self.stop_grace = 1 if quick else 2
+
+
 def bench(args):
     wrk = check_wrk()
     t_start = time.monotonic()
-    quick = args.quick
-    rounds = args.rounds or (1 if quick else 3)
-    duration = args.duration or (2 if quick else 5)
-    pause = 0.1 if quick else 0.2        # between two wrk runs
-    idle_seconds = 5 if quick else 10
-    sse_clients = 200 if quick else 1000
-    sse_events = 20
-    sse_timeout = 15 if quick else 30    # per phase (subscribe, deliver)
-    # abandoned clients: wrk seconds, raw burst, follow-up timeout, drain
-    # limit; then SIGTERM, waited for up to shutdown_timeout + stop_grace
-    abandon = (1, 64, 4, 2) if quick else (3, 256, 10, 5)
-    stop_grace = 1 if quick else 2
+    plan = Plan(args)
     os.makedirs(RESULTS, exist_ok=True)
     info = machine_info(wrk)
-    python_self, python_1x, python_gunicorn, versions, notes = \
-        setup_environments()
-    static_dir, static_bytes, body_path, echo_body = prepare_files()
-    servers = make_servers(python_self, python_1x, python_gunicorn,
-                           static_dir)
-    by_key = {s.key: s for s in servers}
-    report = {
-        'command': ' '.join(['python', 'benchmarks/run.py']
-                            + sys.argv[1:]),
-        'mode': 'quick' if quick else 'full',
-        'rounds': rounds, 'duration_s': duration,
-        'machine': info, 'versions': versions, 'setup_notes': notes,
-        'checkout': git_state(),
-        'servers': {s.key: {'title': s.title, 'port': s.port,
-                            'workers': s.workers} for s in servers},
-        'started_at': time.strftime('%Y-%m-%d %H:%M:%S'),
-    }
+    base = None
+    if args.baseline:
+        try:
+            base = setup_baseline(args.baseline)
+        except BaselineError as err:
+            sys.stderr.write(f'--baseline {args.baseline}: {err}\n')
+            return 2
     try:
-        env_seconds = time.monotonic() - t_start
-        log(f'environments ready in {env_seconds:.1f}s; starting '
-            f'{", ".join(s.key for s in servers)} together')
-        report['start_failures'] = start_all(servers)
-        up = [s for s in servers if s.alive()
-              and s.key not in report['start_failures']]
-
-        report['smoke'] = {}
-        for server in up:
-            report['smoke'][server.key] = smoke_check(server, static_bytes,
-                                                      echo_body)
-        log(f'smoke: {json.dumps(report["smoke"])}')
-
-        log(f'idle CPU over {idle_seconds}s (all servers idle together)')
-        time.sleep(0.5)
-        report['idle_cpu_pct'] = idle_cpu(up, idle_seconds)
-        report['pss_idle_kb'] = {s.key: s.pss_kb() for s in up}
-        if 'self_4w' in by_key:
-            four = by_key['self_4w']
-            report['self_4w_stop_s'] = four.stop()
-            up = [s for s in up if s is not four]
-
-        entries = []      # (entry name, server)
-        for key in ('self', 'peer1x', 'gunicorn'):
-            server = by_key.get(key)
-            if server in up:
-                entries.append((key, server))
-                if key == 'self':
-                    entries.append(('self_aa', server))
-        # spread the A/A pair apart in the base order
-        if len(entries) >= 3 and entries[1][0] == 'self_aa':
-            entries.append(entries.pop(1))
-        report['entries'] = [name for name, _ in entries]
-
-        log('warm-up')
-        for _name, server in entries:
-            if _name == 'self_aa':
-                continue
-            run_wrk(wrk, server.port, '/api/item/1', 32, 1)
-            if not quick:
-                run_wrk(wrk, server.port, '/api/echo', 8, 1, body_path)
-
-        runs = {name: {sc[0]: [] for sc in SCENARIOS} for name, _ in entries}
-        for round_index in range(rounds):
-            shift = round_index % len(entries)
-            order = entries[shift:] + entries[:shift]
-            log(f'round {round_index + 1}/{rounds}: order '
-                f'{[name for name, _ in order]}')
-            for scenario in SCENARIOS:
-                for name, server in order:
-                    if not server.alive() and \
-                            not revive(server, 'between runs'):
-                        runs[name][scenario[0]].append(
-                            {'error': 'server down', 'round':
-                             round_index + 1})
-                        continue
-                    result = measured_run(wrk, server, scenario, duration,
-                                          body_path)
-                    result['round'] = round_index + 1
-                    runs[name][scenario[0]].append(result)
-                    if result.get('server_crashed') or \
-                            not server.responsive():
-                        result['server_crashed'] = True
-                        result['crash'] = server.failure_text()
-                        revive(server, f'{scenario[0]} round '
-                                       f'{round_index + 1}')
-                    time.sleep(pause * (3 if scenario[2] >= 1024 else 1))
-        report['runs'] = runs
-        report['summary'] = summarize(runs)
-        report['pss_after_load_kb'] = {s.key: s.pss_kb() for s in up
-                                       if s.alive()}
-
-        report['sse'] = {}
-        for _name, server in entries:
-            if _name == 'self_aa':
-                continue
-            if server.kind == 'gunicorn':
-                report['sse'][server.key] = {'error': 'n/a (sync workers)'}
-                continue
-            if not server.alive() and not revive(server,
-                                                 'before the SSE test'):
-                continue
-            log(f'SSE: {sse_clients} clients x {sse_events} events on '
-                f'{server.key}')
-            try:
-                report['sse'][server.key] = sse_test(
-                    server, sse_clients, sse_events, sse_timeout,
-                    2 if quick else 3)
-            except Exception as err:  # pylint: disable=broad-except
-                report['sse'][server.key] = {'error': repr(err)}
-            if not server.responsive(1):
-                report['sse'][server.key].setdefault(
-                    'error', 'server down after the test: '
-                    + server.failure_text())
-
-        report['abandoned'] = {}
-        report['shutdown'] = {}
-        for _name, server in entries:
-            if _name == 'self_aa':
-                continue
-            if not server.responsive(1) and not revive(
-                    server, 'before the abandoned-client test'):
-                continue
-            log(f'abandoned clients, then SIGTERM: {server.key}')
-            report['abandoned'][server.key] = abandoned_test(
-                wrk, server, *abandon)
-            report['shutdown'][server.key] = shutdown_test(
-                server, stop_grace)
-    except Exception:  # pylint: disable=broad-except
-        report['aborted'] = traceback.format_exc()
-        log('run aborted:\n' + report['aborted'])
+        pythons, versions, notes = setup_environments()
+        if base:
+            versions['baseline'] = (
+                f'{_python_output(base.python, SELF_VERSION)}, commit '
+                f'{base.commit[:12]} "{base.subject}"')
+        files = prepare_files()
+        servers = make_servers(
+            pythons, files[0],
+            baseline=(base.python, base.title) if base else None)
+        report = {
+            'command': ' '.join(['python', 'benchmarks/run.py']
+                                + sys.argv[1:]),
+            'mode': 'quick' if plan.quick else 'full',
+            'rounds': plan.rounds, 'duration_s': plan.duration,
+            'machine': info, 'versions': versions, 'setup_notes': notes,
+            'checkout': git_state(),
+            'servers': {s.key: {'title': s.title, 'kind': s.kind,
+                                'port': s.port, 'workers': s.workers}
+                        for s in servers},
+            'started_at': time.strftime('%Y-%m-%d %H:%M:%S'),
+        }
+        log(f'environments ready in {time.monotonic() - t_start:.1f}s')
+        try:
+            run_phases(report, wrk, servers, plan, files)
+        except Exception:  # pylint: disable=broad-except
+            report['aborted'] = traceback.format_exc()
+            log('run aborted:\n' + report['aborted'])
+        finally:
+            report['crashes'] = {s.key: s.crashes for s in servers
+                                 if s.crashes}
+            for server in servers:
+                if server.alive():
+                    server.stop()
+                server.kill_leftovers()
     finally:
-        report['crashes'] = {s.key: s.crashes for s in servers if s.crashes}
-        for server in servers:
-            if server.alive():
-                server.stop()
-            server.kill_leftovers()
+        cleanup_problem = base.remove() if base else None
+    if cleanup_problem:
+        log(f'removing the baseline worktree: {cleanup_problem}')
+        report['setup_notes']['baseline cleanup'] = cleanup_problem
     report['elapsed_s'] = time.monotonic() - t_start
     write_report(report)
     return 0
 
 
+def run_phases(report, wrk, servers, plan, files):
+    """Start everything, then each phase of the method in order; the
+    results go into report."""
+    _static_dir, static_bytes, body_path, echo_body = files
+    by_key = {s.key: s for s in servers}
+    log(f'starting {", ".join(s.key for s in servers)} together')
+    report['start_failures'] = start_all(servers)
+    up = [s for s in servers if s.alive()
+          and s.key not in report['start_failures']]
+
+    report['smoke'] = {s.key: smoke_check(s, static_bytes, echo_body)
+                       for s in up}
+    log(f'smoke: {json.dumps(report["smoke"])}')
+
+    log(f'idle CPU over {plan.idle_seconds}s (all servers idle together)')
+    time.sleep(0.5)
+    report['idle_cpu_pct'] = idle_cpu(up, plan.idle_seconds)
+    report['pss_idle_kb'] = {s.key: s.pss_kb() for s in up}
+    if 'self_4w' in by_key:
+        four = by_key['self_4w']
+        report['self_4w_stop_s'] = four.stop()
+        up = [s for s in up if s is not four]
+
+    entries = round_entries(by_key, up)
+    report['entries'] = [name for name, _ in entries]
+    servers_once = [server for name, server in entries if name != 'self_aa']
+
+    log('warm-up')
+    for server in servers_once:
+        run_wrk(wrk, server.port, '/api/item/1', 32, 1)
+        if not plan.quick:
+            run_wrk(wrk, server.port, '/api/echo', 8, 1, body_path)
+
+    report['runs'] = measure_rounds(wrk, entries, plan, body_path)
+    report['summary'] = summarize(report['runs'])
+    report['targets'] = {name: targets.evaluate(report['summary'], name)
+                         for name in ('self', 'self_aa', 'baseline')
+                         if name in report['entries']}
+    report['pss_after_load_kb'] = {s.key: s.pss_kb() for s in up
+                                   if s.alive()}
+
+    report['hol'] = {}
+    for server in servers_once:
+        if not server.responsive(1) and not revive(
+                server, 'before the head-of-line test'):
+            continue
+        log(f'head-of-line: {server.key}')
+        report['hol'][server.key] = hol.head_of_line_test(
+            HOST, server.port, plan.hol_seconds)
+
+    report['sse'] = {}
+    for server in servers_once:
+        report['sse'][server.key] = sse_phase(server, plan)
+
+    report['abandoned'] = {}
+    report['shutdown'] = {}
+    for server in servers_once:
+        if not server.responsive(1) and not revive(
+                server, 'before the abandoned-client test'):
+            continue
+        log(f'abandoned clients, then SIGTERM: {server.key}')
+        report['abandoned'][server.key] = abandoned_test(
+            wrk, server, *plan.abandon)
+        report['shutdown'][server.key] = shutdown_test(
+            server, plan.stop_grace)
+
+
+def round_entries(by_key, up):
+    """[(entry name, server)] in the base order of the rounds. This
+    project is in twice ('self' and its A/A copy 'self_aa', spaced apart)."""
+    entries = [(key, by_key[key]) for key in ENTRY_ORDER
+               if by_key.get(key) in up]
+    if entries and entries[0][0] == 'self':
+        entries.insert(max(1, (len(entries) + 1) // 2),
+                       ('self_aa', entries[0][1]))
+    return entries
+
+
+def measure_rounds(wrk, entries, plan, body_path):
+    """Every scenario on every entry, for plan.rounds rounds; the order of
+    the entries is rotated every round. {entry: {scenario: [runs]}}."""
+    runs = {name: {sc[0]: [] for sc in SCENARIOS} for name, _ in entries}
+    for round_index in range(plan.rounds):
+        shift = round_index % len(entries)
+        order = entries[shift:] + entries[:shift]
+        log(f'round {round_index + 1}/{plan.rounds}: order '
+            f'{[name for name, _ in order]}')
+        for scenario in SCENARIOS:
+            for name, server in order:
+                if not server.alive() and not revive(server, 'between runs'):
+                    runs[name][scenario[0]].append(
+                        {'error': 'server down', 'round': round_index + 1})
+                    continue
+                result = measured_run(wrk, server, scenario, plan.duration,
+                                      body_path)
+                result['round'] = round_index + 1
+                runs[name][scenario[0]].append(result)
+                if result.get('server_crashed') or not server.responsive():
+                    result['server_crashed'] = True
+                    result['crash'] = server.failure_text()
+                    revive(server, f'{scenario[0]} round {round_index + 1}')
+                time.sleep(plan.pause * (3 if scenario[2] >= 1024 else 1))
+    return runs
+
+
+def sse_phase(server, plan):
+    """The SSE test of one server, or why it was not run."""
+    if server.kind == 'gunicorn':
+        return {'error': 'n/a (sync workers)'}
+    if not server.has_monitor:
+        return {'error': 'n/a (no broadcast across worker processes in a '
+                         'plain ASGI app)'}
+    if not server.alive() and not revive(server, 'before the SSE test'):
+        return {'error': 'server down'}
+    log(f'SSE: {plan.sse_clients} clients x {plan.sse_events} events on '
+        f'{server.key}')
+    try:
+        result = sse_test(server, plan.sse_clients, plan.sse_events,
+                          plan.sse_timeout, plan.sse_close_wait)
+    except Exception as err:  # pylint: disable=broad-except
+        result = {'error': repr(err)}
+    if not server.responsive(1):
+        result.setdefault('error', 'server down after the test: '
+                          + server.failure_text())
+    return result
+
+
 # -- statistics and the report --------------------------------------------------------
 
-_METRICS = ('ok_per_s', 'p50_ms', 'p99_ms', 'cpu_us_per_req')
+_METRICS = ('ok_per_s', 'p50_ms', 'p99_ms', 'cpu_us_per_req',
+            'disp_cpu_us_per_req')
 _COUNTS = ('non_2xx', 'connect_errors', 'read_errors', 'write_errors',
            'timeouts')
 
@@ -1197,8 +1367,28 @@ def _ratio(a, b):
 
 def render_markdown(report):
     lines = []
+    for section in (_md_header, _md_targets, _md_throughput, _md_ratios,
+                    _md_resources, _md_hol, _md_sse, _md_abandoned,
+                    _md_shutdown, _md_crashes):
+        lines.extend(section(report))
+    return '\n'.join(lines)
+
+
+def _entry_title(report, name):
+    if name == 'self_aa':
+        return report['servers']['self']['title'] + ' (A/A copy)'
+    return report['servers'][name]['title']
+
+
+def _entry_kind(report, name):
+    return report['servers']['self' if name == 'self_aa' else name]['kind']
+
+
+def _md_header(report):
+    lines = []
     add = lines.append
     machine = report['machine']
+    versions = report.get('versions', {})
     add(f'# Benchmark results ({report["mode"]} run)')
     add('')
     add(f'- command: `{report["command"]}`')
@@ -1208,18 +1398,24 @@ def render_markdown(report):
     add(f'- machine: {machine["nproc"]} cores, {machine["cpu_model"]}, '
         f'{machine.get("mem_total", "?")} RAM, kernel {machine["kernel"]}, '
         f'Python {machine["python"]}, {machine["wrk"]}')
-    versions = report.get('versions', {})
     add(f'- checkout: {report.get("checkout", "?")}')
     add(f'- versions: this checkout uhttp-workers/uhttp-server '
-        f'{versions.get("self", "?")}; peer {versions.get("peer1x", "n/a")}; '
-        f'gunicorn {versions.get("gunicorn", "n/a")}')
-    add('- every server: 127.0.0.1, 2 workers; wrk -t1 (one thread) on the '
-        'same 2 cores')
+        f'{versions.get("self", "?")}'
+        + (f'; baseline {versions["baseline"]}' if 'baseline' in versions
+           else '')
+        + f'; peer {versions.get("peer1x", "n/a")}; gunicorn '
+        f'{versions.get("gunicorn", "n/a")}; uvicorn '
+        f'{versions.get("uvicorn", "n/a")}; granian '
+        f'{versions.get("granian", "n/a")}')
+    add('- every server: 127.0.0.1, 2 workers, listen backlog 1024, '
+        f'graceful timeout {SHUTDOWN_TIMEOUT:g} s, otherwise its defaults; '
+        'wrk -t1 (one thread) on the same 2 cores')
     if report.get('aborted'):
         add('- **the run was aborted**: '
             + report['aborted'].strip().splitlines()[-1])
     for key, note in report.get('setup_notes', {}).items():
-        add(f'- **{key} unavailable**: {note}')
+        add(f'- **{key} unavailable**: {note}' if key in KIND_TITLES
+            else f'- **{key}**: {note}')
     for key, text in report.get('start_failures', {}).items():
         add(f'- **{key} failed to start**: {text}')
     for key, checks in report.get('smoke', {}).items():
@@ -1227,180 +1423,252 @@ def render_markdown(report):
         if bad:
             add(f'- **smoke check of {key} failed**: {bad}')
     add('')
+    return lines
 
+
+def _md_targets(report):
+    results = report.get('targets')
+    if not results:
+        return []
+    names = list(results)
+    lines = ['## Targets', '',
+             'Computed from the medians below. Each column is one entry of '
+             'the rounds; this checkout\'s A/A copy is the same server '
+             'measured again: where the two columns disagree, the result is '
+             'within the noise.', '']
+    lines.append('| target | threshold | '
+                 + ' | '.join(_entry_title(report, name) for name in names)
+                 + ' |')
+    lines.append('|---|---|' + '---|' * len(names))
+    for index, row in enumerate(results[names[0]]):
+        cells = []
+        for name in names:
+            item = results[name][index]
+            cells.append(f'{targets.verdict(item["met"])}: {item["value"]}')
+        lines.append(f'| {row["target"]} | {row["threshold"]} | '
+                     + ' | '.join(cells) + ' |')
+    lines.append('')
+    return lines
+
+
+def _md_throughput(report):
     summary = report.get('summary', {})
-    entries = report.get('entries', [])
-    titles = {name: (report['servers'][name]['title'] if name in
-                     report['servers'] else
-                     report['servers']['self']['title'] + ' (A/A copy)')
-              for name in entries}
-    if summary:
-        add('## Throughput and latency')
-        add('')
-        add('2xx/s and latency are medians over rounds; error counts are '
-            'summed over all rounds (non-2xx = HTTP status ≥ 400 as wrk '
-            'counts them; socket errors: connect/read/write/timeout). '
-            'CPU/req = CPU time of the server\'s whole process tree per '
-            'completed response.')
-        add('')
-        add('| scenario | server | 2xx/s | non-2xx | sock err c/r/w/t | '
-            'p50 ms | p99 ms | CPU µs/req |')
-        add('|---|---|---:|---:|---|---:|---:|---:|')
-        for scenario, *_ in SCENARIOS:
-            for name in entries:
-                row = summary[name][scenario]
-                errors = '/'.join(str(row[k]) for k in (
-                    'connect_errors', 'read_errors', 'write_errors',
-                    'timeouts'))
-                extra = ''
-                if row['crashes']:
-                    extra = f' **crashed ×{row["crashes"]}**'
-                add(f'| {SCENARIO_TITLES[scenario]} | {titles[name]}{extra} '
-                    f'| {_fmt(row["ok_per_s"])} | {row["non_2xx"]} | '
-                    f'{errors} | {_fmt(row["p50_ms"], 2)} | '
-                    f'{_fmt(row["p99_ms"], 2)} | '
-                    f'{_fmt(row["cpu_us_per_req"])} |')
-        add('')
-        add('## This project against each peer')
-        add('')
-        add('Ratios of medians, this checkout ÷ peer: 2xx/s (> 1 is better '
-            'for this project), p99 and CPU/req (< 1 is better). '
-            'A/A = the same server measured as a second entry in the same '
-            'rounds: |difference| ÷ mean, the noise floor of these numbers.')
-        add('')
-        header = '| scenario |'
-        rule = '|---|'
-        peers = [p for p in ('peer1x', 'gunicorn') if p in summary]
-        for peer in peers:
-            short = '1.8.1' if peer == 'peer1x' else 'gunicorn'
-            header += (f' 2xx/s vs {short} | p99 vs {short} | '
-                       f'CPU/req vs {short} |')
-            rule += '---:|---:|---:|'
-        if 'self_aa' in summary:
-            header += ' A/A 2xx/s | A/A p99 |'
-            rule += '---:|---:|'
-        add(header)
-        add(rule)
-        for scenario, *_ in SCENARIOS:
-            mine = summary['self'][scenario]
-            row = f'| {SCENARIO_TITLES[scenario]} |'
-            for peer in peers:
-                theirs = summary[peer][scenario]
-                row += (f' {_ratio(mine["ok_per_s"], theirs["ok_per_s"])} |'
-                        f' {_ratio(mine["p99_ms"], theirs["p99_ms"])} |'
-                        f' {_ratio(mine["cpu_us_per_req"], theirs["cpu_us_per_req"])} |')
-            if 'self_aa' in summary:
-                copy = summary['self_aa'][scenario]
-                row += (f' {_noise(mine["ok_per_s"], copy["ok_per_s"])} |'
-                        f' {_noise(mine["p99_ms"], copy["p99_ms"])} |')
-            add(row)
-        add('')
+    if not summary:
+        return []
+    lines = ['## Throughput and latency', '',
+             '2xx/s and latency are medians over rounds; error counts are '
+             'summed over all rounds (non-2xx = HTTP status ≥ 400 as wrk '
+             'counts them; socket errors: connect/read/write/timeout). '
+             'CPU/req = CPU time of the server\'s whole process tree per '
+             'completed response; disp. CPU/req = that of the root process '
+             'alone, the dispatcher of uhttp.workers (— for the peers whose '
+             'root is a supervisor that does not see requests; its figure '
+             'is in latest.json).', '',
+             '| scenario | server | 2xx/s | non-2xx | sock err c/r/w/t | '
+             'p50 ms | p99 ms | CPU µs/req | disp. CPU µs/req |',
+             '|---|---|---:|---:|---|---:|---:|---:|---:|']
+    for scenario, *_ in SCENARIOS:
+        for name in report['entries']:
+            row = summary[name][scenario]
+            errors = '/'.join(str(row[k]) for k in (
+                'connect_errors', 'read_errors', 'write_errors', 'timeouts'))
+            extra = f' **crashed ×{row["crashes"]}**' if row['crashes'] \
+                else ''
+            disp = row['disp_cpu_us_per_req'] \
+                if _entry_kind(report, name) in UHTTP_KINDS else None
+            lines.append(
+                f'| {SCENARIO_TITLES[scenario]} | '
+                f'{_entry_title(report, name)}{extra} | '
+                f'{_fmt(row["ok_per_s"])} | {row["non_2xx"]} | {errors} | '
+                f'{_fmt(row["p50_ms"], 2)} | {_fmt(row["p99_ms"], 2)} | '
+                f'{_fmt(row["cpu_us_per_req"])} | {_fmt(disp)} |')
+    lines.append('')
+    return lines
 
-    add('## Resources')
-    add('')
-    add('| server | idle CPU % | PSS idle MiB | PSS after load MiB |')
-    add('|---|---:|---:|---:|')
+
+def _md_ratios(report):
+    summary = report.get('summary', {})
+    if 'self' not in summary:
+        return []
+    peers = [name for name in SHORT_NAMES if name in summary]
+    lines = ['## This project against each peer', '',
+             'Ratios of medians, this checkout ÷ the other server. A/A = '
+             'the same server measured as a second entry in the same '
+             'rounds: |difference| ÷ mean, the noise floor of these '
+             'numbers.', '']
+    for metric, title, better in (
+            ('ok_per_s', '2xx/s', '> 1 is better for this checkout'),
+            ('p99_ms', 'p99 latency', '< 1 is better'),
+            ('cpu_us_per_req', 'CPU per request (whole tree)',
+             '< 1 is better')):
+        lines.append(f'**{title}** ({better}):')
+        lines.append('')
+        header = '| scenario |' + ''.join(f' vs {SHORT_NAMES[p]} |'
+                                         for p in peers)
+        rule = '|---|' + '---:|' * len(peers)
+        if 'self_aa' in summary:
+            header += ' A/A |'
+            rule += '---:|'
+        lines.extend([header, rule])
+        for scenario, *_ in SCENARIOS:
+            mine = summary['self'][scenario][metric]
+            row = f'| {SCENARIO_TITLES[scenario]} |' + ''.join(
+                f' {_ratio(mine, summary[p][scenario][metric])} |'
+                for p in peers)
+            if 'self_aa' in summary:
+                row += f' {_noise(mine, summary["self_aa"][scenario][metric])} |'
+            lines.append(row)
+        lines.append('')
+    return lines
+
+
+def _md_resources(report):
+    lines = ['## Resources', '',
+             '| server | idle CPU % | PSS idle MiB | PSS after load MiB |',
+             '|---|---:|---:|---:|']
     for key, meta in report['servers'].items():
         idle = report.get('idle_cpu_pct', {}).get(key)
         pss0 = report.get('pss_idle_kb', {}).get(key)
         pss1 = report.get('pss_after_load_kb', {}).get(key)
-        add(f'| {meta["title"]} | {_fmt(idle, 2)} | '
-            f'{_fmt(pss0 / 1024 if pss0 else None, 1)} | '
-            f'{_fmt(pss1 / 1024 if pss1 else None, 1)} |')
-    add('')
-    add('Idle CPU: all servers up and idle together, CPU time of each '
-        'process tree over the idle window.')
-    add('')
+        lines.append(f'| {meta["title"]} | {_fmt(idle, 2)} | '
+                     f'{_fmt(pss0 / 1024 if pss0 else None, 1)} | '
+                     f'{_fmt(pss1 / 1024 if pss1 else None, 1)} |')
+    lines += ['', 'Idle CPU: all servers up and idle together, CPU time of '
+              'each process tree over the idle window.', '']
+    return lines
 
-    if report.get('sse'):
-        add('## SSE broadcast')
-        add('')
-        add('| server | clients subscribed | events | delivered / expected '
-            '| every client got every event | events/s delivered | '
-            'pending after clients left | notes |')
-        add('|---|---:|---:|---:|---|---:|---:|---|')
-        for key, sse in report['sse'].items():
-            title = report['servers'][key]['title']
-            notes = []
-            for field in ('error', 'first_failure', 'broadcast_error'):
-                if sse.get(field):
-                    notes.append(f'{field}: {sse[field]}')
-            if sse.get('streams_closed_early'):
-                notes.append(f'{sse["streams_closed_early"]} streams closed '
-                             'early')
-            if 'delivered' not in sse:
-                add(f'| {title} | {sse.get("subscribed", "—")} | '
-                    f'{sse.get("events", "—")} | — | — | — | '
-                    f'{sse.get("pending_after_close", "—")} | '
-                    f'{"; ".join(notes) or "—"} |')
-                continue
-            add(f'| {title} | {sse["subscribed"]}/{sse["clients"]} | '
-                f'{sse["events"]} | {sse["delivered"]}/{sse["expected"]} | '
-                f'{"yes" if sse["all_received_all"] else "**no**"} | '
-                f'{_fmt(sse.get("events_per_s"))} | '
-                f'{sse.get("pending_after_close", "—")} | '
-                f'{"; ".join(notes) or "—"} |')
-        add('')
 
-    if report.get('abandoned'):
-        add('## Abandoned clients')
-        add('')
-        first = next(iter(report['abandoned'].values()))
-        add('wrk -t1 -c256 --timeout 1s on /api/work/50 (2 workers, 50 ms '
-            'of CPU each), stopped with its requests in flight; then '
-            '"burst" raw clients that send the same request and close at '
-            'once; then one GET /api/item/1 (given up after '
-            f'{first.get("followup_timeout_s")} s), and /monitor polled '
-            'until nothing is pending or queued. wrk\'s --timeout only '
-            'counts late responses (it keeps the connection), so the '
-            'abandonment is wrk exiting and the raw burst. The SIGTERM test '
-            'below follows each server\'s abandoned-client test at once.')
-        add('')
-        add('| server | wrk 2xx/s | burst clients | follow-up status | '
-            'follow-up ms | drained (pending 0) after s | pending left |')
-        add('|---|---:|---:|---:|---:|---:|---:|')
-        for key, item in report['abandoned'].items():
-            title = report['servers'][key]['title']
-            drained = item.get('drained_after_s')
-            add(f'| {title} | {_fmt(item["wrk"].get("ok_per_s"))} | '
-                f'{item.get("burst_sent")} | {item.get("followup_status")} | '
-                f'{_fmt(item.get("followup_ms"), 1)} | '
-                f'{_fmt(drained, 2) if drained is not None else "not drained"} | '
-                f'{item.get("pending_left")} |')
-        add('')
+def _md_hol(report):
+    results = report.get('hol')
+    if not results:
+        return []
+    first = next(iter(results.values()))
+    lines = ['## Head-of-line blocking', '',
+             f'One client keeps `GET /api/sleep/{first["slow_ms"]}` running '
+             f'(back to back; the handler sleeps) while '
+             f'{first["fast_clients"]} clients send `GET /api/item/1` on '
+             f'keep-alive connections for {first["seconds"]} s (Python '
+             'threads, http.client). Latency of the fast requests; '
+             f'"delayed" = fast requests of {first["delayed_threshold_ms"]} '
+             'ms or more, which can only have waited for the slow one '
+             '(none in a pool that acts as one shared queue).', '',
+             '| server | fast requests | p50 ms | p99 ms | max ms | delayed '
+             '| errors | slow requests done |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for key, item in results.items():
+        bad = {k: v for k, v in item['fast_statuses'].items() if k != '200'}
+        errors = str(item['fast_errors']) + (f', statuses {bad}' if bad
+                                             else '')
+        delayed = item['delayed'] if not item['delayed'] \
+            else f'**{item["delayed"]}**'
+        lines.append(
+            f'| {report["servers"][key]["title"]} | {item["fast_requests"]} '
+            f'| {_fmt(item["p50_ms"], 2)} | {_fmt(item["p99_ms"], 2)} | '
+            f'{_fmt(item["max_ms"], 1)} | {delayed} | {errors} | '
+            f'{item["slow_completed"]} {item["slow_statuses"]} |')
+    lines.append('')
+    return lines
 
-    if report.get('shutdown'):
-        add('## SIGTERM with requests in flight')
-        add('')
-        add(f'4 × GET /api/work/300 in flight, then SIGTERM to the root '
-            f'process; shutdown_timeout (graceful timeout) = '
-            f'{SHUTDOWN_TIMEOUT:g} s.')
-        add('')
-        add('| server | seconds until the whole tree exited | within timeout '
-            '| in-flight requests got |')
-        add('|---|---:|---|---|')
-        for key, item in report['shutdown'].items():
-            title = report['servers'][key]['title']
-            if 'error' in item:
-                add(f'| {title} | — | — | {item["error"]} |')
-                continue
-            add(f'| {title} | {_fmt(item["seconds"], 2)} | '
-                f'{"yes" if item["within_timeout"] else "**no**"} | '
-                f'{item["inflight_statuses"]} |')
-        if report.get('self_4w_stop_s') is not None:
-            add('')
-            add(f'(idle 4-worker instance of this project stopped in '
-                f'{report["self_4w_stop_s"]:.2f} s)')
-        add('')
 
-    if report.get('crashes'):
-        add('## Crashes during the run')
-        add('')
-        for key, texts in report['crashes'].items():
-            for text in texts:
-                add(f'- {report["servers"][key]["title"]}: {text}')
-        add('')
-    return '\n'.join(lines)
+def _md_sse(report):
+    if not report.get('sse'):
+        return []
+    lines = ['## SSE broadcast', '',
+             '| server | clients subscribed | events | delivered / expected '
+             '| every client got every event | events/s delivered | '
+             'pending after clients left | notes |',
+             '|---|---:|---:|---:|---|---:|---:|---|']
+    for key, sse in report['sse'].items():
+        title = report['servers'][key]['title']
+        notes = []
+        for field in ('error', 'first_failure', 'broadcast_error'):
+            if sse.get(field):
+                notes.append(f'{field}: {sse[field]}')
+        if sse.get('streams_closed_early'):
+            notes.append(f'{sse["streams_closed_early"]} streams closed '
+                         'early')
+        if 'delivered' not in sse:
+            lines.append(f'| {title} | {sse.get("subscribed", "—")} | '
+                         f'{sse.get("events", "—")} | — | — | — | '
+                         f'{sse.get("pending_after_close", "—")} | '
+                         f'{"; ".join(notes) or "—"} |')
+            continue
+        lines.append(
+            f'| {title} | {sse["subscribed"]}/{sse["clients"]} | '
+            f'{sse["events"]} | {sse["delivered"]}/{sse["expected"]} | '
+            f'{"yes" if sse["all_received_all"] else "**no**"} | '
+            f'{_fmt(sse.get("events_per_s"))} | '
+            f'{sse.get("pending_after_close", "—")} | '
+            f'{"; ".join(notes) or "—"} |')
+    lines.append('')
+    return lines
+
+
+def _md_abandoned(report):
+    if not report.get('abandoned'):
+        return []
+    first = next(iter(report['abandoned'].values()))
+    lines = ['## Abandoned clients', '',
+             'wrk -t1 -c256 --timeout 1s on /api/work/50 (2 workers, 50 ms '
+             'of CPU each), stopped with its requests in flight; then '
+             '"burst" raw clients that send the same request and close at '
+             'once; then one GET /api/item/1 (given up after '
+             f'{first.get("followup_timeout_s")} s), and /monitor polled '
+             'until nothing is pending or queued (servers without a pending '
+             'table: n/a). wrk\'s --timeout only counts late responses (it '
+             'keeps the connection), so the abandonment is wrk exiting and '
+             'the raw burst. The SIGTERM test below follows each server\'s '
+             'abandoned-client test at once.', '',
+             '| server | wrk 2xx/s | burst clients | follow-up status | '
+             'follow-up ms | drained (pending 0) after s | pending left |',
+             '|---|---:|---:|---:|---:|---:|---:|']
+    for key, item in report['abandoned'].items():
+        title = report['servers'][key]['title']
+        drained = item.get('drained_after_s')
+        lines.append(
+            f'| {title} | {_fmt(item["wrk"].get("ok_per_s"))} | '
+            f'{item.get("burst_sent")} | {item.get("followup_status")} | '
+            f'{_fmt(item.get("followup_ms"), 1)} | '
+            f'{_fmt(drained, 2) if drained is not None else "not drained"} | '
+            f'{item.get("pending_left")} |')
+    lines.append('')
+    return lines
+
+
+def _md_shutdown(report):
+    if not report.get('shutdown'):
+        return []
+    lines = ['## SIGTERM with requests in flight', '',
+             '4 × GET /api/work/300 in flight, then SIGTERM to the root '
+             'process; shutdown_timeout (graceful timeout) = '
+             f'{SHUTDOWN_TIMEOUT:g} s.', '',
+             '| server | seconds until the whole tree exited | within '
+             'timeout | in-flight requests got |',
+             '|---|---:|---|---|']
+    for key, item in report['shutdown'].items():
+        title = report['servers'][key]['title']
+        if 'error' in item:
+            lines.append(f'| {title} | — | — | {item["error"]} |')
+            continue
+        lines.append(f'| {title} | {_fmt(item["seconds"], 2)} | '
+                     f'{"yes" if item["within_timeout"] else "**no**"} | '
+                     f'{item["inflight_statuses"]} |')
+    if report.get('self_4w_stop_s') is not None:
+        lines += ['', f'(idle 4-worker instance of this project stopped in '
+                  f'{report["self_4w_stop_s"]:.2f} s)']
+    lines.append('')
+    return lines
+
+
+def _md_crashes(report):
+    if not report.get('crashes'):
+        return []
+    lines = ['## Crashes during the run', '']
+    for key, texts in report['crashes'].items():
+        for text in texts:
+            lines.append(f'- {report["servers"][key]["title"]}: {text}')
+    lines.append('')
+    return lines
 
 
 def _noise(a, b):
@@ -1533,7 +1801,7 @@ def profile(args):
     prof_dir = os.path.join(RESULTS, 'profile')
     shutil.rmtree(prof_dir, ignore_errors=True)
     os.makedirs(prof_dir)
-    server = make_servers(python_self, None, None, static_dir,
+    server = make_servers({'self': python_self}, static_dir,
                           include_4w=False)[0]
     server.env = dict(server.env, BENCH_PROFILE_DIR=prof_dir)
     server.start()
@@ -1605,7 +1873,13 @@ def main():
     parser.add_argument('--rounds', type=int, help='override the rounds')
     parser.add_argument('--duration', type=int,
                         help='seconds per wrk run (default 2 quick, 5 full)')
+    parser.add_argument('--baseline', metavar='REF',
+                        help='also measure this commit of the repository '
+                        '(any git revision: a hash, a branch, HEAD~1) as '
+                        'one more server, in the same rounds')
     args = parser.parse_args()
+    if args.profile and args.baseline:
+        parser.error('--baseline measures in the rounds; --profile has none')
     if args.profile:
         return profile(args)
     return bench(args)

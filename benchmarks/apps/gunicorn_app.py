@@ -2,7 +2,9 @@
 workers_app.py as a plain WSGI application.
 
 Run: BENCH_STATIC_DIR=DIR gunicorn -w 2 -k sync -b 127.0.0.1:18084 \
-         --chdir benchmarks/apps gunicorn_app:app
+         --backlog 1024 --chdir benchmarks/apps gunicorn_app:app
+
+GET /api/sleep/{ms} sleeps in the worker (time.sleep), holding it.
 
 The static file is read from disk on every request (no cache), as the other
 servers do. SSE and /broadcast are not served (501): a sync worker is held by
@@ -18,6 +20,7 @@ STATIC_DIR = os.path.abspath(os.environ.get('BENCH_STATIC_DIR', 'static'))
 
 _ITEM = re.compile(r'^/api/item/(-?\d+)$')
 _WORK = re.compile(r'^/api/work/(-?\d+)$')
+_SLEEP = re.compile(r'^/api/sleep/(-?\d+)$')
 _JSON = 'application/json'
 
 
@@ -83,6 +86,11 @@ def app(environ, start_response):
     if match and method == 'GET':
         ms = int(match.group(1))
         burn_cpu(ms)
+        return _send(start_response, '200 OK', {'ms': ms})
+    match = _SLEEP.match(path)
+    if match and method == 'GET':
+        ms = int(match.group(1))
+        time.sleep(max(ms, 0) / 1000.0)
         return _send(start_response, '200 OK', {'ms': ms})
     if path in ('/api/sse', '/broadcast'):
         return _send(start_response, '501 Not Implemented',
