@@ -672,21 +672,33 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if len(self._pending) >= self.max_pending:
             self._answer(client, 503, _RETRY, _error_body(503, 'Too Busy'))
             return
-        request_id = self._new_request_id()
-        data = client.data
-        if isinstance(data, (bytearray, memoryview)):
+        request_id = self._next_request_id
+        self._next_request_id = request_id + 1
+        # pylint: disable=protected-access
+        # (the connection's fields, read directly: this runs per request)
+        data = client._data
+        if data.__class__ is bytearray or data.__class__ is memoryview:
             data = bytes(data) or None  # a raw body; decoded JSON stays as is
         message = messages.request(
-            request_id, client.method, client.path, client.query,
-            client.headers, data,
-            client.remote_address if self._trusts_proxies
-            else _server.unmap_ipv4(client.addr[0]), False,
-            client._should_keep_alive())  # pylint: disable=protected-access
+            request_id, client._method, client._path, client._query,
+            client._headers, data, self._client_address(client), False,
+            client._should_keep_alive())
         pending = self._pending.open(
             request_id, client, pool, message, time.monotonic())
         client.context = pending
         self._admission_changed()
         pool.submit(pending)
+
+    def _client_address(self, client):
+        """The client's address as workers see it (the proxy-aware one when
+        trusted_proxies is set); computed once per connection."""
+        if self._trusts_proxies:
+            return client.remote_address
+        address = client.__dict__.get('_uw_address')
+        if address is None:
+            address = client._uw_address = _server.unmap_ipv4(
+                client.addr[0])
+        return address
 
     def _check(self, client):
         try:
@@ -759,6 +771,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         client._response_started = True
         client._is_streaming = False
         client._response_keep_alive = keep_alive
+        if not client._send_buffer and client._socket is not None \
+                and self.ssl_context is None:
+            # the common case: nothing queued before it, write at once
+            try:
+                sent = client._socket.send(wire)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                client.close()
+                return
+            if sent == len(wire):
+                client._finalize_sent_response()
+                client._update_interest()
+                self._note_pipelined(client)
+                return
+            wire = wire[sent:]
         try:
             client._send(wire)  # finishes (keep-alive reset) once all is out
         except OSError:

@@ -143,6 +143,12 @@ class StaticFiles:
     def __repr__(self):
         return f'StaticFiles({dict(self._routes)!r})'
 
+    @property
+    def stems(self):
+        """A tuple of strings every path under a mount starts with (for a
+        cheap `str.startswith` test before any lookup)."""
+        return tuple(prefix[:-1] for prefix, _root in self._routes)
+
     def lookup(self, path):
         """Resolve an already percent-decoded request path.
 

@@ -44,6 +44,7 @@ class StaticCache:
         self._max_file = max_file
         self._max_total = max_total
         self._max_entries = max_entries
+        self._stems = static_files.stems
         self._resolved = {}     # url path -> (StaticResult, expires)
         self._contents = {}     # file path -> (identity, StaticBody)
         self._total = 0
@@ -82,6 +83,8 @@ class StaticCache:
         return result, body
 
     def _resolve(self, path):
+        if not path.startswith(self._stems):
+            return None  # the common case of a dispatcher: not static
         now = time.monotonic()
         cached = self._resolved.get(path)
         if cached is not None and cached[1] > now:
