@@ -484,3 +484,21 @@ def test_an_answer_given_inside_its_running_handler_leaves_at_once(
     assert frames_waiting(peer) == []
     worker._flush_held()  # pylint: disable=protected-access
     assert frames_waiting(peer)[0][:2] == (messages.RESPONSE, 10)
+
+
+def test_a_handler_streaming_in_a_loop_learns_at_once_that_its_client_left(
+        one_worker):
+    sock = socket.create_connection(('127.0.0.1', one_worker.port),
+                                    timeout=10)
+    sock.sendall(b'GET /stream-until-gone HTTP/1.1\r\nHost: t\r\n\r\n')
+    data = b''
+    while b'data: {"n": 0}' not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    sock.close()
+    # the handler's sends fail while it still runs (it would go on for 20 s
+    # otherwise), and on_disconnect() runs once it returned
+    ended = wait_until(lambda: state(one_worker)['loops_ended'], 10,
+                       message='the streaming handler never noticed')
+    wait_until(lambda: ended[0] in state(one_worker)['disconnected'], 10)

@@ -18,6 +18,7 @@ class StreamWorker(_workers.Worker):
         self.watched = {}
         self.inbox = []
         self.bulk_done = []
+        self.loops_ended = []
 
     # -- streams ---------------------------------------------------------
 
@@ -55,6 +56,18 @@ class StreamWorker(_workers.Worker):
             request.send_event({'n': number})
             time.sleep(0.0002)
         request.response_stream_end()
+
+    @_workers.api('/stream-until-gone', 'GET')
+    def stream_until_gone(self, request):
+        """Stream from the handler until a send fails (at most 20 s)."""
+        request.response_stream()
+        sent = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and request.send_event({'n': sent}):
+            sent += 1
+            time.sleep(0.01)
+        self.loops_ended.append(request.request_id)
+        return None
 
     @_workers.api('/stream-bulk/{mib:int}', 'GET')
     def stream_bulk(self, request):
@@ -103,7 +116,8 @@ class StreamWorker(_workers.Worker):
     def state(self, request):
         return {'pid': os.getpid(), 'subscribers': sorted(self.subscribers),
                 'disconnected': self.disconnected, 'inbox': self.inbox,
-                'accepting': self._accepting, 'bulk_done': self.bulk_done}
+                'accepting': self._accepting, 'bulk_done': self.bulk_done,
+                'loops_ended': self.loops_ended}
 
     def on_disconnect(self, request_id):
         self.disconnected.append(request_id)
@@ -239,6 +253,7 @@ def main():
                 timeout=float(ENV.get('TIMEOUT', '30')),
                 heartbeat_interval=0.1, log_level=_workers.LOG_INFO,
                 routes=['/sse', '/ndjson', '/stream-loop/**',
+                        '/stream-until-gone',
                         '/stream-bulk/**', '/publish', '/internal/**',
                         '/flood/**', '/end-all', '/state', '/defer/**',
                         '/defer-kept/**', '/answer-twice', '/pause',

@@ -440,10 +440,17 @@ class Worker(WatchesDescriptors):
 
     def _receive_locked(self):
         for message in self._channel.receive():
-            if message[0] == messages.CANCEL:
+            kind = message[0]
+            if kind == messages.CANCEL:
                 self._cancel(message[1])
-            else:
-                self._inbox.append(message)
+                continue
+            if kind == messages.DISCONNECT:
+                # a handler streaming in a loop sees its sends fail at once
+                # (on_disconnect() runs from the loop, in order)
+                request = self._open.get(message[1])
+                if request is not None:
+                    request._state = 'ended'
+            self._inbox.append(message)
 
     def _cancel(self, request_id):
         """(Under the read lock.) Hand back a request not yet started."""
