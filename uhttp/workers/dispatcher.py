@@ -27,6 +27,7 @@ import time
 from uhttp import server as _server
 
 from . import messages
+from .connection import Connection, Server
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput, printable
@@ -338,7 +339,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
         # with a socket handed over, bind a throwaway one (the port is taken)
-        self._server = _server.HttpServer(
+        self._server = Server(
             address='127.0.0.1' if inherited else self.address,
             port=0 if inherited else self.port,
             ssl_context=self.ssl_context, selector=self._selector,
@@ -405,7 +406,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             events = ()
         for key, mask in events:
             owner = key.data
-            if owner.__class__ is _server.HttpConnection:
+            if owner.__class__ is Connection:
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)
