@@ -30,6 +30,14 @@ ACCEPT_BATCH = 16        # connections accepted per wake-up of the listener
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 
 
+def _parse_url(url):
+    """(path, query) as uhttp-server's parse_url() gives them; a plain
+    path (the common case) needs no decoding."""
+    if '%' in url or '+' in url or '?' in url:
+        return _server.parse_url(url.encode('ascii'))
+    return url, None
+
+
 class Connection(_server.HttpConnection):
     """An `HttpConnection` that parses requests with `http11`.
 
@@ -129,14 +137,15 @@ class Connection(_server.HttpConnection):
             # before any 100 Continue: the client need not send the body
             raise http11.ProtocolError(
                 413, f'Body larger than {self._max_content_length} bytes')
-        self._path, self._query = _server.parse_url(head.url.encode('ascii'))
+        self._path, self._query = _parse_url(head.url)
         if head.chunked:
             self._chunked = http11.ChunkedDecoder(
                 self._max_content_length, self._max_headers_length,
                 self._max_header_fields)
         elif not head.content_length:
             self._data_loaded = True   # no body: data stays None
-        self._expect_continue = head.expect_continue and head.has_body
+        self._expect_continue = head.expect_continue and not \
+            self._data_loaded
 
     # -- the body ---------------------------------------------------------------
 

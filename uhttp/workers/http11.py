@@ -55,15 +55,19 @@ _NO_TRAILER = frozenset(('host', 'content-length', 'transfer-encoding',
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = rf"[{_TCHAR}]+"
 _FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"   # VCHAR, obs-text, SP, HTAB
+_FIELD_VCHARS = r"\x21-\x7e\x80-\xff"           # VCHAR, obs-text
 # any VCHAR but '#' (a fragment is never sent), '%' only as an escape
-_TARGET = r"(?:[!\"$&-~]|%[0-9A-Fa-f]{2})+"
+_TARGET = r"(?:[!\"$&-~]+|%[0-9A-Fa-f]{2})+"
 _VERSION = r"HTTP/[0-9]\.[0-9]"
 
-_HEAD = re.compile(
-    rf"({_TOKEN}) ({_TARGET}) ({_VERSION})\r\n"
-    rf"(?:{_TOKEN}:[{_FIELD_VALUE_CHARS}]*\r\n)*")
-# used only on a head _HEAD accepted, so it matches every field line in turn
-_FIELD = re.compile(rf"({_TOKEN}):[ \t]*([{_FIELD_VALUE_CHARS}]*)\r\n")
+_REQUEST_LINE = re.compile(rf"({_TOKEN}) ({_TARGET}) ({_VERSION})\r\n")
+# One field line, from a line start (MULTILINE '^': after an LF) to its
+# CRLF; the value without its outer whitespace. The value group ends on a
+# visible character, so trailing whitespace costs one backtrack per
+# character: linear, unlike a lazy quantifier.
+_FIELD_LINE = re.compile(
+    rf"^({_TOKEN}):[ \t]*((?:[{_FIELD_VALUE_CHARS}]*[{_FIELD_VCHARS}])?)"
+    rf"[ \t]*\r\n", re.MULTILINE)
 # a CR not followed by LF, or an LF not preceded by CR (a CR at the very end
 # of the buffer may still get its LF)
 _BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
@@ -78,6 +82,8 @@ _IP_LITERAL = (r"\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)"
                r"|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
 _HOST = re.compile(
     rf"(?P<host>{_IP_LITERAL}|{_REG_NAME})(?::[0-9]{{0,5}})?")
+_VALID_HOSTS = set()
+_VALID_HOSTS_MAX = 256
 _ABSOLUTE = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://([^/?]*)(.*)", re.S)
 
 _CHUNK_LINE = re.compile(
@@ -147,7 +153,9 @@ def parse_head(buffer, start=0, max_size=MAX_HEAD_SIZE, max_fields=MAX_FIELDS):
     Raises ProtocolError: 400 malformed, 431 over `max_size` or `max_fields`,
     501 method not implemented, 505 version not supported.
     """
-    line_start = _skip_empty_lines(buffer, start)
+    line_start = start
+    if buffer.startswith(b'\r\n', start):
+        line_start = _skip_empty_lines(buffer, start)
     limit = start + max_size
     end = buffer.find(b'\r\n\r\n', line_start, limit)
     if end < 0:
@@ -156,16 +164,24 @@ def parse_head(buffer, start=0, max_size=MAX_HEAD_SIZE, max_fields=MAX_FIELDS):
     # latin-1 maps each byte to one character: obs-text survives and the
     # grammar below can be checked on str without a decode per field
     text = buffer[line_start:end + 2].decode('latin-1')
-    match = _HEAD.fullmatch(text)
-    if match is None:
+    line = _REQUEST_LINE.match(text)
+    if line is None:
         _explain(text)
-    method, target, version = match.groups()
-    url, authority = _check_request_line(method, target, version)
-    fields = _FIELD.findall(text, match.end(3) + 2)
+    fields = _FIELD_LINE.findall(text, line.end())
+    # Each match holds exactly one LF (its CRLF) and starts just after an
+    # LF, so as many matches as LFs after the request line means every
+    # line is a valid field line: no bare CR or LF, no CTL, no bad name.
+    if len(fields) != text.count('\n') - 1:
+        _explain(text)
     if len(fields) > max_fields:
         raise ProtocolError(
             431, f'More than {max_fields} header fields')
-    headers, repeated = _collect(fields)
+    method, target, version = line.groups()
+    url, authority = _check_request_line(method, target, version)
+    headers = {name.lower(): value for name, value in fields}
+    repeated = None
+    if len(headers) != len(fields):
+        headers, repeated = _collect(fields)
     head = _framing(method, target, version, url, headers, repeated)
     if authority is not None:
         # RFC 9112 §3.2.2: the target's authority replaces Host
@@ -226,6 +242,8 @@ def _check_request_line(method, target, version):
 
 def _valid_host(value):
     """uri-host [":" port] (RFC 9110 §7.2): reg-name, IPv4 or IP-literal."""
+    if value in _VALID_HOSTS:
+        return True
     match = _HOST.fullmatch(value)
     if match is None:
         return False
@@ -235,22 +253,24 @@ def _valid_host(value):
             ipaddress.IPv6Address(ipv6)
         except ValueError:
             return False
+    # a service sees few host names: remember them (bounded: random names
+    # from a client only cost the regex)
+    if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+        _VALID_HOSTS.clear()
+    _VALID_HOSTS.add(value)
     return True
 
 
 def _collect(fields):
-    """Field lines into (headers, repeated) as uhttp-server exposes them."""
+    """Field lines with repeated names into (headers, repeated), as
+    uhttp-server exposes them."""
     headers = {}
-    repeated = None
+    repeated = {}
     for name, value in fields:
         key = name.lower()
-        if value[-1:] in (' ', '\t'):
-            value = value.rstrip(' \t')
         if key in headers:
             if key in _SINGLETONS:
                 raise ProtocolError(400, f'Repeated {name} field')
-            if repeated is None:
-                repeated = {}
             repeated.setdefault(key, [headers[key]]).append(value)
             # RFC 9110 §5.3 joins with a comma; RFC 6265 Cookie with '; '
             value = headers[key] + ('; ' if key == 'cookie' else ', ') + value
@@ -264,7 +284,7 @@ def _framing(method, target, version, url, headers, repeated):
     if host is None:
         if version == 'HTTP/1.1':
             raise ProtocolError(400, 'Host field is required in HTTP/1.1')
-    elif not _valid_host(host):
+    elif host not in _VALID_HOSTS and not _valid_host(host):
         raise ProtocolError(400, 'Invalid Host field')
     content_length = headers.get('content-length')
     if content_length is not None:
