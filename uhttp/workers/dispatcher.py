@@ -27,6 +27,7 @@ from uhttp import server as _server
 from . import framing, messages
 from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_PREDECESSOR, Admission, ListenerGate, resume)
+from .connection import Connection, Server
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
@@ -315,7 +316,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
         # with a socket handed over, bind a throwaway one (the port is taken)
-        self._server = _server.HttpServer(
+        self._server = Server(
             address='127.0.0.1' if inherited else self.address,
             port=0 if inherited else self.port,
             ssl_context=self.ssl_context, selector=self._selector,
@@ -383,7 +384,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             events = ()
         for key, mask in events:
             owner = key.data
-            if owner.__class__ is _server.HttpConnection:
+            if owner.__class__ is Connection:
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)

@@ -1,0 +1,299 @@
+"""Client connections whose requests are read through `http11`, strictly.
+
+This module owns reading a request from a client socket: the head, then a
+Content-Length or chunked body, into the fields uhttp-server's
+`HttpConnection` exposes (`method`, `path`, `query`, `headers`, `data`, ...),
+and refusing what `http11` refuses with its status and `Connection: close`.
+Bytes after a request (pipelining, a CRLF after a body) stay in the buffer
+for the next one. `Server` is uhttp-server's `HttpServer` making these
+connections. Responses, keep-alive, timeouts (408), TLS and streaming stay
+uhttp-server's.
+
+Must never: parse anything a refused request left behind, hand over a
+request before its body is complete, send `100 Continue` for a body it will
+refuse, or block (the sockets are non-blocking, the listener included).
+"""
+
+import json
+import socket
+import time
+
+from uhttp import server as _server
+
+from . import http11
+
+# per recv(): above one TLS record (16 KiB), so no decrypted bytes stay
+# behind in the TLS layer where select() cannot see them; and below the
+# size where a recv() buffer costs an mmap()
+READ_SIZE = 64 * 1024
+ACCEPT_BATCH = 16        # connections accepted per wake-up of the listener
+_CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+
+
+def _parse_url(url):
+    """(path, query) as uhttp-server's parse_url() gives them; a plain
+    path (the common case) needs no decoding."""
+    if '%' in url or '+' in url or '?' in url:
+        return _server.parse_url(url.encode('ascii'))
+    return url, None
+
+
+class Connection(_server.HttpConnection):
+    """An `HttpConnection` that parses requests with `http11`.
+
+    Only uhttp-server's non-event mode (`process_request()`) is supported.
+    Extra keyword arguments: `max_headers_length` (bytes of a request head,
+    default `http11.MAX_HEAD_SIZE`), `max_header_fields` (default
+    `http11.MAX_FIELDS`).
+    """
+
+    def __init__(self, server, sock, addr, **kwargs):
+        super().__init__(server, sock, addr, **kwargs)
+        self._max_headers_length = kwargs.get(
+            'max_headers_length', http11.MAX_HEAD_SIZE)
+        self._max_header_fields = kwargs.get(
+            'max_header_fields', http11.MAX_FIELDS)
+        self._chunked = None     # the ChunkedDecoder of the body being read
+
+    @property
+    def is_loaded(self):
+        """True when a whole request (head and body) waits for its answer."""
+        return self._data_loaded and not self._response_started
+
+    def reset(self):
+        """Forget the answered request (keep-alive); the buffer is kept."""
+        super().reset()
+        self._chunked = None
+
+    def process_request(self):
+        """Read from the socket; True once a request is loaded, False while
+        waiting for more bytes, None when the connection was refused or
+        lost."""
+        if self._socket is None:
+            return None
+        if self._is_streaming or self._response_started:
+            try:
+                self._probe_streaming_close()
+            except _server.ClientError:
+                self.close()
+            return False
+        try:
+            if self._method is None and not self._read_head():
+                return False
+            if not self._data_loaded and not self._read_body():
+                return False
+        except http11.ProtocolError as err:
+            self._refuse(err.status, err.reason)
+            return None
+        except _server.HttpErrorWithResponse as err:
+            # what uhttp-server refuses itself: path or query encoding
+            self._refuse(err.status, str(err).partition(': ')[2])
+            return None
+        except _server.ClientError:
+            self.close()
+            return None
+        self._requests_count += 1
+        return True
+
+    # -- the head ---------------------------------------------------------------
+
+    def _read_head(self):
+        """Parse what is buffered, read once if that is not a whole head."""
+        head = self._parse_head()
+        if head is None:
+            self._recv_to_buffer(len(self._buffer) + READ_SIZE)
+            head = self._parse_head()
+            if head is None:
+                return False
+        self._start_request(head)
+        return True
+
+    def _parse_head(self):
+        buffer = self._buffer
+        if not buffer:
+            return None
+        head, offset = http11.parse_head(
+            buffer, 0, self._max_headers_length, self._max_header_fields)
+        if head is None:
+            # empty lines alone do not start the request clock: a client
+            # may send one after a body, then idle in keep-alive
+            if offset < len(buffer) and self._request_start is None:
+                self._request_start = time.time()
+            return None
+        del buffer[:offset]
+        return head
+
+    def _start_request(self, head):
+        if self._request_start is None:
+            self._request_start = time.time()
+        self._method = head.method
+        self._url = head.url
+        self._protocol = head.version
+        self._headers = head.headers
+        self._headers_repeated = head.repeated
+        self._content_length = head.content_length or False
+        if head.content_length and \
+                head.content_length > self._max_content_length:
+            # before any 100 Continue: the client need not send the body
+            raise http11.ProtocolError(
+                413, f'Body larger than {self._max_content_length} bytes')
+        self._path, self._query = _parse_url(head.url)
+        if head.chunked:
+            self._chunked = http11.ChunkedDecoder(
+                self._max_content_length, self._max_headers_length,
+                self._max_header_fields)
+        elif not head.content_length:
+            self._data_loaded = True   # no body: data stays None
+        self._expect_continue = head.expect_continue and not \
+            self._data_loaded
+
+    # -- the body ---------------------------------------------------------------
+
+    def _read_body(self):
+        """Take the body from the buffer, reading once if it is not all
+        there; True once it is complete."""
+        if self._take_body():
+            return True
+        if self._expect_continue:
+            self._expect_continue = False
+            self._send(_CONTINUE)
+            if self._socket is None:
+                return False
+        self._recv_to_buffer(len(self._buffer) + READ_SIZE)
+        return self._take_body()
+
+    def _take_body(self):
+        buffer = self._buffer
+        decoder = self._chunked
+        if decoder is not None:
+            used = decoder.feed(buffer)
+            if used:
+                del buffer[:used]
+            if not decoder.done:
+                return False
+            self._chunked = None
+            body = decoder.body
+            self._dechunked(len(body))
+        else:
+            length = self._content_length
+            if len(buffer) < length:
+                return False
+            if len(buffer) == length:
+                body, self._buffer = buffer, bytearray()
+            else:
+                body = buffer[:length]
+                del buffer[:length]
+        self._load_data(body)
+        return True
+
+    def _dechunked(self, length):
+        """Describe the decoded body as a Content-Length body (as a
+        buffering proxy forwards it)."""
+        self._headers.pop('transfer-encoding', None)
+        if self._headers_repeated:
+            self._headers_repeated.pop('transfer-encoding', None)
+        self._headers['content-length'] = str(length)
+        self._content_length = length
+
+    def _load_data(self, body):
+        """`data` as uhttp-server gives it: a form or JSON body decoded,
+        other bodies as raw bytes, no body as None."""
+        if not body:
+            self._data_loaded = True
+            return
+        content_type = self.content_type.split(';')[0].strip().lower()
+        if content_type == _server.CONTENT_TYPE_XFORMDATA:
+            self._data = _server.parse_query(body)
+        elif content_type == _server.CONTENT_TYPE_JSON:
+            try:
+                self._data = json.loads(body)
+            except (ValueError, RuntimeError) as err:
+                # RuntimeError: nesting deep enough to exhaust the recursion
+                raise _server.HttpErrorWithResponse(
+                    400, 'Invalid JSON body') from err
+        else:
+            self._data = body
+        self._data_loaded = True
+
+    # -- refusing -----------------------------------------------------------------
+
+    def _refuse(self, status, reason):
+        """Answer `status` and close: nothing after a refused request is
+        ever parsed, so the buffer goes."""
+        # a HEAD refused before its head was parsed gets no body either
+        head = self._method == 'HEAD' or (
+            self._method is None
+            and self._buffer.lstrip(b'\r\n').startswith(b'HEAD '))
+        self._buffer = bytearray()
+        self._chunked = None
+        self._expect_continue = False
+        self._data_loaded = False
+        phrase = _server.STATUS_CODES.get(status, '')
+        text = f'{status} {phrase}: {reason}' if reason else \
+            f'{status} {phrase}'
+        body = b'' if head else text.encode('utf-8')
+        self.respond(data=body, status=status, headers={
+            _server.CONNECTION: _server.CONNECTION_CLOSE,
+            _server.CONTENT_TYPE: 'text/plain; charset=UTF-8'})
+
+
+class Server(_server.HttpServer):
+    """An `HttpServer` whose connections are `Connection`s.
+
+    The listening socket is made non-blocking, and up to ACCEPT_BATCH
+    pending connections are accepted per wake-up. Event mode is not
+    supported.
+    """
+
+    def __init__(self, *args, event_mode=False, **kwargs):
+        if event_mode:
+            raise ValueError('Server supports the non-event mode only')
+        super().__init__(*args, **kwargs)
+        self._socket.setblocking(False)
+
+    def _accept(self):
+        # a blocking listener (swapped in from outside) could block the loop
+        # on a second accept(): take one connection only then
+        count = ACCEPT_BATCH if self._socket.gettimeout() == 0.0 else 1
+        for _ in range(count):
+            if not self._accept_one():
+                return
+
+    def _accept_one(self):
+        """Accept one connection; False when none was waiting (or failed)."""
+        try:
+            sock, addr = self._socket.accept()
+        except OSError:
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix listener handed over): nothing to tune
+        try:
+            sock.setblocking(False)
+            if self._ssl_context:
+                sock = self._ssl_context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            sock.close()
+            return True
+        connection = Connection(self, sock, addr, **self._kwargs)
+        self._make_room()
+        self._waiting_connections.append(connection)
+        if not connection._register():
+            connection.close()
+        return True
+
+    def _make_room(self):
+        """Above max_waiting_clients the oldest connection goes (as in
+        uhttp-server: 408 unless it is already answering)."""
+        while len(self._waiting_connections) >= self._max_clients:
+            oldest = self._waiting_connections.pop(0)
+            if oldest._response_started:
+                oldest.close()
+                continue
+            oldest.respond('Request Timeout, too many requests', status=408,
+                           headers={_server.CONNECTION:
+                                    _server.CONNECTION_CLOSE})
+            if oldest.has_data_to_send:
+                oldest.close()
