@@ -13,7 +13,7 @@ from uhttp.workers import pending as states
 from uhttp.workers.pending import Pending, PendingTable
 from uhttp.workers.pool import REVOKE_AFTER, WorkerPool
 from uhttp.workers.worker import Worker
-from uhttp.workers.worker_handle import WorkerHandle
+from uhttp.workers.worker_handle import PREFETCH, WorkerHandle
 
 
 class PlainWorker(Worker):
@@ -161,7 +161,7 @@ def test_a_second_request_is_sent_ahead_only_behind_a_fresh_one(clock):
     ahead = request(pool, 3)
     pool.submit(ahead)
     assert ahead.state == states.ASSIGNED
-    assert ahead.worker.waiting_request() is ahead
+    assert ahead.worker.waiting_requests() == [ahead]
     # once every worker runs something long, nothing more is sent ahead
     clock.now += REVOKE_AFTER
     late = request(pool, 4)
@@ -243,15 +243,29 @@ def test_a_single_worker_never_gets_its_requests_revoked(clock):
 
 def test_backlog_is_first_come_first_served(clock):
     pool = make_pool(workers=1)
-    clock.now += 0
     first = request(pool, 1)
     pool.submit(first)
-    clock.now += REVOKE_AFTER
-    queued = [request(pool, i) for i in (2, 3, 4)]
+    clock.now += REVOKE_AFTER   # nothing more is sent ahead of it now
+    queued = [request(pool, i) for i in range(2, PREFETCH + 3)]
     for pending in queued:
         pool.submit(pending)
-    assert pool.queue_size == 3
+    assert pool.queue_size == len(queued)
     answer(pool, first.worker, first)
-    assert [p.state for p in queued] == [
-        states.ASSIGNED, states.ASSIGNED, states.QUEUED]
-    assert sent_ids(first.worker) == [1, 2, 3]
+    # the freed worker takes as many as it may hold, oldest first
+    assert [p.state for p in queued] == \
+        [states.ASSIGNED] * PREFETCH + [states.QUEUED]
+    assert sent_ids(first.worker) == list(range(1, PREFETCH + 2))
+
+
+def test_a_dead_worker_fails_only_the_request_it_was_running(clock):
+    pool = make_pool(workers=1)
+    held = [request(pool, i) for i in (1, 2, 3)]
+    for pending in held:
+        pool.submit(pending)
+    deferred = held[0]
+    deferred.worker.release(deferred)
+    deferred.state = states.DEFERRED
+    started, unstarted = held[0].worker.split_orphans(
+        held[0].worker.take_all_back())
+    # the deferred one and the running one are lost; the last never ran
+    assert started == held[:2] and unstarted == held[2:]

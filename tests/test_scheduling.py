@@ -188,3 +188,50 @@ def test_request_that_waited_its_whole_timeout_in_the_backlog_gets_503(
     # the late request never ran
     wait_until(lambda: 'late' not in server.get('/api/ran').json()['ran'], 5)
     wait_until(lambda: monitor(server)['pending'] == 0, 10)
+
+
+def test_a_dead_worker_fails_only_its_running_request(start_server,
+                                                      hold_dir):
+    server = start_sched(start_server, hold_dir)
+    socks = {}
+    for name in ('a0', 'a1'):
+        socks[name] = send_raw(server, f'/api/hold/{name}')
+    doomed = holding_worker(server, 'a0')
+    holding_worker(server, 'a1')
+    # three more at once: sent ahead behind the fresh held ones, or queued
+    for name in ('b', 'c', 'd'):
+        socks[name] = send_raw(server, f'/api/fast/{name}')
+    workers = monitor(server)['pools'][0]['workers']
+    victim = workers[doomed]
+    sent_ahead = victim["in_flight"] - 1
+    os.kill(victim['pid'], 9)
+    status, _body = read_status(socks['a0'])
+    assert status == 502
+    if sent_ahead:
+        server.wait_log(r'requests it had not started go to its siblings')
+    release(hold_dir, 'a1')
+    for name in ('b', 'c', 'd'):
+        status, body = read_status(socks[name])
+        assert status == 200, (name, body)
+        assert json.loads(body)['name'] == name
+    assert read_status(socks['a1'])[0] == 200
+    for sock in socks.values():
+        sock.close()
+
+
+def send_raw(server, path):
+    sock = socket.create_connection(('127.0.0.1', server.port), timeout=20)
+    sock.sendall(f'GET {path} HTTP/1.1\r\nHost: x\r\n\r\n'.encode())
+    return sock
+
+
+def read_status(sock):
+    """(status, body) of the next response on a raw socket."""
+    buffer = bytearray()
+    while True:
+        parsed = parse_response(buffer)
+        if parsed is not None:
+            return parsed[0], parsed[2]
+        chunk = sock.recv(65536)
+        assert chunk, 'connection closed before a response'
+        buffer += chunk

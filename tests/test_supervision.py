@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from uhttp.workers.worker_handle import PREFETCH
+
 from conftest import pid_alive, wait_until
 
 CORE = 'core_app.py'
@@ -159,11 +161,13 @@ def test_queue_warning_is_rate_limited(start_server):
     server = start_server(CORE, env={'WORKERS': '1', 'QUEUE_WARNING': '2'},
                           ready_workers=3)
     results = []
-    threads = [request_in_thread(server, '/api/sleep/0.3', results)
-               for _ in range(10)]
+    # one worker holds up to PREFETCH of them; the rest wait in the backlog
+    count = PREFETCH + 6
+    threads = [request_in_thread(server, '/api/sleep/0.2', results)
+               for _ in range(count)]
     for thread in threads:
         thread.join(30)
-    assert [r.status for r in results] == [200] * 10
+    assert [r.status for r in results] == [200] * count
     assert server.count_log(r'requests wait for a worker \(queue_warning=2\)') \
         == 1
 

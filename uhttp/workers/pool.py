@@ -376,15 +376,21 @@ class WorkerPool:
             self._revoke_for_idle()
 
     def _revoke_for_idle(self):
-        """A worker is idle and the backlog is empty: ask a busy worker for
-        a request that still waits in its channel (invariant: a request
-        never waits for a busy worker while a sibling is idle)."""
-        if not any(handle.is_idle for handle in self.workers):
+        """Workers are idle and the backlog is empty: ask busy workers for
+        requests that still wait in their channels, one per idle worker,
+        those behind the longest-running first (invariant: a request never
+        waits for a busy worker while a sibling is idle)."""
+        idle = sum(1 for handle in self.workers if handle.is_idle)
+        if not idle:
             return
-        waiting = [h.waiting_request() for h in self.workers]
-        waiting = [p for p in waiting if p is not None]
-        if waiting:
-            self.revoke(min(waiting, key=lambda p: p.worker.busy_since))
+        busy = sorted((h for h in self.workers if h.active > 1),
+                      key=lambda h: h.busy_since)
+        for handle in busy:
+            for pending in handle.waiting_requests():
+                self.revoke(pending)
+                idle -= 1
+                if not idle:
+                    return
 
     def revoke_slow(self, now):
         """Take back requests waiting behind one that runs long, when a
@@ -392,8 +398,7 @@ class WorkerPool:
         for handle in self.workers:
             if handle.active > 1 and now - handle.busy_since >= REVOKE_AFTER \
                     and self._sibling_sooner(handle, now):
-                pending = handle.waiting_request()
-                if pending is not None:
+                for pending in handle.waiting_requests():
                     self.revoke(pending)
 
     def _sibling_sooner(self, handle, now):

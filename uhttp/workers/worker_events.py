@@ -102,7 +102,9 @@ class WorkerEvents:
             pass
         handle.channel.close()
         self._flush_needed.discard(handle)
-        orphans = handle.take_all_back()
+        orphans, unstarted = handle.split_orphans(handle.take_all_back())
+        handle.lost = len(orphans)
+        self._requeue_unstarted(handle, unstarted)
         handle.process.join(0)  # never blocks
         if handle.process.exitcode is None:
             # the sentinel can fire a moment before the exit status exists:
@@ -112,6 +114,21 @@ class WorkerEvents:
             return
         self._fail_orphans(handle, orphans, handle.pool.exit_reason(handle))
         self.worker_reaped(handle)
+
+    def _requeue_unstarted(self, handle, unstarted):
+        """Requests the dead worker never started go to a sibling, first in
+        line (a request runs at most once: these never ran)."""
+        pool = handle.pool
+        for pending in reversed(unstarted):
+            if pending.state != ASSIGNED or pending.to_all:
+                continue
+            if pending.client is not None and pending.client.socket is None:
+                continue  # its client left: the sweep forgets it
+            pool.requeue(pending)
+        if unstarted:
+            self.log.info('worker %s ended: %d requests it had not started '
+                          'go to its siblings', handle.name, len(unstarted))
+            pool.pump()
 
     def worker_reaped(self, handle):
         """The exit status of a worker that ended is known: restart it or
