@@ -54,6 +54,9 @@ class Connection(_server.HttpConnection):
         self._max_header_fields = kwargs.get(
             'max_header_fields', http11.MAX_FIELDS)
         self._chunked = None     # the ChunkedDecoder of the body being read
+        # kept by the dispatcher across the requests of this connection
+        self.pool_client = False    # its last request went to a pool
+        self.client_address = None  # its address as workers see it
 
     @property
     def is_loaded(self):

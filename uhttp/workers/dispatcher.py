@@ -569,6 +569,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         dispatcher answers itself (static, @sync, metrics), judged from its
         request line, peeked at without reading it. Used only while the
         pools are full, to keep health checks and static files prompt."""
+        if connection.pool_client:
+            # its last request went to a pool: it is very likely a client
+            # of the pools (a health checker uses connections of its own)
+            return False
         buffered = connection._buffer  # pylint: disable=protected-access
         if buffered:
             head = bytes(buffered[:2048])
@@ -603,8 +607,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _admission_changed(self):
         """The number of pending requests changed: close or reopen."""
-        for connection in self._admission.update(
-                len(self._pending), self._gate):
+        admission = self._admission
+        if not admission.closed and not admission.parked_count:
+            if len(self._pending) < admission.max_pending:
+                return  # the common case, kept cheap
+        for connection in admission.update(len(self._pending), self._gate):
             if resume(connection) and connection._buffer:  # pylint: disable=protected-access
                 self._pipelined.add(connection)
 
@@ -687,7 +694,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         pending = self._pending.open(
             request_id, client, pool, message, time.monotonic())
         client.context = pending
-        self._admission_changed()
+        client.pool_client = True
+        if len(self._pending) >= self.max_pending:
+            self._admission_changed()
         pool.submit(pending)
 
     def _client_address(self, client):
@@ -695,9 +704,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         trusted_proxies is set); computed once per connection."""
         if self._trusts_proxies:
             return client.remote_address
-        address = client.__dict__.get('_uw_address')
+        address = client.client_address
         if address is None:
-            address = client._uw_address = _server.unmap_ipv4(
+            address = client.client_address = _server.unmap_ipv4(
                 client.addr[0])
         return address
 
