@@ -793,6 +793,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 return
             if sent == len(wire):
                 client._finalize_sent_response()
+                if self._admission.closed and client._socket is not None \
+                        and not client._buffer:
+                    # no room for its next request: park it now rather
+                    # than watch it, read it and park it then
+                    self._admission.park(client, self._gate)
+                    return
                 client._update_interest()
                 self._note_pipelined(client)
                 return
