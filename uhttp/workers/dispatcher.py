@@ -576,13 +576,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         buffered = connection._buffer  # pylint: disable=protected-access
         if buffered:
             head = bytes(buffered[:2048])
+        elif self.ssl_context is not None:
+            # TLS records cannot be peeked at: park it, unless its TLS layer
+            # holds decrypted bytes already (no socket event would say so)
+            return bool(connection.socket.pending())
         else:
             try:
                 head = connection.socket.recv(2048, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 return False
-            except (ValueError, OSError):
-                return True  # TLS cannot peek, or an error: let it be read
+            except OSError:
+                return True  # an error: reading it reports it
             if not head:
                 return True  # the client left: reading notices it
         parts = head.split(b'\n', 1)[0].rstrip(b'\r').split(b' ')
