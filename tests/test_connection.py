@@ -2,8 +2,8 @@
 
 A `Server` listens on 127.0.0.1 with a selector the test drives by hand
 (as the dispatcher does); clients are plain sockets. This checks what the
-dispatcher relies on: batched accepts, a request loaded only when whole,
-bytes after a request kept for the next one, a refusal that closes.
+dispatcher relies on: a non-blocking listener, a request loaded only when
+whole, bytes after a request kept for the next one, a refusal that closes.
 """
 
 import selectors
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import parse_response, wait_until
 
-from uhttp.workers.connection import ACCEPT_BATCH, Connection, Server
+from uhttp.workers.connection import Connection, Server
 
 
 @pytest.fixture
@@ -68,22 +68,41 @@ def test_event_mode_is_refused():
         Server(address='127.0.0.1', port=0, event_mode=True)
 
 
-def test_listener_is_non_blocking_and_accepts_in_batches(server):
+def test_listener_is_non_blocking_one_accept_per_wake_up(server):
     assert server.socket.gettimeout() == 0.0
-    clients = [connect(server) for _ in range(ACCEPT_BATCH + 3)]
+    # nothing pending (a connection another process took): no wait
+    server.handle_event(server.socket, selectors.EVENT_READ)
+    assert server._waiting_connections == []
+    clients = [connect(server) for _ in range(3)]
     try:
-        wait_until(lambda: server.selector.select(0.1), 5)
-        server.handle_event(server.socket, selectors.EVENT_READ)
-        assert len(server._waiting_connections) == ACCEPT_BATCH
+        for count in (1, 2, 3):
+            server.handle_event(server.socket, selectors.EVENT_READ)
+            assert len(server._waiting_connections) == count
         assert all(type(c) is Connection for c in server._waiting_connections)
         server.handle_event(server.socket, selectors.EVENT_READ)
-        assert len(server._waiting_connections) == ACCEPT_BATCH + 3
-        # nothing pending: no wait, no new connection
-        server.handle_event(server.socket, selectors.EVENT_READ)
-        assert len(server._waiting_connections) == ACCEPT_BATCH + 3
+        assert len(server._waiting_connections) == 3
     finally:
         for client in clients:
             client.close()
+
+
+def test_oldest_connection_makes_room_above_the_limit():
+    selector = selectors.DefaultSelector()
+    server = Server(address='127.0.0.1', port=0, selector=selector,
+                    max_waiting_clients=2, listen=8)
+    clients = [connect(server) for _ in range(3)]
+    try:
+        first = accept(server)[0]
+        accept(server)
+        accept(server)
+        assert len(server._waiting_connections) == 2
+        assert first not in server._waiting_connections
+        assert receive(clients[0])[0] == 408
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        selector.close()
 
 
 def test_request_is_loaded_only_when_its_body_is_whole(server):

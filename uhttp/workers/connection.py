@@ -26,7 +26,6 @@ from . import http11
 # behind in the TLS layer where select() cannot see them; and below the
 # size where a recv() buffer costs an mmap()
 READ_SIZE = 64 * 1024
-ACCEPT_BATCH = 16        # connections accepted per wake-up of the listener
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 
 
@@ -243,9 +242,13 @@ class Connection(_server.HttpConnection):
 class Server(_server.HttpServer):
     """An `HttpServer` whose connections are `Connection`s.
 
-    The listening socket is made non-blocking, and up to ACCEPT_BATCH
-    pending connections are accepted per wake-up. Event mode is not
-    supported.
+    The listening socket is non-blocking: a wake-up for a connection that
+    another process took (a listener shared during an upgrade) costs one
+    failed accept(), never a blocked loop. One connection is accepted per
+    wake-up, as uhttp-server does: taking several at once lets their
+    requests be read in the same loop turn, where an answer from the
+    dispatcher overtakes the request it has just queued for a worker.
+    Event mode is not supported.
     """
 
     def __init__(self, *args, event_mode=False, **kwargs):
@@ -255,19 +258,10 @@ class Server(_server.HttpServer):
         self._socket.setblocking(False)
 
     def _accept(self):
-        # a blocking listener (swapped in from outside) could block the loop
-        # on a second accept(): take one connection only then
-        count = ACCEPT_BATCH if self._socket.gettimeout() == 0.0 else 1
-        for _ in range(count):
-            if not self._accept_one():
-                return
-
-    def _accept_one(self):
-        """Accept one connection; False when none was waiting (or failed)."""
         try:
             sock, addr = self._socket.accept()
         except OSError:
-            return False
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -279,13 +273,12 @@ class Server(_server.HttpServer):
                     sock, server_side=True, do_handshake_on_connect=False)
         except OSError:
             sock.close()
-            return True
+            return
         connection = Connection(self, sock, addr, **self._kwargs)
         self._make_room()
         self._waiting_connections.append(connection)
         if not connection._register():
             connection.close()
-        return True
 
     def _make_room(self):
         """Above max_waiting_clients the oldest connection goes (as in
