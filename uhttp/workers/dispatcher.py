@@ -26,7 +26,8 @@ from uhttp import server as _server
 
 from . import framing, messages
 from .admission import (
-    HOLD_ACCEPT_FAILED, HOLD_PREDECESSOR, Admission, ListenerGate, resume)
+    HOLD_ACCEPT_FAILED, HOLD_CLOSED, HOLD_PREDECESSOR, Admission,
+    ListenerGate, resume)
 from .connection import Connection, Server
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
@@ -401,6 +402,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._housekeeping(now)
 
     def _accept(self, fileobj, mask):
+        if self._gate.is_held(HOLD_CLOSED):
+            return  # closed earlier in this loop turn (shutdown)
         connections = self._server._waiting_connections  # pylint: disable=protected-access
         count = len(connections)
         newest = connections[-1] if connections else None
