@@ -221,10 +221,20 @@ class Lifecycle:
 
     def _drain_step(self, now):
         deadline = self._shutdown_started + self.shutdown_timeout
-        if self._pending and now < deadline:
+        if now < deadline and (self._pending or self._awaiting_first_request()):
             return
         self._fail_all_pending()
         self._stop_workers(now)
+
+    def _awaiting_first_request(self):
+        """While handing over to a new dispatcher: connections this one
+        accepted whose first request has not arrived yet (their clients
+        connected before the listener closed: they are served here)."""
+        if self._successor is None:
+            return False
+        return any(connection.socket is not None
+                   and not connection._requests_count  # pylint: disable=protected-access
+                   for connection in self._server._waiting_connections)  # pylint: disable=protected-access
 
     def _fail_all_pending(self):
         for pending in self._pending.all():
