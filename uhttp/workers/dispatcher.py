@@ -462,8 +462,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def _on_connection_event(self, connection, fileobj, mask):
         pending = connection.context
         if pending is None:
-            if self._admission.closed and not self._answers_itself(
-                    connection):
+            if self._admission.closed and mask & selectors.EVENT_READ \
+                    and not connection.has_data_to_send \
+                    and not self._answers_itself(connection):
                 self._admission.park(connection, self._gate)
                 return
             client = connection.handle_event(fileobj, mask)
