@@ -269,3 +269,24 @@ def test_a_dead_worker_fails_only_the_request_it_was_running(clock):
         held[0].worker.take_all_back())
     # the deferred one and the running one are lost; the last never ran
     assert started == held[:2] and unstarted == held[2:]
+
+
+def test_a_broadcast_copy_is_never_revoked(clock):
+    pool = make_pool()
+    for request_id in (1, 2):
+        pool.submit(request(pool, request_id))
+    copies = []
+
+    def make_copy():
+        copy = Pending(100 + len(copies), None, pool, messages.request(
+            100 + len(copies), 'POST', '/fan', None, {}, None, None, True),
+            to_all=True)
+        copies.append(copy)
+        return copy
+    assert pool.assign_to_all(make_copy) == 2
+    clock.now += REVOKE_AFTER
+    for handle in pool.workers:
+        assert handle.waiting_requests() == []
+    first = pool.workers[0]
+    answer(pool, first, next(iter(first.in_flight.values())))
+    assert not any(copy.revoked for copy in copies)

@@ -152,14 +152,16 @@ class WorkerHandle:
 
     def waiting_requests(self):
         """The requests it holds but has not started (they wait behind the
-        running one, in order), not yet revoked."""
+        running one, in order), not yet revoked. A broadcast copy is not
+        among them: it is meant for this very worker."""
         if self.active < 2:
             return []
         waiting = []
         seen_running = False
         for pending in self.in_flight.values():
             if pending.active and pending.state == ASSIGNED:
-                if seen_running and not pending.revoked:
+                if seen_running and not pending.revoked \
+                        and not pending.to_all:
                     waiting.append(pending)
                 seen_running = True
         return waiting
