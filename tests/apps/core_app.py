@@ -176,6 +176,7 @@ class CoreWorker(_workers.Worker):
     @_workers.api('/api/slowcount/{key}/{seconds:float}', 'POST')
     def slow_count(self, request):
         """Sleep, then count like /api/count/{key} (client-left tests)."""
+        self.log.info('slowcount {key} started', key=request.path_params['key'])
         time.sleep(request.path_params['seconds'])
         return self.count(request)
 
