@@ -399,6 +399,16 @@ def test_invalid_json_body_is_400(core):
     assert core.get('/api/item/1').status == 200
 
 
+def test_invalid_json_body_on_a_sync_route_is_400(core):
+    # JSON bodies are decoded when first used: in the dispatcher for @sync
+    # routes, in the worker for pool routes
+    result = core.request('POST', '/control/config', body=b'[1, 2',
+                          headers={'Content-Type': 'application/json'})
+    assert result.status == 400
+    assert b'JSON' in result.body
+    assert core.get('/sync/hello/x').json() == {'hello': 'x'}
+
+
 # -- 5. handler return values -------------------------------------------------------
 
 def test_plain_data_is_200_json(core):

@@ -53,6 +53,7 @@ class Connection(_server.HttpConnection):
         self._max_header_fields = kwargs.get(
             'max_header_fields', http11.MAX_FIELDS)
         self._chunked = None     # the ChunkedDecoder of the body being read
+        self._json_body = None   # a JSON body not decoded yet
         # kept by the dispatcher across the requests of this connection
         self.pool_client = False    # its last request went to a pool
         self.client_address = None  # its address as workers see it
@@ -66,6 +67,7 @@ class Connection(_server.HttpConnection):
         """Forget the answered request (keep-alive); the buffer is kept."""
         super().reset()
         self._chunked = None
+        self._json_body = None
 
     def process_request(self):
         """Read from the socket; True once a request is loaded, False while
@@ -207,15 +209,33 @@ class Connection(_server.HttpConnection):
         if content_type == _server.CONTENT_TYPE_XFORMDATA:
             self._data = _server.parse_query(body)
         elif content_type == _server.CONTENT_TYPE_JSON:
+            # decoded on first use of `data` (@sync routes, do_check); a
+            # pool request carries the bytes and its worker decodes them
+            self._json_body = bytes(body)
+        else:
+            self._data = body
+        self._data_loaded = True
+
+    @property
+    def data(self):
+        """The body: a JSON or form body decoded, other bodies as bytes,
+        None when empty. Raises HttpErrorWithResponse(400) for a JSON body
+        that does not parse."""
+        if self._json_body is not None:
+            body, self._json_body = self._json_body, None
             try:
                 self._data = json.loads(body)
             except (ValueError, RuntimeError) as err:
                 # RuntimeError: nesting deep enough to exhaust the recursion
                 raise _server.HttpErrorWithResponse(
                     400, 'Invalid JSON body') from err
-        else:
-            self._data = body
-        self._data_loaded = True
+        return self._data
+
+    def take_raw_json(self):
+        """The undecoded bytes of a JSON body (None when there is none, or
+        when `data` decoded it already): for a worker to decode."""
+        body, self._json_body = self._json_body, None
+        return body
 
     # -- refusing -----------------------------------------------------------------
 

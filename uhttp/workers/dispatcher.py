@@ -656,6 +656,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         target, params = found
         try:
             target(client, params)
+        except _server.HttpErrorWithResponse as err:
+            # e.g. a JSON body that does not parse, seen on `client.data`
+            if not _answered(client):
+                self._answer(client, err.status, _JSON,
+                             _error_body(err.status, str(err).partition(
+                                 ': ')[2] or 'Bad Request'))
+            return True
         except Exception:  # pylint: disable=broad-except
             self.log.exception('sync handler %s %s failed', client.method,
                                printable(client.path))
@@ -692,9 +699,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._next_request_id = request_id + 1
         # pylint: disable=protected-access
         # (the connection's fields, read directly: this runs per request)
-        data = client._data
-        if data.__class__ is bytearray or data.__class__ is memoryview:
-            data = bytes(data) or None  # a raw body; decoded JSON stays as is
+        data = client.take_raw_json()   # decoded by the worker
+        if data is None:
+            data = client._data
+            if data.__class__ is bytearray or data.__class__ is memoryview:
+                data = bytes(data) or None  # a raw body
         message = messages.request(
             request_id, client._method, client._path, client._query,
             client._headers, data, self._client_address(client), False,

@@ -12,6 +12,7 @@ without logging it, or outlive the dispatcher.
 
 import collections
 import ctypes
+import json
 import faulthandler
 import functools
 import os
@@ -287,6 +288,15 @@ class Worker(WatchesDescriptors):
             self._send(messages.returned(request_id))
             return
         self._flush_held()  # earlier answers go out before this handler runs
+        if data.__class__ is bytes and remote is not None \
+                and _is_json(headers):
+            # a client's JSON body: decoded here, not in the dispatcher
+            try:
+                data = json.loads(data)
+            except (ValueError, RuntimeError):  # (RuntimeError: too deep)
+                self._hold(messages.response(
+                    request_id, 400, _invalid_json(keep_alive), keep_alive))
+                return
         request = Request(request_id, method, path, data, query, headers,
                           remote_address=remote)
         request._worker = self
@@ -565,6 +575,19 @@ class Worker(WatchesDescriptors):
                 self._beat(now)
             self._flush_held()
         return self._exit_code
+
+
+def _invalid_json(keep_alive):
+    return framing.encode_response(
+        400, {'content-type': 'application/json'},
+        b'{"error": "Invalid JSON body"}', keep_alive=keep_alive)
+
+
+def _is_json(headers):
+    """True for a Content-Type of application/json (any parameters)."""
+    content_type = headers.get('content-type')
+    return content_type is not None and content_type.partition(
+        ';')[0].strip().lower() == 'application/json'
 
 
 def _die_with_parent():
