@@ -6,6 +6,7 @@ process starts); the port-in-use test runs two real dispatchers.
 
 import os
 import pickle
+import socket
 
 import pytest
 
@@ -242,3 +243,18 @@ def test_port_in_use_is_one_line_and_non_zero_exit(start_server):
             in second.log.splitlines())
     assert 'Traceback' not in second.log
     assert first.get('/other/x').status == 200
+
+
+def test_port_in_use_removes_the_pid_file(tmp_path):
+    pid_file = tmp_path / 'service.pid'
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        dispatcher = _workers.Dispatcher(
+            port=port, address='127.0.0.1', pid_file=str(pid_file))
+        with pytest.raises(SystemExit) as info:
+            dispatcher.run()
+    assert str(info.value.code) == (
+        f'cannot listen on 127.0.0.1:{port}: address already in use')
+    assert not pid_file.exists()
