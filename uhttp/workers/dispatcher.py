@@ -34,6 +34,7 @@ from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput, printable
 from .metrics import Metrics
+from .options import check_keywords
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
@@ -43,6 +44,7 @@ from .static import StaticFiles
 from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
 from . import upgrade
+from .worker import collect_routes
 from .worker_events import WorkerEvents
 
 SELECT_TIMEOUT = 1.0
@@ -69,6 +71,13 @@ def sync(pattern, *methods):
             (pattern, methods),)
         return func
     return decorate
+
+
+def _listen_error(address, port, err):
+    """`cannot listen on 127.0.0.1:8080: address already in use`."""
+    host = f'[{address}]' if ':' in address else address
+    reason = err.strerror or str(err)
+    return f'cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}'
 
 
 def _error_body(status, message):
@@ -284,8 +293,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- set-up -----------------------------------------------------------------
 
+    def __new__(cls, *args, **kwargs):
+        # a misspelt option gets a suggestion, not Python's bare TypeError
+        check_keywords(cls.__name__, cls.__init__, kwargs)
+        return super().__new__(cls)
+
     def _check_pools(self):
         names = set()
+        claimed = {}    # route entry -> the pool that serves it
         fallbacks = 0
         for pool in self._pools:
             if pool.name in names:
@@ -293,9 +308,34 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                                  'one a name= of its own')
             names.add(pool.name)
             fallbacks += pool.matcher.is_fallback
+            for entry in pool.routes or ():
+                first = claimed.setdefault(entry, pool)
+                if first is not pool:
+                    raise ValueError(
+                        f'pools {first.name!r} and {pool.name!r} both claim'
+                        f' route {entry!r}; {pool.name!r} would never serve'
+                        ' it')
         if fallbacks > 1:
             self.log.warning('more than one fallback pool: only the first '
                              'one receives requests')
+        self._warn_unreachable_routes()
+
+    def _warn_unreachable_routes(self):
+        """Warn of each @api route that no pool running its worker class
+        reaches (a warning: the application may mean it)."""
+        by_class = {}
+        for pool in self._pools:
+            by_class.setdefault(pool.worker_class, []).append(pool)
+        for worker_class, pools in by_class.items():
+            for pattern, _, _, _ in collect_routes(worker_class):
+                if any(pool.matcher.can_reach(pattern) for pool in pools):
+                    continue
+                self.log.warning(
+                    'route %r of %s is never called: its pools serve only %s',
+                    pattern, worker_class.__name__, '; '.join(
+                        f'{pool.name!r}: '
+                        + (', '.join(map(repr, pool.routes)) or 'no route')
+                        for pool in pools))
 
     def _build_sync_router(self):
         router = Router()
@@ -317,12 +357,21 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
         # with a socket handed over, bind a throwaway one (the port is taken)
-        self._server = Server(
-            address='127.0.0.1' if inherited else self.address,
-            port=0 if inherited else self.port,
-            ssl_context=self.ssl_context, selector=self._selector,
-            max_waiting_clients=self.max_connections,
-            listen=self.listen_backlog, **self._server_options)
+        try:
+            self._server = Server(
+                address='127.0.0.1' if inherited else self.address,
+                port=0 if inherited else self.port,
+                ssl_context=self.ssl_context, selector=self._selector,
+                max_waiting_clients=self.max_connections,
+                listen=self.listen_backlog, **self._server_options)
+        except OSError as err:
+            # a one-line reason and a non-zero exit, not a traceback
+            message = _listen_error(self.address, self.port, err)
+            if self.log_file:   # stderr gets it from SystemExit
+                self.log.error('%s', message)
+            if self._pid_file is not None:
+                self._pid_file.remove()
+            raise SystemExit(message) from None
         self._gate = ListenerGate(self._selector, self._server.socket,
                                   self._server)
         if inherited is not None:

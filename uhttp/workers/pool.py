@@ -13,6 +13,7 @@ reports events to the dispatcher, which owns the sockets.
 
 import collections
 import gc
+import inspect
 import multiprocessing
 import os
 import pickle
@@ -25,6 +26,7 @@ from . import messages
 from .channel import Channel, ChannelClosed, channel_pair
 from .log import LOG_WARNING
 from .request import Request, normalize_headers
+from .options import worker_keywords
 from .routing import PrefixMatcher
 from .pending import ASSIGNED, QUEUED
 from .worker import (
@@ -68,8 +70,10 @@ class WorkerPool:
     """A set of worker processes running one Worker class.
 
     `routes` are the URL prefixes (`'/api/**'`) or exact paths this pool
-    serves; None makes it the fallback pool. Extra keyword arguments reach
-    the workers as `self.kwargs` (they must be picklable).
+    serves; None makes it the fallback pool. `worker_kwargs` reach the
+    workers as `self.kwargs` (they must be picklable); so do extra keyword
+    arguments, except a name that is a near miss of an option here
+    (`num_worker=`), which raises TypeError naming the option meant.
     """
 
     def __init__(self, worker_class, num_workers=1, routes=None, timeout=30,
@@ -78,7 +82,9 @@ class WorkerPool:
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
                  worker_kill_timeout=5, max_requests=0,
                  max_requests_jitter=0, max_memory=0, start_method=None,
-                 setup_timeout=300, **kwargs):
+                 setup_timeout=300, worker_kwargs=None, **kwargs):
+        kwargs = worker_keywords(
+            'WorkerPool', _POOL_OPTIONS, worker_kwargs, kwargs)
         if num_workers < 1:
             raise ValueError('num_workers must be at least 1')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
@@ -800,3 +806,8 @@ def _resident_memory(pid):
             return int(statm.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
+
+
+# what a misspelt keyword is compared with (the extra keywords are not options)
+_POOL_OPTIONS = tuple(
+    inspect.signature(WorkerPool.__init__).parameters)[1:-1]

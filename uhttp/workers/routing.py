@@ -17,15 +17,63 @@ Pattern syntax (a pattern always matches the *whole* path; ``/a`` and
 * ``{name:int}`` matches an optionally signed decimal integer (``int``);
 * ``{name:float}`` matches ``1``, ``1.``, ``1.5``, ``-2.25``, ``.5``
   (``float``); exponents (``1e5``), ``nan`` and ``inf`` never match;
-* a ``{...}`` must be a whole segment (``/a{b}`` is rejected).
+* a ``{...}`` must be a whole segment (``/a{b}`` is rejected);
+* a route added to a :class:`Router` starts with ``/`` (``users/{id}``
+  is rejected: no request path could match it).
+
+Methods of a route (``@api(pattern, *methods)``, ``@sync(...)``) are
+checked by :func:`check_methods`: a name must be an HTTP token; one of the
+methods of RFC 9110, PATCH or another method in the IANA registry is
+accepted; any other name that is a near miss of an RFC 9110 method or PATCH
+(``GTE``, ``POTS``) is rejected; any other token (``PURGE``, an
+application's own) is accepted. Names are compared upper-cased.
 """
 
+import difflib
 import math
 import re
 
 __all__ = [
     'RouteNotFound', 'MethodNotAllowed', 'Pattern', 'compile_pattern',
-    'Router', 'PrefixMatcher']
+    'Router', 'PrefixMatcher', 'check_methods', 'STANDARD_METHODS']
+
+# RFC 9110 section 9 and PATCH (RFC 5789): a near miss of one is a typo.
+STANDARD_METHODS = frozenset((
+    'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE',
+    'PATCH'))
+# Other methods of the IANA registry, so that e.g. PROPPATCH (close to
+# PATCH) is not taken for a typo; PURGE is the common cache extension.
+_REGISTERED_METHODS = frozenset((
+    'ACL', 'BASELINE-CONTROL', 'BIND', 'CHECKIN', 'CHECKOUT', 'COPY',
+    'LABEL', 'LINK', 'LOCK', 'MERGE', 'MKACTIVITY', 'MKCALENDAR', 'MKCOL',
+    'MKREDIRECTREF', 'MKWORKSPACE', 'MOVE', 'ORDERPATCH', 'PRI', 'PROPFIND',
+    'PROPPATCH', 'PURGE', 'QUERY', 'REBIND', 'REPORT', 'SEARCH', 'UNBIND',
+    'UNCHECKOUT', 'UNLINK', 'UNLOCK', 'UPDATE', 'UPDATEREDIRECTREF',
+    'VERSION-CONTROL'))
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# difflib ratio from which an unknown name is taken for a misspelling
+_METHOD_CUTOFF = 0.6
+
+
+def check_methods(pattern, methods):
+    """Return `methods` upper-cased as a tuple; raise ValueError, naming
+    `pattern`, for a name that is not a token or is a near miss of a
+    standard method (see the module docstring)."""
+    names = []
+    for method in methods:
+        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+            raise ValueError(
+                f'invalid HTTP method {method!r} in route {pattern!r}')
+        name = method.upper()
+        if name not in STANDARD_METHODS and name not in _REGISTERED_METHODS:
+            close = difflib.get_close_matches(
+                name, sorted(STANDARD_METHODS), n=1, cutoff=_METHOD_CUTOFF)
+            if close:
+                raise ValueError(
+                    f'unknown HTTP method {method!r} in route {pattern!r};'
+                    f' did you mean {close[0]!r}?')
+        names.append(name)
+    return tuple(names)
 
 
 class RouteNotFound(Exception):
@@ -179,14 +227,13 @@ class _Route:
         return self.methods is None or method in self.methods
 
 
-def _normalise_methods(methods):
+def _normalise_methods(pattern, methods):
     """Return a frozenset of upper-case names, or None for all methods."""
     if methods is None:
         return None
     if isinstance(methods, str):
         methods = (methods,)
-    names = frozenset(str(method).upper() for method in methods)
-    return names or None
+    return frozenset(check_methods(pattern, methods)) or None
 
 
 class Router:
@@ -203,10 +250,19 @@ class Router:
         self._params = []       # [_Route] with params, in insertion order
 
     def add(self, pattern, methods, target):
-        """Add a route; empty or None ``methods`` means all methods."""
+        """Add a route; empty or None ``methods`` means all methods.
+
+        Raises ValueError for a pattern :func:`compile_pattern` refuses or
+        that does not start with '/' (no request path could match it), and
+        for methods :func:`check_methods` refuses.
+        """
+        if isinstance(pattern, str) and not pattern.startswith('/'):
+            raise ValueError(
+                f"route pattern must start with '/': {pattern!r}")
         compiled = compile_pattern(pattern)
         route = _Route(
-            len(self._routes), compiled, _normalise_methods(methods), target)
+            len(self._routes), compiled, _normalise_methods(pattern, methods),
+            target)
         self._routes.append(route)
         if compiled.has_params:
             self._params.append(route)
@@ -291,6 +347,7 @@ class PrefixMatcher:
         self._exact = set()
         self._prefixes = []     # 'base/' strings for str.startswith
         self._patterns = []     # compiled Patterns with params
+        self._shapes = []       # (segments, is_prefix) for can_reach()
         for entry in routes or ():
             self._add(entry)
         self._prefixes = tuple(self._prefixes)
@@ -298,6 +355,10 @@ class PrefixMatcher:
     def _add(self, entry):
         if not isinstance(entry, str) or not entry.startswith('/'):
             raise ValueError(f"pool route must start with '/': {entry!r}")
+        tail = '/' + _TAIL
+        is_prefix = entry.endswith(tail)
+        self._shapes.append(
+            (_shape(entry[:-len(tail)] if is_prefix else entry), is_prefix))
         if '{' in entry or '}' in entry:
             self._patterns.append(_compile(entry, allow_tail=True))
             return
@@ -326,9 +387,53 @@ class PrefixMatcher:
                 return True
         return False
 
+    def can_reach(self, pattern):
+        """True when some path matching route `pattern` (a valid route
+        pattern, see :func:`compile_pattern`) belongs to this pool.
+
+        Decided segment by segment: a literal reaches a literal equal to it
+        or a parameter whose type accepts it; two parameters always overlap
+        (``0`` is a str, an int and a float).
+        """
+        if self.is_fallback or self._all:
+            return True
+        route = _shape(pattern)
+        for segments, is_prefix in self._shapes:
+            if len(route) < len(segments) or (
+                    not is_prefix and len(route) != len(segments)):
+                continue
+            if all(map(_overlap, segments, route)):
+                return True
+        return False
+
     def __repr__(self):
         if self.is_fallback:
             return 'PrefixMatcher(None)'
         return (f'PrefixMatcher(all={self._all}, exact={len(self._exact)},'
                 f' prefixes={len(self._prefixes)},'
                 f' patterns={len(self._patterns)})')
+
+
+def _shape(pattern):
+    """The segments of a valid pattern: (literal, None) or (None, regex of
+    the parameter's type)."""
+    segments = []
+    for segment in pattern.split('/'):
+        if _is_param(segment, pattern):
+            _, type_name = _parse_param(segment, pattern, set())
+            segments.append((None, re.compile(_TYPES[type_name][0])))
+        else:
+            segments.append((segment, None))
+    return segments
+
+
+def _overlap(first, second):
+    """True when some path segment matches both shaped segments."""
+    (literal, regex), (other, other_regex) = first, second
+    if literal is not None and other is not None:
+        return literal == other
+    if literal is not None:
+        return other_regex.fullmatch(literal) is not None
+    if other is not None:
+        return regex.fullmatch(other) is not None
+    return True

@@ -32,7 +32,7 @@ from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
     split_result)
-from .routing import MethodNotAllowed, RouteNotFound, Router
+from .routing import MethodNotAllowed, RouteNotFound, Router, check_methods
 from .upgrade import ENV_READY_FD
 
 # Named exit codes, so the dispatcher can tell why a worker ended.
@@ -57,9 +57,9 @@ def api(pattern, *methods):
 
     Use on methods of a Worker or an ApiHandler; in a handler the pattern is
     appended to the handler's PATTERN. Stack it to give one method several
-    routes.
+    routes. A misspelt method (`'GTE'`) raises ValueError here, at import.
     """
-    methods = tuple(method.upper() for method in methods)
+    methods = check_methods(pattern, methods)
 
     def decorate(func):
         func._uhttp_api = getattr(func, '_uhttp_api', ()) + ((pattern, methods),)
