@@ -19,7 +19,8 @@ __all__ = [
     'Response', 'api', 'sync', 'RejectRequest', 'DEFERRED', 'Logger',
     'log_to_logging', 'Service', 'ServiceManager', 'ServiceError',
     'ServiceUnavailable', 'FileLock', 'RedisLock', 'Job', 'JobRunner',
-    'periodic', 'run_once',
+    'periodic', 'run_once', 'SingleServer', 'ServerClient', 'ServerNotReady',
+    'SocketLock', 'LockFile',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
 ]
 
@@ -30,6 +31,10 @@ _LAZY = {
     'ServiceError': 'service', 'ServiceUnavailable': 'service',
     'FileLock': 'singleton', 'RedisLock': 'singleton', 'Job': 'singleton',
     'JobRunner': 'singleton', 'periodic': 'singleton', 'run_once': 'singleton',
+    # the names of singleserver 0.4, for code migrating from it
+    'SingleServer': 'singleserver', 'ServerClient': 'singleserver',
+    'ServerNotReady': 'singleserver', 'SocketLock': 'singleserver',
+    'LockFile': 'singleserver',
 }
 
 

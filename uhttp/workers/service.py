@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import weakref
 
 STATES = ('starting', 'ready', 'unhealthy', 'restarting', 'failed', 'stopped')
@@ -75,15 +76,49 @@ class ServiceUnavailable(ServiceError):
 
 # -- HTTP client --------------------------------------------------------------
 
-class ServiceResponse:
-    """One answer of a service: `status`, `reason`, `headers` (a dict with
-    lowercase keys), `body` (bytes), `text` and `json()`."""
+class HTTPStatusError(ServiceError):
+    """raise_for_status() found a 4xx or 5xx answer; `response` is it."""
 
-    def __init__(self, status, reason, headers, body):
+    def __init__(self, message, response):
+        super().__init__(message)
+        self.response = response
+
+
+class Headers(dict):
+    """Response headers: a dict with lowercase keys, looked up in any case."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key):
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key, default=None):
+        return super().get(key.lower(), default)
+
+
+class ServiceResponse:
+    """One answer of a service, shaped like a `requests` response:
+    `status_code`, `reason`, `headers` (keys in any case), `content` (bytes),
+    `text`, `json()`, `ok`, `raise_for_status()`, `url`. The older names
+    `status` and `body` are the same values."""
+
+    def __init__(self, status, reason, headers, body, url=''):
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.headers = Headers(headers)
         self.body = body
+        self.url = url
+
+    @property
+    def status_code(self):
+        """The HTTP status (the same as `status`)."""
+        return self.status
+
+    @property
+    def content(self):
+        """The body as bytes (the same as `body`)."""
+        return self.body
 
     @property
     def ok(self):
@@ -91,21 +126,33 @@ class ServiceResponse:
         return self.status < 400
 
     @property
-    def text(self):
-        """The body decoded with the charset of its content type (UTF-8)."""
-        charset = 'utf-8'
+    def encoding(self):
+        """The charset of the content type, None when it names none."""
         for part in self.headers.get('content-type', '').split(';')[1:]:
             key, _, value = part.strip().partition('=')
             if key.lower() == 'charset' and value:
-                charset = value.strip('"')
+                return value.strip('"')
+        return None
+
+    @property
+    def text(self):
+        """The body decoded with the charset of its content type (UTF-8)."""
         try:
-            return self.body.decode(charset, 'replace')
+            return self.body.decode(self.encoding or 'utf-8', 'replace')
         except LookupError:
             return self.body.decode('utf-8', 'replace')
 
     def json(self):
         """The body parsed as JSON."""
         return _json.loads(self.body)
+
+    def raise_for_status(self):
+        """Raise HTTPStatusError for a 4xx or 5xx status, else do nothing."""
+        if self.status >= 400:
+            kind = 'Client' if self.status < 500 else 'Server'
+            raise HTTPStatusError(
+                f'{self.status} {kind} Error: {self.reason} for url: '
+                f'{self.url}', self)
 
     def __repr__(self):
         return f'<ServiceResponse {self.status} {self.body[:60]!r}>'
@@ -137,10 +184,35 @@ def _encode_body(json, data, headers):
     if json is not None:
         headers.setdefault('content-type', 'application/json')
         return _json.dumps(json).encode('utf-8'), headers
+    if isinstance(data, (dict, list, tuple)):
+        headers.setdefault('content-type', 'application/x-www-form-urlencoded')
+        return urllib.parse.urlencode(data, doseq=True).encode('ascii'), \
+            headers
     if isinstance(data, str):
         headers.setdefault('content-type', 'text/plain; charset=utf-8')
         return data.encode('utf-8'), headers
     return data, headers
+
+
+def _target(path, params):
+    """The request target: `path` (a leading / added) with `params` (a dict
+    or pairs, values may be lists) appended as a query string."""
+    if not path.startswith('/'):
+        path = '/' + path
+    if not params:
+        return path
+    if isinstance(params, (str, bytes)):
+        query = params.decode('ascii') if isinstance(params, bytes) else params
+    else:
+        query = urllib.parse.urlencode(params, doseq=True)
+    return f"{path}{'&' if '?' in path else '?'}{query}"
+
+
+def _seconds(timeout):
+    # requests accepts (connect, read): one socket timeout covers both here
+    if isinstance(timeout, tuple):
+        return max(value for value in timeout if value is not None)
+    return timeout
 
 
 def _read_headers(response):
@@ -154,36 +226,94 @@ def _read_headers(response):
 class ServiceClient:
     """An HTTP/1.1 client of one service, on one kept-alive connection.
 
-    Use it as a context manager (the connection is closed at the end).
-    Network and protocol failures raise ServiceError.
+    The request methods take the keywords of `requests` that make sense
+    here: `params=`, `json=`, `data=`, `headers=`, `timeout=` (seconds, for
+    this request only). Use it as a context manager (the connection is
+    closed at the end). Network and protocol failures raise ServiceError.
+    `service` is a `Service` or an `Endpoint` (an address only).
     """
 
     def __init__(self, service, timeout=30.0):
         self.service = service
         self.timeout = timeout
         self._connection = None
+        self._ready = False
 
-    def get(self, path, headers=None):
+    @property
+    def base_url(self):
+        """'http://host:port', or 'http+unix:///path' for a Unix socket."""
+        if self.service.socket:
+            return f'http+unix://{self.service.socket}'
+        return f'http://{self.service.host}:{self.service.port}'
+
+    @property
+    def is_ready(self):
+        """True when the last readiness check (wait_ready, check_ready, or
+        the wait of the call that made this client) passed."""
+        return self._ready
+
+    def check_ready(self):
+        """Run the health check once; True when it passes."""
+        self._ready = self.service.is_healthy()
+        return self._ready
+
+    def wait_ready(self, timeout=None):
+        """Wait up to `timeout` seconds (default: the service's
+        startup_timeout) for the health check to pass; True then, else
+        raise ServiceUnavailable."""
+        if timeout is None:
+            timeout = self.service.startup_timeout
+        deadline = time.monotonic() + timeout
+        for pause in _pauses():
+            error = self.service.probe()
+            if error is None:
+                self._ready = True
+                return True
+            if not _sleep_before(deadline, pause):
+                self._ready = False
+                raise self.service.not_ready(timeout, error)
+        raise AssertionError('unreachable')
+
+    def get(self, path, **kwargs):
         """GET `path`."""
-        return self.request('GET', path, headers=headers)
+        return self.request('GET', path, **kwargs)
 
-    def post(self, path, json=None, data=None, headers=None):
-        """POST a JSON value (`json=`) or bytes/str (`data=`) to `path`."""
-        return self.request('POST', path, json=json, data=data,
-                            headers=headers)
+    def head(self, path, **kwargs):
+        """HEAD `path`."""
+        return self.request('HEAD', path, **kwargs)
 
-    def request(self, method, path, json=None, data=None, headers=None):
+    def post(self, path, json=None, data=None, **kwargs):
+        """POST a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
+        return self.request('POST', path, json=json, data=data, **kwargs)
+
+    def put(self, path, json=None, data=None, **kwargs):
+        """PUT a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
+        return self.request('PUT', path, json=json, data=data, **kwargs)
+
+    def patch(self, path, json=None, data=None, **kwargs):
+        """PATCH with a JSON value (`json=`), bytes/str or a form dict."""
+        return self.request('PATCH', path, json=json, data=data, **kwargs)
+
+    def delete(self, path, **kwargs):
+        """DELETE `path`."""
+        return self.request('DELETE', path, **kwargs)
+
+    def request(self, method, path, params=None, json=None, data=None,
+                headers=None, timeout=None):
         """Send one request, return its ServiceResponse."""
         body, headers = _encode_body(json, data, headers)
+        target = _target(path, params)
+        timeout = self.timeout if timeout is None else _seconds(timeout)
         for retry in (False, True):
             reused = self._connection is not None
             connection = self._connection or self._open()
+            self._set_timeout(connection, timeout)
             try:
-                connection.request(method, path, body=body, headers=headers)
+                connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
                 result = ServiceResponse(
                     response.status, response.reason, _read_headers(response),
-                    response.read())
+                    response.read(), self.base_url + target)
             except (http.client.RemoteDisconnected, ConnectionResetError,
                     BrokenPipeError) as err:
                 self.close()
@@ -191,14 +321,20 @@ class ServiceClient:
                 # idle: such a request never reached it, so one retry is safe
                 if reused and not retry:
                     continue
-                raise self._failure(method, path, err) from err
+                raise self._failure(method, target, err) from err
             except (OSError, http.client.HTTPException) as err:
                 self.close()
-                raise self._failure(method, path, err) from err
+                raise self._failure(method, target, err) from err
             if response.will_close:
                 self.close()
             return result
         raise AssertionError('unreachable')
+
+    @staticmethod
+    def _set_timeout(connection, timeout):
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
 
     def _open(self):
         # pylint: disable-next=protected-access
@@ -232,11 +368,78 @@ def _describe_error(err):
 
 # -- the service description -------------------------------------------------
 
-class Service:
+class Endpoint:
+    """Where a service answers and how to check it: TCP `host`:`port` or a
+    Unix `socket` path, and its health check URL. A ServiceClient can be
+    built over one alone (`ServiceClient(Endpoint(...))`)."""
+
+    def __init__(self, name, port=None, socket=None, host='127.0.0.1',
+                 health_check_url='/', health_check_interval=5.0,
+                 startup_timeout=30.0):
+        if (port is None) == (socket is None):
+            raise ValueError(f'service {name!r}: give exactly one of port= '
+                             'or socket=')
+        self.name = name
+        self.port = port
+        self.socket = os.path.abspath(socket) if socket else None
+        self.host = host
+        self.health_check_url = health_check_url
+        self.health_check_interval = health_check_interval
+        self.startup_timeout = startup_timeout
+
+    def __repr__(self):
+        return f'<{type(self).__name__} {self.name!r} at {self.address}>'
+
+    @property
+    def address(self):
+        """Where the service listens: 'http://host:port' or 'unix:/path'."""
+        if self.socket:
+            return f'unix:{self.socket}'
+        return f'http://{self.host}:{self.port}'
+
+    def _http_connection(self, timeout):
+        if self.socket:
+            return _UnixHTTPConnection(self.socket, timeout)
+        return http.client.HTTPConnection(self.host, self.port,
+                                          timeout=timeout)
+
+    def probe(self, timeout=None):
+        """Run the health check once: None when it passes, else why not."""
+        if timeout is None:
+            timeout = min(HEALTH_TIMEOUT_MAX, self.health_check_interval)
+        connection = self._http_connection(timeout)
+        try:
+            connection.request('GET', self.health_check_url)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as err:
+            return _describe_error(err)
+        finally:
+            connection.close()
+        if 200 <= response.status < 400:
+            return None
+        return f'GET {self.health_check_url} answered {response.status}'
+
+    def is_healthy(self, timeout=None):
+        """True when the health check passes now."""
+        return self.probe(timeout) is None
+
+    def not_ready(self, waited, error=None, state=None):
+        """The ServiceUnavailable for a health check that did not pass
+        within `waited` seconds."""
+        known = f' (state: {state})' if state else ''
+        detail = f'; last error: {error}' if error else ''
+        return ServiceUnavailable(
+            f'service {self.name!r} at {self.address} did not pass its '
+            f'health check {self.health_check_url} within {waited:g}s'
+            f'{known}{detail}', state)
+
+
+class Service(Endpoint):
     """A helper process, described once and shared by many processes.
 
-    `command` is a list of strings in which `{port}` and `{socket}` are
-    replaced. Give exactly one of `port` (TCP on `host`) or `socket` (a Unix
+    `command` is a list of strings in which `{port}`, `{host}` and
+    `{socket}` are replaced (see command_line()). Give exactly one of `port` (TCP on `host`) or `socket` (a Unix
     socket path). `stdout`/`stderr` are file paths (appended to);
     `stderr='stdout'` merges both; None inherits ours. `env` is added to
     os.environ. Health: GET `health_check_url` must answer 2xx or 3xx within
@@ -260,24 +463,15 @@ class Service:
                 isinstance(arg, str) for arg in command):
             raise ValueError(f'service {name!r}: command must be a non-empty '
                              'list of str')
-        if (port is None) == (socket is None):
-            raise ValueError(f'service {name!r}: give exactly one of port= '
-                             'or socket=')
-        if port is not None and lock_port is None \
-                and port + LOCK_PORT_OFFSET <= 65535:
-            lock_port = port + LOCK_PORT_OFFSET   # else connect() will say so
+        if port is not None and lock_port is None:
+            lock_port = default_lock_port(port)
         for option, value in (('health_check_interval', health_check_interval),
                               ('startup_timeout', startup_timeout)):
             if value <= 0:
                 raise ValueError(f'service {name!r}: {option} must be > 0')
-        self.name = name
+        super().__init__(name, port, socket, host, health_check_url,
+                         health_check_interval, startup_timeout)
         self.command = list(command)
-        self.port = port
-        self.socket = os.path.abspath(socket) if socket else None
-        self.host = host
-        self.health_check_url = health_check_url
-        self.health_check_interval = health_check_interval
-        self.startup_timeout = startup_timeout
         self.restart_on_failure = restart_on_failure
         self.max_restarts = max_restarts
         self.restart_delay = restart_delay
@@ -305,51 +499,19 @@ class Service:
         self._owner = None
         self._healthy_until = 0.0
 
-    def __repr__(self):
-        return f'<Service {self.name!r} at {self.address}>'
-
-    @property
-    def address(self):
-        """Where the service listens: 'http://host:port' or 'unix:/path'."""
-        if self.socket:
-            return f'unix:{self.socket}'
-        return f'http://{self.host}:{self.port}'
-
     def command_line(self):
-        """The command with `{port}` and `{socket}` replaced."""
-        port = '' if self.port is None else str(self.port)
-        path = self.socket or ''
-        return [arg.replace('{port}', port).replace('{socket}', path)
-                for arg in self.command]
-
-    def _http_connection(self, timeout):
-        if self.socket:
-            return _UnixHTTPConnection(self.socket, timeout)
-        return http.client.HTTPConnection(self.host, self.port,
-                                          timeout=timeout)
+        """The command with `{port}`, `{host}` and `{socket}` replaced (each
+        by '' when the service has none)."""
+        values = {'{port}': '' if self.port is None else str(self.port),
+                  '{host}': self.host or '', '{socket}': self.socket or ''}
+        result = []
+        for arg in self.command:
+            for placeholder, value in values.items():
+                arg = arg.replace(placeholder, value)
+            result.append(arg)
+        return result
 
     # -- health ---------------------------------------------------------------
-
-    def probe(self, timeout=None):
-        """Run the health check once: None when it passes, else why not."""
-        if timeout is None:
-            timeout = min(HEALTH_TIMEOUT_MAX, self.health_check_interval)
-        connection = self._http_connection(timeout)
-        try:
-            connection.request('GET', self.health_check_url)
-            response = connection.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException) as err:
-            return _describe_error(err)
-        finally:
-            connection.close()
-        if 200 <= response.status < 400:
-            return None
-        return f'GET {self.health_check_url} answered {response.status}'
-
-    def is_healthy(self, timeout=None):
-        """True when the health check passes now."""
-        return self.probe(timeout) is None
 
     def _recent_probe(self):
         """Like probe(), but a pass is trusted for a health check interval,
@@ -380,10 +542,10 @@ class Service:
             if state in ('failed', 'stopped'):
                 raise self._unavailable(report, timeout)
             if state == 'ready':
-                return ServiceClient(self, request_timeout)
+                return self._ready_client(request_timeout)
             error = self._recent_probe()
             if error is None:
-                return ServiceClient(self, request_timeout)
+                return self._ready_client(request_timeout)
             if not _sleep_before(deadline, pause):
                 raise self._unavailable(report, timeout, error)
         raise AssertionError('unreachable')
@@ -411,15 +573,17 @@ class Service:
         elif state == 'stopped':
             message = f'service {self.name!r} has been stopped'
         else:
-            known = f' (state: {state})' if state else ''
-            message = (f'service {self.name!r} at {self.address} did not pass '
-                       f'its health check {self.health_check_url} within '
-                       f'{waited:g}s{known}{detail}')
+            return self.not_ready(waited, error, state)
         return ServiceUnavailable(message, state)
+
+    def _ready_client(self, request_timeout):
+        client = ServiceClient(self, request_timeout)
+        client._ready = True    # pylint: disable=protected-access
+        return client
 
     # -- standalone use -------------------------------------------------------
 
-    def connect(self, timeout=None, request_timeout=30.0):
+    def connect(self, timeout=None, request_timeout=30.0, wait=True):
         """A client of the service, starting it if nobody on this host runs it.
 
         Standalone use: tries to bind the service's lock socket. The process
@@ -427,8 +591,13 @@ class Service:
         from a daemon thread and stops it at exit. Others wait up to
         `timeout` seconds (default startup_timeout) for the health check to
         pass, retrying the lock meanwhile (its owner may die), then raise
-        ServiceUnavailable.
+        ServiceUnavailable. With `wait=False` it only takes the lock if it
+        is free (starting the service then) and returns a client at once;
+        `client.wait_ready()` waits later.
         """
+        if not wait:
+            self._ownership() or self._take_ownership()
+            return ServiceClient(self, request_timeout)
         timeout = self.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         for pause in _pauses():
@@ -438,7 +607,7 @@ class Service:
                                           request_timeout)
             error = self._recent_probe()
             if error is None:
-                return ServiceClient(self, request_timeout)
+                return self._ready_client(request_timeout)
             if not _sleep_before(deadline, pause):
                 raise self._unavailable(None, timeout, error)
         raise AssertionError('unreachable')
@@ -480,8 +649,16 @@ class Service:
     def _owner_client(self, owner, deadline, timeout, request_timeout):
         report = owner.manager.wait_for(self.name, deadline)
         if report['state'] == 'ready':
-            return ServiceClient(self, request_timeout)
+            return self._ready_client(request_timeout)
         raise self._unavailable(report, timeout)
+
+
+def default_lock_port(port):
+    """The lock port of a TCP service: port + 10000, or port - 10000 when
+    that would pass 65535 (the rule singleserver uses too)."""
+    if port + LOCK_PORT_OFFSET <= 65535:
+        return port + LOCK_PORT_OFFSET
+    return port - LOCK_PORT_OFFSET
 
 
 def _pauses():
@@ -505,17 +682,22 @@ def _sleep_before(deadline, pause):
 def _try_lock(service):
     """The lock of a service (socket or file) if we took it, else None."""
     if service.socket is None:
-        if service.lock_port is None:
-            raise ServiceError(
-                f'service {service.name!r}: port {service.port} + '
-                f'{LOCK_PORT_OFFSET} is not a port; give lock_port= to use '
-                'connect()')
         family, address = _socket.AF_INET, ('127.0.0.1', service.lock_port)
     elif sys.platform.startswith('linux'):
         family = _socket.AF_UNIX
         address = '\0' + LOCK_NAME_PREFIX + service.name
     else:
         return _try_file_lock(service.socket + '.lock')
+    try:
+        return bind_lock_socket(family, address)
+    except OSError as err:
+        raise ServiceError(f'service {service.name!r}: cannot bind its lock '
+                           f'socket {address!r}: {err}') from err
+
+
+def bind_lock_socket(family, address):
+    """Bind and listen on `address`: the socket, which is the lock, or None
+    when someone else holds it (EADDRINUSE). Other errors raise OSError."""
     # No SO_REUSEADDR, and listening: no other socket may bind it then.
     # Sockets are not inheritable, so the service process never holds it.
     sock = _socket.socket(family, _socket.SOCK_STREAM)
@@ -526,8 +708,7 @@ def _try_lock(service):
         sock.close()
         if err.errno == errno.EADDRINUSE:
             return None
-        raise ServiceError(f'service {service.name!r}: cannot bind its lock '
-                           f'socket {address!r}: {err}') from err
+        raise
     return sock
 
 
