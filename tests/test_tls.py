@@ -55,3 +55,23 @@ def test_https_serves_sync_and_pool_routes(start_server, certificate):
         answer = b''
     assert b'"hello"' not in answer
     assert https_get(server.port, '/api/item/8')[0] == 200
+
+
+def test_https_flood_beyond_max_pending_waits_its_turn(start_server,
+                                                       certificate):
+    # over TLS a waiting connection cannot be peeked at: it is parked, and
+    # read again (its TLS layer included) once there is room
+    import concurrent.futures  # pylint: disable=import-outside-toplevel
+    cert, key = certificate
+    server = start_server('core_app.py', env={
+        'TLS_CERT': str(cert), 'TLS_KEY': str(key), 'MAX_PENDING': '2'},
+        ready_workers=4)
+
+    def client(index):
+        return [https_get(server.port, '/api/sleep/0.05')[0]
+                for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(12) as executor:
+        statuses = [s for batch in executor.map(client, range(12))
+                    for s in batch]
+    assert statuses == [200] * 36
+    assert https_get(server.port, '/sync/hello/after')[0] == 200
