@@ -297,7 +297,7 @@ def test_path_parameter_conversion(core):
 
 @pytest.mark.parametrize('path', [
     '/api/item/abc', '/api/item/1.5', '/api/item/', '/api/price/abc',
-    '/api/price/1e5', '/api/nothing/here'])
+    '/api/price/nan', '/api/nothing/here'])
 def test_unconvertible_or_unknown_path_is_404(core, path):
     result = core.get(path)
     assert result.status == 404, result

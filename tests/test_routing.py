@@ -66,10 +66,16 @@ def test_float_param_converts(text, value):
     assert type(params['x']) is float
 
 
+@pytest.mark.parametrize('text, value', [
+    ('1e5', 1e5), ('1E5', 1e5), ('2.5e-3', 2.5e-3), ('-.5E+2', -50.0)])
+def test_float_param_accepts_exponents(text, value):
+    assert compile_pattern('/v/{x:float}').match('/v/' + text) == {'x': value}
+
+
 @pytest.mark.parametrize('text', [
-    'nan', 'inf', '-inf', 'Infinity', '1e5', '1E5', '.', '-', 'abc', '1.2.3',
-    '1_000'])
-def test_float_param_rejects_non_numbers_and_exponents(text):
+    'nan', 'inf', '-inf', 'Infinity', '1e', 'e5', '1e5.5', '.', '-', 'abc',
+    '1.2.3', '1_000'])
+def test_float_param_rejects_non_numbers(text):
     assert compile_pattern('/v/{x:float}').match('/v/' + text) is None
 
 
@@ -264,14 +270,35 @@ def test_first_of_several_matching_param_routes_wins():
     assert router.match('GET', '/f/1') == ('first', {'a': '1'})
 
 
-def test_router_trailing_slash_is_strict():
+def test_router_ignores_one_trailing_slash():
+    router = Router()
+    router.add('/a', ['GET'], 'a')
+    router.add('/p/{x}', ['GET'], 'p')
+    router.add('/b/', ['GET'], 'b')
+    assert router.match('GET', '/a/') == ('a', {})
+    assert router.match('GET', '/p/1/') == ('p', {'x': '1'})
+    assert router.match('GET', '/b') == ('b', {})
+    assert router.match('GET', '/b/') == ('b', {})
+    assert router.lookup('GET', '/a/') == ('a', {})
+
+
+@pytest.mark.parametrize('path', ['/a//', '//a', '/p//', '/p/1//', '/p//1'])
+def test_router_tolerates_only_one_trailing_slash(path):
     router = Router()
     router.add('/a', ['GET'], 'a')
     router.add('/p/{x}', ['GET'], 'p')
     with pytest.raises(RouteNotFound):
-        router.match('GET', '/a/')
+        router.match('GET', path)
+    assert router.lookup('GET', path) is None
+
+
+def test_root_route_takes_one_extra_slash_only():
+    router = Router()
+    router.add('/', ['GET'], 'root')
+    assert router.match('GET', '/') == ('root', {})
+    assert router.match('GET', '//') == ('root', {})
     with pytest.raises(RouteNotFound):
-        router.match('GET', '/p/1/')
+        router.match('GET', '///')
 
 
 def test_router_refuses_empty_pattern():

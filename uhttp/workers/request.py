@@ -8,12 +8,16 @@ too, so the dispatcher only copies bytes to sockets.
 """
 
 import json
+import re
 
 from uhttp import server as _server
 
 CONTENT_TYPE_JSON = 'application/json'
 CONTENT_TYPE_TEXT = 'text/html; charset=utf-8'
 CONTENT_TYPE_BINARY = 'application/octet-stream'
+
+# a cookie name (RFC 6265 §4.1.1: an RFC 9110 token)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class _Deferred:
@@ -79,14 +83,48 @@ def normalize_headers(headers):
     return {str(key).lower(): str(value) for key, value in headers.items()}
 
 
+def media_type(headers):
+    """The Content-Type of `headers` without parameters, lowercased; None
+    when there is no Content-Type."""
+    value = headers.get('content-type')
+    if value is None:
+        return None
+    return value.split(';', 1)[0].strip().lower()
+
+
+def add_cookies(headers, cookies):
+    """Add a set-cookie field per cookie to `headers` (a dict with
+    lowercase names, changed in place).
+
+    `cookies`: dict of name -> value ('v; Path=/' carries attributes);
+    None as a value deletes the cookie (Max-Age=0). A set-cookie already in
+    `headers` (str or list) is kept before them. A name that is not an
+    RFC 6265 token raises ValueError; values are checked by the framing.
+    """
+    lines = headers.get('set-cookie', [])
+    lines = [lines] if isinstance(lines, str) else list(lines)
+    for name, value in cookies.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f'cookie name {name!r} is not a token')
+        lines.append(f'{name}=; Max-Age=0' if value is None
+                     else f'{name}={value}')
+    headers['set-cookie'] = lines
+
+
 def split_result(result):
-    """Split a handler's return value into (data, status, headers)."""
+    """Split a handler's return value into (data, status, headers, cookies).
+
+    A `Response` gives its own four; a tuple (data, status[, headers])
+    gives no cookies; anything else is data with status 200.
+    """
+    if isinstance(result, Response):
+        return result.data, result.status, result.headers, result.cookies
     if isinstance(result, tuple) and 2 <= len(result) <= 3 \
             and isinstance(result[1], int) and not isinstance(result[1], bool):
         data, status = result[0], result[1]
         headers = result[2] if len(result) == 3 else None
-        return data, status, headers
-    return result, 200, None
+        return data, status, headers, None
+    return result, 200, None, None
 
 
 def encode_sse_event(data=None, event=None, event_id=None, retry=None):
@@ -110,8 +148,15 @@ class Request:
 
     Attributes: request_id, method, path, path_params, query (dict or None),
     data (dict for JSON/form bodies, bytes otherwise, None when empty),
-    headers (dict, lowercase keys), remote_address. `cookies` and
-    `content_type` are derived lazily from the headers.
+    headers (dict, lowercase keys), content_type, remote_address, context.
+    `cookies` is parsed from the headers on first use.
+
+    The arguments are those of uhttp-workers 1.x, in its order
+    (request_id, method, path, query, data, headers, content_type,
+    remote_address, context); `path_params` is a keyword. `content_type`
+    defaults to the Content-Type header without its parameters,
+    lowercased, or None without the header (a request from a client has
+    '' then).
 
     A Request built in the dispatcher (e.g. in `on_response`) with
     request_id=-1 and put on `pool.request_queue` runs in a worker and its
@@ -119,12 +164,14 @@ class Request:
     """
 
     __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
-                 'data', 'headers', 'remote_address', '_cookies', '_worker',
-                 '_state', '_route', '_keep_alive')
+                 'data', 'headers', 'content_type', 'remote_address',
+                 'context', '_cookies', '_worker', '_state', '_route',
+                 '_keep_alive')
 
-    def __init__(self, request_id=-1, method='GET', path='/', data=None,
-                 query=None, headers=None, path_params=None,
-                 remote_address=None):
+    # pylint: disable-next=too-many-arguments
+    def __init__(self, request_id=-1, method='GET', path='/', query=None,
+                 data=None, headers=None, content_type=None,
+                 remote_address=None, context=None, *, path_params=None):
         self.request_id = request_id
         self.method = method
         self.path = path
@@ -132,7 +179,13 @@ class Request:
         self.query = query
         self.data = data
         self.headers = headers if headers is not None else {}
+        self.content_type = content_type if content_type is not None \
+            else media_type(self.headers)
         self.remote_address = remote_address
+        self.context = context
+        self._reset()
+
+    def _reset(self):
         self._cookies = None
         self._worker = None
         self._state = 'new'
@@ -144,16 +197,14 @@ class Request:
 
     def __getstate__(self):
         return (self.request_id, self.method, self.path, self.path_params,
-                self.query, self.data, self.headers, self.remote_address)
+                self.query, self.data, self.headers, self.content_type,
+                self.remote_address, self.context)
 
     def __setstate__(self, state):
         (self.request_id, self.method, self.path, self.path_params,
-         self.query, self.data, self.headers, self.remote_address) = state
-        self._cookies = None
-        self._worker = None
-        self._state = 'new'
-        self._route = ''
-        self._keep_alive = False
+         self.query, self.data, self.headers, self.content_type,
+         self.remote_address, self.context) = state
+        self._reset()
 
     @property
     def cookies(self):
@@ -162,12 +213,6 @@ class Request:
             raw = self.headers.get('cookie')
             self._cookies = _server.parse_cookies(raw) if raw else {}
         return self._cookies
-
-    @property
-    def content_type(self):
-        """The Content-Type header without parameters ('' when absent)."""
-        value = self.headers.get('content-type', '')
-        return value.split(';', 1)[0].strip().lower()
 
     @property
     def is_answered(self):
@@ -181,15 +226,18 @@ class Request:
 
     # -- answering ---------------------------------------------------------
 
-    def respond(self, data=None, status=200, headers=None):
+    def respond(self, data=None, status=200, headers=None, cookies=None):
         """Answer this request (now, or later when it was DEFERRED).
 
-        Returns False, and logs at debug level, when it was already answered
-        or its worker is gone; a second answer is harmless.
+        `cookies`: dict of name -> value (attributes may follow the value:
+        'v; Path=/'), sent as set-cookie fields; None as a value deletes
+        that cookie. Returns False, and logs at debug level, when it was
+        already answered or its worker is gone; a second answer is harmless.
         """
         if self._state != 'new' and self._state != 'deferred':
             return self._refuse('respond')
-        return self._worker._send_response(self, data, status, headers)
+        return self._worker._send_response(
+            self, data, status, headers, cookies)
 
     def response_stream(self, content_type=None, headers=None, cookies=None):
         """Start a streaming response (default text/event-stream)."""
@@ -240,17 +288,35 @@ class Request:
         return False
 
 
+_UNSET = object()
+
+
 class Response:
-    """A worker's answer, as the dispatcher's `on_response` hook sees it."""
+    """An answer: returned by a handler, or seen by the dispatcher's
+    `on_response` hook.
 
-    __slots__ = ('request_id', 'status', 'headers', 'body', '_data')
+    `Response(request_id, data=None, status=200, headers=None,
+    cookies=None)` is uhttp-workers 1.x's signature: a handler may return
+    one (its request_id is replaced by the request's). The dispatcher's view
+    is built from the bytes a worker sent (`from_wire`): there `headers` is
+    the dict of the answer's fields, `body` its bytes and `data` the body
+    decoded by its Content-Type (JSON, text or bytes) on first use.
+    """
 
-    def __init__(self, request_id, status, headers, body):
+    __slots__ = ('request_id', 'status', 'headers', 'cookies', 'body',
+                 '_data')
+
+    # pylint: disable-next=too-many-arguments
+    def __init__(self, request_id=-1, data=None, status=200, headers=None,
+                 cookies=None, *, body=None):
+        if body is not None and data is not None:
+            raise TypeError('Response() takes data or body, not both')
         self.request_id = request_id
         self.status = status
         self.headers = headers
+        self.cookies = cookies
         self.body = body
-        self._data = None
+        self._data = _UNSET if body is not None else data
 
     def __repr__(self):
         return f'<Response {self.request_id} {self.status}>'
@@ -265,13 +331,15 @@ class Response:
             name, value = name.lower(), value.strip()
             headers[name] = f'{headers[name]}, {value}' if name in headers \
                 else value
-        return cls(request_id, status, headers, body)
+        return cls(request_id, status=status, headers=headers, body=body)
 
     @property
     def data(self):
-        """The body decoded by its Content-Type: JSON, text, or bytes."""
-        if self._data is None:
-            content_type = self.headers.get('content-type', '')
+        """The data given, or the body decoded by its Content-Type: JSON,
+        text, or bytes."""
+        if self._data is _UNSET:
+            headers = self.headers or {}
+            content_type = headers.get('content-type', '')
             if content_type.startswith(CONTENT_TYPE_JSON):
                 self._data = json.loads(self.body) if self.body else None
             elif content_type.startswith('text/'):
@@ -279,3 +347,7 @@ class Response:
             else:
                 self._data = self.body
         return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value

@@ -9,14 +9,17 @@ It must never do I/O, import the HTTP server, or parse anything per request:
 all parsing happens once in :func:`compile_pattern` / ``PrefixMatcher()`` and
 matching only runs precompiled regexes, dict and set lookups.
 
-Pattern syntax (a pattern always matches the *whole* path; ``/a`` and
-``/a/`` are different paths):
+Pattern syntax (a pattern always matches the *whole* path, except that
+:class:`Router` ignores one trailing slash of a path and of a pattern, as
+uhttp-workers 1.x did: ``/a/`` reaches ``@api('/a')``; ``/a//`` and
+``//a`` do not):
 
 * literal segments match exactly, case-sensitively;
 * ``{name}`` or ``{name:str}`` matches one non-empty segment as ``str``;
 * ``{name:int}`` matches an optionally signed decimal integer (``int``);
-* ``{name:float}`` matches ``1``, ``1.``, ``1.5``, ``-2.25``, ``.5``
-  (``float``); exponents (``1e5``), ``nan`` and ``inf`` never match;
+* ``{name:float}`` matches ``1``, ``1.``, ``1.5``, ``-2.25``, ``.5``,
+  ``1e5``, ``2.5E-3`` (``float``); ``nan``, ``inf``, and values that
+  overflow to infinity (``1e999``) never match;
 * a ``{...}`` must be a whole segment (``/a{b}`` is rejected);
 * a route added to a :class:`Router` starts with ``/`` (``users/{id}``
   is rejected: no request path could match it).
@@ -109,10 +112,16 @@ def _to_float(text):
 _TYPES = {
     'str': (r'[^/]+', str),
     'int': (r'[-+]?[0-9]+', int),
-    'float': (r'[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)', _to_float),
+    'float': (r'[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?',
+              _to_float),
 }
 
 _TAIL = '**'
+
+
+def _without_trailing_slash(path):
+    """`path` less one trailing '/' ('/' itself stays)."""
+    return path[:-1] if len(path) > 1 and path[-1] == '/' else path
 
 
 class Pattern:
@@ -259,6 +268,8 @@ class Router:
         if isinstance(pattern, str) and not pattern.startswith('/'):
             raise ValueError(
                 f"route pattern must start with '/': {pattern!r}")
+        if isinstance(pattern, str):
+            pattern = _without_trailing_slash(pattern)
         compiled = compile_pattern(pattern)
         route = _Route(
             len(self._routes), compiled, _normalise_methods(pattern, methods),
@@ -274,7 +285,9 @@ class Router:
 
         Raises RouteNotFound when no route matches the path, and
         MethodNotAllowed when some do but none accepts ``method``.
+        One trailing slash of ``path`` is ignored.
         """
+        path = _without_trailing_slash(path)
         method = method.upper()
         literal = None
         for route in self._literal.get(path, ()):
@@ -297,7 +310,8 @@ class Router:
     def lookup(self, method, path):
         """Like match(), but None when no route matches the path at all
         (cheap for the common miss: no exception, no scan of literals)."""
-        if not self._params and path not in self._literal:
+        if not self._params \
+                and _without_trailing_slash(path) not in self._literal:
             return None
         try:
             return self.match(method, path)
@@ -397,7 +411,7 @@ class PrefixMatcher:
         """
         if self.is_fallback or self._all:
             return True
-        route = _shape(pattern)
+        route = _shape(_without_trailing_slash(pattern))
         for segments, is_prefix in self._shapes:
             if len(route) < len(segments) or (
                     not is_prefix and len(route) != len(segments)):

@@ -30,8 +30,8 @@ from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import LOG_WARNING, Logger, printable
 from .proctitle import set_title
 from .request import (
-    DEFERRED, RejectRequest, Request, encode_body, normalize_headers,
-    split_result)
+    DEFERRED, RejectRequest, Request, add_cookies, encode_body, media_type,
+    normalize_headers, split_result)
 from .routing import MethodNotAllowed, RouteNotFound, Router, check_methods
 from .upgrade import ENV_READY_FD
 
@@ -177,6 +177,12 @@ class Worker(WatchesDescriptors):
     def setup(self):
         """Called once in the worker process before it takes requests."""
 
+    def teardown(self):
+        """Called once in the worker process when its loop ends, whatever
+        ended it (stop, recycling, rolling restart, the dispatcher gone or
+        SIGTERM; never after SIGKILL, nor when setup() failed). Close what
+        setup() opened; an exception here is logged with its traceback."""
+
     def on_config(self, config):
         """Called with each configuration sent by `pool.send_config()`."""
 
@@ -244,8 +250,8 @@ class Worker(WatchesDescriptors):
         """Run the whole worker-side pipeline for one request.
 
         do_check → route → handler, with errors turned into responses.
-        Returns the handler's result (data, (data, status[, headers]) or
-        DEFERRED). Usable directly in unit tests of an application.
+        Returns the handler's result (data, (data, status[, headers]), a
+        Response or DEFERRED). Usable directly in unit tests of an application.
         """
         try:
             rejected = self.do_check(request)
@@ -297,8 +303,9 @@ class Worker(WatchesDescriptors):
                 self._hold(messages.response(
                     request_id, 400, _invalid_json(keep_alive), keep_alive))
                 return
-        request = Request(request_id, method, path, data, query, headers,
-                          remote_address=remote)
+        request = Request(
+            request_id, method, path, query=query, data=data, headers=headers,
+            content_type=media_type(headers) or '', remote_address=remote)
         request._worker = self
         request._keep_alive = keep_alive
         self._current = request_id
@@ -319,8 +326,7 @@ class Worker(WatchesDescriptors):
                 self._open[request.request_id] = request
                 self._send(messages.deferred(request.request_id))
             else:
-                data, status, headers = split_result(result)
-                self._send_response(request, data, status, headers)
+                self._send_response(request, *split_result(result))
         elif result is not None and result is not DEFERRED:
             self.log.debug(
                 'request %s: return value ignored, it was already answered',
@@ -333,13 +339,15 @@ class Worker(WatchesDescriptors):
     # it returned. Those go at once, each write blocking while the
     # dispatcher is behind, which paces the handler.
 
-    def _send_response(self, request, data, status, headers):
+    def _send_response(self, request, data, status, headers, cookies=None):
         # The complete answer is built here, so that the dispatcher (the one
         # serial process of the service) only writes bytes.
         keep_alive = request._keep_alive
         try:
             headers = {str(key).lower(): value
                        for key, value in headers.items()} if headers else {}
+            if cookies:
+                add_cookies(headers, cookies)
             body = encode_body(data, headers)
             wire, keep_alive = framing.frame_response(
                 status, headers, body, keep_alive=keep_alive,
@@ -565,6 +573,15 @@ class Worker(WatchesDescriptors):
         self._send(messages.ready(os.getpid()))
         threading.Thread(target=self._watch_revocations, daemon=True,
                          name='revocations').start()
+        try:
+            self._loop()
+        finally:
+            # also on SystemExit from SIGTERM (sent by the kernel when the
+            # dispatcher dies) and on an error of the loop itself
+            self._teardown()
+        return self._exit_code
+
+    def _loop(self):
         self._next_beat = time.monotonic() + self.heartbeat_interval
         while not self._should_exit():
             timeout = max(0.0, self._next_beat - time.monotonic())
@@ -574,7 +591,13 @@ class Worker(WatchesDescriptors):
             if now >= self._next_beat:
                 self._beat(now)
             self._flush_held()
-        return self._exit_code
+
+    def _teardown(self):
+        self._flush_held()  # answers given before the end go out first
+        try:
+            self.teardown()
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('teardown() failed')
 
 
 def _invalid_json(keep_alive):
