@@ -168,6 +168,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
         self._has_check = type(self).do_check is not Dispatcher.do_check
+        self._has_sync_check = (
+            type(self).do_check_sync is not Dispatcher.do_check_sync)
         self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
@@ -176,6 +178,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def do_check(self, client):
         """Authenticate a request bound for a worker pool (not static, not
         sync). Respond and/or raise RejectRequest to refuse it."""
+
+    def do_check_sync(self, client):
+        """Authenticate a request for an @sync route, called once a route
+        matched and before its handler runs (static files and pool requests
+        never come here). Respond and/or raise RejectRequest to refuse it:
+        the handler then does not run, and the request is not passed on."""
 
     def on_response(self, response, pending):
         """Called for each worker response to a client, as it is sent.
@@ -703,6 +711,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if found is None:
             return False
         target, params = found
+        if self._has_sync_check and not self._check(client,
+                                                     self.do_check_sync):
+            return True
         try:
             target(client, params)
         except _server.HttpErrorWithResponse as err:
@@ -776,15 +787,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 client.addr[0])
         return address
 
-    def _check(self, client):
+    def _check(self, client, hook=None):
+        """Run do_check (or `hook`): True if the request may go on."""
+        hook = hook or self.do_check
         try:
-            self.do_check(client)
+            hook(client)
         except RejectRequest as err:
             if not _answered(client):
                 self._answer_data(client, err.status, err.data)
             return False
         except Exception:  # pylint: disable=broad-except
-            self.log.exception('do_check() raised')
+            self.log.exception('%s() raised', hook.__name__)
             if not _answered(client):
                 self._answer(client, 500, _JSON,
                              _error_body(500, 'Internal Server Error'))

@@ -1,0 +1,77 @@
+"""A dispatcher written against the uhttp-workers 1.8.1 API, unchanged.
+
+Its hooks record what they were called with; the @sync route /seen shows
+the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated).
+"""
+
+import os
+import time
+
+import uhttp.workers as _workers
+
+ENV = os.environ
+
+
+class CompatWorker(_workers.Worker):
+    @_workers.api('/api/addr', 'GET')
+    def addr(self, request):
+        return {'remote_address': request.remote_address}
+
+    @_workers.api('/api/crash', 'GET')
+    def crash(self, request):
+        os._exit(3)
+
+    @_workers.api('/api/pid', 'GET')
+    def pid(self, request):
+        return {'pid': os.getpid()}
+
+
+class CompatDispatcher(_workers.Dispatcher):
+    """1.8.1 hook signatures, as a 1.8.1 application wrote them."""
+
+    seen = None
+
+    def record(self, name, *values):
+        if self.seen is None:
+            self.seen = []
+        self.seen.append([name, *values])
+
+    def do_check_sync(self, client):
+        self.record('do_check_sync', client.path)
+        if client.headers.get('x-token') == 'crash':
+            raise RuntimeError('do_check_sync bug on purpose')
+        if client.headers.get('x-token') == 'custom':
+            client.respond({'error': 'go away'}, status=401)
+            raise _workers.RejectRequest()
+        if client.headers.get('x-token') != 'secret':
+            raise _workers.RejectRequest({'error': 'no token'}, status=401)
+
+    def on_worker_died(self, pool, worker_id, reason, exitcode, victims):
+        self.record('on_worker_died', pool.name, worker_id, exitcode,
+                    [[request_id, pending.client.path]
+                     for request_id, pending in victims])
+
+    @_workers.sync('/sync/secret', 'GET')
+    def secret(self, client, path_params):
+        self.record('secret ran')
+        client.respond({'secret': 42})
+
+    @_workers.sync('/seen')
+    def show(self, client, path_params):
+        # `/seen` itself passes do_check_sync with the token
+        client.respond({'seen': self.seen or []})
+
+
+def main():
+    proxies = [p for p in ENV.get('TRUSTED_PROXIES', '').split(',') if p]
+    dispatcher = CompatDispatcher(
+        port=int(ENV.get('PORT', '8080')),
+        address=ENV.get('ADDRESS', '127.0.0.1'),
+        pools=[_workers.WorkerPool(CompatWorker, num_workers=1,
+                                   routes=['/api/**'], timeout=10)],
+        trusted_proxies=proxies or None)
+    dispatcher.run()
+
+
+if __name__ == '__main__':
+    main()
