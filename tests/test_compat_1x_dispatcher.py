@@ -60,3 +60,40 @@ def test_failing_do_check_sync_answers_500_and_the_loop_goes_on(app):
 def test_do_check_sync_is_not_called_for_pool_requests(app):
     assert app.get('/api/pid').status == 200
     assert not [e for e in seen(app) if e[1:] == ['/api/pid']]
+
+
+# -- 2. on_worker_died(pool, worker_id, reason, exitcode, victims) --------------
+
+def test_on_worker_died_gets_the_requests_it_took_down(app):
+    result = app.get('/api/crash')
+    assert result.status == 502
+    died = wait_until(lambda: [e for e in seen(app)
+                               if e[0] == 'on_worker_died'])
+    name, pool, worker_id, exitcode, victims, methods = died[0]
+    assert methods == ['GET']
+    assert (pool, worker_id, exitcode) == ('CompatWorker', 0, 3)
+    assert len(victims) == 1 and victims[0][1] == '/api/crash'
+    assert isinstance(victims[0][0], int)
+    assert 'on_worker_died() raised' not in app.log
+
+
+def test_four_argument_on_worker_died_still_called():
+    from uhttp.workers import Dispatcher
+    from uhttp.workers.dispatcher import _accepts_arguments
+
+    class Old(Dispatcher):
+        def on_worker_died(self, pool, worker_id, reason, exitcode):
+            pass
+
+    class New(Dispatcher):
+        def on_worker_died(self, pool, worker_id, reason, exitcode,
+                           victims):
+            pass
+
+    class Loose(Dispatcher):
+        def on_worker_died(self, *args):
+            pass
+    assert not _accepts_arguments(Old(port=0).on_worker_died, 5)
+    assert _accepts_arguments(New(port=0).on_worker_died, 5)
+    assert _accepts_arguments(Loose(port=0).on_worker_died, 5)
+    assert _accepts_arguments(Dispatcher(port=0).on_worker_died, 5)

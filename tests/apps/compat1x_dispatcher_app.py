@@ -49,7 +49,8 @@ class CompatDispatcher(_workers.Dispatcher):
     def on_worker_died(self, pool, worker_id, reason, exitcode, victims):
         self.record('on_worker_died', pool.name, worker_id, exitcode,
                     [[request_id, pending.client.path]
-                     for request_id, pending in victims])
+                     for request_id, pending in victims],
+                    [pending.client.method for _, pending in victims])
 
     @_workers.sync('/sync/secret', 'GET')
     def secret(self, client, path_params):

@@ -15,6 +15,7 @@ worker), let a loaded request be parsed twice, or leave a client without an
 answer.
 """
 
+import inspect
 import os
 import resource
 import selectors
@@ -168,6 +169,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
         self._has_check = type(self).do_check is not Dispatcher.do_check
+        self._died_takes_victims = _accepts_arguments(self.on_worker_died, 5)
+        self._worker_victims = {}   # worker handle -> its failed requests
         self._has_sync_check = (
             type(self).do_check_sync is not Dispatcher.do_check_sync)
         self._init_owned(services, jobs, job_lock)
@@ -199,8 +202,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Every log record of the service (workers included) ends here."""
         self._log_output.write(name, level, message)
 
-    def on_worker_died(self, pool, worker_id, reason, exitcode):
-        """A worker process ended unexpectedly (crash, kill, stuck)."""
+    def on_worker_died(self, pool, worker_id, reason, exitcode, victims=()):
+        """A worker process ended unexpectedly (crash, kill, stuck).
+
+        `victims`: the (request_id, pending) pairs of the requests it was
+        running, already answered 502 (`pending.client` still holds the
+        request). An override may leave `victims` out (4 arguments)."""
 
     def on_reload(self):
         """Return new configuration for the workers (SIGHUP, reload()), or
@@ -991,6 +998,18 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._log_output.write('dispatcher', 40,
                                    f'on_log() raised {err!r}; record: '
                                    f'[{name}] {message}')
+
+def _accepts_arguments(method, count):
+    """Whether the bound `method` can be called with `count` positional
+    arguments (checked once, at start-up, not per call)."""
+    try:
+        inspect.signature(method).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:   # no signature to read (a builtin): call it plainly
+        return False
+    return True
+
 
 def _answered(client):
     """True once a response was started, or the connection is gone."""

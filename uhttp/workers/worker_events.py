@@ -17,8 +17,38 @@ from uhttp import server as _server
 
 from . import messages
 from .log import printable
-from .pending import ASSIGNED, DEFERRED, DONE
+from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
+
+
+class VictimRequest:
+    """The request of a victim, kept from the dispatcher's message to its
+    worker (its connection is answered and may serve a next request)."""
+
+    __slots__ = ('method', 'path', 'query', 'headers', 'data', 'body',
+                 'remote_address')
+
+    def __init__(self, message):
+        (_, _, self.method, self.path, self.query, headers, self.data,
+         self.remote_address) = message[:8]
+        self.headers = dict(headers or {})
+        data = self.data
+        self.body = data if isinstance(data, (bytes, str)) else None
+
+
+class Victim:
+    """One request a dead worker took down, as on_worker_died() sees it:
+    `client` (method, path, query, headers, data, body, remote_address),
+    `pool`, `worker_id`, `streaming`, `timestamp` (time.time() it came)."""
+
+    __slots__ = ('client', 'pool', 'worker_id', 'streaming', 'timestamp')
+
+    def __init__(self, pending, handle):
+        self.client = VictimRequest(pending.message)
+        self.pool = pending.pool
+        self.worker_id = handle.index
+        self.streaming = pending.state == STREAMING
+        self.timestamp = time.time() - (time.monotonic() - pending.started)
 
 
 class WorkerEvents:
@@ -104,6 +134,10 @@ class WorkerEvents:
         self._flush_needed.discard(handle)
         orphans, unstarted = handle.split_orphans(handle.take_all_back())
         handle.lost = len(orphans)
+        # on_worker_died() gets them once the exit status is known
+        self._worker_victims[handle] = [
+            (pending.request_id, Victim(pending, handle)) for pending in orphans
+            if pending.state != DONE and pending.client is not None]
         self._requeue_unstarted(handle, unstarted)
         handle.process.join(0)  # never blocks
         if handle.process.exitcode is None:
@@ -137,6 +171,7 @@ class WorkerEvents:
         pool = handle.pool
         index, pid, was_stopping = handle.index, handle.pid, handle.stopping
         orphans = range(handle.lost)
+        victims = self._worker_victims.pop(handle, [])
         reason, exitcode = pool.on_exit(handle)
         if self._metrics is not None:
             self._metrics.worker_exited(pool.name, reason)
@@ -150,7 +185,11 @@ class WorkerEvents:
             self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
                            pool.name, index, pid, reason, len(orphans))
             try:
-                self.on_worker_died(pool, index, reason, exitcode)
+                if self._died_takes_victims:
+                    self.on_worker_died(pool, index, reason, exitcode,
+                                        victims)
+                else:   # an override written without `victims`
+                    self.on_worker_died(pool, index, reason, exitcode)
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_worker_died() raised')
         pool.pump()
