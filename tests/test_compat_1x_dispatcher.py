@@ -5,6 +5,9 @@ Each test starts tests/apps/compat1x_dispatcher_app.py, whose hooks have
 calls them (with this project's answers where they are better).
 """
 
+import json
+import socket
+
 import pytest
 
 from conftest import wait_until
@@ -97,3 +100,57 @@ def test_four_argument_on_worker_died_still_called():
     assert _accepts_arguments(New(port=0).on_worker_died, 5)
     assert _accepts_arguments(Loose(port=0).on_worker_died, 5)
     assert _accepts_arguments(Dispatcher(port=0).on_worker_died, 5)
+
+
+# -- 3. request.remote_address is "host:port" ---------------------------------
+
+def addr_seen_by_worker(server, headers=None):
+    """GET /api/addr on a socket of our own; returns (our port, answer)."""
+    lines = ''.join(f'{k}: {v}\r\n' for k, v in (headers or {}).items())
+    with socket.create_connection(('127.0.0.1', server.port), 10) as sock:
+        sock.sendall(f'GET /api/addr HTTP/1.1\r\nHost: x\r\n{lines}'
+                     'Connection: close\r\n\r\n'.encode())
+        data = b''
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        port = sock.getsockname()[1]
+    head, _, body = data.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 200'), data
+    return port, json.loads(body)['remote_address']
+
+
+def test_remote_address_has_the_port(app):
+    port, address = addr_seen_by_worker(app)
+    assert address == f'127.0.0.1:{port}'
+
+
+def test_forwarded_for_ignored_without_trusted_proxies(app):
+    port, address = addr_seen_by_worker(
+        app, {'X-Forwarded-For': '203.0.113.7'})
+    assert address == f'127.0.0.1:{port}'
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(start_server):
+    server = start_server(APP, env={'TRUSTED_PROXIES': '10.9.9.9'},
+                          ready_workers=1)
+    port, address = addr_seen_by_worker(
+        server, {'X-Forwarded-For': '203.0.113.7'})
+    assert address == f'127.0.0.1:{port}'
+
+
+def test_trusted_proxy_gives_the_client_behind_it(start_server):
+    server = start_server(APP, env={'TRUSTED_PROXIES': '127.0.0.1'},
+                          ready_workers=1)
+    _, address = addr_seen_by_worker(
+        server, {'X-Forwarded-For': '203.0.113.7'})
+    assert address == '203.0.113.7'
+    # a client cannot pick its address by prepending to the header
+    _, address = addr_seen_by_worker(
+        server, {'X-Forwarded-For': '198.51.100.1, 203.0.113.7'})
+    assert address == '203.0.113.7'
+    # the proxy itself, when it does not forward: with its port
+    port, address = addr_seen_by_worker(server)
+    assert address == f'127.0.0.1:{port}'

@@ -784,14 +784,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         pool.submit(pending)
 
     def _client_address(self, client):
-        """The client's address as workers see it (the proxy-aware one when
-        trusted_proxies is set); computed once per connection."""
+        """The client's address as workers see it (request.remote_address):
+        `ip:port` of the socket peer (`[ipv6]:port`), computed once per
+        connection; with trusted_proxies and a trusted peer that forwards,
+        the IP of the client behind the proxies (read per request)."""
         if self._trusts_proxies:
-            return client.remote_address
+            forwarded = client.remote_address
+            if forwarded != _server.unmap_ipv4(client.addr[0]):
+                return forwarded
         address = client.client_address
         if address is None:
-            address = client.client_address = _server.unmap_ipv4(
-                client.addr[0])
+            address = client.client_address = client.socket_address
         return address
 
     def _check(self, client, hook=None):
