@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from conftest import wait_until
+from uhttp.workers.static import StaticFiles
 
 APP = 'compat1x_dispatcher_app.py'
 TOKEN = {'X-Token': 'secret'}
@@ -154,3 +155,69 @@ def test_trusted_proxy_gives_the_client_behind_it(start_server):
     # the proxy itself, when it does not forward: with its port
     port, address = addr_seen_by_worker(server)
     assert address == f'127.0.0.1:{port}'
+
+
+# -- 4. static_routes mount options; misses go on to the pools -----------------
+
+def test_mount_options_are_read(tmp_path):
+    (tmp_path / 'a.css').write_text('a')
+    files = StaticFiles({'/s': {'path': str(tmp_path),
+                                'headers': {'Cache-Control': 'no-cache'},
+                                'authoritative': True}})
+    result = files.lookup('/s/a.css')
+    assert result.status == 200
+    assert result.headers == {'cache-control': 'no-cache'}
+    assert files.lookup('/s/b.css') == (404,) + (None,) * 6 + (True,)
+
+
+@pytest.mark.parametrize('mount', [
+    {'headers': {}}, {'path': '.', 'authorative': True},
+    {'path': '.', 'headers': 'no-cache'}])
+def test_bad_mount_options_are_refused_at_start_up(mount):
+    with pytest.raises(ValueError):
+        StaticFiles({'/s/': mount})
+
+
+def test_a_miss_tries_the_shorter_mounts(tmp_path):
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'top.txt').write_text('top')
+    files = StaticFiles({'/': str(tmp_path), '/sub/': str(tmp_path / 'sub')})
+    # /sub/ does not have it; / has no sub/top.txt either
+    assert files.lookup('/sub/top.txt').authoritative is False
+    files = StaticFiles({'/': str(tmp_path), '/x/': str(tmp_path / 'sub')})
+    (tmp_path / 'x').mkdir()
+    (tmp_path / 'x' / 'only-here.txt').write_text('here')
+    assert files.lookup('/x/only-here.txt').status == 200
+
+
+@pytest.fixture
+def static_app(start_server, tmp_path):
+    (tmp_path / 'assets').mkdir()
+    (tmp_path / 'index.html').write_text('<h1>home</h1>')
+    (tmp_path / 'assets' / 'app.css').write_text('body{}')
+    return start_server(APP, env={'STATIC_DIR': str(tmp_path)},
+                        ready_workers=1)
+
+
+def test_mount_at_root_does_not_hide_the_pools(static_app):
+    home = static_app.get('/')
+    assert home.status == 200 and home.body == b'<h1>home</h1>'
+    pid = static_app.get('/api/pid')
+    assert pid.status == 200 and pid.json()['pid'] > 0
+    assert static_app.get('/missing.html').status == 404  # no pool has it
+
+
+def test_authoritative_mount_with_headers(static_app):
+    css = static_app.get('/assets/app.css')
+    assert css.status == 200 and css.body == b'body{}'
+    assert css.headers['cache-control'] == 'max-age=60'
+    assert 'cache-control' not in static_app.get('/').headers
+    # the pool serves /assets/{name}, but the mount owns its prefix
+    missing = static_app.get('/assets/missing.css')
+    assert missing.status == 404
+    assert b'pool' not in missing.body
+
+
+def test_without_the_mount_the_pool_serves_assets(app):
+    # the counterpart of the test above: the route exists in the pool
+    assert app.get('/assets/missing.css').json() == {'from': 'pool'}

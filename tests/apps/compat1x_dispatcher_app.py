@@ -1,7 +1,8 @@
 """A dispatcher written against the uhttp-workers 1.8.1 API, unchanged.
 
 Its hooks record what they were called with; the @sync route /seen shows
-the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated).
+the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated), STATIC_DIR
+(mounted at / and, with headers and authoritative, its assets/ at /assets/).
 """
 
 import os
@@ -20,6 +21,11 @@ class CompatWorker(_workers.Worker):
     @_workers.api('/api/crash', 'GET')
     def crash(self, request):
         os._exit(3)
+
+    @_workers.api('/assets/{name}', 'GET')
+    def asset(self, request):
+        # never reached while /assets/ is an authoritative static mount
+        return {'from': 'pool'}
 
     @_workers.api('/api/pid', 'GET')
     def pid(self, request):
@@ -65,11 +71,21 @@ class CompatDispatcher(_workers.Dispatcher):
 
 def main():
     proxies = [p for p in ENV.get('TRUSTED_PROXIES', '').split(',') if p]
+    static_dir = ENV.get('STATIC_DIR')
+    static_routes = None
+    if static_dir:    # 1.8.1's mount options
+        static_routes = {
+            '/': {'path': static_dir},
+            '/assets/': {'path': os.path.join(static_dir, 'assets'),
+                         'headers': {'Cache-Control': 'max-age=60'},
+                         'authoritative': True},
+        }
     dispatcher = CompatDispatcher(
         port=int(ENV.get('PORT', '8080')),
         address=ENV.get('ADDRESS', '127.0.0.1'),
         pools=[_workers.WorkerPool(CompatWorker, num_workers=1,
-                                   routes=['/api/**'], timeout=10)],
+                                   routes=['/api/**', '/assets/**'], timeout=10)],
+        static_routes=static_routes,
         trusted_proxies=proxies or None)
     dispatcher.run()
 

@@ -698,6 +698,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                          _error_body(405, 'Method Not Allowed'))
         elif result.status == 200:
             headers = {'content-type': result.content_type}
+            if result.headers:
+                headers.update(result.headers)
             if self._state != 'running':
                 headers['connection'] = 'close'
             body.respond(client, headers, head_only=client.method == 'HEAD')
