@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from conftest import wait_until
+import uhttp.workers as _workers
 from uhttp.workers.static import StaticFiles
 
 APP = 'compat1x_dispatcher_app.py'
@@ -66,7 +67,7 @@ def test_do_check_sync_is_not_called_for_pool_requests(app):
     assert not [e for e in seen(app) if e[1:] == ['/api/pid']]
 
 
-# -- 2. on_worker_died(pool, worker_id, reason, exitcode, victims) --------------
+# -- 2. on_worker_died(pool, worker_id, reason, exitcode, victims) ------------
 
 def test_on_worker_died_gets_the_requests_it_took_down(app):
     result = app.get('/api/crash')
@@ -157,7 +158,7 @@ def test_trusted_proxy_gives_the_client_behind_it(start_server):
     assert address == f'127.0.0.1:{port}'
 
 
-# -- 4. static_routes mount options; misses go on to the pools -----------------
+# -- 4. static_routes mount options; misses go on to the pools ---------------
 
 def test_mount_options_are_read(tmp_path):
     (tmp_path / 'a.css').write_text('a')
@@ -167,7 +168,8 @@ def test_mount_options_are_read(tmp_path):
     result = files.lookup('/s/a.css')
     assert result.status == 200
     assert result.headers == {'cache-control': 'no-cache'}
-    assert files.lookup('/s/b.css') == (404,) + (None,) * 6 + (True,)
+    missing = files.lookup('/s/b.css')
+    assert missing.status == 404 and missing.authoritative
 
 
 @pytest.mark.parametrize('mount', [
@@ -221,3 +223,69 @@ def test_authoritative_mount_with_headers(static_app):
 def test_without_the_mount_the_pool_serves_assets(app):
     # the counterpart of the test above: the route exists in the pool
     assert app.get('/assets/missing.css').json() == {'from': 'pool'}
+
+
+# -- 5. on_request_accepted, on_pending_removed, on_static_served, on_forward
+
+def entries(server, name):
+    return [entry[1:] for entry in seen(server) if entry[0] == name]
+
+
+def test_accepted_and_removed_once_per_pool_request(app):
+    assert app.get('/api/pid').status == 200
+    accepted = wait_until(lambda: entries(app, 'accepted'))
+    assert len(accepted) == 1
+    request_id, path, pool = accepted[0]
+    assert (path, pool) == ('/api/pid', 'CompatWorker')
+    removed = wait_until(lambda: entries(app, 'removed'))
+    assert removed == [[request_id, _workers.PENDING_COMPLETED]]
+    # sync routes and static files are not pool requests
+    assert len(entries(app, 'accepted')) == 1
+
+
+def test_a_failing_on_request_accepted_is_logged_and_the_request_runs(app):
+    result = app.get('/api/pid', headers={'X-Hook': 'crash'})
+    assert result.status == 200 and result.json()['pid'] > 0
+    app.wait_log('on_request_accepted\\(\\) raised')
+
+
+def test_removed_says_worker_died_and_its_failure_is_logged(app):
+    assert app.get('/api/crash').status == 502
+    removed = wait_until(lambda: entries(app, 'removed'))
+    assert removed[0][1] == _workers.PENDING_WORKER_DIED
+    app.wait_log('on_pending_removed\\(\\) raised')
+    app.wait_log('worker .* ready', timeout=15)
+    assert app.get('/api/pid').status == 200  # the loop goes on
+
+
+def test_removed_says_disconnected_when_the_client_leaves(app):
+    with socket.create_connection(('127.0.0.1', app.port), 10) as sock:
+        sock.sendall(b'GET /api/sleep?s=1 HTTP/1.1\r\nHost: x\r\n\r\n')
+        wait_until(lambda: entries(app, 'accepted'))
+    reasons = wait_until(lambda: [e[1] for e in entries(app, 'removed')])
+    assert reasons == [_workers.PENDING_DISCONNECTED]
+
+
+def test_forward_goes_through_on_forward(app):
+    assert app.get('/api/forward').status == 200
+    app.wait_log("sink got \\{'n': 7\\}")
+    assert entries(app, 'forward') == [['/api/sink', {'n': 7}]]
+
+
+def test_static_served_hook(static_app):
+    assert static_app.get('/assets/app.css').status == 200
+    assert static_app.get('/assets/gone.css').status == 404
+    static_app.wait_log('on_static_served\\(\\) raised')
+    assert entries(static_app, 'static') == [
+        ['app.css', 200], ['gone.css', 404]]
+    # a miss that goes on to the pools is not a static answer
+    assert static_app.get('/api/pid').status == 200
+    assert len(entries(static_app, 'static')) == 2
+
+
+def test_pending_reasons_are_exported():
+    assert [_workers.PENDING_COMPLETED, _workers.PENDING_TIMEOUT,
+            _workers.PENDING_DISCONNECTED, _workers.PENDING_STREAM_CLOSED,
+            _workers.PENDING_SHUTDOWN, _workers.PENDING_WORKER_DIED] == [
+        'COMPLETED', 'TIMEOUT', 'DISCONNECTED', 'STREAM_CLOSED', 'SHUTDOWN',
+        'WORKER_DIED']

@@ -1,8 +1,9 @@
 """A dispatcher written against the uhttp-workers 1.8.1 API, unchanged.
 
 Its hooks record what they were called with; the @sync route /seen shows
-the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated), STATIC_DIR
-(mounted at / and, with headers and authoritative, its assets/ at /assets/).
+the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated),
+STATIC_DIR (mounted at /, and its assets/ at /assets/ with headers and
+authoritative).
 """
 
 import os
@@ -26,6 +27,21 @@ class CompatWorker(_workers.Worker):
     def asset(self, request):
         # never reached while /assets/ is an authoritative static mount
         return {'from': 'pool'}
+
+    @_workers.api('/api/sleep', 'GET')
+    def sleep(self, request):
+        time.sleep(float(request.query.get('s', '1')))
+        return {'slept': True}
+
+    @_workers.api('/api/forward', 'GET')
+    def forward_it(self, request):
+        self.forward('/api/sink', {'n': 7})
+        return {'forwarded': True}
+
+    @_workers.api('/api/sink', 'POST')
+    def sink(self, request):
+        self.log.warning('sink got %r', request.data)
+        return {}
 
     @_workers.api('/api/pid', 'GET')
     def pid(self, request):
@@ -58,6 +74,26 @@ class CompatDispatcher(_workers.Dispatcher):
                      for request_id, pending in victims],
                     [pending.client.method for _, pending in victims])
 
+    def on_request_accepted(self, request_id, client, pool):
+        self.record('accepted', request_id, client.path, pool.name)
+        if client.headers.get('x-hook') == 'crash':
+            raise RuntimeError('on_request_accepted bug on purpose')
+        return {'role': 'admin'}
+
+    def on_pending_removed(self, request_id, pending, reason):
+        self.record('removed', request_id, reason)
+        if reason == _workers.PENDING_WORKER_DIED:
+            raise RuntimeError('on_pending_removed bug on purpose')
+
+    def on_static_served(self, client, file_path, status):
+        self.record('static', os.path.basename(file_path), status)
+        if status == 404:
+            raise RuntimeError('on_static_served bug on purpose')
+
+    def on_forward(self, route, data):
+        self.record('forward', route, data)
+        super().on_forward(route, data)
+
     @_workers.sync('/sync/secret', 'GET')
     def secret(self, client, path_params):
         self.record('secret ran')
@@ -83,8 +119,9 @@ def main():
     dispatcher = CompatDispatcher(
         port=int(ENV.get('PORT', '8080')),
         address=ENV.get('ADDRESS', '127.0.0.1'),
-        pools=[_workers.WorkerPool(CompatWorker, num_workers=1,
-                                   routes=['/api/**', '/assets/**'], timeout=10)],
+        pools=[_workers.WorkerPool(
+            CompatWorker, num_workers=1, routes=['/api/**', '/assets/**'],
+            timeout=10)],
         static_routes=static_routes,
         trusted_proxies=proxies or None)
     dispatcher.run()

@@ -89,7 +89,6 @@ class StaticResult(collections.namedtuple(
 
 
 _NOT_FOUND = StaticResult(404)
-_NOT_FOUND_HERE = StaticResult(404, authoritative=True)
 
 
 def _is_inside(root, path):
@@ -199,8 +198,9 @@ class StaticFiles:
             result = self._resolve(root, path, rest)
             if result.status != 404:
                 return result._replace(headers=headers) if headers else result
-            if authoritative:
-                return _NOT_FOUND_HERE
+            if authoritative:   # file_path: what it looked for
+                return StaticResult(404, file_path=os.path.normpath(
+                    os.path.join(root, rest)), authoritative=True)
             missed = result
         return missed
 

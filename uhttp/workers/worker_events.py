@@ -20,6 +20,15 @@ from .log import printable
 from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
 
+# Why a request left the pending table: the `reason` of on_pending_removed()
+PENDING_COMPLETED = 'COMPLETED'          # its worker's answer was sent
+PENDING_TIMEOUT = 'TIMEOUT'              # 504, or 503 if it never started
+PENDING_DISCONNECTED = 'DISCONNECTED'    # the client left first
+PENDING_STREAM_CLOSED = 'STREAM_CLOSED'  # its worker ended the stream
+PENDING_SHUTDOWN = 'SHUTDOWN'            # 503: the dispatcher is stopping
+PENDING_WORKER_DIED = 'WORKER_DIED'      # 502: its worker died (or the
+                                         # pool is degraded: 503)
+
 
 class VictimRequest:
     """The request of a victim, kept from the dispatcher's message to its
@@ -136,7 +145,8 @@ class WorkerEvents:
         handle.lost = len(orphans)
         # on_worker_died() gets them once the exit status is known
         self._worker_victims[handle] = [
-            (pending.request_id, Victim(pending, handle)) for pending in orphans
+            (pending.request_id, Victim(pending, handle))
+            for pending in orphans
             if pending.state != DONE and pending.client is not None]
         self._requeue_unstarted(handle, unstarted)
         handle.process.join(0)  # never blocks
@@ -210,7 +220,8 @@ class WorkerEvents:
     def pool_degraded(self, pool):
         """A pool just became degraded: its backlog gets 503 now."""
         for pending in pool.queued_requests():
-            self._give_up(pending, 503, 'Service Unavailable')
+            self._give_up(pending, 503, 'Service Unavailable',
+                          PENDING_WORKER_DIED)
         pool.compact_backlog()
 
     # -- messages from workers ---------------------------------------------
@@ -272,6 +283,8 @@ class WorkerEvents:
                 self.log.exception('on_response() raised')
         if client.socket is not None:
             self._send_answer(client, wire, keep_alive)
+        if self._has_removed_hook:
+            self._removed(pending, PENDING_COMPLETED)
         pool.pump(handle)
 
     def _on_deferred(self, handle, request_id):
@@ -310,6 +323,8 @@ class WorkerEvents:
             handle.forget(pending)
             self._complete(pending)
             client.response_stream_end()
+            if self._has_removed_hook:
+                self._removed(pending, PENDING_STREAM_CLOSED)
 
     def _start_stream(self, handle, pending, message):
         _, request_id, _status, headers, cookies = message
@@ -344,6 +359,9 @@ class WorkerEvents:
 
     def _on_forward(self, message):
         _, method, path, data, headers, to_all = message
+        if self._has_forward_hook:   # 1.x's on_forward(route, data)
+            self._call_hook('on_forward', path, data)
+            return
         pool = self._find_pool(path)
         if pool is None:
             self.log.warning('forward to %s %s: no pool serves this path',
