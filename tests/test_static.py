@@ -434,30 +434,45 @@ def cached_lookup(cache, path):
         return result, body.file.read()
 
 
+def refused(cache, path, authoritative):
+    """True when `cache` does not serve `path`: an authoritative mount
+    answers 404, any other passes the path on (None)."""
+    if not authoritative:
+        return cache.lookup(path) is None
+    result, data = cached_lookup(cache, path)
+    return result.status == 404 and data is None
+
+
+def mount(tree, authoritative):
+    return {'/static/': {'path': str(tree), 'authoritative': authoritative}}
+
+
+@pytest.mark.parametrize('authoritative', [True, False],
+                         ids=['authoritative', 'passes-on'])
 @pytest.mark.parametrize('max_file', [1024, 4], ids=['cached', 'streamed'])
 def test_file_swapped_for_outside_symlink_is_never_served(
-        tree, tmp_path, max_file):
-    cache = StaticCache(StaticFiles({'/static/': str(tree)}),
+        tree, tmp_path, max_file, authoritative):
+    cache = StaticCache(StaticFiles(mount(tree, authoritative)),
                         max_file=max_file)
     result, data = cached_lookup(cache, '/static/hello.txt')
     assert result.status == 200 and data == b'hello'
     swap_for_symlink(tree / 'hello.txt', tmp_path / 'secret')
     for _ in range(3):  # within the resolution's ttl, and after forgetting
-        result, data = cached_lookup(cache, '/static/hello.txt')
-        assert result.status == 404 and data is None
+        assert refused(cache, '/static/hello.txt', authoritative)
 
 
+@pytest.mark.parametrize('authoritative', [True, False],
+                         ids=['authoritative', 'passes-on'])
 @pytest.mark.parametrize('max_file', [1024, 4], ids=['cached', 'streamed'])
 def test_directory_swapped_for_outside_symlink_is_never_served(
-        tree, tmp_path, max_file):
-    cache = StaticCache(StaticFiles({'/static/': str(tree)}),
+        tree, tmp_path, max_file, authoritative):
+    cache = StaticCache(StaticFiles(mount(tree, authoritative)),
                         max_file=max_file)
     assert cached_lookup(cache, '/static/docs/index.html')[1] == \
         b'<h1>docs</h1>'
     os.rename(tree / 'docs', tmp_path / 'docs-moved')
     os.symlink(tmp_path / 'outside', tree / 'docs')
-    result, data = cached_lookup(cache, '/static/docs/index.html')
-    assert result.status == 404 and data is None
+    assert refused(cache, '/static/docs/index.html', authoritative)
 
 
 def test_file_swapped_for_inside_symlink_serves_the_link_target(tree):

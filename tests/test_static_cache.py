@@ -6,9 +6,10 @@ from uhttp.workers.static import StaticFiles
 from uhttp.workers.static_cache import StaticCache
 
 
-def make(tmp_path, **options):
+def make(tmp_path, authoritative=True, **options):
     (tmp_path / 'a.txt').write_bytes(b'first')
-    return StaticCache(StaticFiles({'/s/': str(tmp_path)}), **options)
+    mount = {'path': str(tmp_path), 'authoritative': authoritative}
+    return StaticCache(StaticFiles({'/s/': mount}), **options)
 
 
 def test_small_file_bytes_are_returned_and_reused(tmp_path):
@@ -51,6 +52,17 @@ def test_refusals_and_other_paths_pass_through(tmp_path):
     assert cache.lookup('/elsewhere') is None
     assert cache.lookup('/s/../etc/passwd')[0].status == 404
     assert cache.lookup('/s/missing')[0].status == 404
+
+
+def test_misses_of_a_mount_that_is_not_authoritative_pass_on(tmp_path):
+    cache = make(tmp_path, authoritative=False)
+    assert cache.lookup('/s/a.txt')[0].status == 200
+    assert cache.lookup('/s/missing') is None
+    assert cache.lookup('/s/../etc/passwd') is None
+    assert not cache.serves('/s/missing')
+    assert cache.serves('/s/a.txt')
+    (tmp_path / 'a.txt').unlink()
+    assert cache.lookup('/s/a.txt') is None
 
 
 def test_total_size_is_bounded(tmp_path):

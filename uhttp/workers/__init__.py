@@ -7,6 +7,9 @@ run the @api handlers. This module only re-exports the public API.
 import importlib
 
 from .dispatcher import Dispatcher, sync
+from .worker_events import (
+    PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
+    PENDING_STREAM_CLOSED, PENDING_TIMEOUT, PENDING_WORKER_DIED)
 from .log import (
     LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARNING, Logger,
     log_to_logging)
@@ -22,6 +25,8 @@ __all__ = [
     'periodic', 'run_once', 'SingleServer', 'ServerClient', 'ServerNotReady',
     'SocketLock', 'LockFile',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
+    'PENDING_COMPLETED', 'PENDING_TIMEOUT', 'PENDING_DISCONNECTED',
+    'PENDING_STREAM_CLOSED', 'PENDING_SHUTDOWN', 'PENDING_WORKER_DIED',
 ]
 
 # Helper services and jobs pull in an HTTP client and more: they are

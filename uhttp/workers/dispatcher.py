@@ -15,6 +15,7 @@ worker), let a loaded request be parsed twice, or leave a client without an
 answer.
 """
 
+import inspect
 import os
 import resource
 import selectors
@@ -45,7 +46,10 @@ from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
 from . import upgrade
 from .worker import collect_routes
-from .worker_events import WorkerEvents
+from .worker_events import (
+    PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
+    PENDING_TIMEOUT, PENDING_WORKER_DIED,
+    WorkerEvents)
 
 SELECT_TIMEOUT = 1.0
 SWEEP_INTERVAL = 1.0    # seconds between checks for vanished connections
@@ -168,6 +172,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._has_response_hook = (
             type(self).on_response is not Dispatcher.on_response)
         self._has_check = type(self).do_check is not Dispatcher.do_check
+        # the hooks below cost a call per request: made only if overridden
+        overrides = self._overrides
+        self._has_accepted_hook = overrides('on_request_accepted')
+        self._has_removed_hook = overrides('on_pending_removed')
+        self._has_static_hook = overrides('on_static_served')
+        self._has_forward_hook = overrides('on_forward')
+        self._died_takes_victims = _accepts_arguments(self.on_worker_died, 5)
+        self._worker_victims = {}   # worker handle -> its failed requests
+        self._has_sync_check = (
+            type(self).do_check_sync is not Dispatcher.do_check_sync)
         self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
@@ -177,12 +191,52 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Authenticate a request bound for a worker pool (not static, not
         sync). Respond and/or raise RejectRequest to refuse it."""
 
+    def do_check_sync(self, client):
+        """Authenticate a request for an @sync route, called once a route
+        matched and before its handler runs (static files and pool requests
+        never come here). Respond and/or raise RejectRequest to refuse it:
+        the handler then does not run, and the request is not passed on."""
+
     def on_response(self, response, pending):
         """Called for each worker response to a client, as it is sent.
 
         `pending.client` is the client connection with its request,
         `pending.pool` the pool that answered. Runs in the loop: keep it
         short (queue follow-up work on a pool instead)."""
+
+    def on_request_accepted(self, request_id, client, pool):
+        """Called as a request is handed to `pool`, after do_check().
+
+        For state of the dispatcher's own keyed by `request_id` (cleared in
+        on_pending_removed()); it must not refuse (do_check does that). An
+        exception is logged. Its return value (1.x's Request.context) is
+        not sent to the worker."""
+        return None
+
+    def on_pending_removed(self, request_id, pending, reason):
+        """Called exactly once for each request of a client handed to a
+        pool, after its client was answered (or left): `reason` is one of
+        the PENDING_* constants. `pending.client` is the connection (it
+        may already serve a next request), `pending.pool` the pool. An
+        exception is logged."""
+
+    def on_static_served(self, client, file_path, status):
+        """Called after a static mount answered: 200 with the file served
+        (its real path), or 404 from an authoritative mount (the path it
+        looked for). For access logs; an exception is logged."""
+
+    def on_forward(self, route, data):
+        """A worker forwarded `data` to `route` (Worker.forward()).
+
+        Overriding it replaces the routing of forwards: call
+        super().on_forward(route, data) to run it, as a POST, on the pool
+        serving `route`, whose answer is dropped. An exception is logged."""
+        pool = self._find_pool(route)
+        if pool is None:
+            self.log.warning('forward to %s: no pool serves this path',
+                             printable(route))
+            return
+        self.submit_internal(pool, 'POST', route, data, {})
 
     def on_idle(self):
         """Called from the loop about every SELECT_TIMEOUT seconds."""
@@ -191,8 +245,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Every log record of the service (workers included) ends here."""
         self._log_output.write(name, level, message)
 
-    def on_worker_died(self, pool, worker_id, reason, exitcode):
-        """A worker process ended unexpectedly (crash, kill, stuck)."""
+    def on_worker_died(self, pool, worker_id, reason, exitcode, victims=()):
+        """A worker process ended unexpectedly (crash, kill, stuck).
+
+        `victims`: the (request_id, pending) pairs of the requests it was
+        running, already answered 502 (`pending.client` still holds the
+        request). An override may leave `victims` out (4 arguments)."""
 
     def on_reload(self):
         """Return new configuration for the workers (SIGHUP, reload()), or
@@ -287,6 +345,25 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return fallback
 
     find_pool = _find_pool
+
+    def _overrides(self, name):
+        """True when the class of this dispatcher overrides hook `name`."""
+        return getattr(type(self), name) is not getattr(Dispatcher, name)
+
+    def _call_hook(self, name, *args):
+        """Call hook `name`; an exception is logged, never raised."""
+        try:
+            return getattr(self, name)(*args)
+        except Exception:  # pylint: disable=broad-except
+            self.log.exception('%s() raised', name)
+            return None
+
+    def _removed(self, pending, reason):
+        """Tell on_pending_removed() (if overridden) that a client's request
+        left the pending table."""
+        if self._has_removed_hook and pending.client is not None:
+            self._call_hook('on_pending_removed', pending.request_id,
+                            pending, reason)
 
     def _descriptor_failed(self, fd, err):
         self.log.error('callback for fd %d raised %r', fd, err, exc_info=err)
@@ -683,14 +760,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                          _error_body(405, 'Method Not Allowed'))
         elif result.status == 200:
             headers = {'content-type': result.content_type}
+            if result.headers:
+                headers.update(result.headers)
             if self._state != 'running':
                 headers['connection'] = 'close'
             body.respond(client, headers, head_only=client.method == 'HEAD')
+            if self._has_static_hook:
+                self._call_hook('on_static_served', client,
+                                result.file_path, 200)
         elif result.status == 301:
             client.respond(data=b'', status=301,
                            headers={'location': result.location})
         else:
             self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
+            if self._has_static_hook:
+                self._call_hook('on_static_served', client,
+                                result.file_path, 404)
 
     def _run_sync(self, client):
         try:
@@ -703,6 +788,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if found is None:
             return False
         target, params = found
+        if self._has_sync_check and not self._check(client,
+                                                     self.do_check_sync):
+            return True
         try:
             target(client, params)
         except _server.HttpErrorWithResponse as err:
@@ -761,30 +849,37 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             request_id, client, pool, message, time.monotonic())
         client.context = pending
         client.pool_client = True
+        if self._has_accepted_hook:
+            self._call_hook('on_request_accepted', request_id, client, pool)
         if len(self._pending) >= self.max_pending:
             self._admission_changed()
         pool.submit(pending)
 
     def _client_address(self, client):
-        """The client's address as workers see it (the proxy-aware one when
-        trusted_proxies is set); computed once per connection."""
+        """The client's address as workers see it (request.remote_address):
+        `ip:port` of the socket peer (`[ipv6]:port`), computed once per
+        connection; with trusted_proxies and a trusted peer that forwards,
+        the IP of the client behind the proxies (read per request)."""
         if self._trusts_proxies:
-            return client.remote_address
+            forwarded = client.remote_address
+            if forwarded != _server.unmap_ipv4(client.addr[0]):
+                return forwarded
         address = client.client_address
         if address is None:
-            address = client.client_address = _server.unmap_ipv4(
-                client.addr[0])
+            address = client.client_address = client.socket_address
         return address
 
-    def _check(self, client):
+    def _check(self, client, hook=None):
+        """Run do_check (or `hook`): True if the request may go on."""
+        hook = hook or self.do_check
         try:
-            self.do_check(client)
+            hook(client)
         except RejectRequest as err:
             if not _answered(client):
                 self._answer_data(client, err.status, err.data)
             return False
         except Exception:  # pylint: disable=broad-except
-            self.log.exception('do_check() raised')
+            self.log.exception('%s() raised', hook.__name__)
             if not _answered(client):
                 self._answer(client, 500, _JSON,
                              _error_body(500, 'Internal Server Error'))
@@ -908,10 +1003,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pending.read_paused = False
             client._register()  # pylint: disable=protected-access
 
-    def _give_up(self, pending, status, message=None):
+    def _give_up(self, pending, status, message=None, reason=None):
         """The dispatcher ends a request without its worker's answer
         (timeout, client gone, worker died, shutdown): its worker is told,
-        and the client gets `status` (None: nothing, it is gone)."""
+        and the client gets `status` (None: nothing, it is gone); then
+        on_pending_removed() hears `reason` (by default, from `status`)."""
+        self._end_without_answer(pending, status, message)
+        if self._has_removed_hook:
+            self._removed(pending, reason or _removal_reason(status))
+
+    def _end_without_answer(self, pending, status, message):
         worker = pending.worker
         state = self._complete(pending)
         if worker is not None and not worker.exited:
@@ -960,7 +1061,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                     'request %s %s %s waited %ss for a worker of pool %s: '
                     '503', pending.request_id, pending.client.method,
                     printable(pending.client.path), pool.timeout, pool.name)
-                self._give_up(pending, 503, 'Service Unavailable')
+                self._give_up(pending, 503, 'Service Unavailable',
+                              PENDING_TIMEOUT)
                 continue
             self.log.warning(
                 'request %s %s %s timed out after %ss (pool %s, %s)',
@@ -978,6 +1080,32 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._log_output.write('dispatcher', 40,
                                    f'on_log() raised {err!r}; record: '
                                    f'[{name}] {message}')
+
+def _removal_reason(status):
+    """The on_pending_removed() reason of a request the dispatcher ended
+    with `status` (None: its client left)."""
+    if status is None:
+        return PENDING_DISCONNECTED
+    if status == 502:
+        return PENDING_WORKER_DIED
+    if status == 503:
+        return PENDING_SHUTDOWN
+    if status == 504:
+        return PENDING_TIMEOUT
+    return PENDING_COMPLETED    # a 500 the dispatcher sent for its worker
+
+
+def _accepts_arguments(method, count):
+    """Whether the bound `method` can be called with `count` positional
+    arguments (checked once, at start-up, not per call)."""
+    try:
+        inspect.signature(method).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:   # no signature to read (a builtin): call it plainly
+        return False
+    return True
+
 
 def _answered(client):
     """True once a response was started, or the connection is gone."""

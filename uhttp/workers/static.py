@@ -76,11 +76,14 @@ def _content_type(name):
 
 
 class StaticResult(collections.namedtuple(
-        'StaticResult', 'status file_path content_type size location root',
-        defaults=(None, None, None, None, None))):
+        'StaticResult', 'status file_path content_type size location root '
+        'headers authoritative',
+        defaults=(None, None, None, None, None, None, False))):
     """Outcome of :meth:`StaticFiles.lookup` for a path under a prefix:
     status, file_path (its real path), content_type, size, location (of a
-    301) and root (the real root it was found in), immutable."""
+    301), root (the real root it was found in), headers (the mount's extra
+    response headers, or None) and authoritative (a 404 of this mount is
+    the answer; otherwise the path goes on to the pools), immutable."""
 
     __slots__ = ()
 
@@ -107,21 +110,45 @@ class StaticFiles:
     """Maps URL prefixes to directories and resolves request paths to files, never outside a root.
 
     ``static_routes`` maps URL prefixes (normalised to end with '/') to
-    directories; relative directories are resolved against the current
-    working directory at construction. The longest matching prefix wins,
-    and the prefix without its trailing slash (``/static``) counts as the
-    prefix itself (a directory URL, so it is redirected to ``/static/``).
+    directories, or to mount options ``{'path': directory, 'headers':
+    {...}, 'authoritative': bool}`` (the form of uhttp-workers 1.x):
+    ``headers`` go out with each file served, and an ``authoritative``
+    mount answers 404 for what it does not have, where any other mount lets
+    the path go on to a shorter mount, then to the pools. Relative
+    directories are resolved against the current working directory at
+    construction. The longest matching prefix wins, and the prefix without
+    its trailing slash (``/static``) counts as the prefix itself (a
+    directory URL, so it is redirected to ``/static/``).
     """
 
     def __init__(self, static_routes):
         routes = {}
-        for prefix, root in (static_routes or {}).items():
+        for prefix, mount in (static_routes or {}).items():
             prefix = self._normalise_prefix(prefix)
             if prefix in routes:
                 raise ValueError(f'duplicate static prefix {prefix!r}')
-            routes[prefix] = self._resolve_root(root)
+            routes[prefix] = self._mount(prefix, mount)
         self._routes = sorted(
             routes.items(), key=lambda item: len(item[0]), reverse=True)
+
+    @classmethod
+    def _mount(cls, prefix, mount):
+        """(real root, headers or None, authoritative) of one mount."""
+        if not isinstance(mount, dict):
+            return cls._resolve_root(mount), None, False
+        unknown = set(mount) - {'path', 'headers', 'authoritative'}
+        if 'path' not in mount or unknown:
+            raise ValueError(
+                f'static_routes[{prefix!r}]: a mount dict takes path '
+                f"(required), headers and authoritative; got {sorted(mount)}")
+        headers = mount.get('headers')
+        if headers is not None and not isinstance(headers, dict):
+            raise ValueError(
+                f'static_routes[{prefix!r}]: headers must be a dict')
+        return (cls._resolve_root(mount['path']),
+                {str(k).lower(): v for k, v in headers.items()}
+                if headers else None,
+                bool(mount.get('authoritative', False)))
 
     @staticmethod
     def _normalise_prefix(prefix):
@@ -131,7 +158,7 @@ class StaticFiles:
 
     @staticmethod
     def _resolve_root(root):
-        real = os.path.realpath(os.fspath(root))
+        real = os.path.realpath(os.path.expanduser(os.fspath(root)))
         if not os.path.isdir(real):
             raise ValueError(
                 f'static root {root!r} is not a directory (resolved: {real})')
@@ -147,7 +174,7 @@ class StaticFiles:
     def stems(self):
         """A tuple of strings every path under a mount starts with (for a
         cheap `str.startswith` test before any lookup)."""
-        return tuple(prefix[:-1] for prefix, _root in self._routes)
+        return tuple(prefix[:-1] for prefix, _mount in self._routes)
 
     def lookup(self, path):
         """Resolve an already percent-decoded request path.
@@ -156,14 +183,26 @@ class StaticFiles:
         elsewhere), otherwise a :class:`StaticResult`: 200 with the file,
         301 with ``location`` for a directory URL lacking its trailing
         slash, or 404 for anything missing, unreadable, not a regular file,
-        malformed or outside the root.
+        malformed or outside the root. A 404 of a mount that is not
+        authoritative lets a shorter matching mount try; the last such 404
+        is returned (``authoritative`` False: the caller passes the path on).
         """
-        for prefix, root in self._routes:
+        missed = None
+        for prefix, (root, headers, authoritative) in self._routes:
             if path.startswith(prefix):
-                return self._resolve(root, path, path[len(prefix):])
-            if len(prefix) > 1 and path == prefix[:-1]:
-                return self._resolve(root, path, '')
-        return None
+                rest = path[len(prefix):]
+            elif len(prefix) > 1 and path == prefix[:-1]:
+                rest = ''
+            else:
+                continue
+            result = self._resolve(root, path, rest)
+            if result.status != 404:
+                return result._replace(headers=headers) if headers else result
+            if authoritative:   # file_path: what it looked for
+                return StaticResult(404, file_path=os.path.normpath(
+                    os.path.join(root, rest)), authoritative=True)
+            missed = result
+        return missed
 
     def _resolve(self, root, path, rest):
         segments = _safe_segments(rest)

@@ -25,8 +25,6 @@ from .static import StaticBody, StaticResult, open_inside
 
 SMALL_FILE = 256 * 1024
 
-_NOT_FOUND = StaticResult(404)
-
 
 def _identity(info):
     """What must not change for cached bytes to stay valid."""
@@ -53,34 +51,48 @@ class StaticCache:
         return bool(self._static)
 
     def serves(self, path):
-        """True when `path` is under a static mount (nothing is opened)."""
-        return self._resolve(path) is not None
+        """True when a static mount answers `path` (nothing is opened)."""
+        result = self._resolve(path)
+        return result is not None and (
+            result.status != 404 or result.authoritative)
 
     def lookup(self, path):
-        """None (not a static path), or the result and, for a 200, its body.
+        """None (not a static path, or one a mount that is not authoritative
+        does not have: it goes on to the pools), or the result and, for a
+        200, its body.
 
         The body holds the bytes of a small file (cached) or a file opened
         for this answer, which the caller must send or close. The result's
         size is the body's.
         """
         result = self._resolve(path)
-        if result is None or result.status != 200:
-            return None if result is None else (result, None)
+        if result is None:
+            return None
+        if result.status != 200:
+            return self._miss(result)
         body = self._body(result)
         if body is None:
             # changed since it was resolved (removed, swapped for a link):
             # resolve it afresh, once
             self._forget(path, result.file_path)
+            missing = StaticResult(404, authoritative=result.authoritative)
             result = self._resolve(path)
-            if result.status != 200:
-                return result, None
+            if result is None or result.status != 200:
+                return self._miss(result or missing)
             body = self._body(result)
             if body is None:
                 self._forget(path, result.file_path)
-                return _NOT_FOUND, None
+                return self._miss(missing)
         if body.size != result.size:
             result = result._replace(size=body.size)
         return result, body
+
+    @staticmethod
+    def _miss(result):
+        """A result that is not a 200, as lookup() returns it."""
+        if result.status == 404 and not result.authoritative:
+            return None
+        return result, None
 
     def _resolve(self, path):
         if not path.startswith(self._stems):

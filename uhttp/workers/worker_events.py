@@ -17,8 +17,47 @@ from uhttp import server as _server
 
 from . import messages
 from .log import printable
-from .pending import ASSIGNED, DEFERRED, DONE
+from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
+
+# Why a request left the pending table: the `reason` of on_pending_removed()
+PENDING_COMPLETED = 'COMPLETED'          # its worker's answer was sent
+PENDING_TIMEOUT = 'TIMEOUT'              # 504, or 503 if it never started
+PENDING_DISCONNECTED = 'DISCONNECTED'    # the client left first
+PENDING_STREAM_CLOSED = 'STREAM_CLOSED'  # its worker ended the stream
+PENDING_SHUTDOWN = 'SHUTDOWN'            # 503: the dispatcher is stopping
+PENDING_WORKER_DIED = 'WORKER_DIED'      # 502: its worker died (or the
+                                         # pool is degraded: 503)
+
+
+class VictimRequest:
+    """The request of a victim, kept from the dispatcher's message to its
+    worker (its connection is answered and may serve a next request)."""
+
+    __slots__ = ('method', 'path', 'query', 'headers', 'data', 'body',
+                 'remote_address')
+
+    def __init__(self, message):
+        (_, _, self.method, self.path, self.query, headers, self.data,
+         self.remote_address) = message[:8]
+        self.headers = dict(headers or {})
+        data = self.data
+        self.body = data if isinstance(data, (bytes, str)) else None
+
+
+class Victim:
+    """One request a dead worker took down, as on_worker_died() sees it:
+    `client` (method, path, query, headers, data, body, remote_address),
+    `pool`, `worker_id`, `streaming`, `timestamp` (time.time() it came)."""
+
+    __slots__ = ('client', 'pool', 'worker_id', 'streaming', 'timestamp')
+
+    def __init__(self, pending, handle):
+        self.client = VictimRequest(pending.message)
+        self.pool = pending.pool
+        self.worker_id = handle.index
+        self.streaming = pending.state == STREAMING
+        self.timestamp = time.time() - (time.monotonic() - pending.started)
 
 
 class WorkerEvents:
@@ -104,6 +143,11 @@ class WorkerEvents:
         self._flush_needed.discard(handle)
         orphans, unstarted = handle.split_orphans(handle.take_all_back())
         handle.lost = len(orphans)
+        # on_worker_died() gets them once the exit status is known
+        self._worker_victims[handle] = [
+            (pending.request_id, Victim(pending, handle))
+            for pending in orphans
+            if pending.state != DONE and pending.client is not None]
         self._requeue_unstarted(handle, unstarted)
         handle.process.join(0)  # never blocks
         if handle.process.exitcode is None:
@@ -137,6 +181,7 @@ class WorkerEvents:
         pool = handle.pool
         index, pid, was_stopping = handle.index, handle.pid, handle.stopping
         orphans = range(handle.lost)
+        victims = self._worker_victims.pop(handle, [])
         reason, exitcode = pool.on_exit(handle)
         if self._metrics is not None:
             self._metrics.worker_exited(pool.name, reason)
@@ -150,7 +195,11 @@ class WorkerEvents:
             self.log.error('worker %s[%d] (pid %s) %s; %d requests failed',
                            pool.name, index, pid, reason, len(orphans))
             try:
-                self.on_worker_died(pool, index, reason, exitcode)
+                if self._died_takes_victims:
+                    self.on_worker_died(pool, index, reason, exitcode,
+                                        victims)
+                else:   # an override written without `victims`
+                    self.on_worker_died(pool, index, reason, exitcode)
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_worker_died() raised')
         pool.pump()
@@ -171,7 +220,8 @@ class WorkerEvents:
     def pool_degraded(self, pool):
         """A pool just became degraded: its backlog gets 503 now."""
         for pending in pool.queued_requests():
-            self._give_up(pending, 503, 'Service Unavailable')
+            self._give_up(pending, 503, 'Service Unavailable',
+                          PENDING_WORKER_DIED)
         pool.compact_backlog()
 
     # -- messages from workers ---------------------------------------------
@@ -233,6 +283,8 @@ class WorkerEvents:
                 self.log.exception('on_response() raised')
         if client.socket is not None:
             self._send_answer(client, wire, keep_alive)
+        if self._has_removed_hook:
+            self._removed(pending, PENDING_COMPLETED)
         pool.pump(handle)
 
     def _on_deferred(self, handle, request_id):
@@ -271,6 +323,8 @@ class WorkerEvents:
             handle.forget(pending)
             self._complete(pending)
             client.response_stream_end()
+            if self._has_removed_hook:
+                self._removed(pending, PENDING_STREAM_CLOSED)
 
     def _start_stream(self, handle, pending, message):
         _, request_id, _status, headers, cookies = message
@@ -305,6 +359,9 @@ class WorkerEvents:
 
     def _on_forward(self, message):
         _, method, path, data, headers, to_all = message
+        if self._has_forward_hook:   # 1.x's on_forward(route, data)
+            self._call_hook('on_forward', path, data)
+            return
         pool = self._find_pool(path)
         if pool is None:
             self.log.warning('forward to %s %s: no pool serves this path',
