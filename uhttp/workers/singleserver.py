@@ -203,7 +203,22 @@ def _output(where):
     return os.fspath(where)
 
 
-class SocketLock:
+class _HeldWhileInside:
+    """`with lock:` takes the lock (try_acquire) and releases it on the way
+    out; a lock that is garbage collected is released too."""
+
+    def __enter__(self):
+        self.try_acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        self.release()
+
+
+class SocketLock(_HeldWhileInside):
     """A lock held by binding and listening on a TCP port of `host`, or on a
     Unix socket path (a stale path that nobody answers on is removed)."""
 
@@ -250,16 +265,6 @@ class SocketLock:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self):
-        self.try_acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __del__(self):
-        self.release()
-
 
 def _bind_path(path):
     sock = bind_lock_socket(_socket.AF_UNIX, path)
@@ -286,7 +291,7 @@ def _stale(path):
     return False
 
 
-class LockFile(FileLock):
+class LockFile(_HeldWhileInside, FileLock):
     """singleserver's lock file: an exclusive flock on `path`, which holds
     the holder's pid. The kernel frees it when its holder dies."""
 
@@ -311,13 +316,3 @@ class LockFile(FileLock):
         except FileNotFoundError:
             return None
         return int(text) if text.isdigit() else None
-
-    def __enter__(self):
-        self.try_acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __del__(self):
-        self.release()
