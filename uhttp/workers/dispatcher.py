@@ -8,7 +8,8 @@ sockets, so one `select()` sees all there is to do.
 
 The pending table maps request ids to waiting clients. Every entry ends in
 exactly one answer: the worker's, 504 on timeout, 503 when the pool is
-degraded or the service is shutting down, 502 when its worker died.
+degraded or has no live worker or the service is shutting down, 502 when
+its worker died.
 
 Must never: block (no sleep, no blocking read or write, no waiting on a
 worker), let a loaded request be parsed twice, or leave a client without an
@@ -17,6 +18,7 @@ answer.
 
 import inspect
 import os
+import pickle
 import resource
 import selectors
 import socket
@@ -180,6 +182,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._has_forward_hook = overrides('on_forward')
         self._died_takes_victims = _accepts_arguments(self.on_worker_died, 5)
         self._worker_victims = {}   # worker handle -> its failed requests
+        # pool -> handles whose process runs (starting included), so that
+        # a request can see in one look whether any worker may ever take it
+        self._live_workers = {}
         self._has_sync_check = (
             type(self).do_check_sync is not Dispatcher.do_check_sync)
         self._init_owned(services, jobs, job_lock)
@@ -209,8 +214,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
         For state of the dispatcher's own keyed by `request_id` (cleared in
         on_pending_removed()); it must not refuse (do_check does that). An
-        exception is logged. Its return value (1.x's Request.context) is
-        not sent to the worker."""
+        exception is logged. Its return value becomes the worker's
+        `Request.context` (None when it raised); it must pickle, else an
+        error is logged and the worker sees None."""
         return None
 
     def on_pending_removed(self, request_id, pending, reason):
@@ -256,6 +262,21 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Return new configuration for the workers (SIGHUP, reload()), or
         None to keep theirs."""
         return None
+
+    # -- which workers live ---------------------------------------------------
+
+    def worker_started(self, pool, handle):
+        """A worker process was started (the pool calls this)."""
+        self._live_workers.setdefault(pool, set()).add(handle)
+        super().worker_started(pool, handle)
+
+    def worker_reaped(self, handle):
+        """A worker's exit status is known (the pool may restart it)."""
+        # forgotten first: a restart inside the reaping counts it again
+        live = self._live_workers.get(handle.pool)
+        if live is not None:
+            live.discard(handle)
+        super().worker_reaped(handle)
 
     # -- public tools ---------------------------------------------------------
 
@@ -737,7 +758,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         try:
             return self._sync_router.lookup(method, path) is not None
         except MethodNotAllowed:
-            return True
+            return self._find_pool(path) is None  # else the pool serves it
 
     def _admission_changed(self):
         """The number of pending requests changed: close or reopen."""
@@ -781,6 +802,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         try:
             found = self._sync_router.lookup(client.method, client.path)
         except MethodNotAllowed as err:
+            # as in uhttp-workers 1.x, a method the @sync route does not
+            # take goes on to the pool serving the path; 405 if none does
+            if self._find_pool(client.path) is not None:
+                return False
             headers = dict(_JSON, allow=', '.join(err.allowed))
             self._answer(client, 405, headers,
                          _error_body(405, 'Method Not Allowed'))
@@ -829,6 +854,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 503, _RETRY,
                          _error_body(503, 'Service Unavailable'))
             return
+        if not self._live_workers.get(pool):
+            # no process runs or starts (ended for good, or a start failed
+            # and waits for its retry): a queued request would only wait
+            # for its 504
+            self._answer(client, 503, _RETRY,
+                         _error_body(503, 'No Workers Available'))
+            return
         if len(self._pending) >= self.max_pending:
             self._answer(client, 503, _RETRY, _error_body(503, 'Too Busy'))
             return
@@ -841,19 +873,38 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             data = client._data
             if data.__class__ is bytearray or data.__class__ is memoryview:
                 data = bytes(data) or None  # a raw body
-        message = messages.request(
-            request_id, client._method, client._path, client._query,
-            client._headers, data, self._client_address(client), False,
-            client._should_keep_alive())
         pending = self._pending.open(
-            request_id, client, pool, message, time.monotonic())
+            request_id, client, pool, None, time.monotonic())
         client.context = pending
         client.pool_client = True
-        if self._has_accepted_hook:
-            self._call_hook('on_request_accepted', request_id, client, pool)
+        context = self._request_context(request_id, client, pool) \
+            if self._has_accepted_hook else None
+        pending.message = messages.request(
+            request_id, client._method, client._path, client._query,
+            client._headers, data, self._client_address(client), False,
+            client._should_keep_alive(), context)
         if len(self._pending) >= self.max_pending:
             self._admission_changed()
         pool.submit(pending)
+
+    def _request_context(self, request_id, client, pool):
+        """What on_request_accepted() returned, for the worker's
+        Request.context: None when the hook raised or its value cannot
+        travel to a worker process (both logged)."""
+        context = self._call_hook('on_request_accepted', request_id, client,
+                                  pool)
+        if context is None:
+            return None
+        try:
+            pickle.dumps(context, pickle.HIGHEST_PROTOCOL)
+        except Exception as err:  # pylint: disable=broad-except
+            # pickle raises more than PicklingError (TypeError, ...)
+            self.log.error(
+                'on_request_accepted() returned %s for request %s, which '
+                'cannot be sent to a worker (%r): its Request.context is '
+                'None', type(context).__name__, request_id, err)
+            return None
+        return context
 
     def _client_address(self, client):
         """The client's address as workers see it (request.remote_address):

@@ -11,7 +11,7 @@ HTTP parser for requests); no kind re-encodes them.
 """
 
 # dispatcher -> worker
-REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address, to_all, keep_alive)
+REQUEST = 1         # (REQUEST, request_id, method, path, query, headers, data, remote_address, to_all, keep_alive, context)
 CONFIG = 2          # (CONFIG, config)
 STOP = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT = 4      # (DISCONNECT, request_id)  its client went away
@@ -34,12 +34,14 @@ FORWARD = 31        # (FORWARD, method, path, data, headers, to_all)  fire-and-f
 
 
 def request(request_id, method, path, query, headers, data, remote_address,
-            to_all=False, keep_alive=False):
+            to_all=False, keep_alive=False, context=None):
     """A request for a worker pool; `to_all`: a copy of a broadcast, run
     even by a paused worker; `keep_alive`: whether its connection may stay
-    open after the answer (the worker writes that into the answer)."""
+    open after the answer (the worker writes that into the answer);
+    `context`: what Dispatcher.on_request_accepted() returned (picklable),
+    the worker's Request.context."""
     return (REQUEST, request_id, method, path, query, headers, data,
-            remote_address, to_all, keep_alive)
+            remote_address, to_all, keep_alive, context)
 
 
 def config(value):

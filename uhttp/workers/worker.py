@@ -199,11 +199,14 @@ class Worker(WatchesDescriptors):
         return None
 
     def on_request_error(self, request, err):
-        """A handler raised `err`: log it with its traceback, answer 500."""
+        """A handler raised `err`: log it with its traceback, answer 500
+        with the exception's message (as uhttp-workers 1.x did: the
+        traceback and the exception's type stay in the log). Override to
+        answer otherwise, e.g. to keep messages private."""
         self.log.error(
             '%s %s (request %s) failed: %r', request.method,
             printable(request.path), request.request_id, err, exc_info=err)
-        return {'error': 'Internal Server Error'}, 500
+        return {'error': str(err) or 'Internal Server Error'}, 500
 
     # -- tools for applications ---------------------------------------------
 
@@ -289,7 +292,7 @@ class Worker(WatchesDescriptors):
 
     def _on_request(self, message):
         (_, request_id, method, path, query, headers, data, remote, to_all,
-         keep_alive) = message
+         keep_alive, context) = message
         if self._stopping or not (self._accepting or to_all):
             self._send(messages.returned(request_id))
             return
@@ -305,7 +308,8 @@ class Worker(WatchesDescriptors):
                 return
         request = Request(
             request_id, method, path, query=query, data=data, headers=headers,
-            content_type=media_type(headers) or '', remote_address=remote)
+            content_type=media_type(headers) or '', remote_address=remote,
+            context=context)
         request._worker = self
         request._keep_alive = keep_alive
         self._current = request_id
