@@ -110,3 +110,35 @@ def test_level_names_and_message_type_match_one_x():
     assert _workers.MSG_LOG == 'LOG'
     for name in ('LOG_LEVEL_NAMES', 'MSG_LOG', 'Logger'):
         assert name in _workers.__all__
+
+
+APP = 'compat1x_log_app.py'
+
+
+def test_log_name_templates_name_the_lines(start_server):
+    server = start_server(APP, env={
+        'DISPATCHER_LOG_NAME': 'gw-{cls}-{pid}',
+        'WORKER_LOG_NAME': 'api-{pool_name}-{worker_id}-{cls}-{pid}'},
+        ready_workers=1)
+    pid = server.get('/api/hello').json()['pid']
+    server.wait_log(rf'\[api-Items-0-NamedWorker-{pid}\] hello from {pid}$')
+    server.wait_log(rf'\[gw-NamedDispatcher-{server.pid}\] listening on ')
+
+
+def test_bad_log_name_template_warns_and_keeps_the_default(start_server):
+    server = start_server(APP, env={
+        'DISPATCHER_LOG_NAME': '{nope}', 'WORKER_LOG_NAME': '{0}'},
+        ready_workers=1)
+    pid = server.get('/api/hello').json()['pid']
+    server.wait_log(rf'\[Items\[0\]\] hello from {pid}$')
+    server.wait_log(r"\[Items\[0\]\] invalid LOG_NAME '\{0\}'")
+    server.wait_log(r"\[dispatcher\] invalid LOG_NAME '\{nope\}'")
+    server.wait_log(r'\[dispatcher\] listening on ')
+
+
+def test_default_log_names_are_unchanged(start_server):
+    server = start_server(APP, ready_workers=1)
+    pid = server.get('/api/hello').json()['pid']
+    server.wait_log(rf'\[Items\[0\]\] hello from {pid}$')
+    server.wait_log(r'\[dispatcher\] listening on ')
+    assert 'invalid LOG_NAME' not in server.log

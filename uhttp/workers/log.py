@@ -185,6 +185,18 @@ class Logger:
         return self.level <= LOG_ERROR
 
 
+def resolve_log_name(logger, template, default, **fields):
+    """The logger name a `LOG_NAME` class template gives with `fields`
+    (`{cls}`, `{pid}`, ...); on a bad template a warning on `logger` and
+    `default`, so a typo never stops a process."""
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        logger.warning('invalid LOG_NAME %r: %s; using %r',
+                       template, err, default)
+        return default
+
+
 def log_to_logging(name, level, message):
     """Forward one record to the standard `logging` module.
 
