@@ -11,8 +11,8 @@ from .worker_events import (
     PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
     PENDING_STREAM_CLOSED, PENDING_TIMEOUT, PENDING_WORKER_DIED)
 from .log import (
-    LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARNING, Logger,
-    log_to_logging)
+    LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_LEVEL_NAMES,
+    LOG_WARNING, MSG_LOG, Logger, log_to_logging)
 from .pool import WorkerPool
 from .request import DEFERRED, RejectRequest, Request, Response
 from .worker import ApiHandler, Worker, api
@@ -25,6 +25,7 @@ __all__ = [
     'periodic', 'run_once', 'SingleServer', 'ServerClient', 'ServerNotReady',
     'SocketLock', 'LockFile',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
+    'LOG_LEVEL_NAMES', 'MSG_LOG',
     'PENDING_COMPLETED', 'PENDING_TIMEOUT', 'PENDING_DISCONNECTED',
     'PENDING_STREAM_CLOSED', 'PENDING_SHUTDOWN', 'PENDING_WORKER_DIED',
 ]

@@ -35,7 +35,7 @@ from .connection import Connection, Server
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, LogOutput, printable
+from .log import LOG_INFO, Logger, LogOutput, printable, resolve_log_name
 from .metrics import Metrics
 from .options import check_keywords
 from .owned_services import OwnedServices
@@ -108,8 +108,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
-    `on_idle`, `on_log`, `on_worker_died`), then call `run()`.
+    `on_idle`, `on_log`, `on_worker_died`), then call `run()`. `LOG_NAME`
+    is the template of `self.log.name`, filled with `{cls}` and `{pid}`.
     """
+
+    LOG_NAME = 'dispatcher'
 
     def __init__(self, port=8080, address='0.0.0.0', pools=None,
                  static_routes=None, shutdown_timeout=10, max_pending=1000,
@@ -152,6 +155,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._predecessor = None
         self._next_watchdog = None
         self.log = Logger('dispatcher', log_level, self._emit_log)
+        self.log.name = resolve_log_name(
+            self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
+            pid=os.getpid())
         self._sync_router = self._build_sync_router()
         self._pending = PendingTable()
         self._admission = Admission(max_pending, park_limit=listen_backlog)

@@ -24,6 +24,10 @@ LEVEL_NAMES = {
     LOG_ERROR: 'ERROR',
     LOG_CRITICAL: 'CRITICAL',
 }
+# the names uhttp-workers 1.x gave the level table and the type of a log
+# record it put on a queue
+LOG_LEVEL_NAMES = LEVEL_NAMES
+MSG_LOG = 'LOG'
 
 # syslog priorities understood by journald on a line prefix like "<3>"
 _SYSLOG_PRIORITY = {
@@ -50,30 +54,79 @@ def printable(text):
 
 
 def format_message(message, args, kwargs):
-    """Apply %-style args or {}-style kwargs; never raise on a bad format."""
+    """Apply %-style args, then {}-style kwargs (as uhttp-workers 1.x did
+    when given both); never raise on a bad format."""
     message = str(message)
+    text = message
     try:
         if args:
-            return message % args
+            text = text % args
         if kwargs:
-            return message.format(**kwargs)
+            text = text.format(**kwargs)
     except (TypeError, ValueError, KeyError, IndexError) as err:
-        return f'{message} {args or kwargs!r} (log format error: {err})'
-    return message
+        given = ' '.join(repr(part) for part in (args, kwargs) if part)
+        return f'{message} {given} (log format error: {err})'
+    return text
+
+
+# Positional parameters of the two call forms of Logger: this project's
+# Logger(name, level, emit) and uhttp-workers 1.x's
+# Logger(name, queue, level, sink).
+_NATIVE_ORDER = ('level', 'emit')
+_ONE_X_ORDER = ('queue', 'level', 'sink')
+
+
+def _is_level(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bind_logger_args(args, keywords):
+    """Name the positional arguments of Logger() by the call form they
+    follow (a level second means this project's form) and merge them with
+    the keywords; a name given twice is a TypeError as in any call."""
+    order = _NATIVE_ORDER if args and _is_level(args[0]) else _ONE_X_ORDER
+    if len(args) > len(order):
+        raise TypeError(
+            f'Logger() takes at most {len(order) + 1} positional arguments '
+            f'in the form (name, {", ".join(order)})')
+    bound = dict(keywords)
+    for key, value in zip(order, args):
+        if bound.get(key) is not None:
+            raise TypeError(f"Logger() got multiple values for argument {key!r}")
+        bound[key] = value
+    if bound.get('emit') is not None and bound.get('sink') is not None:
+        raise TypeError('Logger() takes emit or sink, not both')
+    return bound
 
 
 class Logger:
     """Leveled logger; records go to `emit(name, level, message)`.
 
-    Accepts %-style positional arguments like the logging module, or
+    Accepts %-style positional arguments like the logging module, and/or
     {}-style keyword arguments. `exc_info=True` appends the traceback of the
     exception being handled, or pass the exception itself.
+
+    Built as `Logger(name, level=LOG_WARNING, emit=None)`, or the way
+    uhttp-workers 1.x built it, `Logger(name, queue=None, level=LOG_WARNING,
+    sink=None)`: `sink` is another name for `emit`, and without one each
+    record is put on `queue` as the tuple `(MSG_LOG, name, level, message)`.
+    With neither, records are written to stderr. `name` and `level` are
+    plain attributes that may be changed at any time.
     """
 
-    def __init__(self, name, level=LOG_WARNING, emit=None):
+    def __init__(self, name, *args, level=None, emit=None, queue=None,
+                 sink=None):
+        bound = _bind_logger_args(
+            args, {'level': level, 'emit': emit, 'queue': queue, 'sink': sink})
         self.name = name
-        self.level = level
-        self._emit = emit or _stderr_emit
+        self.level = LOG_WARNING if bound['level'] is None else bound['level']
+        self._queue = bound['queue']
+        self._emit = (bound['emit'] or bound['sink']
+                      or (self._put_on_queue if self._queue is not None
+                          else _stderr_emit))
+
+    def _put_on_queue(self, name, level, message):
+        self._queue.put((MSG_LOG, name, level, message))
 
     def log(self, level, message, *args, exc_info=False, **kwargs):
         """Log `message` at `level` when the level is enabled."""
@@ -130,6 +183,18 @@ class Logger:
     def is_error(self):
         """True when error records are emitted."""
         return self.level <= LOG_ERROR
+
+
+def resolve_log_name(logger, template, default, **fields):
+    """The logger name a `LOG_NAME` class template gives with `fields`
+    (`{cls}`, `{pid}`, ...); on a bad template a warning on `logger` and
+    `default`, so a typo never stops a process."""
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        logger.warning('invalid LOG_NAME %r: %s; using %r',
+                       template, err, default)
+        return default
 
 
 def log_to_logging(name, level, message):

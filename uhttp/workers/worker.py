@@ -27,7 +27,7 @@ import time
 from . import framing, messages
 from .channel import Channel, ChannelClosed
 from .descriptors import DescriptorWatch, WatchesDescriptors
-from .log import LOG_WARNING, Logger, printable
+from .log import LOG_WARNING, Logger, printable, resolve_log_name
 from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, add_cookies, encode_body, media_type,
@@ -133,9 +133,12 @@ class Worker(WatchesDescriptors):
     Override `setup()` to open what cannot cross a fork (database
     connections, models), and define @api methods here or in `HANDLERS`.
     Extra keyword arguments given to the WorkerPool are in `self.kwargs`.
+    `LOG_NAME` is the template of `self.log.name`, filled with `{cls}`,
+    `{worker_id}`, `{pool_name}` and `{pid}` as the loop starts.
     """
 
     HANDLERS = []
+    LOG_NAME = '{pool_name}[{worker_id}]'
 
     def __init__(self, worker_id=0, pool_name=None, log_level=LOG_WARNING,
                  heartbeat_interval=1.0, services=(), **kwargs):
@@ -565,6 +568,10 @@ class Worker(WatchesDescriptors):
     def _run(self, channel):
         """The worker loop; returns the process exit code."""
         self._channel = channel
+        self.log.name = resolve_log_name(
+            self.log, self.LOG_NAME, self.log.name, cls=type(self).__name__,
+            worker_id=self.worker_id, pool_name=self.pool_name,
+            pid=os.getpid())
         self._selector = selectors.DefaultSelector()
         self._selector.register(channel.sock, selectors.EVENT_READ,
                                 self._on_channel)
