@@ -28,7 +28,7 @@ class PlainWorker(_workers.Worker):
     """A worker class for pools that are built but never started."""
 
 
-# -- 1. permanent_failure_exitcode, recovery_interval ------------------------
+# -- 1. permanent_failure_exitcode, recovery_interval -------------------------
 
 def test_permanent_failure_exitcode_parks_the_worker(start_server):
     server = start_server(APP, env={'WORKERS': '2', 'PERMANENT_EXIT': '42'},
@@ -58,21 +58,27 @@ def test_permanent_failure_exitcode_joins_unrecoverable_exit_codes():
     assert _workers.WorkerPool(PlainWorker).unrecoverable_exit_codes == set()
 
 
+def first_retry_delays(pool, count=3):
+    """The delays a degraded pool waits before its first `count` retries."""
+    # pylint: disable=protected-access
+    delays = [pool._first_backoff()]
+    while len(delays) < count:
+        pool._backoff = delays[-1]
+        delays.append(pool._next_backoff())
+    return delays
+
+
 def test_recovery_interval_is_the_fixed_retry_delay_of_a_degraded_pool():
     fixed = _workers.WorkerPool(PlainWorker, recovery_interval=7)
     assert fixed.recovery_interval == 7 and fixed.kwargs == {}
-    delays = [fixed._first_backoff()]  # pylint: disable=protected-access
-    fixed._backoff = delays[0]  # pylint: disable=protected-access
-    delays.append(fixed._next_backoff())  # pylint: disable=protected-access
-    assert delays == [7, 7]
+    assert first_retry_delays(fixed) == [7, 7, 7]
     default = _workers.WorkerPool(PlainWorker)
     assert default.recovery_interval is None
-    backoff = default._first_backoff()  # pylint: disable=protected-access
-    default._backoff = backoff  # pylint: disable=protected-access
-    assert (backoff, default._next_backoff()) == (1.0, 2.0)  # pylint: disable=protected-access
+    assert first_retry_delays(default) == [1.0, 2.0, 4.0]
     # 0 never recovered in 1.8.1 either way: it means the default here
-    assert _workers.WorkerPool(PlainWorker,
-                               recovery_interval=0).recovery_interval is None
+    zero = _workers.WorkerPool(PlainWorker, recovery_interval=0)
+    assert zero.recovery_interval is None
+    assert first_retry_delays(zero) == [1.0, 2.0, 4.0]
     with pytest.raises(ValueError, match='recovery_interval'):
         _workers.WorkerPool(PlainWorker, recovery_interval=-1)
 
@@ -135,7 +141,7 @@ def test_bad_worker_memory_limit_mb_fails_at_construction():
     assert pool.memory_limit is None and pool.kwargs == {}
 
 
-# -- 3. degraded threshold -----------------------------------------------------
+# -- 3. degraded threshold ----------------------------------------------------
 
 def test_max_restarts_restarts_degrade_the_pool(start_server):
     server = start_server(APP, env={'MAX_RESTARTS': '2'}, ready_workers=1)
@@ -148,14 +154,14 @@ def test_max_restarts_restarts_degrade_the_pool(start_server):
     assert monitor(server)['is_degraded'] is True
 
 
-# -- 4. num_workers=0 ----------------------------------------------------------
+# -- 4. num_workers=0 ---------------------------------------------------------
 
 def test_num_workers_zero_is_rejected():
     with pytest.raises(ValueError, match='num_workers must be at least 1'):
         _workers.WorkerPool(PlainWorker, num_workers=0)
 
 
-# -- 5. 1.8.1's property and status names --------------------------------------
+# -- 5. 1.8.1's property and status names -------------------------------------
 
 def test_status_and_properties_have_1x_names(start_server):
     server = start_server(APP, ready_workers=1)
@@ -169,7 +175,8 @@ def test_status_and_properties_have_1x_names(start_server):
     worker = status['workers'][0]
     assert {'id', 'alive', 'parked', 'last_seen', 'current_request'} <= set(
         worker)
-    assert (worker['id'], worker['alive'], worker['parked']) == (0, True, False)
+    assert (worker['id'], worker['alive'], worker['parked']) == (
+        0, True, False)
     assert (state['is_degraded'], state['alive_count'],
             state['pending_count']) == (False, 1, 0)
 
@@ -191,9 +198,12 @@ def test_pending_count_counts_requests_waiting_for_a_worker(start_server):
     for _ in range(2):
         threads.append(threading.Thread(target=get, args=('/api/pid',)))
         threads[-1].start()
-    state = wait_until(lambda: (lambda s: s if s['pending_count'] == 2
-                                else None)(monitor(server)), 10,
-                       message=lambda: f'not counted waiting: {monitor(server)} {results}')
+    def two_waiting():
+        state = monitor(server)
+        return state if state['pending_count'] == 2 else None
+
+    state = wait_until(two_waiting, 10,
+                       message=lambda: f'not both waiting: {monitor(server)}')
     assert state['status']['queue_size'] == 2
     for thread in threads:
         thread.join(30)
