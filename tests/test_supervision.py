@@ -116,12 +116,13 @@ def test_setup_failure_degrades_pool_then_recovers(start_server, tmp_path):
         ready_workers=2)
     server.wait_log(r'CRITICAL.*\[CoreWorker\[0\]\] setup\(\) failed')
     server.wait_log(r'RuntimeError: setup refused')
-    server.wait_log(r'pool CoreWorker degraded')
+    # max_restarts restarts within the window degrade it (as in 1.x)
+    server.wait_log(r'pool CoreWorker degraded: 2 restarts within')
     answer = server.get('/api/pid')
     assert answer.status == 503
     status = core_status(server)
     assert status['degraded'] is True
-    assert status['workers'][0]['restarts'] >= 3
+    assert status['workers'][0]['restarts'] >= 2
     flag.unlink()
     wait_until(lambda: server.get('/api/pid').status == 200, 30,
                message='pool did not recover')

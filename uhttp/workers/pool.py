@@ -5,7 +5,7 @@ imports the application afresh and inherits no client socket), hands each
 request to the least busy live worker, keeps the rest in its backlog, and
 replaces workers that die or stop beating. Too many restarts in a window
 mark the pool degraded (its requests get 503) until a worker starts healthy
-again, tried with an exponential back-off.
+again, tried with an exponential back-off (or every `recovery_interval`).
 
 Must never: block, wait for a worker, or decide what a client is told; it
 reports events to the dispatcher, which owns the sockets.
@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import resource
 import signal
 import threading
 import time
@@ -74,6 +75,12 @@ class WorkerPool:
     workers as `self.kwargs` (they must be picklable); so do extra keyword
     arguments, except a name that is a near miss of an option here
     (`num_worker=`), which raises TypeError naming the option meant.
+
+    Options of uhttp-workers 1.x keep their meaning here:
+    `permanent_failure_exitcode` is one more unrecoverable exit code,
+    `recovery_interval` (seconds) replaces the doubling retry back-off of a
+    degraded pool by a fixed interval, and `worker_memory_limit_mb` caps
+    each worker's address space (RLIMIT_AS) before it is built.
     """
 
     def __init__(self, worker_class, num_workers=1, routes=None, timeout=30,
@@ -82,11 +89,17 @@ class WorkerPool:
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
                  worker_kill_timeout=5, max_requests=0,
                  max_requests_jitter=0, max_memory=0, start_method=None,
-                 setup_timeout=300, worker_kwargs=None, **kwargs):
+                 setup_timeout=300, recovery_interval=None,
+                 permanent_failure_exitcode=None, worker_memory_limit_mb=None,
+                 worker_kwargs=None, **kwargs):
         kwargs = worker_keywords(
             'WorkerPool', _POOL_OPTIONS, worker_kwargs, kwargs)
         if num_workers < 1:
+            # uhttp-workers 1.x took 0 and then answered every request of
+            # the pool 503 (no worker ever starts): a mistake, caught here
             raise ValueError('num_workers must be at least 1')
+        if recovery_interval is not None and recovery_interval < 0:
+            raise ValueError('recovery_interval must be None or >= 0')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
             raise ValueError(
                 'need 0 < heartbeat_interval < stuck_timeout')
@@ -104,6 +117,11 @@ class WorkerPool:
         self.queue_warning = queue_warning
         self.name = name or worker_class.__name__
         self.unrecoverable_exit_codes = frozenset(unrecoverable_exit_codes)
+        if permanent_failure_exitcode is not None:
+            self.unrecoverable_exit_codes |= {permanent_failure_exitcode}
+        # 0 or None: the doubling back-off (1.x never retried with None)
+        self.recovery_interval = recovery_interval or None
+        self.memory_limit = _address_space_limit(worker_memory_limit_mb)
         self.worker_kill_timeout = worker_kill_timeout
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
@@ -124,7 +142,7 @@ class WorkerPool:
         self.degraded = False
         self.config = None
         self._restart_times = collections.deque()
-        self._backoff = BACKOFF_FIRST
+        self._backoff = self._first_backoff()
         self._retry_at = None
         self._queue_warned_at = 0.0
         self._next_memory_check = 0.0
@@ -153,16 +171,45 @@ class WorkerPool:
                 self._queue(handle, messages.config(config))
 
     def status(self):
-        """Pool name, degraded flag, queue size, pending count, workers."""
+        """Pool name, degraded flag, queue size, pending count, live and
+        parked (unrecoverable) worker counts, workers; each worker also under
+        uhttp-workers 1.x's keys `id` and `parked`."""
         now = time.monotonic()
         return {
             'name': self.name,
             'degraded': self.degraded,
+            'alive_count': self.alive_count,
+            'parked_count': self.parked_count,
             'queue_size': self.queue_size,
             'pending': sum(len(h.in_flight) for h in self.workers)
             + self.queue_size,
-            'workers': [handle.status(now) for handle in self.workers],
+            'workers': [dict(handle.status(now), id=handle.index,
+                             parked=handle.unrecoverable)
+                        for handle in self.workers],
         }
+
+    @property
+    def is_degraded(self):
+        """True while the pool answers 503 (uhttp-workers 1.x name)."""
+        return self.degraded
+
+    @property
+    def alive_count(self):
+        """Live worker processes (uhttp-workers 1.x name of
+        `workers_alive`)."""
+        return self.workers_alive
+
+    @property
+    def parked_count(self):
+        """Workers that ended with an unrecoverable exit code and stay
+        down."""
+        return sum(1 for h in self.workers if h.unrecoverable and h.exited)
+
+    @property
+    def pending_count(self):
+        """Requests waiting for a worker (uhttp-workers 1.x name of
+        `queue_size`)."""
+        return self.queue_size
 
     @property
     def queue_size(self):
@@ -226,6 +273,7 @@ class WorkerPool:
             'pool_name': self.name,
             'log_level': self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
+            'memory_limit': self.memory_limit,
             'services': list(self._dispatcher.services.values()),
         }
         # fork copies the dispatcher: never after new code was deployed, and
@@ -471,7 +519,7 @@ class WorkerPool:
             self._retire(old)
         if self.degraded:
             self.degraded = False
-            self._backoff = BACKOFF_FIRST
+            self._backoff = self._first_backoff()
             self._retry_at = None
             self._dispatcher.log.warning(
                 'pool %s: worker %s started healthy, pool recovered',
@@ -623,18 +671,19 @@ class WorkerPool:
                 now - self._restart_times[0] > self.restart_window:
             self._restart_times.popleft()
         handle.restarts += 1
-        if len(self._restart_times) > self.max_restarts:
+        # max_restarts restarts within the window degrade (1.x counts so)
+        if len(self._restart_times) >= self.max_restarts:
             if not self.degraded:
                 self.degraded = True
                 self._dispatcher.log.critical(
                     'pool %s degraded: %d restarts within %ss; answering '
-                    '503 and retrying in %.0fs', self.name,
+                    '503 and retrying in %gs', self.name,
                     len(self._restart_times), self.restart_window,
                     self._backoff)
                 self._dispatcher.pool_degraded(self)
             if self._retry_at is None:
                 self._retry_at = now + self._backoff
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                self._backoff = self._next_backoff()
             return
         if delay:
             handle.retry_at = now + delay
@@ -650,8 +699,18 @@ class WorkerPool:
                     handle.name)
                 self._spawn(handle)
                 self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                self._backoff = self._next_backoff()
                 return
+
+    def _first_backoff(self):
+        return self.recovery_interval or BACKOFF_FIRST
+
+    def _next_backoff(self):
+        """Delay after the current one: doubled up to BACKOFF_MAX, or the
+        fixed recovery_interval when one was given."""
+        if self.recovery_interval:
+            return self.recovery_interval
+        return min(self._backoff * 2, BACKOFF_MAX)
 
     def _respawn_missing(self):
         for handle in self.workers:
@@ -806,6 +865,23 @@ def _resident_memory(pid):
             return int(statm.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _address_space_limit(megabytes):
+    """RLIMIT_AS in bytes for worker_memory_limit_mb (None when unset or 0,
+    as in uhttp-workers 1.x); a limit setrlimit() would refuse fails here,
+    at start-up, rather than in every worker."""
+    if not megabytes:
+        return None
+    if megabytes < 0:
+        raise ValueError('worker_memory_limit_mb must be positive')
+    limit = int(megabytes * 1024 * 1024)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY and limit > hard:
+        raise ValueError(
+            f'worker_memory_limit_mb={megabytes} is above the hard RLIMIT_AS '
+            f'of this process ({hard} bytes)')
+    return limit
 
 
 # what a misspelt keyword is compared with (the extra keywords are not options)

@@ -690,6 +690,7 @@ def _isolate_from_dispatcher(keep):
 def worker_main(worker_class, sock, options, kwargs):
     """Entry point of a worker process (target of multiprocessing)."""
     options = dict(options)
+    memory_limit = options.pop('memory_limit', None)
     if options.pop('forked', False):
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -699,6 +700,15 @@ def worker_main(worker_class, sock, options, kwargs):
     _prepare_signals()
     _die_with_parent()
     channel = Channel(sock)
+    if memory_limit:
+        # worker_memory_limit_mb: set before the worker is built and runs
+        # setup(), soft = hard so the application cannot raise it again
+        try:
+            resource.setrlimit(resource.RLIMIT_AS,
+                               (memory_limit, memory_limit))
+        except (ValueError, OSError) as err:
+            _send_quietly(channel, options.get('pool_name', '?'), LOG_WARNING,
+                          f'RLIMIT_AS of {memory_limit} bytes refused: {err}')
     try:
         worker = worker_class(**options, **kwargs)
     except Exception:  # pylint: disable=broad-except
