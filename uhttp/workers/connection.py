@@ -94,7 +94,7 @@ class Connection(_server.HttpConnection):
         self._requests_count += 1
         return True
 
-    # -- the head ---------------------------------------------------------------
+    # -- the head -------------------------------------------------------------
 
     def _read_head(self):
         """Parse what is buffered, read once if that is not a whole head."""
@@ -146,7 +146,7 @@ class Connection(_server.HttpConnection):
         self._expect_continue = head.expect_continue and not \
             self._data_loaded
 
-    # -- the body ---------------------------------------------------------------
+    # -- the body -------------------------------------------------------------
 
     def _read_body(self):
         """Take the body from the buffer, reading once if it is not all
@@ -214,7 +214,7 @@ class Connection(_server.HttpConnection):
             self._data = body
         self._data_loaded = True
 
-    # -- refusing -----------------------------------------------------------------
+    # -- refusing -------------------------------------------------------------
 
     def _refuse(self, status, reason):
         """Answer `status` and close: nothing after a refused request is
