@@ -199,8 +199,8 @@ def test_content_length_over_the_limit_is_refused_before_100_continue(server):
     client = connect(server)
     try:
         (connection,) = accept(server)
-        client.sendall(b'POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n'
-                       b'Content-Length: 101\r\n\r\n')
+        client.sendall(b'POST / HTTP/1.1\r\nHost: h\r\n'
+                       b'Expect: 100-continue\r\nContent-Length: 101\r\n\r\n')
         assert load(connection) is None
         assert receive(client)[0] == 413
     finally:

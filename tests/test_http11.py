@@ -63,7 +63,7 @@ def request(fields=b'Host: x\r\n', line=b'GET / HTTP/1.1'):
     return line + b'\r\n' + fields + b'\r\n'
 
 
-# -- valid heads ------------------------------------------------------------------
+# -- valid heads --------------------------------------------------------------
 
 def test_wrk_head():
     head, end = head_of(WRK_HEAD + b'GET /next')
@@ -137,7 +137,7 @@ def test_field_names_may_use_every_tchar():
     assert head.headers[name.decode().lower()] == 'v'
 
 
-# -- 1. bare CR -----------------------------------------------------------------------
+# -- 1. bare CR ---------------------------------------------------------------
 
 @pytest.mark.parametrize('raw', [
     # the smuggling attempt: one line for a proxy, two for a lax server
@@ -162,7 +162,7 @@ def test_cr_at_the_end_of_the_buffer_waits_for_its_lf():
     assert parse_head(b'GET / HTTP/1.1\r')[0] is None
 
 
-# -- 2. bare LF ------------------------------------------------------------------------
+# -- 2. bare LF ---------------------------------------------------------------
 
 @pytest.mark.parametrize('raw', [
     b'GET / HTTP/1.1\nHost: x\n\n',
@@ -195,7 +195,7 @@ def test_head_ends_at_the_first_empty_line_never_in_the_body():
     assert raw[end:] == body
 
 
-# -- empty lines before a request line (RFC 9112 §2.2) ----------------------------------
+# -- empty lines before a request line (RFC 9112 §2.2) ------------------------
 
 def test_leading_empty_lines_are_skipped():
     for count in (1, 2, MAX_EMPTY_LINES):
@@ -210,7 +210,7 @@ def test_too_many_leading_empty_lines_are_refused():
     assert refusal(b'\r\n' * (MAX_EMPTY_LINES + 1) + WRK_HEAD).status == 400
 
 
-# -- 3. field syntax ---------------------------------------------------------------------
+# -- 3. field syntax ----------------------------------------------------------
 
 @pytest.mark.parametrize('field', [
     b'Content-Length : 3',        # space before the colon
@@ -270,7 +270,7 @@ def test_leading_empty_lines_count_towards_the_size_limit():
     head_of(raw, max_size=len(raw))
 
 
-# -- Content-Length -------------------------------------------------------------------------
+# -- Content-Length -----------------------------------------------------------
 
 @pytest.mark.parametrize('value, expected', [
     (b'0', 0), (b'3', 3), (b'007', 7), (b'1048576', 1048576),
@@ -310,7 +310,7 @@ def test_repeated_singleton_fields_are_400(fields):
                    ).status == 400
 
 
-# -- Host ---------------------------------------------------------------------------------------
+# -- Host ---------------------------------------------------------------------
 
 @pytest.mark.parametrize('value', [
     b'example.com', b'example.com:8080', b'127.0.0.1', b'127.0.0.1:80',
@@ -340,7 +340,7 @@ def test_host_is_required_once_in_http_1_1():
                            b'GET / HTTP/1.0')).status == 400
 
 
-# -- request line -------------------------------------------------------------------------------
+# -- request line -------------------------------------------------------------
 
 @pytest.mark.parametrize('line', [
     b'GET  / HTTP/1.1', b'GET /  HTTP/1.1', b'GET / HTTP/1.1 ',
@@ -382,7 +382,7 @@ def test_connect_is_501():
     assert refusal(request(line=b'CONNECT / HTTP/1.1')).status == 501
 
 
-# -- 4. request targets ------------------------------------------------------------------------------
+# -- 4. request targets -------------------------------------------------------
 
 @pytest.mark.parametrize('target, url', [
     (b'/', '/'), (b'/a/b?c=d&e', '/a/b?c=d&e'), (b'//double', '//double'),
@@ -428,7 +428,7 @@ def test_asterisk_form_is_for_options_only():
     assert refusal(request(line=b'OPTIONS ** HTTP/1.1')).status == 400
 
 
-# -- 5. Transfer-Encoding ----------------------------------------------------------------------------
+# -- 5. Transfer-Encoding -----------------------------------------------------
 
 @pytest.mark.parametrize('value', [b'chunked', b'Chunked', b'CHUNKED',
                                    b' chunked ', b', chunked', b'chunked,'])
@@ -464,7 +464,7 @@ def test_transfer_encoding_in_http_1_0_is_400():
     assert refusal(raw).status == 400
 
 
-# -- Expect --------------------------------------------------------------------------------------------
+# -- Expect -------------------------------------------------------------------
 
 def test_expect_100_continue():
     head, _ = head_of(request(
@@ -478,7 +478,7 @@ def test_expect_100_continue():
     assert not head.expect_continue
 
 
-# -- chunked bodies ----------------------------------------------------------------------------------
+# -- chunked bodies -----------------------------------------------------------
 
 def decode(raw, max_size=1000, step=None):
     """Decode a whole chunked body, fed all at once or `step` bytes at a

@@ -122,7 +122,7 @@ def assert_refused(responses, status):
 MODES = ['one segment', 'line pieces']
 
 
-# -- 1. bare CR ---------------------------------------------------------------------
+# -- 1. bare CR ---------------------------------------------------------------
 
 @pytest.mark.parametrize('mode', MODES)
 def test_bare_cr_smuggling_is_400(strict, mode):
@@ -136,7 +136,7 @@ def test_bare_cr_smuggling_is_400(strict, mode):
     assert hits(strict, outer) == 0 and hits(strict, hidden) == 0
 
 
-# -- 2. bare LF ---------------------------------------------------------------------
+# -- 2. bare LF ---------------------------------------------------------------
 
 @pytest.mark.parametrize('mode', MODES)
 def test_bare_lf_head_with_lf_cr_lf_in_its_body_is_400(strict, mode):
@@ -159,7 +159,7 @@ def test_bare_lf_head_then_crlf_request_is_400(strict, mode):
     assert hits(strict, first) == 0 and hits(strict, second) == 0
 
 
-# -- 3. field syntax ------------------------------------------------------------------
+# -- 3. field syntax ----------------------------------------------------------
 
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('field', [
@@ -215,7 +215,7 @@ def test_obs_text_reaches_the_handler_as_latin_1(strict, mode):
     assert headers['x-raw'] == '\xff'
 
 
-# -- request line --------------------------------------------------------------------------
+# -- request line -------------------------------------------------------------
 
 @pytest.mark.parametrize('line, status', [
     (b'GET * HTTP/1.1', 400),
@@ -263,7 +263,7 @@ def test_refusing_a_head_request_sends_no_body(strict):
     assert responses[0][2] == b''
 
 
-# -- 5. chunked request bodies ---------------------------------------------------------------
+# -- 5. chunked request bodies ------------------------------------------------
 
 def post_chunked(server, path, pieces, content_type):
     connection = http.client.HTTPConnection('127.0.0.1', server.port,
@@ -431,7 +431,7 @@ def test_unfinished_chunked_body_gets_408_at_the_request_time_limit(
     assert hits(server, outer) == 0
 
 
-# -- 6. pipelining after a body ------------------------------------------------------------------
+# -- 6. pipelining after a body -----------------------------------------------
 
 @pytest.mark.parametrize('mode', MODES)
 def test_post_and_get_pipelined_in_one_segment(strict, mode):
@@ -491,7 +491,7 @@ def test_crlf_after_a_body_then_the_next_request_later(strict):
     assert hits(strict, first) == 1 and hits(strict, second) == 1
 
 
-# -- 7. Expect: 100-continue -----------------------------------------------------------------------
+# -- 7. Expect: 100-continue --------------------------------------------------
 
 def test_100_continue_over_the_limit_is_413_without_100(strict):
     outer = key()
@@ -540,7 +540,7 @@ def test_100_continue_for_a_chunked_body(strict):
     assert hits(strict, outer) == 1
 
 
-# -- the dispatcher serves everyone else --------------------------------------------------------------
+# -- the dispatcher serves everyone else --------------------------------------
 
 def test_a_slow_attack_does_not_hold_up_other_clients(strict):
     outer, hidden = key(), key()

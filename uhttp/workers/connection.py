@@ -99,7 +99,7 @@ class Connection(_server.HttpConnection):
         self._requests_count += 1
         return True
 
-    # -- the head ---------------------------------------------------------------
+    # -- the head -------------------------------------------------------------
 
     def _read_head(self):
         """Parse what is buffered, read once if that is not a whole head."""
@@ -151,7 +151,7 @@ class Connection(_server.HttpConnection):
         self._expect_continue = head.expect_continue and not \
             self._data_loaded
 
-    # -- the body ---------------------------------------------------------------
+    # -- the body -------------------------------------------------------------
 
     def _read_body(self):
         """Take the body from the buffer, reading once if it is not all
@@ -237,7 +237,7 @@ class Connection(_server.HttpConnection):
         body, self._json_body = self._json_body, None
         return body
 
-    # -- refusing -----------------------------------------------------------------
+    # -- refusing -------------------------------------------------------------
 
     def _refuse(self, status, reason):
         """Answer `status` and close: nothing after a refused request is
