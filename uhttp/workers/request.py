@@ -164,7 +164,7 @@ class Request:
     """
 
     __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
-                 'data', 'headers', 'content_type', 'remote_address',
+                 'data', 'headers', '_content_type', 'remote_address',
                  'context', '_cookies', '_worker', '_state', '_route',
                  '_keep_alive')
 
@@ -179,8 +179,8 @@ class Request:
         self.query = query
         self.data = data
         self.headers = headers if headers is not None else {}
-        self.content_type = content_type if content_type is not None \
-            else media_type(self.headers)
+        # None: derived from the headers when first read
+        self._content_type = content_type
         self.remote_address = remote_address
         self.context = context
         self._reset()
@@ -205,6 +205,19 @@ class Request:
          self.query, self.data, self.headers, self.content_type,
          self.remote_address, self.context) = state
         self._reset()
+
+    @property
+    def content_type(self):
+        """The media type: as given to the constructor, else from the
+        Content-Type header (without parameters, lowercased; None without
+        the header)."""
+        if self._content_type is None:
+            self._content_type = media_type(self.headers)
+        return self._content_type
+
+    @content_type.setter
+    def content_type(self, value):
+        self._content_type = value
 
     @property
     def cookies(self):
