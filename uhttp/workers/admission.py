@@ -112,10 +112,9 @@ class Admission:
 
     def update(self, pending_count, gate):
         """Close or reopen after the number of pending requests changed;
-        returns the parked connections to read again now."""
-        if not self.closed and not self._parked \
-                and pending_count < self.max_pending:
-            return ()
+        returns the parked connections to read again now. (Open, nothing
+        parked and below the limit, there is nothing to do: the dispatcher
+        checks that itself before calling, on every request.)"""
         if pending_count >= self.max_pending:
             self.closed = True
             return ()

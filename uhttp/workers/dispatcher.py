@@ -177,11 +177,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._signal_reader = None
         self._signal_writer = None
         self._descriptors = DescriptorWatch(self._descriptor_failed)
-        self._has_response_hook = (
-            type(self).on_response is not Dispatcher.on_response)
-        self._has_check = type(self).do_check is not Dispatcher.do_check
-        # the hooks below cost a call per request: made only if overridden
+        # hooks cost a call per request: made only if overridden
         overrides = self._overrides
+        self._has_response_hook = overrides('on_response')
+        self._has_check = overrides('do_check')
         self._has_accepted_hook = overrides('on_request_accepted')
         self._has_removed_hook = overrides('on_pending_removed')
         self._has_static_hook = overrides('on_static_served')
@@ -191,8 +190,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         # pool -> handles whose process runs (starting included), so that
         # a request can see in one look whether any worker may ever take it
         self._live_workers = {}
-        self._has_sync_check = (
-            type(self).do_check_sync is not Dispatcher.do_check_sync)
+        self._has_sync_check = overrides('do_check_sync')
         self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
