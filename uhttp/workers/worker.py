@@ -300,8 +300,9 @@ class Worker(WatchesDescriptors):
             self._send(messages.returned(request_id))
             return
         self._flush_held()  # earlier answers go out before this handler runs
+        content_type = media_type(headers) or ''
         if data.__class__ is bytes and remote is not None \
-                and _is_json(headers):
+                and content_type == 'application/json':
             # a client's JSON body: decoded here, not in the dispatcher
             try:
                 data = json.loads(data)
@@ -311,7 +312,7 @@ class Worker(WatchesDescriptors):
                 return
         request = Request(
             request_id, method, path, query=query, data=data, headers=headers,
-            content_type=media_type(headers) or '', remote_address=remote,
+            content_type=content_type, remote_address=remote,
             context=context)
         request._worker = self
         request._keep_alive = keep_alive
@@ -615,13 +616,6 @@ def _invalid_json(keep_alive):
     return framing.encode_response(
         400, {'content-type': 'application/json'},
         b'{"error": "Invalid JSON body"}', keep_alive=keep_alive)
-
-
-def _is_json(headers):
-    """True for a Content-Type of application/json (any parameters)."""
-    content_type = headers.get('content-type')
-    return content_type is not None and content_type.partition(
-        ';')[0].strip().lower() == 'application/json'
 
 
 def _die_with_parent():
