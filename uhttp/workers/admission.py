@@ -7,8 +7,12 @@ connections are parked as the listen backlog holds, it stops accepting
 too (the kernel queues the rest). Requests the dispatcher answers itself
 (static files, @sync routes such as a health check, /metrics) are still
 served, also on new connections: they cost no pool capacity. When the
-pools drain below a low-water mark, parked connections are read again,
-oldest first, one per free place.
+pools drain below a low-water mark, every parked connection is read
+again, oldest first (one that finds the pools full again is parked again
+at the back). Not one per free place: a parked connection may hold no
+request (its client left, or it was parked between two requests), and a
+place kept for it would leave the others parked with nothing to wake
+them.
 
 This keeps the workers busy and the dispatcher's core on useful work under
 overload, where answering 503 at once would make every client send again
@@ -121,13 +125,8 @@ class Admission:
         if self.closed and pending_count > self.reopen_at:
             return ()
         self.closed = False
-        resumed = []
-        free = self.max_pending - pending_count
-        while self._parked and len(resumed) < free:
-            resumed.append(self._parked.popleft())
-        if len(self._parked) < self.park_limit:
-            gate.release(HOLD_FULL)
-        return resumed
+        gate.release(HOLD_FULL)
+        return self.release_all()
 
     def release_all(self):
         """Every parked connection (at shutdown: they are answered or
