@@ -268,7 +268,8 @@ def test_removed_says_disconnected_when_the_client_leaves(app):
 
 def test_forward_goes_through_on_forward(app):
     assert app.get('/api/forward').status == 200
-    app.wait_log("sink got \\{'n': 7\\}")
+    # no client waits for a forwarded request: its id is -1, as in 1.8.1
+    app.wait_log("sink got \\{'n': 7\\} as request -1$")
     assert entries(app, 'forward') == [['/api/sink', {'n': 7}]]
 
 
@@ -289,3 +290,60 @@ def test_pending_reasons_are_exported():
             _workers.PENDING_SHUTDOWN, _workers.PENDING_WORKER_DIED] == [
         'COMPLETED', 'TIMEOUT', 'DISCONNECTED', 'STREAM_CLOSED', 'SHUTDOWN',
         'WORKER_DIED']
+
+
+# -- 6. pool.broadcast() with 1.8.1's control messages -------------------------
+
+def test_broadcast_config_reaches_on_config(app):
+    assert app.get('/api/config').json() == {'config': None}
+    assert app.get('/broadcast/config', headers=TOKEN).status == 200
+    wait_until(lambda: app.get('/api/config').json() ==
+               {'config': {'colour': 'green'}},
+               message='on_config() did not get the broadcast')
+
+
+def test_broadcast_none_replaces_every_worker(app):
+    before = app.get('/api/pid').json()['pid']
+    assert app.get('/broadcast/stop', headers=TOKEN).status == 200
+    app.wait_log(r'worker .* stopped')
+    assert wait_until(lambda: app.get('/api/pid').json()['pid'] != before,
+                      message='the worker was not replaced')
+
+
+def test_broadcast_refuses_what_1x_never_sent():
+    pool = _workers.WorkerPool(_workers.Worker)
+    with pytest.raises(TypeError, match='takes a path'):
+        pool.broadcast(('RELOAD', 1))
+    with pytest.raises(TypeError, match='Worker.on_disconnect'):
+        pool.broadcast((_workers.CTL_DISCONNECT, 5))
+
+
+# -- 7. Dispatcher(**kwargs) goes on to uhttp-server's HttpServer -------------
+
+def test_http_server_option_is_passed_through(start_server):
+    server = start_server(APP, env={'MAX_HEADERS_LENGTH': '1024'},
+                          ready_workers=1)
+    assert server.get('/api/pid').status == 200
+    answer = server.raw(b'GET /api/pid HTTP/1.1\r\nHost: x\r\nX-Big: '
+                        + b'a' * 2000 + b'\r\n\r\n')
+    assert answer.split(b' ', 2)[1] in (b'400', b'431'), answer[:80]
+
+
+def test_http_server_aliases_set_the_dispatcher_option():
+    dispatcher = _workers.Dispatcher(port=0, listen=64,
+                                     max_waiting_clients=500,
+                                     file_chunk_size=4096)
+    assert (dispatcher.listen_backlog, dispatcher.max_connections) == (64, 500)
+    assert dispatcher._server_options['file_chunk_size'] == 4096
+
+
+def test_misspelt_http_server_option_names_the_one_meant():
+    with pytest.raises(TypeError, match="keyword 'max_header_length'; did "
+                                        "you mean 'max_headers_length'"):
+        _workers.Dispatcher(port=0, max_header_length=100)
+
+
+def test_options_the_dispatcher_owns_are_not_passed_through():
+    with pytest.raises(TypeError, match="'selector' belongs to the "
+                                        "dispatcher"):
+        _workers.Dispatcher(port=0, selector=None)

@@ -88,7 +88,7 @@ def test_degraded_pool_retries_every_recovery_interval(start_server, tmp_path):
     flag.write_text('x')
     server = start_server(APP, env={
         'MAX_RESTARTS': '2', 'RECOVERY_INTERVAL': '0.2',
-        'SETUP_FAIL_FLAG': str(flag)})
+        'SETUP_FAIL_FLAG': str(flag), 'KEEP_RETRYING': '1'})
     server.wait_log(r'pool CompatWorker degraded: 2 restarts within 300s?; '
                     r'answering 503 and retrying in 0\.2s')
     state = monitor(server)
@@ -156,9 +156,21 @@ def test_max_restarts_restarts_degrade_the_pool(start_server):
 
 # -- 4. num_workers=0 ---------------------------------------------------------
 
-def test_num_workers_zero_is_rejected():
-    with pytest.raises(ValueError, match='num_workers must be at least 1'):
-        _workers.WorkerPool(PlainWorker, num_workers=0)
+def test_num_workers_zero_answers_503_at_once(start_server):
+    server = start_server(APP, env={'WORKERS': '0'})
+    server.wait_log(r'WARNING.*pool CompatWorker has num_workers=0: its '
+                    r'requests are answered 503 No Workers Available')
+    result = server.get('/api/pid')
+    assert result.status == 503
+    assert result.headers['retry-after'] == '1'
+    assert result.json() == {'error': 'No Workers Available'}
+    assert monitor(server)['alive_count'] == 0
+
+
+def test_num_workers_must_be_a_count():
+    for bad in (-1, 1.5, '2'):
+        with pytest.raises(ValueError, match='num_workers must be an int'):
+            _workers.WorkerPool(PlainWorker, num_workers=bad)
 
 
 # -- 5. 1.8.1's property and status names -------------------------------------

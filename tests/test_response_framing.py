@@ -24,9 +24,7 @@ def core():
 
 BAD_ANSWERS = ['colon-in-name', 'space-in-name', 'nul-in-value',
                'crlf-in-value', 'function-value', 'status-1xx', 'status-101',
-               'status-700']
-# (a status given as a string, ('ok', '200'), is still read as a 2-item
-# JSON list: telling it apart belongs to the start-up checks of handlers)
+               'status-700', 'status-str']
 
 
 def exchange(server, raw, responses=1):
@@ -58,6 +56,14 @@ def test_an_answer_that_cannot_be_sent_is_a_logged_500(core, kind):
     assert 'x-a' not in headers and 'set-cookie' not in headers
     core.wait_log(r'cannot encode the response to GET /api/badanswer/'
                   + kind)
+
+
+def test_a_status_given_as_a_str_is_named_in_the_log(core):
+    result = core.get('/api/badanswer/status-str')
+    assert result.status == 500
+    core.wait_log(r"cannot encode the response to GET "
+                  r"/api/badanswer/status-str: the status '200' is a str: "
+                  r"return an int, e.g. `return data, 200`")
 
 
 @pytest.mark.parametrize('code', [204, 304])

@@ -112,7 +112,8 @@ def test_setup_failure_degrades_pool_then_recovers(start_server, tmp_path):
     flag = tmp_path / 'broken'
     flag.write_text('x')
     server = start_server(CORE, env={
-        'WORKERS': '1', 'MAX_RESTARTS': '2', 'SETUP_FAIL_FLAG': str(flag)},
+        'WORKERS': '1', 'MAX_RESTARTS': '2', 'SETUP_FAIL_FLAG': str(flag),
+        'KEEP_RETRYING': '1'},
         ready_workers=2)
     server.wait_log(r'CRITICAL.*\[CoreWorker\[0\]\] setup\(\) failed')
     server.wait_log(r'RuntimeError: setup refused')
@@ -268,7 +269,7 @@ def test_worker_hanging_in_setup_is_killed_and_retried(start_server,
     flag.write_text('x')
     server = start_server(CORE, env={
         'WORKERS': '1', 'SETUP_HANG_FLAG': str(flag), 'SETUP_TIMEOUT': '1',
-        'KILL_TIMEOUT': '1'}, ready_workers=2)
+        'KILL_TIMEOUT': '1', 'KEEP_RETRYING': '1'}, ready_workers=2)
     server.wait_log(r'did not finish setup\(\) in 1.0s: killing it')
     flag.unlink()
     wait_until(lambda: server.get('/api/pid').status == 200, 30,

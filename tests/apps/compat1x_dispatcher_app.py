@@ -2,6 +2,7 @@
 
 Its hooks record what they were called with; the @sync route /seen shows
 the records. Settings: PORT, ADDRESS, TRUSTED_PROXIES (comma separated),
+MAX_HEADERS_LENGTH (an HttpServer option, passed through),
 STATIC_DIR (mounted at /, and its assets/ at /assets/ with headers and
 authoritative).
 """
@@ -40,8 +41,16 @@ class CompatWorker(_workers.Worker):
 
     @_workers.api('/api/sink', 'POST')
     def sink(self, request):
-        self.log.warning('sink got %r', request.data)
+        self.log.warning('sink got %r as request %s', request.data,
+                         request.request_id)
         return {}
+
+    def on_config(self, config):
+        self.config = config
+
+    @_workers.api('/api/config', 'GET')
+    def show_config(self, request):
+        return {'config': getattr(self, 'config', None)}
 
     @_workers.api('/api/pid', 'GET')
     def pid(self, request):
@@ -99,6 +108,16 @@ class CompatDispatcher(_workers.Dispatcher):
         self.record('secret ran')
         client.respond({'secret': 42})
 
+    @_workers.sync('/broadcast/{what}')
+    def broadcast(self, client, path_params):
+        # 1.8.1's control messages: ('CONFIG', config) and None (stop)
+        pool = self._pools[0]
+        if path_params['what'] == 'config':
+            pool.broadcast((_workers.CTL_CONFIG, {'colour': 'green'}))
+        else:
+            pool.broadcast(None)
+        client.respond({'sent': path_params['what']})
+
     @_workers.sync('/seen')
     def show(self, client, path_params):
         # `/seen` itself passes do_check_sync with the token
@@ -123,7 +142,9 @@ def main():
             CompatWorker, num_workers=1, routes=['/api/**', '/assets/**'],
             timeout=10)],
         static_routes=static_routes,
-        trusted_proxies=proxies or None)
+        trusted_proxies=proxies or None,
+        # passed through to uhttp-server's HttpServer, as 1.8.1 did
+        max_headers_length=int(ENV.get('MAX_HEADERS_LENGTH', '65536')))
     dispatcher.run()
 
 

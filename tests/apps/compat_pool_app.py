@@ -3,7 +3,7 @@
 Environment: PORT, ADDRESS, WORKERS, MAX_RESTARTS, RECOVERY_INTERVAL,
 PERMANENT_EXIT (permanent_failure_exitcode), MEMORY_MB
 (worker_memory_limit_mb), SETUP_FAIL_FLAG (a file: while it exists,
-setup() raises).
+setup() raises), KEEP_RETRYING (set: exit_on_startup_failure=False).
 """
 
 import os
@@ -82,6 +82,7 @@ def main():
             recovery_interval=env_number('RECOVERY_INTERVAL', float),
             permanent_failure_exitcode=env_number('PERMANENT_EXIT', int),
             worker_memory_limit_mb=env_number('MEMORY_MB', int),
+            exit_on_startup_failure=not ENV.get('KEEP_RETRYING'),
             flavour='compat')])
     dispatcher.run()
     sys.exit(0)

@@ -2,7 +2,8 @@
 
 Settings come from the environment so tests can vary them:
 PORT, ADDRESS, WORKERS, TIMEOUT, STUCK_TIMEOUT, MAX_PENDING, MAX_RESTARTS,
-SETUP_FAIL_FLAG (a file: while it exists, setup() raises), STATIC_DIR.
+SETUP_FAIL_FLAG (a file: while it exists, setup() raises), KEEP_RETRYING
+(set: exit_on_startup_failure=False), STATIC_DIR.
 """
 
 import os
@@ -137,6 +138,7 @@ class CoreWorker(_workers.Worker):
             'status-1xx': ('x', 102),
             'status-101': ('x', 101),
             'status-700': ('x', 700),
+            'status-str': ('x', '200'),
         }[request.path_params['kind']]
 
     @_workers.api('/api/bytes', 'GET')
@@ -346,6 +348,7 @@ def main():
                 queue_warning=int(ENV.get('QUEUE_WARNING', '100')),
                 unrecoverable_exit_codes=[
                     int(code) for code in ENV.get('UNRECOVERABLE', '').split()],
+                exit_on_startup_failure=not ENV.get('KEEP_RETRYING'),
                 flavour='test', answer=42,
             ),
             _workers.WorkerPool(OtherWorker, routes=['/other/**']),

@@ -13,7 +13,7 @@ from .worker_events import (
 from .log import (
     LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_LEVEL_NAMES,
     LOG_WARNING, MSG_LOG, Logger, log_to_logging)
-from .pool import WorkerPool
+from .pool import CTL_CONFIG, CTL_DISCONNECT, CTL_STOP, WorkerPool
 from .request import DEFERRED, RejectRequest, Request, Response
 from .worker import ApiHandler, Worker, api
 
@@ -28,6 +28,7 @@ __all__ = [
     'LOG_LEVEL_NAMES', 'MSG_LOG',
     'PENDING_COMPLETED', 'PENDING_TIMEOUT', 'PENDING_DISCONNECTED',
     'PENDING_STREAM_CLOSED', 'PENDING_SHUTDOWN', 'PENDING_WORKER_DIED',
+    'CTL_STOP', 'CTL_CONFIG', 'CTL_DISCONNECT',
 ]
 
 # Helper services and jobs pull in an HTTP client and more: they are

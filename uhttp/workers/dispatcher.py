@@ -37,7 +37,7 @@ from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, LogOutput, printable, resolve_log_name
 from .metrics import Metrics
-from .options import check_keywords
+from .options import check_keywords, server_keywords
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
@@ -86,6 +86,14 @@ def _listen_error(address, port, err):
     return f'cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}'
 
 
+def _own_options():
+    """The keyword options of Dispatcher itself (for 'did you mean')."""
+    parameters = inspect.signature(Dispatcher.__init__).parameters.values()
+    return [p.name for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name != 'self']
+
+
 def _error_body(status, message):
     return ('{"error": "%s"}' % message).encode('utf-8')
 
@@ -122,7 +130,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None):
+                 job_lock=None, **server_options):
+        passed, aliased = server_keywords(
+            type(self).__name__, _own_options(), server_options)
+        max_connections = aliased.get('max_connections', max_connections)
+        listen_backlog = aliased.get('listen_backlog', listen_backlog)
         self.port = port
         self.address = address
         self._pools = list(pools or [])
@@ -139,6 +151,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             'keep_alive_max_requests': keep_alive_max_requests,
             'request_timeout': request_timeout,
             'file_chunk_size': 64 * 1024,
+            **passed,
         }
         self._trusts_proxies = bool(trusted_proxies)
         if trusted_proxies:
@@ -168,6 +181,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._selector = None
         self._server = None
         self._state = 'new'
+        self.exit_status = 0    # non-zero: run() ends with SystemExit
         self._shutdown_started = None
         self._stop_deadline = None
         self._next_housekeeping = 0.0
@@ -496,8 +510,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pool.start(self)
         host = f'[{self.address}]' if ':' in self.address else self.address
         scheme = 'https' if self.ssl_context else 'http'
-        self.log.info('listening on %s://%s:%d (pid %d, %d pools)', scheme,
-                      host, self.port, os.getpid(), len(self._pools))
+        count = len(self._pools)
+        self.log.info('listening on %s://%s:%d (pid %d, %d pool%s)', scheme,
+                      host, self.port, os.getpid(), count,
+                      '' if count == 1 else 's')
         set_title(f'dispatcher {host}:{self.port}')
 
     def _adopt_listener(self, sock):
@@ -528,6 +544,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._tick()
         finally:
             self._close()
+        if self.exit_status:
+            raise SystemExit(self.exit_status)
 
     def _tick(self):
         try:

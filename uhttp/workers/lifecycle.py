@@ -327,16 +327,11 @@ class Lifecycle:
 def refuse_to_run_in_worker():
     # A worker process imports the application's main module afresh (spawn).
     # If that module starts a dispatcher on import, every worker would try to
-    # become a dispatcher: say so once, and exit with a code that the pool
-    # knows not to retry.
+    # become a dispatcher: exit with a code that the pool knows not to retry
+    # (the dispatcher says why, once: APP_ERROR_MESSAGE).
     # (multiprocessing marks a spawned child with `_inheriting` while it
     # imports the main module; its own import guard checks the same flag)
     if getattr(multiprocessing.current_process(), '_inheriting', False):
-        sys.stderr.write(
-            'uhttp.workers: Dispatcher.run() was called while a worker '
-            'process imported the main module. Start the dispatcher under '
-            "`if __name__ == '__main__':` so workers can import the module "
-            'without running it.\n')
         sys.exit(EXIT_APP_ERROR)
 
 

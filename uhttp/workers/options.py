@@ -10,7 +10,7 @@ import difflib
 import inspect
 
 __all__ = ['CUTOFF', 'near_miss', 'unexpected_keyword', 'check_keywords',
-           'worker_keywords']
+           'worker_keywords', 'HTTP_SERVER_OPTIONS', 'server_keywords']
 
 # difflib ratio from which a name counts as a near miss. 0.75 catches a
 # missing or doubled letter, a swapped pair and a dropped plural
@@ -70,3 +70,36 @@ def worker_keywords(owner, options, worker_kwargs, extra):
             raise TypeError(f'{owner}(): {name!r} given both as a keyword '
                             'and in worker_kwargs')
     return {**worker_kwargs, **extra}
+
+
+# uhttp-server's HttpServer options that Dispatcher(**kwargs) passes through
+# (uhttp-workers 1.x passed every extra keyword on); the dispatcher's own
+# options with the same meaning go by their names here.
+HTTP_SERVER_OPTIONS = ('max_headers_length', 'max_ws_message_length',
+                       'file_chunk_size', 'max_send_buffer_size')
+_SERVER_ALIASES = {'listen': 'listen_backlog',
+                   'max_waiting_clients': 'max_connections'}
+_SERVER_OWNED = ('selector', 'event_mode', 'address', 'port')
+
+
+def server_keywords(owner, options, extra):
+    """Split the extra keywords given to `owner()` into the uhttp-server
+    options passed through and the dispatcher options they alias.
+
+    Returns `(passed, aliased)`: `passed` goes to HttpServer as given,
+    `aliased` maps dispatcher option names to values. Any other name is a
+    TypeError naming the option most likely meant.
+    """
+    passed, aliased = {}, {}
+    for name, value in extra.items():
+        if name in HTTP_SERVER_OPTIONS:
+            passed[name] = value
+        elif name in _SERVER_ALIASES:
+            aliased[_SERVER_ALIASES[name]] = value
+        elif name in _SERVER_OWNED:
+            raise TypeError(f'{owner}(): {name!r} belongs to the dispatcher '
+                            'and cannot be passed to the HTTP server')
+        else:
+            raise unexpected_keyword(
+                owner, name, list(options) + list(HTTP_SERVER_OPTIONS))
+    return passed, aliased

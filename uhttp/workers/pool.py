@@ -31,7 +31,8 @@ from .options import worker_keywords
 from .routing import PrefixMatcher
 from .pending import ASSIGNED, QUEUED
 from .worker import (
-    EXIT_APP_ERROR, EXIT_PARENT_GONE, EXIT_SETUP_FAILED, TRACEBACK_SIGNAL,
+    APP_ERROR_MESSAGE, EXIT_APP_ERROR, EXIT_PARENT_GONE, EXIT_SETUP_FAILED,
+    TRACEBACK_SIGNAL,
     build_router, worker_main)
 from .worker_handle import WorkerHandle
 
@@ -42,6 +43,11 @@ QUEUE_WARNING_EVERY = 10.0  # seconds between two "queue is long" warnings
 # A request prefetched behind one that has run this long is taken back
 # (and no more are prefetched behind it), even while no sibling is idle.
 REVOKE_AFTER = 0.1
+
+# uhttp-workers 1.x's control messages, still understood by broadcast()
+CTL_STOP = 'STOP'
+CTL_CONFIG = 'CONFIG'
+CTL_DISCONNECT = 'DISCONNECT'
 
 
 class PoolQueue:
@@ -91,13 +97,12 @@ class WorkerPool:
                  max_requests_jitter=0, max_memory=0, start_method=None,
                  setup_timeout=300, recovery_interval=None,
                  permanent_failure_exitcode=None, worker_memory_limit_mb=None,
-                 worker_kwargs=None, **kwargs):
+                 exit_on_startup_failure=True, worker_kwargs=None, **kwargs):
         kwargs = worker_keywords(
             'WorkerPool', _POOL_OPTIONS, worker_kwargs, kwargs)
-        if num_workers < 1:
-            # uhttp-workers 1.x took 0 and then answered every request of
-            # the pool 503 (no worker ever starts): a mistake, caught here
-            raise ValueError('num_workers must be at least 1')
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f'num_workers must be an int >= 0, not '
+                             f'{num_workers!r}')
         if recovery_interval is not None and recovery_interval < 0:
             raise ValueError('recovery_interval must be None or >= 0')
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
@@ -127,6 +132,7 @@ class WorkerPool:
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
         self.setup_timeout = setup_timeout
+        self.exit_on_startup_failure = exit_on_startup_failure
         self.kwargs = kwargs
         try:
             pickle.dumps((worker_class, kwargs))
@@ -141,6 +147,8 @@ class WorkerPool:
         self.abandoned = 0      # backlog entries whose client was answered
         self.degraded = False
         self.config = None
+        self.ever_ready = False     # has any worker finished setup() yet
+        self._failed_at_start = set()   # slots that failed before that
         self._restart_times = collections.deque()
         self._backoff = self._first_backoff()
         self._retry_at = None
@@ -237,6 +245,12 @@ class WorkerPool:
     def start(self, dispatcher):
         """Start every worker (called by the dispatcher)."""
         self._dispatcher = dispatcher
+        if not self.num_workers:
+            # a pool switched off by configuration, as uhttp-workers 1.x
+            # allowed: said once, and its requests get 503 at once
+            dispatcher.log.warning(
+                'pool %s has num_workers=0: its requests are answered '
+                '503 No Workers Available', self.name)
         for index in range(self.num_workers):
             handle = WorkerHandle(self, index)
             self.workers.append(handle)
@@ -304,6 +318,8 @@ class WorkerPool:
         handle.ready = False
         if handle.process is None or handle.channel is None:
             handle.process = None
+        if self._held_at_start(handle, reason):
+            return
         if handle.replaces is not None:
             self._replacement_failed(handle, reason)
         elif handle in self.workers and not handle.retiring:
@@ -354,10 +370,36 @@ class WorkerPool:
 
     def broadcast(self, path, data=None, method='POST', headers=None):
         """Run a request on every live worker of this pool; the answers are
-        dropped. Use it to fan out an event (dispatcher process only)."""
+        dropped. Use it to fan out an event (dispatcher process only).
+
+        The control messages of uhttp-workers 1.x keep their meaning:
+        `broadcast(('CONFIG', config))` is `send_config(config)`, and
+        `broadcast(None)` (or `('STOP',)`) replaces every worker, one at a
+        time, by a rolling restart (1.x stopped them all and let
+        supervision start them again).
+        """
+        if not isinstance(path, str):
+            self._broadcast_control(path)
+            return
         self._dispatcher.submit_internal(
             self, method.upper(), path, data, normalize_headers(headers),
             to_all=True)
+
+    def _broadcast_control(self, message):
+        kind = message[0] if isinstance(message, tuple) and message else None
+        if message is None or kind == CTL_STOP:
+            self.restart_workers(graceful=True)
+        elif kind == CTL_CONFIG and len(message) == 2:
+            self.send_config(message[1])
+        elif kind == CTL_DISCONNECT:
+            raise TypeError(
+                f'pool {self.name}: broadcast({CTL_DISCONNECT!r}, ...) is not '
+                'needed: workers hear of a client that left from the '
+                'dispatcher (Worker.on_disconnect)')
+        else:
+            raise TypeError(
+                f'pool {self.name}: broadcast() takes a path (str), None or '
+                f"('CONFIG', config), not {message!r}")
 
     def assign_to_all(self, make_pending):
         """Give one copy of a request to each ready worker, whatever its
@@ -512,6 +554,9 @@ class WorkerPool:
         """The worker finished setup(): it takes requests, the pool heals,
         and the worker it replaces (if any) may stop."""
         handle.ready = True
+        if not self.ever_ready:
+            self.ever_ready = True
+            self._restart_failed_at_start()
         old = handle.replaces
         if old is not None:
             handle.replaces = None
@@ -626,11 +671,13 @@ class WorkerPool:
             return reason, exitcode
         if handle.stopping:
             return reason, exitcode
+        if self._held_at_start(handle, reason):
+            return reason, exitcode
         if exitcode == EXIT_APP_ERROR:
             handle.unrecoverable = True
             self._dispatcher.log.critical(
-                'worker %s cannot run this application (see its message '
-                'above): not restarted', handle.name)
+                'worker %s cannot run this application, not restarted: %s',
+                handle.name, APP_ERROR_MESSAGE)
             return reason, exitcode
         if exitcode in self.unrecoverable_exit_codes:
             handle.unrecoverable = True
@@ -640,6 +687,25 @@ class WorkerPool:
             return reason, exitcode
         self._schedule_restart(handle)
         return reason, exitcode
+
+    def _held_at_start(self, handle, reason):
+        """Before any worker of the pool was ever ready, a worker that ends
+        is not restarted (exit_on_startup_failure): once every one has
+        ended so, the pool failed to start and the dispatcher exits; once
+        one is ready, the others start again."""
+        if self.ever_ready or not self.exit_on_startup_failure \
+                or handle not in self.workers:
+            return False
+        self._failed_at_start.add(handle.index)
+        if len(self._failed_at_start) >= self.num_workers:
+            self._dispatcher.pool_failed_to_start(self, reason)
+        return True
+
+    def _restart_failed_at_start(self):
+        failed, self._failed_at_start = self._failed_at_start, set()
+        for handle in self.workers:
+            if handle.index in failed and handle.exited:
+                self._spawn(handle)
 
     def exit_reason(self, handle):
         """Why the (exited) worker ended, in words."""

@@ -119,11 +119,17 @@ def split_result(result):
     """
     if isinstance(result, Response):
         return result.data, result.status, result.headers, result.cookies
-    if isinstance(result, tuple) and 2 <= len(result) <= 3 \
-            and isinstance(result[1], int) and not isinstance(result[1], bool):
-        data, status = result[0], result[1]
-        headers = result[2] if len(result) == 3 else None
-        return data, status, headers, None
+    if isinstance(result, tuple) and 2 <= len(result) <= 3:
+        status = result[1]
+        if isinstance(status, int) and not isinstance(status, bool):
+            headers = result[2] if len(result) == 3 else None
+            return result[0], status, headers, None
+        if isinstance(status, str) and status.strip().isdigit():
+            # `return data, '200'` would otherwise go out as the JSON list
+            # ["data", "200"] with status 200
+            raise TypeError(
+                f'the status {status!r} is a str: return an int, '
+                f'e.g. `return data, {int(status)}`')
     return result, 200, None, None
 
 
@@ -166,7 +172,7 @@ class Request:
     __slots__ = ('request_id', 'method', 'path', 'path_params', 'query',
                  'data', 'headers', '_content_type', 'remote_address',
                  'context', '_cookies', '_worker', '_state', '_route',
-                 '_keep_alive')
+                 '_keep_alive', '_channel_id')
 
     # pylint: disable-next=too-many-arguments
     def __init__(self, request_id=-1, method='GET', path='/', query=None,
@@ -183,6 +189,9 @@ class Request:
         self._content_type = content_type
         self.remote_address = remote_address
         self.context = context
+        # the id the dispatcher knows the request by (request_id is -1
+        # for a request no client waits for, as in uhttp-workers 1.x)
+        self._channel_id = request_id
         self._reset()
 
     def _reset(self):
@@ -204,6 +213,7 @@ class Request:
         (self.request_id, self.method, self.path, self.path_params,
          self.query, self.data, self.headers, self.content_type,
          self.remote_address, self.context) = state
+        self._channel_id = self.request_id
         self._reset()
 
     @property

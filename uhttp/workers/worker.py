@@ -40,12 +40,19 @@ EXIT_OK = 0
 EXIT_SETUP_FAILED = 3       # the worker class or setup() raised
 EXIT_PARENT_GONE = 4        # the dispatcher disappeared
 EXIT_APP_ERROR = 5          # the application cannot run in a worker at all
+# what EXIT_APP_ERROR means, said by the dispatcher (once, not per worker)
+APP_ERROR_MESSAGE = (
+    'a worker process imported the main module and it called '
+    "Dispatcher.run(): start the dispatcher under `if __name__ == "
+    "'__main__':` so that workers (started with spawn) can import the "
+    'module without running it')
 
 # signal whose arrival makes a worker print every thread's stack to stderr
 # (sent before a stuck worker is killed, so the log shows where it hung)
 TRACEBACK_SIGNAL = signal.SIGUSR1
 
 _ERROR_BODY = b'{"error": "Internal Server Error"}'
+_ERROR_DATA = {'error': 'Internal Server Error'}
 
 # While a handler runs, the channel is checked this often for requests the
 # dispatcher takes back (to give them to an idle sibling).
@@ -311,9 +318,11 @@ class Worker(WatchesDescriptors):
                     request_id, 400, _invalid_json(keep_alive), keep_alive))
                 return
         request = Request(
-            request_id, method, path, query=query, data=data, headers=headers,
+            request_id if remote is not None else -1, method, path,
+            query=query, data=data, headers=headers,
             content_type=content_type, remote_address=remote,
             context=context)
+        request._channel_id = request_id
         request._worker = self
         request._keep_alive = keep_alive
         self._current = request_id
@@ -331,14 +340,25 @@ class Worker(WatchesDescriptors):
         if request._state == 'new':
             if result is DEFERRED:
                 request._state = 'deferred'
-                self._open[request.request_id] = request
-                self._send(messages.deferred(request.request_id))
+                self._open[request._channel_id] = request
+                self._send(messages.deferred(request._channel_id))
             else:
-                self._send_response(request, *split_result(result))
+                self._send_response(request, *self._split(request, result))
         elif result is not None and result is not DEFERRED:
             self.log.debug(
                 'request %s: return value ignored, it was already answered',
-                request.request_id)
+                request._channel_id)
+
+    def _split(self, request, result):
+        """(data, status, headers, cookies) of a handler's return value; a
+        logged 500 for one that cannot be an answer."""
+        try:
+            return split_result(result)
+        except TypeError as err:
+            self.log.error('request %s: cannot encode the response to %s %s:'
+                           ' %s', request.request_id, request.method,
+                           printable(request.path), err)
+            return _ERROR_DATA, 500, None, None
 
     # Answers and stream frames are held (so that an event fanned out to N
     # streams is one write) unless they belong to the request whose handler
@@ -363,39 +383,39 @@ class Worker(WatchesDescriptors):
         except Exception as err:  # pylint: disable=broad-except
             self.log.error(
                 'request %s: cannot encode the response to %s %s: %s',
-                request.request_id, request.method, printable(request.path),
+                request._channel_id, request.method, printable(request.path),
                 err, exc_info=err)
             status = 500
             wire = framing.encode_response(
                 500, {'content-type': 'application/json'}, _ERROR_BODY,
                 keep_alive=keep_alive, head_only=request.method == 'HEAD')
         request._state = 'answered'
-        self._open.pop(request.request_id, None)
+        self._open.pop(request._channel_id, None)
         self._hold(messages.response(
-            request.request_id, status, wire, keep_alive, request._route),
-            now=request.request_id == self._current)
+            request._channel_id, status, wire, keep_alive, request._route),
+            now=request._channel_id == self._current)
         return True
 
     def _start_stream(self, request, headers, cookies):
         request._state = 'streaming'
-        self._open[request.request_id] = request
+        self._open[request._channel_id] = request
         cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
             else None
         self._hold(messages.stream_start(
-            request.request_id, 200, headers, cookies),
-            now=request.request_id == self._current)
+            request._channel_id, 200, headers, cookies),
+            now=request._channel_id == self._current)
         return True
 
     def _send_stream(self, request, body):
-        self._hold(messages.stream_data(request.request_id, body),
-                   now=request.request_id == self._current)
+        self._hold(messages.stream_data(request._channel_id, body),
+                   now=request._channel_id == self._current)
         return True
 
     def _end_stream(self, request):
         request._state = 'ended'
-        self._open.pop(request.request_id, None)
-        self._hold(messages.stream_end(request.request_id),
-                   now=request.request_id == self._current)
+        self._open.pop(request._channel_id, None)
+        self._hold(messages.stream_end(request._channel_id),
+                   now=request._channel_id == self._current)
         return True
 
     # -- the loop -------------------------------------------------------------

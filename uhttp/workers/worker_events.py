@@ -19,6 +19,10 @@ from . import messages
 from .log import printable
 from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
+from .worker import APP_ERROR_MESSAGE
+
+# the dispatcher's exit status when a pool could not start at all
+EXIT_STARTUP_FAILED = 1
 
 # Why a request left the pending table: the `reason` of on_pending_removed()
 PENDING_COMPLETED = 'COMPLETED'          # its worker's answer was sent
@@ -216,6 +220,23 @@ class WorkerEvents:
                 self._give_up(pending, 502, 'Worker Died')
             else:
                 self._give_up(pending, 503, 'Shutting down')
+
+    def pool_failed_to_start(self, pool, reason):
+        """Every worker of `pool` ended before any was ready: say why once
+        and shut down with a non-zero exit, so that a deploy fails where
+        it can be seen (WorkerPool(exit_on_startup_failure=False) keeps
+        retrying instead)."""
+        if reason == 'application error':
+            why = APP_ERROR_MESSAGE
+        else:
+            why = f'{reason}; the error is logged above'
+        self.log.critical(
+            'pool %s: all %d workers failed at start-up (%s). Exiting with '
+            'status %d; WorkerPool(exit_on_startup_failure=False) keeps '
+            'retrying instead', pool.name, pool.num_workers, why,
+            EXIT_STARTUP_FAILED)
+        self.exit_status = EXIT_STARTUP_FAILED
+        self.stop(graceful=True)
 
     def pool_degraded(self, pool):
         """A pool just became degraded: its backlog gets 503 now."""
