@@ -1,7 +1,17 @@
 """Quick start: one pool of item workers behind an API-key check.
 
 Run:  python examples/quickstart.py   (PORT=8080 by default)
-Try:  curl -H 'x-api-key: secret' http://127.0.0.1:8080/api/items
+Try, from a second terminal while the server runs:
+      curl -H 'x-api-key: secret' http://127.0.0.1:8080/api/items
+      curl -H 'x-api-key: secret' -H 'content-type: application/json' \
+           -d '{"name": "pen"}' http://127.0.0.1:8080/api/items
+
+Every worker is a process of its own, and `self.items` lives in it: with
+several workers each would keep its own dict, so two POSTs could both be
+given id 2 and a GET could miss an item another worker stored. This pool
+therefore has ONE worker. To run more, keep the state in a store that every
+worker shares (a database such as SQLite or PostgreSQL, Redis, ...) and open
+it in setup().
 """
 
 import os
@@ -13,6 +23,7 @@ VALID_KEYS = {'secret'}
 
 class ItemWorker(_workers.Worker):
     def setup(self):
+        # per-process state: correct only because the pool has one worker
         self.items = {1: {'id': 1, 'name': 'first'}}
         self.next_id = 2
 
@@ -55,7 +66,8 @@ def main():
         address=os.environ.get('ADDRESS', '0.0.0.0'),
         pools=[
             _workers.WorkerPool(
-                ItemWorker, num_workers=4,
+                ItemWorker,
+                num_workers=1,  # the items live in the worker: see above
                 routes=['/api/**'],
                 timeout=30,
             ),

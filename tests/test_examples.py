@@ -12,13 +12,17 @@ def example(name):
 
 
 def test_quickstart(start_server):
-    server = start_server(example('quickstart.py'), ready_workers=4)
+    server = start_server(example('quickstart.py'), ready_workers=1)
     assert server.get('/health').json() == {'status': 'ok'}
     assert server.get('/api/items').status == 401
     key = {'x-api-key': 'secret'}
-    created = server.request('POST', '/api/items', body={'name': 'pen'},
-                             headers=key)
-    assert created.status == 201 and created.json()['name'] == 'pen'
+    created = [server.request('POST', '/api/items', body={'name': name},
+                              headers=key) for name in ('pen', 'ink')]
+    assert [answer.status for answer in created] == [201, 201]
+    # the state is per worker process: one worker gives distinct ids
+    assert [answer.json() for answer in created] == [
+        {'id': 2, 'name': 'pen'}, {'id': 3, 'name': 'ink'}]
+    assert len(server.get('/api/items', headers=key).json()['items']) == 3
     assert server.get('/api/item/1', headers=key).json() == {
         'id': 1, 'name': 'first'}
     assert server.get('/api/item/999', headers=key).status == 404

@@ -68,8 +68,10 @@ _CLOSE_RETRY = dict(_CLOSE, **{'retry-after': RETRY_AFTER})
 
 def sync(pattern, *methods):
     """Serve `pattern` from a Dispatcher method `(self, client, path_params)`,
-    in the dispatcher process. Keep such handlers short: they run inside the
-    loop that serves every client."""
+    in the dispatcher process, for `methods` (every method when none are
+    given). The handler answers with `client.respond(data, status=,
+    headers=)`. Keep such handlers short: they run inside the loop that
+    serves every client."""
     methods = tuple(method.upper() for method in methods)
 
     def decorate(func):

@@ -38,6 +38,12 @@ class _Deferred:
 
 
 DEFERRED = _Deferred()
+"""Return this from a handler to answer later with `request.respond()`.
+
+The worker takes its next request at once; the deferred request keeps its
+pool `timeout` (504 when it expires, then `Worker.on_disconnect`). Starting
+a stream (`request.response_stream()`) and returning DEFERRED keeps the
+stream open."""
 
 
 class RejectRequest(Exception):

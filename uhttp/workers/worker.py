@@ -142,6 +142,11 @@ class Worker(WatchesDescriptors):
     Extra keyword arguments given to the WorkerPool are in `self.kwargs`.
     `LOG_NAME` is the template of `self.log.name`, filled with `{cls}`,
     `{worker_id}`, `{pool_name}` and `{pid}` as the loop starts.
+
+    A worker also has `self.worker_id` (its index in the pool),
+    `self.pool_name`, `self.log` (its Logger; records are written by the
+    dispatcher) and `self.services` (the dispatcher's helper services by
+    name: `self.services['name'].client()`).
     """
 
     HANDLERS = []
