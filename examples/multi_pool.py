@@ -56,8 +56,9 @@ class StorageWorker(_workers.Worker):
     HANDLERS = [UserHandler, AdminUserHandler, OrderHandler]
 
     def setup(self):
-        # one in-memory "database" per worker process (use a real one in
-        # production: this is where its connection would be opened)
+        # an in-memory "database" lives in one worker process: the pool
+        # runs one worker so every request sees the same users (with a
+        # real database, opened here, the pool can run several)
         self.users = {}
         self.next_id = 1
         for name in self.kwargs.get('seed_users', ()):
@@ -124,7 +125,7 @@ def main():
                 ComputeWorker, num_workers=2,
                 routes=['/api/compute/**'], timeout=60),
             _workers.WorkerPool(
-                StorageWorker, num_workers=2,
+                StorageWorker, num_workers=1,
                 routes=['/api/user/**', '/api/admin/**', '/api/order/**'],
                 timeout=10, seed_users=['ada', 'linus']),
             _workers.WorkerPool(GeneralWorker, num_workers=1),  # fallback

@@ -29,13 +29,19 @@ def test_quickstart(start_server):
 
 
 def test_multi_pool(start_server):
-    server = start_server(example('multi_pool.py'), ready_workers=5)
+    server = start_server(example('multi_pool.py'), ready_workers=4)
     key = {'x-api-key': 'demo'}
     assert server.get('/api/user').status == 401
     users = server.get('/api/user', headers=key).json()['users']
     assert [user['name'] for user in users] == ['ada', 'linus']
     admin = server.get('/api/admin/user/1', headers=key).json()
     assert admin == {'id': 1, 'name': 'ada'}
+    # one storage worker: a user added is seen by the next request
+    added = server.request('POST', '/api/user', body={'name': 'grace'},
+                           headers=key)
+    assert added.status in (200, 201), added
+    users = server.get('/api/user', headers=key).json()['users']
+    assert [user['name'] for user in users] == ['ada', 'linus', 'grace']
     assert server.get('/api/compute/fib/10', headers=key).json()['fib'] == '55'
     assert server.get('/api/order/7', headers=key).json()['id'] == 7
     assert server.get('/api/echo?x=1', headers=key).json()['query'] == {
