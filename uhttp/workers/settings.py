@@ -292,6 +292,9 @@ SETTINGS = (
       'glob of files and directories never watched (repeatable; replaces '
       'the default)',
       target='cli', metavar='GLOB', group='Reload'),
+    S('reload_poll', 'bool', False,
+      'watch by stat polling even when watchfiles is installed',
+      target='cli', negatable=False, group='Reload'),
 )
 del S
 
