@@ -9,6 +9,7 @@ generated reference.
 
 import http.client
 import inspect
+import json
 import os
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import uhttp.workers as _workers
 from uhttp.workers import settings
 from uhttp.workers.settings import parse_bind
 
-from conftest import APPS, ROOT, Server, wait_until
+from conftest import APPS, ROOT, Server, pid_alive, wait_until
 
 APP = 'cli_app:CliDispatcher'
 LOCAL = ('--bind', '127.0.0.1:0')
@@ -468,3 +469,45 @@ def test_access_log_options_reach_the_dispatcher(cli):
                  'common', ready_workers=2)
     assert server.get('/api/hello?from=cli').status == 200
     server.wait_log(r'GET /api/hello\?from=cli')
+
+
+def test_sigusr2_hands_a_unix_socket_over(cli, tmp_path):
+    path = str(tmp_path / 'up.sock')
+    server = cli(APP, '--bind', f'unix:{path}', listening=False)
+    server.wait_log(r'listening on unix:')
+    old = wait_until(lambda: _unix_json(path, '/settings'))['pid']
+    server.signal(12)   # SIGUSR2: a new dispatcher on the same socket
+    new = wait_until(lambda: (_unix_json(path, '/settings') or {}).get(
+        'pid') not in (None, old) and _unix_json(path, '/settings'), 30,
+        message=lambda: server.log)['pid']
+    try:
+        assert server.wait_exit(30) == 0     # the old one drained and left
+        # its exit left the file to the new dispatcher, which serves on it
+        assert os.path.exists(path)
+        assert _unix_json(path, '/settings')['pid'] == new
+        assert _unix_json(path, '/api/hello')['remote'] == ''
+    finally:
+        if pid_alive(new):
+            os.kill(new, 15)
+    wait_until(lambda: not pid_alive(new), 30)
+    assert not os.path.exists(path)
+
+
+def _unix_json(path, url):
+    """The JSON answer over the Unix socket, or None while none comes."""
+    try:
+        status, body = unix_get(path, url)
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def test_toml_on_python_without_tomllib_needs_tomli(monkeypatch, tmp_path):
+    config = tmp_path / 'app.toml'
+    config.write_text('workers = 2\n')
+    # as on Python 3.10 without tomli: neither module can be imported
+    monkeypatch.setitem(sys.modules, 'tomllib', None)
+    monkeypatch.setitem(sys.modules, 'tomli', None)
+    with pytest.raises(settings.SettingError,
+                       match='needs Python 3.11\\+ or the tomli package'):
+        settings.read_toml(str(config))
