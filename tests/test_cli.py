@@ -511,3 +511,20 @@ def test_toml_on_python_without_tomllib_needs_tomli(monkeypatch, tmp_path):
     with pytest.raises(settings.SettingError,
                        match='needs Python 3.11\\+ or the tomli package'):
         settings.read_toml(str(config))
+
+
+def test_env_names_are_compared_without_their_common_prefix():
+    # 'UHTTP_WORKERS_' alone would make unrelated names look alike
+    assert settings.from_environ({'UHTTP_WORKERS_DEBUG': '1',
+                                  'UHTTP_WORKERS_TOKEN': 'x'}) == {}
+    with pytest.raises(settings.SettingError,
+                       match='did you mean UHTTP_WORKERS_LOG_LEVEL'):
+        settings.from_environ({'UHTTP_WORKERS_LOGLEVEL': 'debug'})
+
+
+def test_a_module_that_imports_a_missing_one_says_which(tmp_path):
+    (tmp_path / 'needs_missing.py').write_text('import no_such_dependency\n')
+    code, _, err = run_cli('needs_missing:App', '--check-config',
+                           '--app-dir', str(tmp_path))
+    assert code == 1
+    assert "No module named 'no_such_dependency'" in err

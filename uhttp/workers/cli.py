@@ -46,10 +46,11 @@ class Config:
             return self.values[name]
         return BY_NAME[name].default
 
-    def given(self, target):
-        """(setting, value) of every given option of `target`."""
+    def for_dispatcher(self):
+        """(setting, value) of every given option that reaches the
+        Dispatcher (as keywords, or applied to an instance)."""
         return [(BY_NAME[name], value) for name, value in self.values.items()
-                if BY_NAME[name].target == target or name == 'bind']
+                if BY_NAME[name].keywords(value)]
 
 
 def build_parser():
@@ -87,11 +88,12 @@ def _check_dispatcher_accepts(config):
     """An option for a Dispatcher keyword this version lacks is an error
     (not silently dropped)."""
     accepted = inspect.signature(Dispatcher.__init__).parameters
-    for setting, _ in config.given('dispatcher'):
-        if setting.target == 'dispatcher' and setting.name not in accepted:
-            raise SettingError(
-                f'{config.sources[setting.name]}: this version of '
-                f'Dispatcher has no {setting.name!r} option')
+    for setting, value in config.for_dispatcher():
+        for keyword in setting.keywords(value):
+            if keyword not in accepted:
+                raise SettingError(
+                    f'{config.sources[setting.name]}: this version of '
+                    f'Dispatcher has no {keyword!r} option')
 
 
 # -- the application ------------------------------------------------------------
@@ -107,7 +109,8 @@ def import_target(spec, app_dir):
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name is None or not module_name.startswith(err.name):
+        if err.name != module_name and \
+                not module_name.startswith(f'{err.name}.'):
             raise   # the module was found; something it imports was not
         raise SettingError(f'cannot import {module_name!r} '
                            f'(looked in {path} and sys.path)') from None
@@ -135,7 +138,7 @@ def build(config):
         _apply_to_instance(dispatcher, config)
     elif isinstance(target, type) and issubclass(target, Dispatcher):
         keywords = {}
-        for setting, value in config.given('dispatcher'):
+        for setting, value in config.for_dispatcher():
             keywords.update(setting.keywords(value))
         dispatcher = target(**keywords)
     elif isinstance(target, Dispatcher):
@@ -150,7 +153,7 @@ def build(config):
 
 
 def _apply_to_instance(dispatcher, config):
-    for setting, value in config.given('dispatcher'):
+    for setting, value in config.for_dispatcher():
         if setting.on_instance is None:
             raise SettingError(
                 f'{config.sources[setting.name]}: {setting.name} cannot be '

@@ -172,6 +172,8 @@ def _set_bind(dispatcher, _name, value):
 class Setting:
     """One option. `target` is 'dispatcher' (a keyword of
     `Dispatcher.__init__`) or 'cli' (the command line uses it itself).
+    `to_keywords(value)` gives the Dispatcher keywords of a 'cli' option
+    that stands for some (bind: address and port).
     `on_instance(dispatcher, name, value)` applies it to a Dispatcher
     instance; None means it cannot be changed once one is built. `env` and
     `toml` False keep it out of those sources; `negatable` gives a boolean
@@ -184,6 +186,7 @@ class Setting:
     flag: str = None
     metavar: str = None
     on_instance: object = None
+    to_keywords: object = None
     env: bool = True
     toml: bool = True
     negatable: bool = True
@@ -205,9 +208,9 @@ class Setting:
         return self.name if self.toml else None
 
     def keywords(self, value):
-        """The Dispatcher keywords this value stands for."""
-        if self.name == 'bind':
-            return _bind_keywords(value)
+        """The Dispatcher keywords this value stands for ({} for none)."""
+        if self.to_keywords is not None:
+            return self.to_keywords(value)
         if self.target == 'dispatcher':
             return {self.name: value}
         return {}
@@ -232,7 +235,8 @@ SETTINGS = (
     # -- listening -----------------------------------------------------------
     S('bind', 'str', '0.0.0.0:8080',
       'host:port, [::]:port, :port (every IPv4 interface) or unix:/path',
-      target='cli', flag='--bind', metavar='ADDRESS', on_instance=_set_bind),
+      target='cli', flag='--bind', metavar='ADDRESS', on_instance=_set_bind,
+      to_keywords=_bind_keywords),
     S('listen_backlog', 'int', 1024,
       'listen() backlog; also how many connections may be parked under '
       'overload'),
@@ -349,10 +353,12 @@ def from_environ(environ):
             continue
         setting = BY_ENV.get(key)
         if setting is None:
-            suggestion = near_miss(key, BY_ENV)
+            # compared without the prefix, which every name shares
+            suggestion = near_miss(key[len(ENV_PREFIX):],
+                                   [name[len(ENV_PREFIX):] for name in BY_ENV])
             if suggestion is not None:
                 raise SettingError(f'unknown environment variable {key}; '
-                                   f'did you mean {suggestion}?')
+                                   f'did you mean {ENV_PREFIX}{suggestion}?')
             continue
         values[setting.name] = convert(setting, text, key)
     return values
