@@ -528,3 +528,16 @@ def test_a_module_that_imports_a_missing_one_says_which(tmp_path):
                            '--app-dir', str(tmp_path))
     assert code == 1
     assert "No module named 'no_such_dependency'" in err
+
+
+def test_rolling_restart_spawns_workers_that_import_the_app(cli):
+    # new workers of a rolling restart are spawned: they import the app
+    # from --app-dir and the command line's __main__ without running it
+    server = cli(APP, *LOCAL, '--app-dir', APPS, ready_workers=2)
+    before = server.get('/api/hello').json()['pid']
+    server.signal(1)    # SIGHUP
+    wait_until(lambda: server.count_log(r'pool main: rolling restart done'),
+               30, message=lambda: server.log)
+    after = server.get('/api/hello').json()['pid']
+    assert after != before
+    assert 'Dispatcher.run() was called while a worker' not in server.log
