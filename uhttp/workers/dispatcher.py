@@ -958,8 +958,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _client_address(self, client):
         """The client's address as workers see it (request.remote_address):
-        `ip:port` of the socket peer (`[ipv6]:port`), computed once per
-        connection; with trusted_proxies and a trusted peer that forwards,
+        `ip:port` of the socket peer (`[ipv6]:port`, '' for a peer on a
+        Unix-domain socket), computed once per connection; with trusted_proxies and a trusted peer that forwards,
         the IP of the client behind the proxies (read per request)."""
         if self._trusts_proxies:
             forwarded = client.remote_address
