@@ -226,3 +226,13 @@ def test_compile_error(tmp_path):
     assert reloader.compile_error(str(tmp_path / 'notes.txt')) is None
     error = reloader.compile_error(str(bad))
     assert error.startswith(f'{bad}:1: SyntaxError')
+
+
+def test_polling_is_the_fallback_without_watchfiles(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, 'watchfiles', None)   # not importable
+    stop = reloader.threading.Event()
+    watcher = reloader.make_watcher(
+        [str(tmp_path)], reloader.FileFilter(['*.py'], []), stop)
+    assert isinstance(watcher, reloader.PollingWatcher)
+    (tmp_path / 'new.py').write_text('x = 1\n')
+    assert watcher.changes() == {str(tmp_path / 'new.py')}
