@@ -59,6 +59,14 @@ class Connection(_server.HttpConnection):
         self.client_address = None  # its address as workers see it
 
     @property
+    def socket_address(self):
+        """`ip:port` of the peer; '' for a peer on a Unix-domain socket
+        (it has no address: clients of a Unix socket are unnamed)."""
+        if self._addr[1] is None:
+            return ''
+        return super().socket_address
+
+    @property
     def is_loaded(self):
         """True when a whole request (head and body) waits for its answer."""
         return self._data_loaded and not self._response_started
@@ -282,6 +290,9 @@ class Server(_server.HttpServer):
             sock, addr = self._socket.accept()
         except OSError:
             return
+        if not isinstance(addr, tuple):
+            # a Unix-domain peer: its path, mostly '' (unnamed), no port
+            addr = (addr if isinstance(addr, str) else '', None)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:

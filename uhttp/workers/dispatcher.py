@@ -46,6 +46,7 @@ from .routing import MethodNotAllowed, Router
 from .static import StaticFiles
 from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
+from .unixsocket import PREFIX as UNIX_PREFIX, UnixListener, unix_path
 from . import upgrade
 from .worker import collect_routes
 from .worker_events import (
@@ -83,9 +84,17 @@ def sync(pattern, *methods):
 
 def _listen_error(address, port, err):
     """`cannot listen on 127.0.0.1:8080: address already in use`."""
-    host = f'[{address}]' if ':' in address else address
     reason = err.strerror or str(err)
-    return f'cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}'
+    return f'cannot listen on {_display_address(address, port)}: ' \
+        f'{reason[:1].lower()}{reason[1:]}'
+
+
+def _display_address(address, port):
+    """`127.0.0.1:8080`, `[::1]:8080` or `unix:/run/app.sock`."""
+    if unix_path(address) is not None:
+        return address
+    host = f'[{address}]' if ':' in address else address
+    return f'{host}:{port}'
 
 
 def _own_options():
@@ -169,6 +178,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._former_successors = []
         self._predecessor = None
         self._next_watchdog = None
+        self._unix_listener = None  # the socket file we bound, if any
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
@@ -474,8 +484,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._selector = selectors.DefaultSelector()
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
+        origin = 'inherited' if inherited is not None else None
         # with a socket handed over, bind a throwaway one (the port is taken)
         try:
+            if inherited is None and unix_path(self.address) is not None:
+                self._unix_listener = UnixListener(unix_path(self.address))
+                inherited = self._unix_listener.bind(self.listen_backlog)
             self._server = Server(
                 address='127.0.0.1' if inherited else self.address,
                 port=0 if inherited else self.port,
@@ -493,12 +507,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._gate = ListenerGate(self._selector, self._server.socket,
                                   self._server)
         if inherited is not None:
-            self._adopt_listener(inherited)
+            self._adopt_listener(inherited, origin)
         if self._predecessor:
             # the old dispatcher serves until we are ready: take no client
             # before then (the shared listen backlog holds them meanwhile)
             self._gate.hold(HOLD_PREDECESSOR)
-        self.port = self._server.socket.getsockname()[1]
+        if self._server.socket.family != socket.AF_UNIX:
+            self.port = self._server.socket.getsockname()[1]
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:
             self._next_watchdog = time.monotonic()
@@ -510,19 +525,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._start_owned()
         for pool in self._pools:
             pool.start(self)
-        host = f'[{self.address}]' if ':' in self.address else self.address
+        where = _display_address(self.address, self.port)
         scheme = 'https' if self.ssl_context else 'http'
+        if unix_path(self.address) is None:
+            where = f'{scheme}://{where}'
         count = len(self._pools)
-        self.log.info('listening on %s://%s:%d (pid %d, %d pool%s)', scheme,
-                      host, self.port, os.getpid(), count,
-                      '' if count == 1 else 's')
-        set_title(f'dispatcher {host}:{self.port}')
+        self.log.info('listening on %s (pid %d, %d pool%s)', where,
+                      os.getpid(), count, '' if count == 1 else 's')
+        set_title(f'dispatcher {_display_address(self.address, self.port)}')
 
-    def _adopt_listener(self, sock):
-        """Serve on a socket systemd passed us instead of the one bound.
+    def _adopt_listener(self, sock, origin='inherited'):
+        """Serve on a socket systemd or the previous dispatcher passed us
+        (`origin` 'inherited'), or on our Unix socket (`origin` None),
+        instead of the one uhttp-server bound.
 
-        uhttp-server binds its own socket; it is swapped for the inherited
-        one (the server only ever accepts on `_socket`).
+        uhttp-server binds its own socket; it is swapped for this one (the
+        server only ever accepts on `_socket`).
         """
         server = self._server
         old = server.socket
@@ -530,10 +548,36 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         server._socket = sock  # pylint: disable=protected-access
         self._gate.replace_socket(sock)
         old.close()
-        self.address = sock.getsockname()[0]
+        if sock.family == socket.AF_UNIX:
+            self._adopt_unix_address(sock.getsockname())
+        else:
+            self.address = sock.getsockname()[0]
+        if origin is None:
+            return
         self.log.info('serving on an inherited listening socket (%s)',
                       'from the previous dispatcher'
                       if upgrade.predecessor_pid() else 'from systemd')
+
+    def _adopt_unix_address(self, path):
+        """`address` of a Unix listener is `unix:<path>`; the file of one
+        handed over by the previous dispatcher becomes ours to remove."""
+        if isinstance(path, bytes):     # abstract namespace
+            path = path.decode('utf-8', 'replace')
+        if self._unix_listener is None and upgrade.predecessor_pid() \
+                and unix_path(self.address) is not None \
+                and os.path.abspath(unix_path(self.address)) == path:
+            self._unix_listener = UnixListener(path)
+            self._unix_listener.adopt()
+        self.address = UNIX_PREFIX + path
+
+    def _remove_unix_socket(self):
+        """At exit: remove the socket file we bound, unless a successor
+        (SIGUSR2) serves on it now."""
+        if self._unix_listener is None:
+            return
+        if self._successor is not None and self._successor.ready:
+            return
+        self._unix_listener.remove()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -546,8 +590,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._tick()
         finally:
             self._close()
-        if self.exit_status:
-            raise SystemExit(self.exit_status)
+            self._remove_unix_socket()
 
     def _tick(self):
         try:
@@ -932,8 +975,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _client_address(self, client):
         """The client's address as workers see it (request.remote_address):
-        `ip:port` of the socket peer (`[ipv6]:port`), computed once per
-        connection; with trusted_proxies and a trusted peer that forwards,
+        `ip:port` of the socket peer (`[ipv6]:port`, '' for a peer on a
+        Unix-domain socket), computed once per connection; with trusted_proxies and a trusted peer that forwards,
         the IP of the client behind the proxies (read per request)."""
         if self._trusts_proxies:
             forwarded = client.remote_address

@@ -50,6 +50,16 @@ CTL_CONFIG = 'CONFIG'
 CTL_DISCONNECT = 'DISCONNECT'
 
 
+class _DefaultCount(int):
+    """The default of `num_workers` (1): an int that the command line's
+    --workers can tell from a count the application chose itself."""
+
+    __slots__ = ()
+
+
+DEFAULT_NUM_WORKERS = _DefaultCount(1)
+
+
 class PoolQueue:
     """`pool.request_queue`: put a `Request` to run it on the pool.
 
@@ -89,7 +99,8 @@ class WorkerPool:
     each worker's address space (RLIMIT_AS) before it is built.
     """
 
-    def __init__(self, worker_class, num_workers=1, routes=None, timeout=30,
+    def __init__(self, worker_class, num_workers=DEFAULT_NUM_WORKERS,
+                 routes=None, timeout=30,
                  stuck_timeout=60, heartbeat_interval=1,
                  log_level=LOG_WARNING, max_restarts=10, restart_window=300,
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
@@ -110,7 +121,8 @@ class WorkerPool:
                 'need 0 < heartbeat_interval < stuck_timeout')
         build_router(worker_class)  # invalid routes fail here, not in workers
         self.worker_class = worker_class
-        self.num_workers = num_workers
+        self._num_workers_given = num_workers is not DEFAULT_NUM_WORKERS
+        self.num_workers = int(num_workers)
         self.routes = list(routes) if routes is not None else None
         self.matcher = PrefixMatcher(self.routes)
         self.timeout = timeout
@@ -169,6 +181,12 @@ class WorkerPool:
         return f'<WorkerPool {self.name} x{self.num_workers}>'
 
     # -- configuration and status ------------------------------------------
+
+    @property
+    def num_workers_given(self):
+        """False while the application left `num_workers` at its default
+        (the command line's --workers then sets it)."""
+        return self._num_workers_given
 
     def send_config(self, config):
         """Send `config` to every worker's `on_config()`; workers started

@@ -1,0 +1,267 @@
+"""The command line: `uhttp-workers [OPTIONS] module:name`.
+
+Owns turning options (command line > environment > --config TOML > the
+application's own values > defaults; the options themselves are declared
+in settings.py) into a built Dispatcher, and then running it, printing its
+routes (--check-config) or handing over to the reloader (--reload).
+Must never: declare an option of its own (settings.py does), guess at a
+value the user did not give (an option nobody set is not passed, so the
+application's own value stands), or turn a programming error of the
+application into a one-line message (only configuration errors are).
+"""
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+
+from . import settings
+from .dispatcher import Dispatcher
+from .settings import BY_NAME, SettingError
+from .worker import collect_routes
+
+PROG = 'uhttp-workers'
+# exit status of a configuration error (argparse uses 2 for usage errors)
+EXIT_CONFIG = 1
+
+
+class Config:
+    """The options given by some source, each with where it came from."""
+
+    def __init__(self, app):
+        self.app = app
+        self.values = {}
+        self.sources = {}
+
+    def update(self, values, source):
+        """Take `values` ({name: value}); `source(name)` says where from."""
+        for name, value in values.items():
+            self.values[name] = value
+            self.sources[name] = source(name)
+
+    def get(self, name):
+        """The value of option `name`: given, else its default."""
+        if name in self.values:
+            return self.values[name]
+        return BY_NAME[name].default
+
+    def for_dispatcher(self):
+        """(setting, value) of every given option that reaches the
+        Dispatcher (as keywords, or applied to an instance)."""
+        return [(BY_NAME[name], value) for name, value in self.values.items()
+                if BY_NAME[name].keywords(value)]
+
+
+def build_parser():
+    """The argument parser, generated from settings.SETTINGS."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='Run a uhttp.workers Dispatcher.',
+        epilog='Options also come from UHTTP_WORKERS_<NAME> environment '
+        'variables and a --config TOML file; the command line wins. '
+        'Reference: docs/configuration.md.')
+    parser.add_argument(
+        'app', metavar='APP',
+        help="module:name of a Dispatcher subclass or instance, or of a "
+        "factory (with --factory)")
+    settings.add_arguments(parser)
+    return parser
+
+
+def resolve(args, environ):
+    """The Config of parsed `args` and `environ`, TOML file included."""
+    config = Config(args.app)
+    given = {name: value for name, value in vars(args).items()
+             if name != 'app'}
+    env_values = settings.from_environ(environ)
+    path = given.get('config', env_values.get('config'))
+    if path:
+        data = settings.from_toml(settings.read_toml(path), path)
+        config.update(data, lambda name: f'{path}: {name}')
+    config.update(env_values, lambda name: BY_NAME[name].env_name)
+    config.update(given, lambda name: BY_NAME[name].cli_flag)
+    _check_dispatcher_accepts(config)
+    return config
+
+
+def _check_dispatcher_accepts(config):
+    """An option for a Dispatcher keyword this version lacks is an error
+    (not silently dropped)."""
+    accepted = inspect.signature(Dispatcher.__init__).parameters
+    for setting, value in config.for_dispatcher():
+        for keyword in setting.keywords(value):
+            if keyword not in accepted:
+                raise SettingError(
+                    f'{config.sources[setting.name]}: this version of '
+                    f'Dispatcher has no {keyword!r} option')
+
+
+# -- the application ------------------------------------------------------------
+
+def import_target(spec, app_dir):
+    """The object `module:name` names, importing from `app_dir` first."""
+    module_name, sep, attribute = spec.partition(':')
+    if not sep or not module_name or not attribute:
+        raise SettingError(f"APP must be 'module:name', not {spec!r}")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name and \
+                not module_name.startswith(f'{err.name}.'):
+            raise   # the module was found; something it imports was not
+        raise SettingError(f'cannot import {module_name!r} '
+                           f'(looked in {path} and sys.path)') from None
+    target = module
+    for part in attribute.split('.'):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise SettingError(f'module {module_name!r} has no attribute '
+                               f'{attribute!r}') from None
+    return target
+
+
+def build(config):
+    """The Dispatcher of `config`, with every given option applied."""
+    target = import_target(config.app, config.get('app_dir'))
+    if config.get('factory'):
+        if not callable(target):
+            raise SettingError(f'{config.app} is not callable (--factory)')
+        dispatcher = target()
+        if not isinstance(dispatcher, Dispatcher):
+            raise SettingError(f'{config.app}() returned '
+                               f'{type(dispatcher).__name__}, not a '
+                               'Dispatcher')
+        _apply_to_instance(dispatcher, config)
+    elif isinstance(target, type) and issubclass(target, Dispatcher):
+        keywords = {}
+        for setting, value in config.for_dispatcher():
+            keywords.update(setting.keywords(value))
+        dispatcher = target(**keywords)
+    elif isinstance(target, Dispatcher):
+        dispatcher = target
+        _apply_to_instance(dispatcher, config)
+    else:
+        hint = '; with --factory it is called' if callable(target) else ''
+        raise SettingError(f'{config.app} is a {type(target).__name__}, not '
+                           f'a Dispatcher subclass or instance{hint}')
+    _apply_workers(dispatcher, config)
+    return dispatcher
+
+
+def _apply_to_instance(dispatcher, config):
+    for setting, value in config.for_dispatcher():
+        if setting.on_instance is None:
+            raise SettingError(
+                f'{config.sources[setting.name]}: {setting.name} cannot be '
+                f'changed on a Dispatcher instance ({config.app}) once it is '
+                'built; name the Dispatcher class instead, or pass it in '
+                'the application')
+        setting.on_instance(dispatcher, setting.name, value)
+
+
+def _apply_workers(dispatcher, config):
+    count = config.get('workers')
+    if count is None:
+        return
+    if count < 1:
+        raise SettingError(f'{config.sources["workers"]}: workers must be '
+                           'at least 1')
+    for pool in dispatcher.pools:
+        if not pool.num_workers_given:
+            pool.num_workers = count
+
+
+# -- --check-config -------------------------------------------------------------
+
+def route_rows(dispatcher):
+    """Rows (kind, pool, prefix, pattern, methods, handler, worker class)
+    of every pool route, @sync route and static mount."""
+    rows = []
+    for pool in dispatcher.pools:
+        prefixes = ', '.join(pool.routes) if pool.routes is not None \
+            else '(fallback)'
+        worker = f'{pool.worker_class.__name__} x{pool.num_workers}'
+        for pattern, methods, handler_class, name in collect_routes(
+                pool.worker_class):
+            owner = handler_class or pool.worker_class
+            rows.append(('api', pool.name, prefixes, pattern,
+                         ','.join(methods) or 'ANY',
+                         f'{owner.__name__}.{name}', worker))
+    for pattern, methods, name in sync_routes(type(dispatcher)):
+        rows.append(('sync', '(dispatcher)', '', pattern,
+                     ','.join(methods) or 'ANY',
+                     f'{type(dispatcher).__name__}.{name}', ''))
+    for prefix, (root, _, authoritative) in dispatcher._static._static._routes:  # pylint: disable=protected-access
+        rows.append(('static', '(dispatcher)', prefix, prefix + '*', 'GET,HEAD',
+                     root + (' (authoritative)' if authoritative else ''), ''))
+    return rows
+
+
+def sync_routes(dispatcher_class):
+    """(pattern, methods, method name) of every @sync route of a class."""
+    routes = []
+    for klass in reversed(dispatcher_class.__mro__):
+        for name, attribute in vars(klass).items():
+            for pattern, methods in getattr(attribute, '_uhttp_sync', ()):
+                routes.append((pattern, methods, name))
+    return routes
+
+
+def routes_table(dispatcher):
+    """The routes of `dispatcher` as an aligned text table."""
+    header = ('KIND', 'POOL', 'PREFIX', 'PATTERN', 'METHODS', 'HANDLER',
+              'WORKERS')
+    rows = [header] + route_rows(dispatcher)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return '\n'.join(
+        '  '.join(cell.ljust(width) for cell, width in zip(row, widths))
+        .rstrip() for row in rows)
+
+
+def check_config(dispatcher, config, out):
+    """Print what `dispatcher` would serve, and where."""
+    address = dispatcher.address
+    where = address if address.startswith('unix:') else \
+        f"{f'[{address}]' if ':' in address else address}:{dispatcher.port}"
+    out.write(f'{config.app}: {type(dispatcher).__name__} on {where}, '
+              f'{len(dispatcher.pools)} pools\n')
+    for name in sorted(config.values):
+        out.write(f'  {name} = {config.values[name]!r} '
+                  f'(from {config.sources[name]})\n')
+    out.write(routes_table(dispatcher) + '\n')
+    out.write('configuration OK\n')
+
+
+# -- entry point ------------------------------------------------------------------
+
+def main(argv=None, environ=None):
+    """Run the command line; returns the exit status."""
+    environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        config = resolve(args, environ)
+        if config.get('reload') and not config.get('check_config') \
+                and settings.RELOADER_ENV not in environ:
+            from . import reloader  # pylint: disable=import-outside-toplevel
+            return reloader.run(config, argv)
+        dispatcher = build(config)
+    except (SettingError, ValueError, TypeError, ImportError) as err:
+        sys.stderr.write(f'{PROG}: error: {_one_line(err)}\n')
+        return EXIT_CONFIG
+    if config.get('check_config'):
+        check_config(dispatcher, config, sys.stdout)
+        return 0
+    dispatcher.run()
+    return 0
+
+
+def _one_line(err):
+    text = ' '.join(str(err).split())
+    if isinstance(err, SettingError):
+        return text
+    return f'{type(err).__name__}: {text}'
