@@ -591,6 +591,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         finally:
             self._close()
             self._remove_unix_socket()
+        if self.exit_status:
+            raise SystemExit(self.exit_status)
 
     def _tick(self):
         try:
@@ -976,8 +978,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def _client_address(self, client):
         """The client's address as workers see it (request.remote_address):
         `ip:port` of the socket peer (`[ipv6]:port`, '' for a peer on a
-        Unix-domain socket), computed once per connection; with trusted_proxies and a trusted peer that forwards,
-        the IP of the client behind the proxies (read per request)."""
+        Unix-domain socket), computed once per connection; with
+        trusted_proxies and a trusted peer that forwards, the IP of the
+        client behind the proxies (read per request)."""
         if self._trusts_proxies:
             forwarded = client.remote_address
             if forwarded != _server.unmap_ipv4(client.addr[0]):
