@@ -24,7 +24,7 @@ import time
 from uhttp import server as _server
 
 from . import http11
-from .framing import http_date
+from .framing import frame_response, http_date
 
 # per recv(): above one TLS record (16 KiB), so no decrypted bytes stay
 # behind in the TLS layer where select() cannot see them; and below the
@@ -89,6 +89,28 @@ class Connection(_server.HttpConnection):
                 _server.encode_response_data(headers, data)
                 data = None
         super().respond(data, status, headers, cookies)
+
+    def respond_framed(self, status, headers, body):
+        """Answer with bytes built by `framing` (checked fields, Date,
+        Content-Length; on a HEAD the length without the body) instead of
+        uhttp-server's header builder: the cheaper path of answers the
+        dispatcher makes itself, e.g. static files. `headers` is not
+        changed; a `connection: close` in it closes the connection after
+        the answer. Raises framing.ResponseError for fields it refuses."""
+        if self._socket is None:
+            return
+        if self._response_started:
+            raise _server.HttpError('Response already sent for this request')
+        wire, keep_alive = frame_response(
+            status, headers, body, keep_alive=self._should_keep_alive(),
+            head_only=self._method == 'HEAD')
+        self._response_started = True
+        self._is_streaming = False
+        self._response_keep_alive = keep_alive
+        try:
+            self._send(wire)   # finishes (keep-alive reset) once all is out
+        except OSError:
+            self.close()
 
     @property
     def is_loaded(self):

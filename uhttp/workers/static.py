@@ -27,6 +27,7 @@ import os
 import posixpath
 import stat
 
+from .framing import ResponseError, encode_response
 from .static_http import (UNSATISFIABLE, Validators, not_modified,
                           requested_range)
 
@@ -150,9 +151,14 @@ class StaticFiles:
         if headers is not None and not isinstance(headers, dict):
             raise ValueError(
                 f'static_routes[{prefix!r}]: headers must be a dict')
-        return (cls._resolve_root(mount['path']),
-                {str(k).lower(): v for k, v in headers.items()}
-                if headers else None,
+        if headers:
+            headers = {str(k).lower(): v for k, v in headers.items()}
+            try:   # refused now rather than with every answer
+                encode_response(200, headers, b'', keep_alive=True)
+            except ResponseError as err:
+                raise ValueError(
+                    f'static_routes[{prefix!r}]: headers: {err}') from None
+        return (cls._resolve_root(mount['path']), headers or None,
                 bool(mount.get('authoritative', False)))
 
     @staticmethod
@@ -371,7 +377,7 @@ class StaticBody:
                 and not_modified(wanted, validators):
             self.close()
             headers.pop('content-type', None)
-            client.respond(status=304, headers=headers)
+            client.respond_framed(304, headers, b'')
             return 304
         if head_only or 'range' not in wanted:
             return self._send(client, headers, head_only, None)
@@ -380,7 +386,7 @@ class StaticBody:
             self.close()
             headers.pop('content-type', None)
             headers['content-range'] = f'bytes */{self.size}'
-            client.respond(data=b'', status=416, headers=headers)
+            client.respond_framed(416, headers, b'')
             return 416
         return self._send(client, headers, False, span)
 
@@ -393,16 +399,17 @@ class StaticBody:
             start, stop = span
             status, length = 206, stop - start
             headers['content-range'] = f'bytes {start}-{stop - 1}/{self.size}'
+        if self.data is not None:
+            # the common case, a cached small file: framing builds the
+            # answer (its Content-Length, none of the body on a HEAD)
+            client.respond_framed(status, headers, self.data if span is None
+                                  else self.data[start:stop])
+            return status
         headers['content-length'] = length
-        if head_only or self.file is None or client.socket is None:
+        if head_only or client.socket is None:
             self.close()
-            if head_only or self.data is None:
-                data = None
-            else:
-                data = self.data if span is None else self.data[start:stop]
-            # data=None: uhttp-server keeps our Content-Length (with bytes
-            # it would count them itself, 0 for a HEAD's empty body)
-            client.respond(data=data, status=status, headers=headers)
+            # data=None: uhttp-server keeps our Content-Length
+            client.respond(data=None, status=status, headers=headers)
             return status
         handle, self.file = self.file, None
         try:
