@@ -11,10 +11,13 @@ that was sent (so "HEAD sent no body" is an exact check, not a wait).
 import os
 import re
 import socket
+from email.utils import parsedate_to_datetime
 
 import pytest
 
 from conftest import APPS, Server, wait_until
+
+from uhttp.workers import framing
 
 APP = os.path.join(APPS, 'http_basics_app.py')
 
@@ -225,3 +228,16 @@ def test_redirect_has_no_content_type(server, method, path, status,
     assert 'content-type' not in answer.headers, answer
     assert answer.values('content-length') == ['0']
     assert answer.body == b''
+
+
+# -- framing.http_date, unit -------------------------------------------------
+
+def test_http_date_is_the_date_line_of_framing():
+    value = framing.http_date()
+    assert _IMF_FIXDATE.match(value), value
+    wire = framing.encode_response(200, None, b'', keep_alive=True)
+    # the same second, unless it changed in between: then a later value
+    dates = [line[len(b'date: '):].decode() for line in wire.split(b'\r\n')
+             if line.startswith(b'date: ')]
+    assert len(dates) == 1
+    assert parsedate_to_datetime(dates[0]) >= parsedate_to_datetime(value)

@@ -224,7 +224,8 @@ def test_if_modified_since(server, path, content):
     _assert_not_modified(ask(server.port, 'GET', path, (
         f'If-Modified-Since: {modified}',)), full)
     for since in (formatdate(0, usegmt=True), 'not a date'):
-        answer = ask(server.port, 'GET', path, (f'If-Modified-Since: {since}',))
+        answer = ask(server.port, 'GET', path,
+                     (f'If-Modified-Since: {since}',))
         assert answer.status == 200 and answer.body == content
     # If-None-Match, present, decides alone
     answer = ask(server.port, 'GET', path, (

@@ -236,7 +236,8 @@ _date_value = ''
 
 def _date_line():
     """The Date field of now (RFC 9110 §5.6.7 IMF-fixdate), once a second."""
-    global _date, _date_value, _date_expires  # pylint: disable=global-statement
+    # pylint: disable-next=global-statement
+    global _date, _date_value, _date_expires
     now = _now()
     if now >= _date_expires:
         second = int(now)
