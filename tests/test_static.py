@@ -83,6 +83,22 @@ def test_duplicate_prefix_after_normalisation_raises(tree):
         StaticFiles({'/static': str(tree), '/static/': str(tree)})
 
 
+@pytest.mark.parametrize('headers', [
+    {'X-Bad': 'line\r\nbreak'}, {'Cache-Control': None},
+    {'bad name': 'x'}, {'Transfer-Encoding': 'chunked'}])
+def test_mount_headers_that_cannot_be_sent_raise(tree, headers):
+    with pytest.raises(ValueError, match="static_routes\\['/static/'\\]"):
+        StaticFiles({'/static/': {'path': str(tree), 'headers': headers}})
+
+
+def test_mount_headers_are_kept_lowercased(tree):
+    files = StaticFiles({'/static/': {
+        'path': str(tree), 'headers': {'Cache-Control': 'max-age=60',
+                                       'X-Count': 3}}})
+    assert files.lookup('/static/hello.txt').headers == {
+        'cache-control': 'max-age=60', 'x-count': 3}
+
+
 def test_prefix_without_trailing_slash_is_normalised(tree):
     files = StaticFiles({'/static': str(tree)})
     result = files.lookup('/static/hello.txt')

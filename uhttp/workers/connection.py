@@ -7,7 +7,10 @@ and refusing what `http11` refuses with its status and `Connection: close`.
 Bytes after a request (pipelining, a CRLF after a body) stay in the buffer
 for the next one. `Server` is uhttp-server's `HttpServer` making these
 connections. Responses, keep-alive, timeouts (408), TLS and streaming stay
-uhttp-server's.
+uhttp-server's, except for three things its `respond()` leaves out or gets
+wrong, fixed in `Connection.respond`: every answer carries a Date field, a
+HEAD answer carries the Content-Length GET would send (without the body),
+and an empty body gets no made-up Content-Type.
 
 Must never: parse anything a refused request left behind, hand over a
 request before its body is complete, send `100 Continue` for a body it will
@@ -21,12 +24,16 @@ import time
 from uhttp import server as _server
 
 from . import http11
+from .framing import frame_response, http_date
 
 # per recv(): above one TLS record (16 KiB), so no decrypted bytes stay
 # behind in the TLS layer where select() cannot see them; and below the
 # size where a recv() buffer costs an mmap()
 READ_SIZE = 64 * 1024
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+# statuses whose answers carry no Content-Length (RFC 9110 §8.6): 204, and
+# 304, whose length would be that of the 200 (unknown here)
+_NO_LENGTH = frozenset((204, 304))
 
 
 def _parse_url(url):
@@ -57,6 +64,53 @@ class Connection(_server.HttpConnection):
         # kept by the dispatcher across the requests of this connection
         self.pool_client = False    # its last request went to a pool
         self.client_address = None  # its address as workers see it
+
+    def respond(self, data=None, status=200, headers=None, cookies=None):
+        """uhttp-server's `respond()`, with a Date field (unless `headers`
+        has one), the Content-Length GET would send on the answer to a
+        HEAD (the body itself is not sent), no Content-Type invented for an
+        empty body (e.g. a redirect: `content-length: 0` only) and no
+        Content-Length on a 204 or 304. `headers` is given away."""
+        if self._socket is None:
+            return
+        if headers is None:
+            headers = {}
+        if 'date' not in headers and 'Date' not in headers:
+            headers['date'] = http_date()
+        if data is not None:
+            if status in _NO_LENGTH:
+                data = None
+            elif data == b'' or data == '':
+                headers[_server.CONTENT_LENGTH] = 0
+                data = None
+            elif self._method == 'HEAD':
+                # uhttp-server would count the bytes of an empty body (0):
+                # encode the GET body for its length and type, send neither
+                _server.encode_response_data(headers, data)
+                data = None
+        super().respond(data, status, headers, cookies)
+
+    def respond_framed(self, status, headers, body):
+        """Answer with bytes built by `framing` (checked fields, Date,
+        Content-Length; on a HEAD the length without the body) instead of
+        uhttp-server's header builder: the cheaper path of answers the
+        dispatcher makes itself, e.g. static files. `headers` is not
+        changed; a `connection: close` in it closes the connection after
+        the answer. Raises framing.ResponseError for fields it refuses."""
+        if self._socket is None:
+            return
+        if self._response_started:
+            raise _server.HttpError('Response already sent for this request')
+        wire, keep_alive = frame_response(
+            status, headers, body, keep_alive=self._should_keep_alive(),
+            head_only=self._method == 'HEAD')
+        self._response_started = True
+        self._is_streaming = False
+        self._response_keep_alive = keep_alive
+        try:
+            self._send(wire)   # finishes (keep-alive reset) once all is out
+        except OSError:
+            self.close()
 
     @property
     def socket_address(self):

@@ -257,8 +257,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         exception is logged."""
 
     def on_static_served(self, client, file_path, status):
-        """Called after a static mount answered: 200 with the file served
-        (its real path), or 404 from an authoritative mount (the path it
+        """Called after a static mount answered with the file (its real
+        path): 200, or 206 (a byte range), 304 (not modified), 416 (a range
+        beyond the file); or 404 from an authoritative mount (the path it
         looked for). For access logs; an exception is logged."""
 
     def on_forward(self, route, data):
@@ -854,13 +855,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 headers.update(result.headers)
             if self._state != 'running':
                 headers['connection'] = 'close'
-            body.respond(client, headers, head_only=client.method == 'HEAD')
+            status = body.respond(client, headers,
+                                  head_only=client.method == 'HEAD')
             if self._has_static_hook:
                 self._call_hook('on_static_served', client,
-                                result.file_path, 200)
+                                result.file_path, status)
         elif result.status == 301:
-            client.respond(data=b'', status=301,
-                           headers={'location': result.location})
+            # an empty body: no Content-Type, content-length: 0
+            self._answer(client, 301, {'location': result.location}, b'',
+                         owned=True)
         else:
             self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
             if self._has_static_hook:
@@ -869,7 +872,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _run_sync(self, client):
         try:
-            found = self._sync_router.lookup(client.method, client.path)
+            found = self._sync_lookup(client.method, client.path)
         except MethodNotAllowed as err:
             # as in uhttp-workers 1.x, a method the @sync route does not
             # take goes on to the pool serving the path; 405 if none does
@@ -908,6 +911,21 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 500, _JSON,
                          _error_body(500, 'Internal Server Error'))
         return True
+
+    def _sync_lookup(self, method, path):
+        """The @sync route of a request; a HEAD runs the GET route of a
+        path whose routes do not take HEAD (RFC 9110 §9.3.2: the connection
+        sends the GET answer's head, Content-Length included)."""
+        try:
+            return self._sync_router.lookup(method, path)
+        except MethodNotAllowed as err:
+            if method != 'HEAD':
+                raise
+            refused = err
+        try:
+            return self._sync_router.lookup('GET', path)
+        except MethodNotAllowed:
+            raise refused from None
 
     def _submit(self, client, pool):
         # while handing over to a new dispatcher, keep serving the
@@ -1035,10 +1053,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _answer(self, client, status, headers, body, owned=False):
         """Send a complete response; never raises. A HEAD request gets the
-        headers only (uhttp-server then says Content-Length: 0). `owned`:
-        the headers dict is ours to give away (uhttp-server adds to it)."""
-        if client.method == 'HEAD':
-            body = b''
+        headers only, with the Content-Length of the body (the connection
+        drops the body). `owned`: the headers dict is ours to give away
+        (uhttp-server adds to it)."""
         if self._state != 'running' and 'connection' not in headers:
             headers = dict(headers, connection='close')
         elif not owned:

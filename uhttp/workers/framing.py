@@ -21,6 +21,7 @@ Public API:
 - `with_close(data)` -> the same answer saying `connection: close`, for a
   caller that decides to close after the bytes were built (e.g. shutdown).
 - `reason_phrase(status)` -> str.
+- `http_date()` -> the Date field value of now, for answers built elsewhere.
 
 Decisions (where the RFCs leave a choice):
 
@@ -230,15 +231,29 @@ _date = ''
 _date_expires = 0.0
 
 
+_date_value = ''
+
+
 def _date_line():
     """The Date field of now (RFC 9110 §5.6.7 IMF-fixdate), once a second."""
-    global _date, _date_expires  # pylint: disable=global-statement
+    # pylint: disable-next=global-statement
+    global _date, _date_value, _date_expires
     now = _now()
     if now >= _date_expires:
         second = int(now)
-        _date = f'date: {formatdate(second, usegmt=True)}\r\n'
+        _date_value = formatdate(second, usegmt=True)
+        _date = f'date: {_date_value}\r\n'
         _date_expires = second + 1
     return _date
+
+
+def http_date():
+    """The value of a Date field for now (IMF-fixdate, RFC 9110 §5.6.7),
+    computed at most once per second: for answers built elsewhere than in
+    this module (uhttp-server's respond() adds none)."""
+    if _now() >= _date_expires:
+        _date_line()
+    return _date_value
 
 
 # -- body ------------------------------------------------------------------

@@ -4,7 +4,9 @@ This module owns mapping URL prefixes to directories, turning a request
 path into a decision (serve this file, with type and size; redirect a
 directory URL to its trailing-slash form; or 404), opening a decided file
 without leaving the root, and handing a file's bytes or open file to a
-connection (:class:`StaticBody`).
+connection (:class:`StaticBody`), whole or one byte range of it, or a 304
+when the client's copy is current (the decisions are
+:mod:`static_http`'s).
 
 It must never decode the path again (the HTTP server already
 percent-decoded it once; ``%2e`` arriving here is a literal name), list
@@ -24,6 +26,10 @@ import mimetypes
 import os
 import posixpath
 import stat
+
+from .framing import ResponseError, encode_response
+from .static_http import (UNSATISFIABLE, Validators, not_modified,
+                          requested_range)
 
 __all__ = ['StaticBody', 'StaticFiles', 'StaticResult', 'open_inside']
 
@@ -145,9 +151,14 @@ class StaticFiles:
         if headers is not None and not isinstance(headers, dict):
             raise ValueError(
                 f'static_routes[{prefix!r}]: headers must be a dict')
-        return (cls._resolve_root(mount['path']),
-                {str(k).lower(): v for k, v in headers.items()}
-                if headers else None,
+        if headers:
+            headers = {str(k).lower(): v for k, v in headers.items()}
+            try:   # refused now rather than with every answer
+                encode_response(200, headers, b'', keep_alive=True)
+            except ResponseError as err:
+                raise ValueError(
+                    f'static_routes[{prefix!r}]: headers: {err}') from None
+        return (cls._resolve_root(mount['path']), headers or None,
                 bool(mount.get('authoritative', False)))
 
     @staticmethod
@@ -296,49 +307,122 @@ def open_inside(root, file_path):
         raise
 
 
+class _FileSpan:
+    """The part [start, start + length) of an open file, read as the file
+    itself would be: a connection streams a range from it, and never more
+    than the Content-Length it announced (even if the file grows)."""
+
+    __slots__ = ('_file', '_left')
+
+    def __init__(self, handle, start, length):
+        if start:
+            handle.seek(start)
+        self._file = handle
+        self._left = length
+
+    def read(self, size):
+        """Up to `size` bytes of the span, b'' once it is all read."""
+        if self._left <= 0:
+            return b''
+        chunk = self._file.read(min(size, self._left))
+        self._left -= len(chunk)
+        return chunk
+
+    def close(self):
+        """Close the file."""
+        self._file.close()
+
+
 class StaticBody:
-    """What a 200 static answer sends: the bytes of a small file (``data``)
-    or a file opened by :func:`open_inside` (``file``); ``size`` is its
-    length, the Content-Length of GET and HEAD alike.
+    """What a static answer sends: the bytes of a small file (``data``) or
+    a file opened by :func:`open_inside` (``file``); ``size`` is its
+    length, the Content-Length of GET and HEAD alike; ``validators``
+    (:class:`static_http.Validators` of the file read, or None) make its
+    ETag and Last-Modified, and enable 304 and range answers.
 
     A body holding bytes can be reused for many answers; one holding a file
     is used once: :meth:`respond` hands the file to the connection, which
     streams it in chunks and closes it, or :meth:`close` drops it.
     """
 
-    __slots__ = ('data', 'file', 'size')
+    __slots__ = ('data', 'file', 'size', 'validators')
 
-    def __init__(self, data=None, file=None, size=None):
+    def __init__(self, data=None, file=None, size=None, info=None):
         self.data = data
         self.file = file
         self.size = len(data) if size is None else size
+        self.validators = None if info is None else Validators(info)
 
     def __repr__(self):
         kind = 'file' if self.file is not None else 'bytes'
         return f'<StaticBody {kind} {self.size}>'
 
     def respond(self, client, headers, head_only=False):
-        """Answer 200 on the uhttp-server connection ``client``.
+        """Answer a GET or HEAD on the uhttp-server connection ``client``;
+        return the status sent.
 
-        ``headers`` (given away: Content-Length is added) go out with the
-        real length; a HEAD (``head_only``) sends nothing more. The streamed
-        file is this body's already-opened one, never the path opened again.
+        ``headers`` (given away) go out with the file's validators and the
+        real length: 200 with the whole file, 304 when the request's
+        preconditions say the client has it (no body), 206 with the one
+        byte range it asked for, 416 when that range is beyond the file. A
+        HEAD sends no body and ignores Range. The streamed file is this
+        body's already-opened one, never the path opened again.
         """
-        headers['content-length'] = self.size
-        if head_only or self.file is None or client.socket is None:
+        validators = self.validators
+        if validators is None:
+            return self._send(client, headers, head_only, None)
+        headers.update(validators.fields)
+        wanted = client.headers
+        if ('if-none-match' in wanted or 'if-modified-since' in wanted) \
+                and not_modified(wanted, validators):
             self.close()
-            # data=None: uhttp-server keeps our Content-Length (with bytes
-            # it would count them itself, 0 for a HEAD's empty body)
-            client.respond(data=None if head_only else self.data,
-                           headers=headers)
-            return
-        handle, self.file = self.file, None
-        # what uhttp-server's respond_file() does after its own open():
-        # the connection refills its send buffer from this file and closes
-        # it when done or when the connection closes
-        client._file_handle = handle  # pylint: disable=protected-access
-        client.respond(data=None, headers=headers)
+            headers.pop('content-type', None)
+            client.respond_framed(304, headers, b'')
+            return 304
+        if head_only or 'range' not in wanted:
+            return self._send(client, headers, head_only, None)
+        span = requested_range(wanted, self.size, validators)
+        if span is UNSATISFIABLE:
+            self.close()
+            headers.pop('content-type', None)
+            headers['content-range'] = f'bytes */{self.size}'
+            client.respond_framed(416, headers, b'')
+            return 416
+        return self._send(client, headers, False, span)
 
+    def _send(self, client, headers, head_only, span):
+        """Send all of the file (``span`` None: 200) or the bytes
+        [start, stop) of it (206)."""
+        if span is None:
+            status, start, length = 200, 0, self.size
+        else:
+            start, stop = span
+            status, length = 206, stop - start
+            headers['content-range'] = f'bytes {start}-{stop - 1}/{self.size}'
+        if self.data is not None:
+            # the common case, a cached small file: framing builds the
+            # answer (its Content-Length, none of the body on a HEAD)
+            client.respond_framed(status, headers, self.data if span is None
+                                  else self.data[start:stop])
+            return status
+        headers['content-length'] = length
+        if head_only or client.socket is None:
+            self.close()
+            # data=None: uhttp-server keeps our Content-Length
+            client.respond(data=None, status=status, headers=headers)
+            return status
+        handle, self.file = self.file, None
+        try:
+            reader = _FileSpan(handle, start, length)
+        except OSError:
+            handle.close()
+            raise
+        # what uhttp-server's respond_file() does after its own open():
+        # the connection refills its send buffer from this reader and
+        # closes it when done or when the connection closes
+        client._file_handle = reader  # pylint: disable=protected-access
+        client.respond(data=None, status=status, headers=headers)
+        return status
     def close(self):
         """Close the file, if any (a body not handed to a connection)."""
         if self.file is not None:

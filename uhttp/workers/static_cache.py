@@ -10,7 +10,9 @@ removed or swapped file is never served stale. Every file is read or
 streamed from a descriptor opened by `static.open_inside`, which follows no
 symlink: a file swapped for a symlink since its path was resolved is
 resolved afresh (a link leading out of the root then answers 404). Large
-files are not cached: they are streamed from that descriptor.
+files are not cached: they are streamed from that descriptor. A body's
+validators (ETag, Last-Modified) are those of the file its bytes came from
+(the `fstat` of that descriptor), computed once per cached file.
 
 It must never cache a refusal as an acceptance (404s are not remembered),
 serve bytes it did not read through `open_inside`, or hold more than
@@ -124,15 +126,18 @@ class StaticCache:
         except OSError:
             return None
         if info.st_size > self._max_file:
-            return StaticBody(file=handle, size=info.st_size)
+            return StaticBody(file=handle, size=info.st_size, info=info)
         with handle:
             try:
                 data = handle.read(self._max_file + 1)
             except OSError:
                 return None
-        body = StaticBody(data)
-        if len(data) == info.st_size:  # not written to while we read
-            self._store(result.file_path, _identity(info), body)
+        if len(data) != info.st_size:
+            # written to while we read: these bytes are no version the
+            # validators (ETag, Last-Modified) would name
+            return StaticBody(data)
+        body = StaticBody(data, info=info)
+        self._store(result.file_path, _identity(info), body)
         return body
 
     def _store(self, file_path, identity, body):
