@@ -758,6 +758,8 @@ class WorkerPool:
             return
         if delay:
             handle.retry_at = now + delay
+            self._dispatcher.log.info('pool %s: worker %s starts again in '
+                                      '%.1fs', self.name, handle.name, delay)
         else:
             self._spawn(handle)
 
@@ -894,8 +896,8 @@ class WorkerPool:
         if handle.exited:
             self._retired(handle)
             return
-        # it may hold requests up to the pool timeout: let them finish
-        self._stop_worker(handle, max(self.worker_kill_timeout, self.timeout))
+        # SIGTERM now, SIGKILL after graceful_timeout
+        self._stop_worker(handle)
 
     def _retired(self, handle):
         if handle in self.workers:

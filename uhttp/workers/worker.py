@@ -311,6 +311,8 @@ class Worker(WatchesDescriptors):
         (_, request_id, method, path, query, headers, data, remote, to_all,
          keep_alive, context) = message
         if self._stopping or not (self._accepting or to_all):
+            if self._stopping:
+                self._announce_stop()  # before the request goes back
             self._send(messages.returned(request_id))
             return
         self._flush_held()  # earlier answers go out before this handler runs
@@ -578,6 +580,7 @@ class Worker(WatchesDescriptors):
         if _SIGNALS.stop_requested:
             self._announce_stop()
         if self._stopping and not self._open:
+            self._hand_back_unread()
             self._exit_code = EXIT_OK
             return True
         return False
@@ -635,6 +638,20 @@ class Worker(WatchesDescriptors):
             os.read(self._signal_pipe[0], 64)
         except BlockingIOError:
             pass
+
+    def _hand_back_unread(self):
+        """Before a graceful exit: requests that reached the channel since
+        the last read go back to the dispatcher unstarted (so a sibling
+        runs them; the dispatcher would count them as lost otherwise)."""
+        if self._channel is None or self._channel.closed:
+            return
+        self._announce_stop()
+        self._receive()
+        with self._read_lock:
+            unread, self._inbox = self._inbox, collections.deque()
+        for message in unread:
+            if message[0] == messages.REQUEST:
+                self._send(messages.returned(message[1]))
 
     def _announce_stop(self):
         """After SIGTERM: tell the dispatcher to send nothing more (a
