@@ -47,7 +47,8 @@ TRACEBACK_SIGNAL = stackdump.DUMP_SIGNAL
 
 # Signals a worker handles: SIGTERM stops it gracefully (it finishes what it
 # holds, runs teardown() and exits 0), SIGQUIT at once (teardown() still
-# runs), SIGCONT logs its stacks; SIGINT and SIGHUP are the dispatcher's.
+# runs), SIGCONT logs its stacks; SIGINT, SIGHUP and SIGUSR1 are the
+# dispatcher's business (ignored here).
 GRACEFUL_STOP_SIGNAL = signal.SIGTERM
 IMMEDIATE_STOP_SIGNAL = signal.SIGQUIT
 
@@ -609,7 +610,7 @@ class Worker(WatchesDescriptors):
         try:
             self._loop()
         finally:
-            # also on SystemExit from SIGTERM (sent by the kernel when the
+            # also on SystemExit from SIGQUIT (sent by the kernel when the
             # dispatcher dies) and on an error of the loop itself
             self._teardown()
         return self._exit_code
@@ -702,12 +703,13 @@ def _invalid_json(keep_alive):
 
 
 def _die_with_parent():
-    # Linux only: have the kernel send SIGTERM when the dispatcher dies, so a
-    # worker stuck in a handler goes too. Elsewhere the loop notices instead.
+    # Linux only: have the kernel send SIGQUIT (stop at once: the answer has
+    # nobody to go to) when the dispatcher dies, so a worker stuck in a
+    # handler goes too. Elsewhere the loop notices instead.
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, IMMEDIATE_STOP_SIGNAL)
     except (OSError, AttributeError):
         pass
 
@@ -731,6 +733,11 @@ def _graceful_stop(_signum, _frame):
 
 def _terminate(signum, _frame):
     # unwinds the running handler; teardown() runs in _run()'s finally
+    worker = _SIGNALS.worker
+    if worker is not None:
+        if worker._exit_code is not None:  # pylint: disable=protected-access
+            return  # the loop has ended: let teardown() run to its end
+        worker._exit_code = 128 + signum  # pylint: disable=protected-access
     raise SystemExit(128 + signum)
 
 
@@ -747,6 +754,9 @@ def _prepare_signals():
     # happens to workers, so they ignore it (and a terminal's hangup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # the dispatcher's log-reopening signal, if sent to the whole group:
+    # a worker has no log file of its own (its records go to the dispatcher)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(GRACEFUL_STOP_SIGNAL, _graceful_stop)
     signal.signal(IMMEDIATE_STOP_SIGNAL, _terminate)
     signal.signal(TRACEBACK_SIGNAL, _dump_stacks)
