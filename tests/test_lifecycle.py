@@ -176,6 +176,9 @@ def test_external_sigterm_finishes_the_running_request(start_server,
     results = []
     thread = in_thread(server, '/api/nap/1', results)
     pid = busy_pid(server)
+    # running, not merely sent (a request not started yet would be handed
+    # back and run by the replacement)
+    wait_until(lambda: calls(path, 'nap_started', pid), 10)
     os.kill(pid, signal.SIGTERM)
     thread.join(30)
     assert results and results[0].status == 200, results
@@ -280,10 +283,11 @@ def test_restart_worker_interval_grows_on_repeated_crashes(start_server,
 
 def test_sigcont_dumps_every_stack_and_serving_goes_on(start_server,
                                                        tmp_path):
-    server, _ = start(start_server, tmp_path, WORKERS=2)
+    server, path = start(start_server, tmp_path, WORKERS=2)
     results = []
-    thread = in_thread(server, '/api/nap/2', results)
+    thread = in_thread(server, '/api/nap/3', results)
     pid = busy_pid(server)
+    wait_until(lambda: calls(path, 'nap_started', pid), 10)
     server.signal(signal.SIGCONT)
     server.wait_log(r'stacks of dispatcher')
     server.wait_log(r'in _on_signal_readable')  # the dispatcher's own loop

@@ -46,6 +46,7 @@ class LifeWorker(_workers.Worker):
 
     @_workers.api('/api/nap/{seconds:float}', 'GET')
     def nap(self, request):
+        record('nap_started', self.worker_id)
         return napping_in_a_handler(request.path_params['seconds'])
 
     @_workers.api('/api/ignore-term', 'GET')

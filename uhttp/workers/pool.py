@@ -294,6 +294,9 @@ class WorkerPool:
     def _start_paced(self, now):
         """Start the next queued worker once its turn has come (the
         dispatcher never sleeps: its loop calls this every turn)."""
+        if not self._dispatcher.accepts_workers:
+            self._start_queue.clear()  # shutting down: they never start
+            return
         while self._start_queue and now >= self._next_start_at:
             handle = self._start_queue.popleft()
             if handle not in self.workers or handle.retiring \

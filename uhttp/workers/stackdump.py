@@ -4,7 +4,7 @@ One mechanism serves both uses: SIGCONT (an operator asks the dispatcher,
 which forwards the signal to every worker) and the kill of a stuck worker
 (the dispatcher sends the same signal first, so the log shows where the
 worker hung). `format_stacks()` is pure Python (sys._current_frames() and
-traceback); it takes no lock, so it may run inside a signal handler.
+traceback) and takes no lock, so it may run inside a signal handler.
 
 Must never: stop, pause or change the threads it reports on, or raise.
 """
@@ -22,10 +22,13 @@ DUMP_SIGNAL = signal.SIGCONT
 
 def format_stacks(title='stack dump'):
     """Every thread's stack, innermost call last, as one text block."""
-    names = {thread.ident: thread.name for thread in threading.enumerate()}
-    lines = [f'{title} (pid {os.getpid()}, '
-             f'{len(sys._current_frames())} threads)']  # pylint: disable=protected-access
-    for ident, frame in sys._current_frames().items():  # pylint: disable=protected-access
+    frames = sys._current_frames()  # pylint: disable=protected-access
+    # threading.enumerate() takes a lock the interrupted code may hold: the
+    # registry of running threads is read as it is (a copy is atomic)
+    running = dict(getattr(threading, '_active', {}))
+    names = {ident: thread.name for ident, thread in running.items()}
+    lines = [f'{title} (pid {os.getpid()}, {len(frames)} threads)']
+    for ident, frame in frames.items():
         lines.append(f'Thread {names.get(ident, "?")} ({ident}):')
         lines.extend(line.rstrip('\n') for line in
                      traceback.format_stack(frame))
