@@ -327,3 +327,19 @@ def test_format_stacks_names_every_thread():
     assert 'Thread parker' in text
     assert 'in parked_in_a_known_place' in text
     assert 'in test_format_stacks_names_every_thread' in text
+
+
+def test_crash_restart_interval_doubles_up_to_a_cap_and_starts_over():
+    from uhttp.workers.pool import CRASH_STREAK_RESET
+    from uhttp.workers.worker_handle import WorkerHandle
+    pool = _workers.WorkerPool(_workers.Worker, restart_worker_interval=1)
+    handle = WorkerHandle(pool, 0)
+    now = 1000.0
+    handle.started = now - 1    # crashed a second after it started
+    delays = [pool._crash_delay(handle, now) for _ in range(7)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    handle.started = now - CRASH_STREAK_RESET - 1   # ran a long while
+    assert pool._crash_delay(handle, now) == 1
+    slow = _workers.WorkerPool(_workers.Worker, restart_worker_interval=45)
+    assert [slow._crash_delay(handle, now) for _ in range(2)] == [45, 45]
+    assert _workers.WorkerPool(_workers.Worker)._crash_delay(handle, now) == 0
