@@ -260,7 +260,7 @@ def test_stuck_worker_ignoring_sigterm_is_killed(start_server):
                     r'time: SIGKILL')
     assert server.get('/api/pid').json()['pid'] != pid
     # its stack was printed before it was killed: the log shows where it hung
-    server.wait_log(r'File ".*core_app\.py", line \d+ in ignore_term')
+    server.wait_log(r'File ".*core_app\.py", line \d+, in ignore_term')
 
 
 def test_worker_hanging_in_setup_is_killed_and_retried(start_server,

@@ -196,9 +196,11 @@ class CoreWorker(_workers.Worker):
 
     @_workers.api('/api/ignore-term', 'GET')
     def ignore_term(self, request):
-        """Hang with SIGTERM blocked: only SIGKILL ends this worker."""
+        """Hang with SIGTERM and SIGQUIT blocked: only SIGKILL ends this
+        worker."""
         import signal  # pylint: disable=import-outside-toplevel
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK,
+                               {signal.SIGTERM, signal.SIGQUIT})
         time.sleep(60)
         return {'unreachable': True}
 

@@ -127,7 +127,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
-    `on_idle`, `on_log`, `on_worker_died`), then call `run()`. `LOG_NAME`
+    `on_idle`, `on_log`, `on_worker_died`, and the lifecycle hooks
+    `on_start`, `on_stop`, `before_fork`, `on_worker_recycle`), then call
+    `run()`. `LOG_NAME`
     is the template of `self.log.name`, filled with `{cls}` and `{pid}`.
     """
 
@@ -141,7 +143,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None, **server_options):
+                 job_lock=None, dump_stacks=True, **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -168,6 +170,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if trusted_proxies:
             self._server_options['trusted_proxies'] = list(trusted_proxies)
         self.log_file = log_file
+        # SIGCONT logs every thread's stack here and in each worker
+        self.dump_stacks = dump_stacks
         self._log_output = LogOutput(sys.stderr, path=log_file)
         self._pid_file = PidFile(pid_file) if pid_file else None
         self.metrics_route = metrics_route

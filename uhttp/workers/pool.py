@@ -40,6 +40,14 @@ MEMORY_CHECK_EVERY = 1.0    # seconds between two RSS readings of workers
 BACKOFF_FIRST = 1.0     # seconds before the first retry of a degraded pool
 BACKOFF_MAX = 30.0      # cap of the doubling back-off
 QUEUE_WARNING_EVERY = 10.0  # seconds between two "queue is long" warnings
+# A worker slot whose process lived this long before it crashed starts its
+# restart_worker_interval back-off from the beginning again.
+CRASH_STREAK_RESET = 60.0
+
+# why a worker is recycled: the `reason` of Dispatcher.on_worker_recycle()
+RECYCLE_MAX_REQUESTS = 'max_requests'
+RECYCLE_MAX_MEMORY = 'max_memory'
+RECYCLE_ROLLING_RESTART = 'rolling_restart'
 # A request prefetched behind one that has run this long is taken back
 # (and no more are prefetched behind it), even while no sibling is idle.
 REVOKE_AFTER = 0.1
@@ -97,6 +105,16 @@ class WorkerPool:
     `recovery_interval` (seconds) replaces the doubling retry back-off of a
     degraded pool by a fixed interval, and `worker_memory_limit_mb` caps
     each worker's address space (RLIMIT_AS) before it is built.
+
+    Operations: a worker stopped gracefully (shutdown, recycling, rolling
+    restart, scale-down) gets SIGTERM and has `graceful_timeout` seconds to
+    finish what it holds before SIGKILL (at shutdown, never past the
+    dispatcher's shutdown_timeout). Worker starts are spaced by
+    `start_worker_delay` seconds plus a random part up to
+    `start_worker_delay_rand` seconds; a worker slot whose process crashed is
+    started again after `restart_worker_interval` seconds, doubled for each
+    crash in a row (up to 30 s or the interval itself if larger). All three
+    are 0 by default: starts and restarts happen at once.
     """
 
     def __init__(self, worker_class, num_workers=DEFAULT_NUM_WORKERS,
@@ -108,6 +126,8 @@ class WorkerPool:
                  max_requests_jitter=0, max_memory=0, start_method=None,
                  setup_timeout=300, recovery_interval=None,
                  permanent_failure_exitcode=None, worker_memory_limit_mb=None,
+                 graceful_timeout=30, start_worker_delay=0,
+                 start_worker_delay_rand=0, restart_worker_interval=0,
                  exit_on_startup_failure=True, worker_kwargs=None, **kwargs):
         kwargs = worker_keywords(
             'WorkerPool', _POOL_OPTIONS, worker_kwargs, kwargs)
@@ -116,6 +136,10 @@ class WorkerPool:
                              f'{num_workers!r}')
         if recovery_interval is not None and recovery_interval < 0:
             raise ValueError('recovery_interval must be None or >= 0')
+        _check_seconds(graceful_timeout=graceful_timeout,
+                       start_worker_delay=start_worker_delay,
+                       start_worker_delay_rand=start_worker_delay_rand,
+                       restart_worker_interval=restart_worker_interval)
         if heartbeat_interval <= 0 or stuck_timeout <= heartbeat_interval:
             raise ValueError(
                 'need 0 < heartbeat_interval < stuck_timeout')
@@ -140,6 +164,12 @@ class WorkerPool:
         self.recovery_interval = recovery_interval or None
         self.memory_limit = _address_space_limit(worker_memory_limit_mb)
         self.worker_kill_timeout = worker_kill_timeout
+        self.graceful_timeout = graceful_timeout
+        self.start_worker_delay = start_worker_delay
+        self.start_worker_delay_rand = start_worker_delay_rand
+        self.restart_worker_interval = restart_worker_interval
+        self._start_queue = collections.deque()  # paced starts, in order
+        self._next_start_at = 0.0
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.max_memory = max_memory
@@ -275,10 +305,40 @@ class WorkerPool:
             self._spawn(handle)
 
     def _spawn(self, handle):
-        """Start a process for `handle`; False when it could not start (the
+        """Start a process for `handle`, or queue the start when starts are
+        paced (start_worker_delay); False when it could not start (the
         failure is logged and a retry scheduled, never raised)."""
         if not self._dispatcher.accepts_workers:
             return False
+        if self.start_worker_delay or self.start_worker_delay_rand:
+            now = time.monotonic()
+            if self._start_queue or now < self._next_start_at:
+                if handle not in self._start_queue:
+                    self._start_queue.append(handle)
+                return True
+            self._next_start_at = now + self._start_gap()
+        return self._start_now(handle)
+
+    def _start_gap(self):
+        return self.start_worker_delay + random.uniform(
+            0, self.start_worker_delay_rand)
+
+    def _start_paced(self, now):
+        """Start the next queued worker once its turn has come (the
+        dispatcher never sleeps: its loop calls this every turn)."""
+        if not self._dispatcher.accepts_workers:
+            self._start_queue.clear()  # shutting down: they never start
+            return
+        while self._start_queue and now >= self._next_start_at:
+            handle = self._start_queue.popleft()
+            if handle not in self.workers or handle.retiring \
+                    or not handle.exited:
+                continue  # retired or resized away while it waited
+            self._next_start_at = now + self._start_gap()
+            self._start_now(handle)
+            return
+
+    def _start_now(self, handle):
         try:
             process, channel = self._start_process(handle)
         except Exception as err:  # pylint: disable=broad-except
@@ -313,6 +373,7 @@ class WorkerPool:
         method = 'spawn' if self._fresh_code or \
             threading.active_count() > 1 else 'fork'
         options['forked'] = method == 'fork'
+        self._dispatcher.lifecycle_hook('before_fork', self, handle.index)
         process = multiprocessing.get_context(method).Process(
             target=worker_main, name=handle.name,
             args=(self.worker_class, worker_end, options, self.kwargs))
@@ -353,8 +414,11 @@ class WorkerPool:
             return
         handle.stopping = True
         handle.kill_deadline = time.monotonic() + (
-            self.worker_kill_timeout if grace is None else grace)
+            self.graceful_timeout if grace is None else grace)
+        # SIGTERM: the worker finishes what it holds, runs teardown() and
+        # exits 0; still there at kill_deadline, it gets SIGKILL
         self._queue(handle, messages.stop())
+        self._signal(handle, signal.SIGTERM)
 
     def kill(self):
         """Kill every worker at once (immediate shutdown)."""
@@ -458,7 +522,8 @@ class WorkerPool:
         handle.take(pending)
         self._queue(handle, pending.message)
         if handle.request_limit and handle.assigned >= handle.request_limit:
-            self._recycle(handle, f'served {handle.assigned} requests '
+            self._recycle(handle, RECYCLE_MAX_REQUESTS,
+                          f'served {handle.assigned} requests '
                           f'(max_requests={self.max_requests})')
 
     def pump(self, freed=None):
@@ -599,7 +664,10 @@ class WorkerPool:
     # -- supervision ----------------------------------------------------------
 
     def supervise(self, now):
-        """Periodic checks: stuck workers, kill escalation, degraded retry."""
+        """Periodic checks: stuck workers, kill escalation, degraded retry,
+        paced starts."""
+        if self._start_queue:
+            self._start_paced(now)
         for handle in list(self.workers):
             if handle.retry_at is not None and now >= handle.retry_at \
                     and not self.degraded:
@@ -611,6 +679,11 @@ class WorkerPool:
             if handle.awaiting_exit:
                 self._await_exit(handle, now)
                 continue
+            if handle.quit_pending:
+                # after the stack dump asked for one turn earlier: the dump
+                # must show where it hung, not the unwinding of SystemExit
+                handle.quit_pending = False
+                self._signal(handle, signal.SIGQUIT)
             if handle.kill_deadline is not None and now >= handle.kill_deadline:
                 handle.kill_deadline = None
                 self._dispatcher.log.error(
@@ -650,15 +723,15 @@ class WorkerPool:
             self._signal(handle, signal.SIGKILL)
 
     def _kill(self, handle, now, reason, why, *args):
-        """Stop a misbehaving worker: its stack to stderr, SIGTERM, and
-        SIGKILL if it is still there after a short grace."""
+        """Stop a misbehaving worker: its stacks to the log, then SIGQUIT
+        (next turn), and SIGKILL if it is still there after a short grace."""
         handle.kill_reason = reason
         handle.kill_deadline = now + min(self.worker_kill_timeout, 5)
         self._dispatcher.log.error(
             'worker %s (pid %s) ' + why + ': killing it', handle.name,
             handle.pid, *args)
         self._signal(handle, TRACEBACK_SIGNAL)
-        self._signal(handle, signal.SIGTERM)
+        handle.quit_pending = True
 
     def _signal(self, handle, signum):
         if handle.pid is None or handle.exited:
@@ -750,6 +823,7 @@ class WorkerPool:
 
     def _schedule_restart(self, handle, delay=0.0):
         now = time.monotonic()
+        delay = max(delay, self._crash_delay(handle, now))
         self._restart_times.append(now)
         while self._restart_times and \
                 now - self._restart_times[0] > self.restart_window:
@@ -771,8 +845,23 @@ class WorkerPool:
             return
         if delay:
             handle.retry_at = now + delay
+            self._dispatcher.log.info('pool %s: worker %s starts again in '
+                                      '%.1fs', self.name, handle.name, delay)
         else:
             self._spawn(handle)
+
+    def _crash_delay(self, handle, now):
+        """restart_worker_interval, doubled for each crash in a row of
+        this slot (a process that lived CRASH_STREAK_RESET starts over)."""
+        if not self.restart_worker_interval:
+            return 0.0
+        if now - handle.started > CRASH_STREAK_RESET:
+            handle.crash_streak = 0
+        interval = self.restart_worker_interval
+        delay = min(interval * 2 ** handle.crash_streak,
+                    max(interval, BACKOFF_MAX))
+        handle.crash_streak += 1
+        return delay
 
     def _retry_one(self):
         """While degraded: start one worker to see whether the cause is gone."""
@@ -821,7 +910,7 @@ class WorkerPool:
                 handle.kill_reason = 'restarted'
                 handle.respawn = True
                 handle.kill_deadline = now + self.worker_kill_timeout
-                self._signal(handle, signal.SIGTERM)
+                self._signal(handle, signal.SIGQUIT)  # at once
             return
         if self._rolling is not None or self._roll_queue:
             self._dispatcher.log.info(
@@ -837,7 +926,7 @@ class WorkerPool:
             old = self._roll_queue.popleft()
             if old.is_serving and old.replacement is None:
                 self._rolling = old
-                self._replace(old, 'rolling restart')
+                self._replace(old, RECYCLE_ROLLING_RESTART, 'rolling restart')
                 return
 
     def resize(self, num_workers):
@@ -871,13 +960,15 @@ class WorkerPool:
             index += 1
         return index
 
-    def _recycle(self, handle, why):
+    def _recycle(self, handle, reason, why):
         if handle.replacement is None and handle.is_serving \
                 and self._dispatcher.is_running:
-            self._replace(handle, why)
+            self._replace(handle, reason, why)
 
-    def _replace(self, old, why):
+    def _replace(self, old, reason, why):
         """Start a worker that takes over from `old` once it is ready."""
+        self._dispatcher.lifecycle_hook('on_worker_recycle', self, old.index,
+                                        reason)
         new = WorkerHandle(self, old.index)
         new.replaces = old
         old.replacement = new
@@ -892,8 +983,8 @@ class WorkerPool:
         if handle.exited:
             self._retired(handle)
             return
-        # it may hold requests up to the pool timeout: let them finish
-        self._stop_worker(handle, max(self.worker_kill_timeout, self.timeout))
+        # SIGTERM now, SIGKILL after graceful_timeout
+        self._stop_worker(handle)
 
     def _retired(self, handle):
         if handle in self.workers:
@@ -927,7 +1018,8 @@ class WorkerPool:
             handle.rss = _resident_memory(handle.pid)
             if self.max_memory and handle.rss and \
                     handle.rss > self.max_memory:
-                self._recycle(handle, f'resident memory {handle.rss} bytes '
+                self._recycle(handle, RECYCLE_MAX_MEMORY,
+                              f'resident memory {handle.rss} bytes '
                               f'> max_memory={self.max_memory}')
 
     def flush(self, handle):
@@ -949,6 +1041,15 @@ def _resident_memory(pid):
             return int(statm.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _check_seconds(**durations):
+    """Each duration must be a number of seconds >= 0."""
+    for name, value in durations.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or value < 0:
+            raise ValueError(f'{name} must be a number of seconds >= 0, '
+                             f'not {value!r}')
 
 
 def _address_space_limit(megabytes):

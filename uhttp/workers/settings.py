@@ -281,6 +281,9 @@ SETTINGS = (
     S('pid_file', 'path', None, 'write the pid of the dispatcher here',
       flag='--pid', metavar='FILE', on_instance=_set_pid_file,
       group='Logging'),
+    S('dump_stacks', 'bool', True,
+      'SIGCONT logs the stack of every thread of the dispatcher and workers',
+      group='Logging'),
     # -- development -----------------------------------------------------------
     S('reload', 'bool', False,
       'restart the server when a watched source file changes',
@@ -328,8 +331,9 @@ NOT_CLI = {
             'max_requests', 'max_requests_jitter', 'max_memory',
             'start_method', 'setup_timeout', 'recovery_interval',
             'permanent_failure_exitcode', 'worker_memory_limit_mb',
-            'exit_on_startup_failure',
-            'worker_kwargs')}),
+            'exit_on_startup_failure', 'graceful_timeout',
+            'start_worker_delay', 'start_worker_delay_rand',
+            'restart_worker_interval', 'worker_kwargs')}),
 }
 
 

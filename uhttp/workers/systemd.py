@@ -1,13 +1,22 @@
-"""systemd integration: readiness and watchdog notifications, and listening
-sockets passed by socket activation.
+"""Readiness: systemd notifications (READY, WATCHDOG, STOPPING), listening
+sockets passed by socket activation, and the moment the service is ready.
 
-Everything here is a no-op outside systemd (no NOTIFY_SOCKET, no LISTEN_FDS),
-and nothing here may block: a notification is one datagram, sent without
-waiting, and a failure to send is reported to the caller's log, never raised.
+The `Readiness` mixin of Dispatcher decides when every worker and service
+is first up: then it lets clients in after a predecessor, tells systemd and
+the predecessor, and calls `on_start()`; afterwards it keeps systemd's
+watchdog fed.
+
+The systemd parts are no-ops outside systemd (no NOTIFY_SOCKET, no
+LISTEN_FDS), and nothing here may block: a notification is one datagram,
+sent without waiting, and a failure to send is reported to the caller's log,
+never raised.
 """
 
 import os
 import socket
+
+from . import upgrade
+from .admission import HOLD_PREDECESSOR
 
 LISTEN_FDS_START = 3    # sd_listen_fds(3): passed sockets start at fd 3
 
@@ -76,3 +85,33 @@ def listen_sockets(environ=None):
         os.set_inheritable(fd, False)
         sockets.append(socket.socket(fileno=fd))
     return sockets
+
+
+class Readiness:
+    """First readiness and systemd notifications (mixed into Dispatcher)."""
+
+    def _readiness_step(self, now):
+        """Once every worker and service is up: tell systemd and the
+        dispatcher we replace; then keep systemd's watchdog fed."""
+        if not self._ready_notified and self._state == 'running' and all(
+                h.ready for pool in self._pools for h in pool.workers) \
+                and self._services_settled():
+            self._ready_notified = True
+            if self._predecessor:
+                self._gate.release(HOLD_PREDECESSOR)
+                if self._pid_file is not None:
+                    # only now: a successor that fails leaves it to the old
+                    self._pid_file.create(predecessor=self._predecessor)
+            self._notify(f'READY=1\nSTATUS=serving on port {self.port}\n'
+                         f'MAINPID={os.getpid()}')
+            if upgrade.announce_ready():
+                self.log.info('ready: the previous dispatcher may go')
+            self.lifecycle_hook('on_start')
+        if self._next_watchdog is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self._notifier.watchdog_interval
+            self._notify('WATCHDOG=1')
+
+    def _notify(self, message):
+        error = self._notifier.notify(message) if self._notifier else None
+        if error is not None:
+            self.log.warning('systemd notification failed: %s', error)

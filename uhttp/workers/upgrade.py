@@ -7,13 +7,16 @@ workers are ready it writes "ready" on the pipe, and the old dispatcher
 drains and exits like on SIGTERM. If the successor dies first, the pipe
 closes without "ready" and the old one keeps serving.
 
-This module only starts the successor and passes the handles; it never
-decides when to drain.
+The `Upgrade` mixin of Dispatcher handles SIGUSR2 and follows the
+successor until it is ready (then it asks for the drain) or gone (then it
+forgets it). It never drains or stops anything itself.
 """
 
 import os
+import selectors
 import socket
 import sys
+import time
 
 ENV_LISTEN_FD = 'UHTTP_WORKERS_LISTEN_FD'
 ENV_READY_FD = 'UHTTP_WORKERS_READY_FD'
@@ -117,3 +120,63 @@ class Successor:
     def reaped(self):
         """True once its exit status was collected (no zombie left)."""
         return self.process.poll() is not None
+
+
+class Upgrade:
+    """SIGUSR2 and the successor's progress (mixed into Dispatcher)."""
+
+    def handle_usr2(self):
+        """SIGUSR2: start a new dispatcher (new code) on the same listening
+        socket; this one drains and exits once the new one is ready."""
+        if self._state != 'running' or self._successor is not None:
+            self.log.warning('SIGUSR2 ignored: %s', 'an upgrade is under way'
+                             if self._successor else 'shutting down')
+            return
+        try:
+            process, reader = start_successor(self._server.socket)
+        except OSError as err:
+            self.log.error('SIGUSR2: cannot start a new dispatcher: %s', err)
+            return
+        self._successor = Successor(
+            process, reader, time.monotonic() + UPGRADE_TIMEOUT)
+        self._selector.register(reader, selectors.EVENT_READ,
+                                self._on_successor_news)
+        self.log.info('SIGUSR2: started new dispatcher (pid %d); serving '
+                      'until it is ready', process.pid)
+
+    def _on_successor_news(self, _fileobj, _mask):
+        successor = self._successor
+        news = successor.read_news()
+        if news is None:
+            return
+        self._selector.unregister(successor.reader)
+        successor.close_pipe()
+        if news == 'ready':
+            self.log.info('new dispatcher (pid %d) is ready: draining',
+                          successor.pid)
+            self._begin_drain()
+        else:
+            self._give_up_successor('it ended before it was ready')
+
+    def _give_up_successor(self, why):
+        """Stop a successor that will not take over; go on serving."""
+        successor, self._successor = self._successor, None
+        if successor is None or successor.ready:
+            self._successor = successor
+            return
+        if successor.reader is not None:
+            self._selector.unregister(successor.reader)
+            successor.close_pipe()
+        successor.stop()
+        self._former_successors.append(successor)
+        self.log.error('new dispatcher (pid %d) will not take over: %s',
+                       successor.pid, why)
+
+    def _upgrade_step(self, now):
+        successor = self._successor
+        if successor is not None and not successor.ready \
+                and now >= successor.deadline:
+            self._give_up_successor(
+                f'not ready within {UPGRADE_TIMEOUT:.0f}s')
+        self._former_successors = [
+            s for s in self._former_successors if not s.reaped()]

@@ -13,7 +13,6 @@ without logging it, or outlive the dispatcher.
 import collections
 import ctypes
 import json
-import faulthandler
 import functools
 import os
 import resource
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 
-from . import framing, messages
+from . import framing, messages, stackdump
 from .channel import Channel, ChannelClosed
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import LOG_WARNING, Logger, printable, resolve_log_name
@@ -47,9 +46,17 @@ APP_ERROR_MESSAGE = (
     "'__main__':` so that workers (started with spawn) can import the "
     'module without running it')
 
-# signal whose arrival makes a worker print every thread's stack to stderr
-# (sent before a stuck worker is killed, so the log shows where it hung)
-TRACEBACK_SIGNAL = signal.SIGUSR1
+# signal whose arrival makes a worker log every thread's stack (sent by the
+# dispatcher on SIGCONT, and before a stuck worker is killed, so the log
+# shows where it hung)
+TRACEBACK_SIGNAL = stackdump.DUMP_SIGNAL
+
+# Signals a worker handles: SIGTERM stops it gracefully (it finishes what it
+# holds, runs teardown() and exits 0), SIGQUIT at once (teardown() still
+# runs), SIGCONT logs its stacks; SIGINT, SIGHUP and SIGUSR1 are the
+# dispatcher's business (ignored here).
+GRACEFUL_STOP_SIGNAL = signal.SIGTERM
+IMMEDIATE_STOP_SIGNAL = signal.SIGQUIT
 
 _ERROR_BODY = b'{"error": "Internal Server Error"}'
 _ERROR_DATA = {'error': 'Internal Server Error'}
@@ -164,6 +171,8 @@ class Worker(WatchesDescriptors):
         self._selector = None
         self._accepting = True
         self._stopping = False
+        self._stop_announced = False
+        self._signal_pipe = None
         self._exit_code = None
         self._current = None
         self._inbox = collections.deque()   # messages read, not yet handled
@@ -189,13 +198,19 @@ class Worker(WatchesDescriptors):
 
     # -- hooks for applications ---------------------------------------------
 
+    def after_fork(self):
+        """Called once in the new worker process (forked or spawned),
+        before setup(): e.g. to reseed a random generator or reopen what a
+        fork must not share. An exception here is logged; setup() runs."""
+
     def setup(self):
         """Called once in the worker process before it takes requests."""
 
     def teardown(self):
         """Called once in the worker process when its loop ends, whatever
-        ended it (stop, recycling, rolling restart, the dispatcher gone or
-        SIGTERM; never after SIGKILL, nor when setup() failed). Close what
+        ended it (graceful stop or SIGTERM, recycling, rolling restart,
+        SIGQUIT, the dispatcher gone; never after SIGKILL, nor when setup()
+        failed). Close what
         setup() opened; an exception here is logged with its traceback."""
 
     def on_config(self, config):
@@ -309,6 +324,8 @@ class Worker(WatchesDescriptors):
         (_, request_id, method, path, query, headers, data, remote, to_all,
          keep_alive, context) = message
         if self._stopping or not (self._accepting or to_all):
+            if self._stopping:
+                self._announce_stop()  # before the request goes back
             self._send(messages.returned(request_id))
             return
         self._flush_held()  # earlier answers go out before this handler runs
@@ -586,7 +603,10 @@ class Worker(WatchesDescriptors):
     def _should_exit(self):
         if self._exit_code is not None:
             return True
+        if _SIGNALS.stop_requested:
+            self._announce_stop()
         if self._stopping and not self._open:
+            self._hand_back_unread()
             self._exit_code = EXIT_OK
             return True
         return False
@@ -602,6 +622,8 @@ class Worker(WatchesDescriptors):
         self._selector.register(channel.sock, selectors.EVENT_READ,
                                 self._on_channel)
         self._descriptors.attach(self._selector)
+        self._watch_signals()
+        self._call_hook(self.after_fork)
         try:
             self.setup()
         except Exception:  # pylint: disable=broad-except
@@ -613,10 +635,56 @@ class Worker(WatchesDescriptors):
         try:
             self._loop()
         finally:
-            # also on SystemExit from SIGTERM (sent by the kernel when the
+            # also on SystemExit from SIGQUIT (sent by the kernel when the
             # dispatcher dies) and on an error of the loop itself
             self._teardown()
         return self._exit_code
+
+    def _watch_signals(self):
+        """Let a signal wake the loop (a handler only sets a flag)."""
+        _SIGNALS.worker = self
+        if _SIGNALS.stop_requested:
+            self._stopping = True  # SIGTERM came while the worker was built
+        # a pipe, not a socket: the worker holds no socket but its channel
+        reader, writer = os.pipe()
+        os.set_blocking(reader, False)
+        os.set_blocking(writer, False)
+        try:
+            signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(reader)
+            os.close(writer)
+            return  # not the main thread (a test running _run() directly)
+        self._signal_pipe = (reader, writer)
+        self._selector.register(reader, selectors.EVENT_READ,
+                                self._on_signal_wake)
+
+    def _on_signal_wake(self, _fileobj, _mask):
+        try:
+            os.read(self._signal_pipe[0], 64)
+        except BlockingIOError:
+            pass
+
+    def _hand_back_unread(self):
+        """Before a graceful exit: requests that reached the channel since
+        the last read go back to the dispatcher unstarted (so a sibling
+        runs them; the dispatcher would count them as lost otherwise)."""
+        if self._channel is None or self._channel.closed:
+            return
+        self._announce_stop()
+        self._receive()
+        with self._read_lock:
+            unread, self._inbox = self._inbox, collections.deque()
+        for message in unread:
+            if message[0] == messages.REQUEST:
+                self._send(messages.returned(message[1]))
+
+    def _announce_stop(self):
+        """After SIGTERM: tell the dispatcher to send nothing more (a
+        request already on its way is handed back, unstarted)."""
+        if not self._stop_announced:
+            self._stop_announced = True
+            self._send(messages.accepting(False))
 
     def _loop(self):
         self._next_beat = time.monotonic() + self.heartbeat_interval
@@ -636,6 +704,22 @@ class Worker(WatchesDescriptors):
         except Exception:  # pylint: disable=broad-except
             self.log.exception('teardown() failed')
 
+    def _dump_stacks(self):
+        """(From the SIGCONT handler.) Log every thread's stack; straight
+        to stderr when the channel is busy in the interrupted code."""
+        text = stackdump.format_stacks(f'stacks of worker {self.log.name}')
+        channel = self._channel
+        if channel is not None and not channel.closed and \
+                self._write_lock.acquire(blocking=False):
+            try:
+                channel.send(messages.log(self.log.name, LOG_WARNING, text))
+                return
+            except ChannelClosed:
+                pass
+            finally:
+                self._write_lock.release()
+        stackdump.write_to_stderr(text)
+
 
 def _invalid_json(keep_alive):
     return framing.encode_response(
@@ -644,18 +728,50 @@ def _invalid_json(keep_alive):
 
 
 def _die_with_parent():
-    # Linux only: have the kernel send SIGTERM when the dispatcher dies, so a
-    # worker stuck in a handler goes too. Elsewhere the loop notices instead.
+    # Linux only: have the kernel send SIGQUIT (stop at once: the answer has
+    # nobody to go to) when the dispatcher dies, so a worker stuck in a
+    # handler goes too. Elsewhere the loop notices instead.
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, IMMEDIATE_STOP_SIGNAL)
     except (OSError, AttributeError):
         pass
 
 
+class _SignalState:
+    """What the worker's signal handlers saw (they only set flags)."""
+    worker = None
+    stop_requested = False
+
+
+_SIGNALS = _SignalState()
+
+
+def _graceful_stop(_signum, _frame):
+    # the running handler goes on; the loop then hands back what it has not
+    # started, waits for its deferred and streaming requests, and exits 0
+    _SIGNALS.stop_requested = True
+    if _SIGNALS.worker is not None:
+        _SIGNALS.worker._stopping = True  # pylint: disable=protected-access
+
+
 def _terminate(signum, _frame):
+    # unwinds the running handler; teardown() runs in _run()'s finally
+    worker = _SIGNALS.worker
+    if worker is not None:
+        if worker._exit_code is not None:  # pylint: disable=protected-access
+            return  # the loop has ended: let teardown() run to its end
+        worker._exit_code = 128 + signum  # pylint: disable=protected-access
     raise SystemExit(128 + signum)
+
+
+def _dump_stacks(_signum, _frame):
+    worker = _SIGNALS.worker
+    if worker is not None:
+        worker._dump_stacks()  # pylint: disable=protected-access
+    else:
+        stackdump.write_to_stderr(stackdump.format_stacks())
 
 
 def _prepare_signals():
@@ -663,8 +779,12 @@ def _prepare_signals():
     # happens to workers, so they ignore it (and a terminal's hangup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _terminate)
-    faulthandler.register(TRACEBACK_SIGNAL, all_threads=True, chain=False)
+    # the dispatcher's log-reopening signal, if sent to the whole group:
+    # a worker has no log file of its own (its records go to the dispatcher)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(GRACEFUL_STOP_SIGNAL, _graceful_stop)
+    signal.signal(IMMEDIATE_STOP_SIGNAL, _terminate)
+    signal.signal(TRACEBACK_SIGNAL, _dump_stacks)
 
 
 def _isolate_from_dispatcher(keep):
@@ -713,7 +833,7 @@ def worker_main(worker_class, sock, options, kwargs):
     if options.pop('forked', False):
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                       signal.SIGTTIN, signal.SIGTTOU):
+                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT):
             signal.signal(signum, signal.SIG_DFL)
         _isolate_from_dispatcher({sock.fileno()})
     _prepare_signals()

@@ -44,6 +44,7 @@ class WorkerHandle:
         self.respawn = False        # killed on purpose: start it again
         self.unrecoverable = False  # ended with a code that forbids restart
         self.retry_at = None        # start again at this time (failed start)
+        self.crash_streak = 0       # crashes in a row (restart_worker_interval)
         self.replacement = None     # the new worker that will take over
         self.replaces = None        # the worker this one takes over from
         self.process = None
@@ -64,7 +65,8 @@ class WorkerHandle:
         self.stopping = False
         self.awaiting_exit = False  # gone, exit status not known yet
         self.kill_reason = None
-        self.kill_deadline = None
+        self.kill_deadline = None   # SIGKILL then, if still running
+        self.quit_pending = False   # SIGQUIT next turn (after a stack dump)
         self.lost = 0               # requests failed when it ended
         self.started = now
         self.last_seen = now
