@@ -1,0 +1,79 @@
+"""The static type check: `mypy --strict` over the annotated modules.
+
+TYPED_MODULES is the one list of modules the project keeps strict-clean;
+every other module of the package is named in the `ignore_errors` override
+of pyproject.toml until it is annotated, so that mypy follows it for the
+names it exports without reporting on it. mypy is a development tool (the
+`typing` extra): without it the test skips.
+"""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: mypy depends on tomli there
+    tomllib = None
+
+TYPED_MODULES = [
+]
+
+_PACKAGE = 'uhttp.workers'
+
+
+def _package_modules():
+    names = {_PACKAGE}
+    for path in glob.glob(os.path.join(ROOT, 'uhttp', 'workers', '*.py')):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if name != '__init__':
+            names.add(f'{_PACKAGE}.{name}')
+    return names
+
+
+def _not_yet_typed():
+    if tomllib is None:
+        tomli = pytest.importorskip('tomli')
+        load = tomli.load
+    else:
+        load = tomllib.load
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as file:
+        config = load(file)
+    names = set()
+    for override in config['tool']['mypy'].get('overrides', []):
+        if override.get('ignore_errors'):
+            modules = override['module']
+            names.update([modules] if isinstance(modules, str) else modules)
+    return names
+
+
+def test_every_module_is_either_typed_or_listed_as_not_yet():
+    typed = set(TYPED_MODULES)
+    ignored = _not_yet_typed()
+    assert typed & ignored == set(), 'typed modules must not be ignored'
+    assert _package_modules() - typed - ignored == set(), (
+        'a new module belongs in TYPED_MODULES (or, for now, in the '
+        'ignore_errors override of pyproject.toml)')
+
+
+@pytest.mark.timeout(180)
+def test_typed_modules_pass_mypy_strict():
+    if importlib.util.find_spec('mypy') is None:
+        pytest.skip("mypy is not installed (pip install -e '.[typing]')")
+    if not TYPED_MODULES:
+        pytest.skip('no module is annotated yet')
+    # no cache: nothing is written into the working copy
+    command = [sys.executable, '-m', 'mypy', '--strict',
+               '--config-file', 'pyproject.toml', '--cache-dir', os.devnull]
+    for module in TYPED_MODULES:
+        command += ['-m', module]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True,
+                            text=True, timeout=170, check=False)
+    assert result.returncode == 0, (
+        f'{" ".join(command[1:])} reports:\n{result.stdout}{result.stderr}')
