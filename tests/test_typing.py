@@ -23,6 +23,7 @@ except ImportError:  # Python 3.10: mypy depends on tomli there
     tomllib = None
 
 TYPED_MODULES = [
+    'uhttp.workers.request',
 ]
 
 _PACKAGE = 'uhttp.workers'
