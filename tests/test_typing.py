@@ -24,6 +24,7 @@ except ImportError:  # Python 3.10: mypy depends on tomli there
 
 TYPED_MODULES = [
     'uhttp.workers.request',
+    'uhttp.workers.routing',
 ]
 
 _PACKAGE = 'uhttp.workers'
