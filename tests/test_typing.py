@@ -25,6 +25,7 @@ except ImportError:  # Python 3.10: mypy depends on tomli there
 TYPED_MODULES = [
     'uhttp.workers.request',
     'uhttp.workers.routing',
+    'uhttp.workers.messages',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -23,9 +23,9 @@ Data = Any
 # values are str, except `set-cookie`, which may be a list of str.
 OutHeaders = MutableMapping[str, Any]
 # name -> value ('v; Path=/' carries attributes); None deletes the cookie
-Cookies = Mapping[str, 'str | None']
+Cookies = Mapping[str, str | None]
 # split_result's view of a handler's result
-Result = tuple[Data, int, 'Mapping[str, Any] | None', 'Cookies | None']
+Result = tuple[Data, int, Mapping[str, Any] | None, Cookies | None]
 
 # uhttp-server ships no annotations: the values taken from it, typed here
 _EVENT_STREAM: str = _server.CONTENT_TYPE_EVENT_STREAM

@@ -44,7 +44,7 @@ _T = TypeVar('_T')
 # a path parameter's value: str, int or float by its type
 ParamValue = Any
 # (literal segment, None) or (None, regex of a parameter's type)
-_Segment = tuple['str | None', 're.Pattern[str] | None']
+_Segment = tuple[str | None, re.Pattern[str] | None]
 
 __all__ = [
     'RouteNotFound', 'MethodNotAllowed', 'Pattern', 'compile_pattern',
