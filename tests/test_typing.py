@@ -26,6 +26,9 @@ TYPED_MODULES = [
     'uhttp.workers.request',
     'uhttp.workers.routing',
     'uhttp.workers.messages',
+    'uhttp.workers.channel',
+    'uhttp.workers.pending',
+    'uhttp.workers.admission',
 ]
 
 _PACKAGE = 'uhttp.workers'
