@@ -29,6 +29,7 @@ TYPED_MODULES = [
     'uhttp.workers.channel',
     'uhttp.workers.pending',
     'uhttp.workers.admission',
+    'uhttp.workers.options',
 ]
 
 _PACKAGE = 'uhttp.workers'
