@@ -30,6 +30,7 @@ TYPED_MODULES = [
     'uhttp.workers.pending',
     'uhttp.workers.admission',
     'uhttp.workers.options',
+    'uhttp.workers.http11',
 ]
 
 _PACKAGE = 'uhttp.workers'
