@@ -31,6 +31,8 @@ TYPED_MODULES = [
     'uhttp.workers.admission',
     'uhttp.workers.options',
     'uhttp.workers.http11',
+    'uhttp.workers.descriptors',
+    'uhttp.workers.proctitle',
 ]
 
 _PACKAGE = 'uhttp.workers'
