@@ -33,6 +33,7 @@ TYPED_MODULES = [
     'uhttp.workers.http11',
     'uhttp.workers.descriptors',
     'uhttp.workers.proctitle',
+    'uhttp.workers.metrics',
 ]
 
 _PACKAGE = 'uhttp.workers'
