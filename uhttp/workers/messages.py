@@ -28,7 +28,9 @@ RequestMessage = tuple[int, int, str, str, Query, dict[str, str], Data,
 ConfigMessage = tuple[int, Any]
 StopMessage = tuple[int]
 RequestIdMessage = tuple[int, int]
-ServicesMessage = tuple[int, dict[str, str]]
+# a helper service's status entry: name, state, pid, restarts, …
+ServiceStatus = dict[str, Any]
+ServicesMessage = tuple[int, dict[str, ServiceStatus]]
 HeartbeatMessage = tuple[int, int | None, int]
 ResponseMessage = tuple[int, int, int, bytes, bool, str]
 KeepAliveMessage = tuple[int, tuple[int, ...]]
@@ -45,7 +47,7 @@ CONFIG: Final = 2          # (CONFIG, config)
 STOP: Final = 3            # (STOP,)  finish what you hold, then exit
 DISCONNECT: Final = 4      # (DISCONNECT, request_id)  its client went away
 CANCEL: Final = 5          # (CANCEL, request_id)  client left: skip it if not started
-SERVICES: Final = 6        # (SERVICES, {name: status})  helper service states
+SERVICES: Final = 6        # (SERVICES, {name: status entry})  helper service states
 
 # worker -> dispatcher
 READY: Final = 20          # (READY, pid)  setup() finished
@@ -95,7 +97,7 @@ def cancel(request_id: int) -> RequestIdMessage:
     return (CANCEL, request_id)
 
 
-def services(states: dict[str, str]) -> ServicesMessage:
+def services(states: dict[str, ServiceStatus]) -> ServicesMessage:
     """Current states of the dispatcher's helper services."""
     return (SERVICES, states)
 
