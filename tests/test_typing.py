@@ -35,6 +35,7 @@ TYPED_MODULES = [
     'uhttp.workers.proctitle',
     'uhttp.workers.metrics',
     'uhttp.workers.owned_services',
+    'uhttp.workers.singleserver',
 ]
 
 _PACKAGE = 'uhttp.workers'
@@ -82,7 +83,12 @@ def test_calls_into_not_yet_typed_modules_are_allowed_and_no_others():
     # untyped_calls_exclude matches by name prefix: the package itself
     # (whose name prefixes every module) stays out of it
     excluded = set(_mypy_config().get('untyped_calls_exclude', []))
-    assert excluded == _not_yet_typed() - {_PACKAGE}
+    modules = excluded & _package_modules()
+    assert modules == _not_yet_typed() - {_PACKAGE}
+    # the other entries are classes of typed modules whose bases are not
+    # annotated yet
+    for name in excluded - modules:
+        assert name.rpartition('.')[0] in TYPED_MODULES, name
 
 
 def test_typed_modules_pass_mypy_strict():
