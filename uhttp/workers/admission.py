@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import selectors
-import socket
+import socket as _socket
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -54,7 +54,7 @@ class ParkableConnection(Protocol):
     _last_activity: float
 
     @property
-    def socket(self) -> socket.socket | None:
+    def socket(self) -> _socket.socket | None:
         """None once the connection is closed."""
 
     def _register(self) -> bool: ...
@@ -73,7 +73,7 @@ class ListenerGate:
     it; each reason is held and released on its own."""
 
     def __init__(self, selector: selectors.BaseSelector,
-                 sock: socket.socket | None, owner: Any) -> None:
+                 sock: _socket.socket | None, owner: Any) -> None:
         self._selector = selector
         self._sock = sock
         # the selector key's data: the uhttp.server HttpServer
@@ -81,7 +81,7 @@ class ListenerGate:
         self._holds: set[str] = set()
         self._watched = True    # HttpServer registers it when it binds
 
-    def replace_socket(self, sock: socket.socket | None) -> None:
+    def replace_socket(self, sock: _socket.socket | None) -> None:
         """Watch `sock` instead (an inherited listener)."""
         self._unwatch()
         self._sock = sock
