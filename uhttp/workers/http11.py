@@ -132,7 +132,6 @@ class RequestHead:
     __slots__ = ('method', 'target', 'version', 'url', 'headers', 'repeated',
                  'content_length', 'chunked', 'expect_continue')
 
-    # pylint: disable-next=too-many-arguments
     def __init__(self, method: str, target: str, version: str, url: str,
                  headers: Headers, repeated: Repeated | None,
                  content_length: int | None, chunked: bool,
@@ -296,7 +295,6 @@ def _collect(fields: list[tuple[str, str]]) -> tuple[Headers, Repeated]:
     return headers, repeated
 
 
-# pylint: disable-next=too-many-arguments
 def _framing(method: str, target: str, version: str, url: str,
              headers: Headers, repeated: Repeated | None) -> RequestHead:
     """Check Host, Content-Length, Transfer-Encoding; build the head."""

@@ -67,7 +67,6 @@ class Pending:
                  'deadline', 'message', 'active', 'read_paused', 'started',
                  'revoked', 'to_all')
 
-    # pylint: disable-next=too-many-arguments
     def __init__(self, request_id: int, client: Any, pool: PendingPool,
                  message: Message, deadline: float | None = None,
                  started: float = 0.0, to_all: bool = False) -> None:
@@ -126,7 +125,6 @@ class PendingTable:
         """A list of every request in the table, streams included."""
         return list(self._waiting.values()) + list(self._streams.values())
 
-    # pylint: disable-next=too-many-arguments
     def open(self, request_id: int, client: Any, pool: PendingPool,
              message: Message, now: float) -> Pending:
         """Enter a client's request: QUEUED, with the pool's deadline."""

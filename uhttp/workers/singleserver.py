@@ -48,7 +48,6 @@ class ServerClient(ServiceClient):
     reach the server raise ServiceError.
     """
 
-    # pylint: disable-next=too-many-arguments
     def __init__(self, host: str = '127.0.0.1', port: int | None = None,
                  socket_path: StrPath | None = None,
                  health_check_url: str = '/', startup_timeout: float = 30.0,
@@ -102,7 +101,6 @@ class SingleServer:
     None, 'null'; `stderr='stdout'` merges them.
     """
 
-    # pylint: disable-next=too-many-arguments,too-many-locals
     def __init__(self, name: str, command: Sequence[str],
                  port: int | None = None, host: str = '127.0.0.1',
                  socket: StrPath | None = None, lock_port: int | None = None,
