@@ -15,9 +15,13 @@ reads without blocking. It may hold frames back to write many in one call,
 never more than `HOLD_LIMIT` bytes of them.
 """
 
+from __future__ import annotations
+
 import pickle
 import socket
 import struct
+
+from .messages import Message
 
 _HEADER = struct.Struct('!I')
 _HEADER_SIZE = _HEADER.size
@@ -36,7 +40,7 @@ class ChannelClosed(Exception):
     """The other end of the channel is gone."""
 
 
-def channel_pair():
+def channel_pair() -> tuple[socket.socket, socket.socket]:
     """Return (dispatcher_end, worker_end) sockets of a new channel."""
     dispatcher_end, worker_end = socket.socketpair(
         socket.AF_UNIX, socket.SOCK_STREAM)
@@ -50,7 +54,7 @@ def channel_pair():
     return dispatcher_end, worker_end
 
 
-def encode(message):
+def encode(message: Message) -> bytes:
     """Frame one message: length prefix + pickle."""
     payload = pickle.dumps(message, _PROTOCOL)
     return _HEADER.pack(len(payload)) + payload
@@ -59,21 +63,22 @@ def encode(message):
 class Channel:
     """One end of a channel: framed messages over a stream socket."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._inbox = bytearray()
         self._outbox = bytearray()
-        self._held = []     # worker side: frames waiting for flush_held()
+        # worker side: frames waiting for flush_held()
+        self._held: list[bytes] = []
         self._held_size = 0
         self.closed = False
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's descriptor (for selectors)."""
         return self.sock.fileno()
 
     # -- reading -----------------------------------------------------------
 
-    def receive(self):
+    def receive(self) -> list[Message]:
         """Read what is available without blocking; return complete messages.
 
         Sets `closed` when the peer has gone (end of file or a socket error);
@@ -95,9 +100,9 @@ class Channel:
                 break
         return self._parse()
 
-    def _parse(self):
+    def _parse(self) -> list[Message]:
         inbox = self._inbox
-        messages = []
+        messages: list[Message] = []
         offset = 0
         size = len(inbox)
         while size - offset >= _HEADER_SIZE:
@@ -114,16 +119,16 @@ class Channel:
 
     # -- writing, dispatcher side (never blocks) ---------------------------
 
-    def queue(self, message):
+    def queue(self, message: Message) -> None:
         """Append a message to the outbox; call flush() to send."""
         self._outbox += encode(message)
 
     @property
-    def has_output(self):
+    def has_output(self) -> bool:
         """True while queued bytes wait for the socket."""
         return bool(self._outbox)
 
-    def flush(self):
+    def flush(self) -> bool:
         """Send as much of the outbox as the socket takes now.
 
         Returns True when the outbox is empty. Raises ChannelClosed when the
@@ -143,7 +148,7 @@ class Channel:
 
     # -- writing, worker side (blocks until written) -----------------------
 
-    def send(self, message):
+    def send(self, message: Message) -> None:
         """Write one message synchronously (after any held ones); raises
         ChannelClosed."""
         frame = encode(message)
@@ -153,7 +158,7 @@ class Channel:
             return
         self._write(frame)
 
-    def hold(self, message):
+    def hold(self, message: Message) -> None:
         """Keep a message to write with the next send() or flush_held():
         many small frames then cost one system call. Once the held frames
         pass HOLD_LIMIT bytes they are written at once (raises
@@ -165,25 +170,25 @@ class Channel:
             self.flush_held()
 
     @property
-    def held_size(self):
+    def held_size(self) -> int:
         """Bytes of frames held, not yet written."""
         return self._held_size
 
-    def flush_held(self):
+    def flush_held(self) -> None:
         """Write the held messages; raises ChannelClosed."""
         if self._held:
             frames, self._held = self._held, []
             self._held_size = 0
             self._write(frames[0] if len(frames) == 1 else b''.join(frames))
 
-    def _write(self, data):
+    def _write(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
         except OSError as err:
             self.closed = True
             raise ChannelClosed(str(err)) from err
 
-    def close(self):
+    def close(self) -> None:
         """Close the socket."""
         self.closed = True
         try:

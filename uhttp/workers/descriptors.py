@@ -6,24 +6,42 @@ the loop when the descriptor is ready. This module keeps the callbacks and
 the selector registration in step; it never reads or writes a descriptor.
 """
 
+from __future__ import annotations
+
 import selectors
+from collections.abc import Callable
+from typing import Protocol
+
+
+class HasFileno(Protocol):
+    """A socket, a file, anything with a descriptor."""
+
+    def fileno(self) -> int:
+        """The descriptor."""
+
+
+# a descriptor, or an object that has one
+Descriptor = int | HasFileno
+# called with the descriptor when it is ready; its result is ignored
+Callback = Callable[[int], object]
 
 
 class DescriptorWatch:
     """`fd -> {event: callback}` kept registered in one selector."""
 
-    def __init__(self, on_error):
-        self._callbacks = {}
-        self._selector = None
+    def __init__(self, on_error: Callable[[int, Exception], object]) -> None:
+        self._callbacks: dict[int, dict[int, Callback]] = {}
+        self._selector: selectors.BaseSelector | None = None
         self._on_error = on_error
 
-    def attach(self, selector):
+    def attach(self, selector: selectors.BaseSelector) -> None:
         """Register everything watched so far in `selector` (loop start)."""
         self._selector = selector
         for fd in list(self._callbacks):
-            self._apply(fd)
+            self._apply(selector, fd)
 
-    def watch(self, fd, event, callback):
+    def watch(self, fd: Descriptor, event: int,
+              callback: Callback | None) -> None:
         """Call `callback(fd)` when `fd` is ready for `event`; None stops."""
         fd = fd if isinstance(fd, int) else fd.fileno()
         callbacks = self._callbacks.setdefault(fd, {})
@@ -32,27 +50,27 @@ class DescriptorWatch:
         else:
             callbacks[event] = callback
         if self._selector is not None:
-            self._apply(fd)
+            self._apply(self._selector, fd)
 
-    def _apply(self, fd):
+    def _apply(self, selector: selectors.BaseSelector, fd: int) -> None:
         mask = 0
         for event in self._callbacks.get(fd, ()):
             mask |= event
         try:
-            self._selector.get_key(fd)
+            selector.get_key(fd)
             known = True
         except KeyError:
             known = False
         if not mask:
             self._callbacks.pop(fd, None)
             if known:
-                self._selector.unregister(fd)
+                selector.unregister(fd)
         elif known:
-            self._selector.modify(fd, mask, self.dispatch)
+            selector.modify(fd, mask, self.dispatch)
         else:
-            self._selector.register(fd, mask, self.dispatch)
+            selector.register(fd, mask, self.dispatch)
 
-    def dispatch(self, fileobj, mask):
+    def dispatch(self, fileobj: Descriptor, mask: int) -> None:
         """Selector callback: run the callbacks whose event is ready."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         for event, callback in list(self._callbacks.get(fd, {}).items()):
@@ -72,18 +90,20 @@ class WatchesDescriptors:
     (`self._descriptors`): the Dispatcher's and every Worker's. Callbacks
     run inside that loop, so they must not block."""
 
-    def register_reader(self, fd, callback):
+    _descriptors: DescriptorWatch
+
+    def register_reader(self, fd: Descriptor, callback: Callback) -> None:
         """Call `callback(fd)` from the loop when `fd` is readable."""
         self._descriptors.watch(fd, READ, callback)
 
-    def unregister_reader(self, fd):
+    def unregister_reader(self, fd: Descriptor) -> None:
         """Stop watching `fd` for reading."""
         self._descriptors.watch(fd, READ, None)
 
-    def register_writer(self, fd, callback):
+    def register_writer(self, fd: Descriptor, callback: Callback) -> None:
         """Call `callback(fd)` from the loop when `fd` is writable."""
         self._descriptors.watch(fd, WRITE, callback)
 
-    def unregister_writer(self, fd):
+    def unregister_writer(self, fd: Descriptor) -> None:
         """Stop watching `fd` for writing."""
         self._descriptors.watch(fd, WRITE, None)

@@ -24,10 +24,20 @@ It must never do I/O, block, keep state between requests, or look for the
 end of a head inside the bytes that follow it.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import re
+from typing import NoReturn
 
 from uhttp.server import METHODS
+
+# what a connection's receive buffer is
+Buffer = bytes | bytearray
+# field name (lowercase) -> value
+Headers = dict[str, str]
+# field name (lowercase) -> every value, for the fields sent more than once
+Repeated = dict[str, list[str]]
 
 __all__ = [
     'ProtocolError', 'RequestHead', 'parse_head', 'ChunkedDecoder',
@@ -44,7 +54,8 @@ MAX_CHUNK_SIZE_DIGITS = 16    # hex digits of a chunk size (64 bits)
 # five bytes of framing per byte of body.
 FRAMING_ALLOWANCE = 16 * 1024
 
-_KNOWN_METHODS = frozenset(METHODS)
+# (uhttp-server's tuple of method names, not annotated there)
+_KNOWN_METHODS: frozenset[str] = frozenset(METHODS)
 _SINGLETONS = frozenset(('host', 'content-length', 'content-type'))
 # framing fields are refused in a trailer: a proxy merging trailers into the
 # head would reframe the message
@@ -82,7 +93,7 @@ _IP_LITERAL = (r"\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)"
                r"|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
 _HOST = re.compile(
     rf"(?P<host>{_IP_LITERAL}|{_REG_NAME})(?::[0-9]{{0,5}})?")
-_VALID_HOSTS = set()
+_VALID_HOSTS: set[str] = set()
 _VALID_HOSTS_MAX = 256
 _ABSOLUTE = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://([^/?]*)(.*)", re.S)
 
@@ -99,7 +110,7 @@ class ProtocolError(Exception):
     (400, 413, 431, 501 or 505), `reason` a short explanation for the
     client. The connection must be closed after the answer."""
 
-    def __init__(self, status, reason):
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(f'{status} {reason}')
         self.status = status
         self.reason = reason
@@ -121,8 +132,10 @@ class RequestHead:
     __slots__ = ('method', 'target', 'version', 'url', 'headers', 'repeated',
                  'content_length', 'chunked', 'expect_continue')
 
-    def __init__(self, method, target, version, url, headers, repeated,
-                 content_length, chunked, expect_continue):
+    def __init__(self, method: str, target: str, version: str, url: str,
+                 headers: Headers, repeated: Repeated | None,
+                 content_length: int | None, chunked: bool,
+                 expect_continue: bool) -> None:
         self.method = method
         self.target = target
         self.version = version
@@ -134,15 +147,17 @@ class RequestHead:
         self.expect_continue = expect_continue
 
     @property
-    def has_body(self):
+    def has_body(self) -> bool:
         """True when a body follows the head (chunked or a length > 0)."""
         return self.chunked or bool(self.content_length)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<RequestHead {self.method} {self.url} {self.version}>'
 
 
-def parse_head(buffer, start=0, max_size=MAX_HEAD_SIZE, max_fields=MAX_FIELDS):
+def parse_head(buffer: Buffer, start: int = 0, max_size: int = MAX_HEAD_SIZE,
+               max_fields: int = MAX_FIELDS
+               ) -> tuple[RequestHead | None, int]:
     """Find and validate the request head at `buffer[start:]`.
 
     Returns `(head, end)`: the RequestHead and the offset just after its
@@ -179,7 +194,7 @@ def parse_head(buffer, start=0, max_size=MAX_HEAD_SIZE, max_fields=MAX_FIELDS):
     method, target, version = line.groups()
     url, authority = _check_request_line(method, target, version)
     headers = {name.lower(): value for name, value in fields}
-    repeated = None
+    repeated: Repeated | None = None
     if len(headers) != len(fields):
         headers, repeated = _collect(fields)
     head = _framing(method, target, version, url, headers, repeated)
@@ -189,7 +204,7 @@ def parse_head(buffer, start=0, max_size=MAX_HEAD_SIZE, max_fields=MAX_FIELDS):
     return head, end + 4
 
 
-def _skip_empty_lines(buffer, start):
+def _skip_empty_lines(buffer: Buffer, start: int) -> int:
     pos = start
     while buffer.startswith(b'\r\n', pos):
         pos += 2
@@ -199,7 +214,8 @@ def _skip_empty_lines(buffer, start):
     return pos
 
 
-def _check_incomplete(buffer, line_start, start, limit):
+def _check_incomplete(buffer: Buffer, line_start: int, start: int,
+                      limit: int) -> None:
     """Refuse a head that can never become valid without waiting for it."""
     # (the look-behind sees the byte before line_start: test that one too)
     if buffer.startswith(b'\n', line_start) or \
@@ -211,7 +227,8 @@ def _check_incomplete(buffer, line_start, start, limit):
                                  f'{limit - start} bytes')
 
 
-def _check_request_line(method, target, version):
+def _check_request_line(method: str, target: str,
+                        version: str) -> tuple[str, str | None]:
     """Version, method and request-target form; returns (url, authority)."""
     if version != 'HTTP/1.1' and version != 'HTTP/1.0':
         raise ProtocolError(505, f'{version} is not supported')
@@ -240,7 +257,7 @@ def _check_request_line(method, target, version):
     return rest, authority
 
 
-def _valid_host(value):
+def _valid_host(value: str) -> bool:
     """uri-host [":" port] (RFC 9110 §7.2): reg-name, IPv4 or IP-literal."""
     if value in _VALID_HOSTS:
         return True
@@ -261,11 +278,11 @@ def _valid_host(value):
     return True
 
 
-def _collect(fields):
+def _collect(fields: list[tuple[str, str]]) -> tuple[Headers, Repeated]:
     """Field lines with repeated names into (headers, repeated), as
     uhttp-server exposes them."""
-    headers = {}
-    repeated = {}
+    headers: Headers = {}
+    repeated: Repeated = {}
     for name, value in fields:
         key = name.lower()
         if key in headers:
@@ -278,7 +295,8 @@ def _collect(fields):
     return headers, repeated
 
 
-def _framing(method, target, version, url, headers, repeated):
+def _framing(method: str, target: str, version: str, url: str,
+             headers: Headers, repeated: Repeated | None) -> RequestHead:
     """Check Host, Content-Length, Transfer-Encoding; build the head."""
     host = headers.get('host')
     if host is None:
@@ -286,9 +304,9 @@ def _framing(method, target, version, url, headers, repeated):
             raise ProtocolError(400, 'Host field is required in HTTP/1.1')
     elif host not in _VALID_HOSTS and not _valid_host(host):
         raise ProtocolError(400, 'Invalid Host field')
-    content_length = headers.get('content-length')
-    if content_length is not None:
-        content_length = _content_length(content_length)
+    length_field = headers.get('content-length')
+    content_length = None if length_field is None \
+        else _content_length(length_field)
     chunked = False
     coding = headers.get('transfer-encoding')
     if coding is not None:
@@ -304,7 +322,7 @@ def _framing(method, target, version, url, headers, repeated):
                        content_length, chunked, expect_continue)
 
 
-def _content_length(value):
+def _content_length(value: str) -> int:
     # isdigit() alone takes '²' and other Unicode digits
     if not (value.isascii() and value.isdigit()):
         raise ProtocolError(400, 'Invalid Content-Length')
@@ -313,7 +331,7 @@ def _content_length(value):
     return int(value)
 
 
-def _transfer_coding(value):
+def _transfer_coding(value: str) -> bool:
     """A Transfer-Encoding we can read is exactly `chunked` (RFC 9112 §6.3)."""
     codings = [coding.strip(' \t').lower() for coding in value.split(',')]
     codings = [coding for coding in codings if coding]
@@ -330,7 +348,7 @@ def _transfer_coding(value):
     return True
 
 
-def _explain(text):
+def _explain(text: str) -> NoReturn:
     """Raise the ProtocolError saying what is wrong with a head the grammar
     refused. Only invalid heads come here, so it may be slow."""
     lines = text.split('\r\n')
@@ -347,7 +365,7 @@ def _explain(text):
     raise ProtocolError(400, 'Malformed request head')
 
 
-def _explain_request_line(line):
+def _explain_request_line(line: str) -> None:
     parts = line.split(' ')
     if len(parts) != 3:
         raise ProtocolError(400, 'Malformed request line (method SP '
@@ -361,7 +379,7 @@ def _explain_request_line(line):
         raise ProtocolError(400, 'Malformed HTTP version')
 
 
-def _explain_field_line(line):
+def _explain_field_line(line: str) -> None:
     if line[:1] in (' ', '\t'):
         raise ProtocolError(400, 'Obsolete line folding is not accepted')
     name, colon, value = line.partition(':')
@@ -387,8 +405,8 @@ class ChunkedDecoder:
 
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
-    def __init__(self, max_size, max_trailer_size=MAX_HEAD_SIZE,
-                 max_fields=MAX_FIELDS):
+    def __init__(self, max_size: int, max_trailer_size: int = MAX_HEAD_SIZE,
+                 max_fields: int = MAX_FIELDS) -> None:
         self.body = bytearray()
         self.done = False
         self._max_size = max_size
@@ -400,7 +418,7 @@ class ChunkedDecoder:
         self._trailer_size = 0
         self._trailer_fields = 0
 
-    def feed(self, buffer, start=0):
+    def feed(self, buffer: Buffer, start: int = 0) -> int:
         """Decode from `buffer[start:]`; return the offset after the last
         byte used (keep the rest for the next call, or the next request)."""
         pos = start
@@ -435,7 +453,7 @@ class ChunkedDecoder:
                 pos = eol + 2
         return pos
 
-    def _line_end(self, buffer, pos, end):
+    def _line_end(self, buffer: Buffer, pos: int, end: int) -> int:
         """Offset of the CRLF ending the line at `pos`, or -1 to wait."""
         limit = MAX_CHUNK_LINE if self._state == self._SIZE \
             else self._max_trailer_size - self._trailer_size
@@ -453,13 +471,13 @@ class ChunkedDecoder:
             raise ProtocolError(431, 'Trailer section too large')
         return -1
 
-    def _count_framing(self, count):
+    def _count_framing(self, count: int) -> None:
         self._framing += count
         if self._framing > FRAMING_ALLOWANCE + len(self.body):
             raise ProtocolError(400, 'Too much chunk framing for the data '
                                      'it carries')
 
-    def _size_line(self, buffer, pos, eol):
+    def _size_line(self, buffer: Buffer, pos: int, eol: int) -> None:
         match = _CHUNK_LINE.fullmatch(buffer, pos, eol)
         if match is None:
             raise ProtocolError(400, 'Invalid chunk size line (hex digits, '
@@ -474,7 +492,7 @@ class ChunkedDecoder:
         self._remaining = size
         self._state = self._DATA
 
-    def _trailer_line(self, buffer, pos, eol):
+    def _trailer_line(self, buffer: Buffer, pos: int, eol: int) -> None:
         if eol == pos:
             self.done = True
             return

@@ -8,14 +8,60 @@ is scraped, through a collector of the optional `prometheus_client` package
 module never writes the format by hand.
 """
 
+from __future__ import annotations
+
 import bisect
 import importlib
+import types
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _import_prometheus():
+class PoolGauges(Protocol):
+    """What the gauges read of a worker pool."""
+
+    @property
+    def name(self) -> str:
+        """The pool's name (the `pool` label)."""
+
+    @property
+    def queue_size(self) -> int:
+        """Requests in its backlog."""
+
+    @property
+    def workers_alive(self) -> int:
+        """Its worker processes running."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while it answers 503."""
+
+
+class MetricsSource(Protocol):
+    """What the gauges read of the dispatcher."""
+
+    @property
+    def pending_count(self) -> int:
+        """Requests waiting for a worker answer."""
+
+    @property
+    def stream_count(self) -> int:
+        """Streaming responses in progress."""
+
+    @property
+    def pools(self) -> Iterable[PoolGauges]:
+        """The worker pools."""
+
+
+# prometheus_client is imported on first use (by name, as an optional
+# extra), so its metric families are Any here
+_Family = Any
+
+
+def _import_prometheus() -> types.ModuleType:
     # imported on first use: the library costs megabytes in every process
     try:
         importlib.import_module('prometheus_client.core')
@@ -31,20 +77,20 @@ class _Latency:
 
     __slots__ = ('buckets', 'total', 'count')
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.total = 0.0
         self.count = 0
 
-    def observe(self, seconds):
+    def observe(self, seconds: float) -> None:
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
         self.count += 1
 
-    def cumulative(self):
+    def cumulative(self) -> list[tuple[str, int]]:
         """[(upper bound text, cumulative count)] as Prometheus wants it."""
         running = 0
-        result = []
+        result: list[tuple[str, int]] = []
         for bound, count in zip(LATENCY_BUCKETS + (float('inf'),),
                                 self.buckets):
             running += count
@@ -56,12 +102,13 @@ class _Latency:
 class _Collector:
     """prometheus_client collector: turns the counts into families."""
 
-    def __init__(self, metrics, dispatcher, core):
+    def __init__(self, metrics: Metrics, dispatcher: MetricsSource,
+                 core: types.ModuleType) -> None:
         self._metrics = metrics
         self._dispatcher = dispatcher
         self._core = core
 
-    def collect(self):
+    def collect(self) -> Iterator[_Family]:
         """Yield every metric family (prometheus_client collector API)."""
         core, metrics = self._core, self._metrics
         requests = core.CounterMetricFamily(
@@ -83,7 +130,7 @@ class _Collector:
         yield from (requests, latency, restarts)
         yield from self._gauges()
 
-    def _gauges(self):
+    def _gauges(self) -> Iterator[_Family]:
         core, dispatcher = self._core, self._dispatcher
         pending = core.GaugeMetricFamily(
             'uhttp_pending_requests', 'Requests waiting for a worker answer')
@@ -110,16 +157,20 @@ class _Collector:
 class Metrics:
     """The dispatcher's counts and the registry that exposes them."""
 
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher: MetricsSource) -> None:
         prometheus = self._prometheus = _import_prometheus()
-        self.requests = {}      # (pool, route, status) -> count
-        self.latency = {}       # pool -> _Latency
-        self.exits = {}         # (pool, reason) -> count
+        # (pool, route, status) -> count
+        self.requests: dict[tuple[str, str, int], int] = {}
+        # pool -> _Latency
+        self.latency: dict[str, _Latency] = {}
+        # (pool, reason) -> count
+        self.exits: dict[tuple[str, str], int] = {}
         self.registry = prometheus.CollectorRegistry()
         self.registry.register(
             _Collector(self, dispatcher, prometheus.core))
 
-    def answered(self, pool_name, route, status, seconds):
+    def answered(self, pool_name: str, route: str, status: int,
+                 seconds: float) -> None:
         """Count one answer to a client and its latency."""
         key = (pool_name, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
@@ -128,12 +179,13 @@ class Metrics:
             histogram = self.latency[pool_name] = _Latency()
         histogram.observe(seconds)
 
-    def worker_exited(self, pool_name, reason):
+    def worker_exited(self, pool_name: str, reason: str) -> None:
         """Count a worker exit (crash, stuck, recycle, …)."""
         key = (pool_name, reason)
         self.exits[key] = self.exits.get(key, 0) + 1
 
-    def render(self):
+    def render(self) -> tuple[bytes, str]:
         """The text exposition format: (body bytes, content type)."""
-        return (self._prometheus.generate_latest(self.registry),
-                self._prometheus.CONTENT_TYPE_LATEST)
+        body: bytes = self._prometheus.generate_latest(self.registry)
+        content_type: str = self._prometheus.CONTENT_TYPE_LATEST
+        return body, content_type

@@ -6,8 +6,12 @@ TypeError that names the option meant. Must never accept, rename or drop a
 keyword itself: the caller decides what an unknown name means.
 """
 
+from __future__ import annotations
+
 import difflib
 import inspect
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
 
 __all__ = ['CUTOFF', 'near_miss', 'unexpected_keyword', 'check_keywords',
            'worker_keywords', 'HTTP_SERVER_OPTIONS', 'server_keywords']
@@ -18,13 +22,14 @@ __all__ = ['CUTOFF', 'near_miss', 'unexpected_keyword', 'check_keywords',
 CUTOFF = 0.75
 
 
-def near_miss(name, options):
+def near_miss(name: str, options: Collection[str]) -> str | None:
     """The option `name` is most likely a misspelling of, or None."""
     found = difflib.get_close_matches(name, list(options), n=1, cutoff=CUTOFF)
     return found[0] if found else None
 
 
-def unexpected_keyword(owner, name, options, hint=''):
+def unexpected_keyword(owner: str, name: str, options: Collection[str],
+                       hint: str = '') -> TypeError:
     """The TypeError for keyword `name` given to `owner()`, naming the
     closest option when there is one; `hint` is appended to the message."""
     message = f'{owner}() got an unexpected keyword {name!r}'
@@ -34,7 +39,8 @@ def unexpected_keyword(owner, name, options, hint=''):
     return TypeError(message + hint)
 
 
-def check_keywords(owner, function, keywords):
+def check_keywords(owner: str, function: Callable[..., Any],
+                   keywords: Iterable[str]) -> None:
     """Raise `unexpected_keyword` for the first of `keywords` that
     `function` does not accept; do nothing when it takes ``**kwargs``."""
     parameters = inspect.signature(function).parameters.values()
@@ -47,7 +53,9 @@ def check_keywords(owner, function, keywords):
             raise unexpected_keyword(owner, name, options)
 
 
-def worker_keywords(owner, options, worker_kwargs, extra):
+def worker_keywords(owner: str, options: Collection[str],
+                    worker_kwargs: object,
+                    extra: Mapping[str, Any]) -> dict[str, Any]:
     """The keywords a pool passes to its workers: `worker_kwargs` plus the
     `extra` keywords given to the pool directly.
 
@@ -77,12 +85,14 @@ def worker_keywords(owner, options, worker_kwargs, extra):
 # options with the same meaning go by their names here.
 HTTP_SERVER_OPTIONS = ('max_headers_length', 'max_ws_message_length',
                        'file_chunk_size', 'max_send_buffer_size')
-_SERVER_ALIASES = {'listen': 'listen_backlog',
+_SERVER_ALIASES: dict[str, str] = {'listen': 'listen_backlog',
                    'max_waiting_clients': 'max_connections'}
 _SERVER_OWNED = ('selector', 'event_mode', 'address', 'port')
 
 
-def server_keywords(owner, options, extra):
+def server_keywords(
+        owner: str, options: Collection[str], extra: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split the extra keywords given to `owner()` into the uhttp-server
     options passed through and the dispatcher options they alias.
 
@@ -90,7 +100,8 @@ def server_keywords(owner, options, extra):
     `aliased` maps dispatcher option names to values. Any other name is a
     TypeError naming the option most likely meant.
     """
-    passed, aliased = {}, {}
+    passed: dict[str, Any] = {}
+    aliased: dict[str, Any] = {}
     for name, value in extra.items():
         if name in HTTP_SERVER_OPTIONS:
             passed[name] = value

@@ -14,50 +14,68 @@ Must never block the loop on a service or let the supervision thread call
 application hooks.
 """
 
+from __future__ import annotations
+
 import collections
 import multiprocessing
+import multiprocessing.process
 import os
 import selectors
 import signal
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from . import messages
 from .log import LOG_CRITICAL, LOG_ERROR, LOG_INFO, LOG_WARNING, format_message
 
+if TYPE_CHECKING:
+    # (imported on use at run time: see _start_services)
+    from .log import Logger
+    from .pool import WorkerPool
+    from .service import Service, ServiceManager
+    from .singleton import Job
+    from .worker_handle import WorkerHandle
+
 JOB_RESTART_DELAY = 1.0
+
+# (name, level, message) of a log record
+_Record = tuple[str, int, str]
+# where the job process takes its lock: ('file', path), ('redis', url), …
+JobLock = tuple[str, Any]
 
 
 class _QueuedLog:
     """A logger for another thread: records wait for the dispatcher loop."""
 
-    def __init__(self, name, wake):
+    def __init__(self, name: str, wake: Callable[[], None]) -> None:
         self._name = name
         self._wake = wake
-        self.records = collections.deque()
+        self.records: collections.deque[_Record] = collections.deque()
 
-    def _log(self, level, message, args):
+    def _log(self, level: int, message: str, args: tuple[object, ...]) -> None:
         self.records.append((self._name, level,
                              format_message(message, args, {})))
         self._wake()
 
-    def info(self, message, *args):
+    def info(self, message: str, *args: object) -> None:
         """Queue an info record."""
         self._log(LOG_INFO, message, args)
 
-    def warning(self, message, *args):
+    def warning(self, message: str, *args: object) -> None:
         """Queue a warning record."""
         self._log(LOG_WARNING, message, args)
 
-    def error(self, message, *args):
+    def error(self, message: str, *args: object) -> None:
         """Queue an error record."""
         self._log(LOG_ERROR, message, args)
 
-    def critical(self, message, *args):
+    def critical(self, message: str, *args: object) -> None:
         """Queue a critical record."""
         self._log(LOG_CRITICAL, message, args)
 
 
-def default_job_lock(jobs):
+def default_job_lock(jobs: Iterable[Job]) -> JobLock:
     """('file', path) shared by every dispatcher on the host with the same
     job names."""
     import hashlib  # pylint: disable=import-outside-toplevel
@@ -71,38 +89,50 @@ def default_job_lock(jobs):
 class OwnedServices:
     """Services and the job process of a Dispatcher (mixed into it)."""
 
-    def _init_owned(self, services, jobs, job_lock):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    _state: str
+    _pools: list[WorkerPool]
+    # set before _start_owned() runs
+    _selector: selectors.BaseSelector
+    _emit_log: Callable[[str, int, str], None]
+
+    def _init_owned(self, services: Iterable[Service] | None,
+                    jobs: Iterable[Job] | None,
+                    job_lock: JobLock | None) -> None:
         self._services = list(services or [])
         names = [service.name for service in self._services]
         if len(set(names)) != len(names):
             raise ValueError(f'service names must be unique: {names}')
-        self._service_manager = None
-        self._service_states = {}
-        self._wake_reader = self._wake_writer = None
-        self._service_log = None
+        self._service_manager: ServiceManager | None = None
+        # name -> the status entry of ServiceManager.status()
+        self._service_states: dict[str, messages.ServiceStatus] = {}
+        self._wake_reader: int | None = None
+        self._wake_writer: int | None = None
+        self._service_log: _QueuedLog | None = None
         self._jobs = list(jobs or [])
         self._job_lock = job_lock or (
             default_job_lock(self._jobs) if self._jobs else None)
-        self._job_process = None
-        self._job_restart_at = None
-        self._owned_stop_deadline = None
+        self._job_process: multiprocessing.process.BaseProcess | None = None
+        self._job_restart_at: float | None = None
+        self._owned_stop_deadline: float | None = None
 
     @property
-    def services(self):
+    def services(self) -> dict[str, Service]:
         """The helper services this dispatcher runs, by name."""
         return {service.name: service for service in self._services}
 
-    def _start_owned(self):
+    def _start_owned(self) -> None:
         if self._services:
             self._start_services()
         if self._jobs:
             self._start_job_process()
 
-    def _start_services(self):
-        self._wake_reader, self._wake_writer = os.pipe()
-        os.set_blocking(self._wake_reader, False)
-        os.set_blocking(self._wake_writer, False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ,
+    def _start_services(self) -> None:
+        reader, writer = self._wake_reader, self._wake_writer = os.pipe()
+        os.set_blocking(reader, False)
+        os.set_blocking(writer, False)
+        self._selector.register(reader, selectors.EVENT_READ,
                                 self._on_services_wake)
         self._service_log = _QueuedLog('services', self._wake_services)
         # imported on use: the HTTP client costs megabytes in every process
@@ -112,36 +142,40 @@ class OwnedServices:
         self._service_manager = manager
         manager.start()
 
-    def _wake_services(self):
+    def _wake_services(self) -> None:
         # called from the supervision thread: one byte, never blocking
         try:
-            os.write(self._wake_writer, b'\0')
+            # (None once closed: os.write raises TypeError then)
+            os.write(self._wake_writer, b'\0')  # type: ignore[arg-type]
         except (BlockingIOError, OSError):
             pass  # a wake-up is already pending (or we are closing)
 
-    def _on_services_wake(self, _fileobj, _mask):
+    def _on_services_wake(self, _fileobj: object, _mask: int) -> None:
+        # registered by _start_services, after it made all three
+        reader, log = self._wake_reader, self._service_log
+        manager = self._service_manager
+        assert reader is not None and log is not None and manager is not None
         try:
-            while os.read(self._wake_reader, 4096):
+            while os.read(reader, 4096):
                 pass
         except BlockingIOError:
             pass
-        records = self._service_log.records
+        records = log.records
         while records:
             self._emit_log(*records.popleft())
-        states = {entry['name']: entry
-                  for entry in self._service_manager.status()}
+        states = {entry['name']: entry for entry in manager.status()}
         if states != self._service_states:
             self._service_states = states
             for pool in self._pools:
                 for handle in pool.workers:
                     pool.send_to(handle, messages.services(states))
 
-    def worker_started(self, pool, handle):
+    def worker_started(self, pool: WorkerPool, handle: WorkerHandle) -> None:
         """A worker process was started: give it the service states."""
         if self._service_states:
             pool.send_to(handle, messages.services(self._service_states))
 
-    def _services_settled(self):
+    def _services_settled(self) -> bool:
         manager = self._service_manager
         if manager is None:
             return True
@@ -151,7 +185,7 @@ class OwnedServices:
 
     # -- the job process ------------------------------------------------------
 
-    def _start_job_process(self):
+    def _start_job_process(self) -> None:
         from .singleton import run_job_runner  # pylint: disable=import-outside-toplevel
         context = multiprocessing.get_context('spawn')
         process = context.Process(
@@ -164,7 +198,7 @@ class OwnedServices:
         self.log.info('job process started (pid %s, %d jobs, lock %s)',
                       process.pid, len(self._jobs), self._job_lock)
 
-    def _supervise_owned(self, now):
+    def _supervise_owned(self, now: float) -> None:
         process = self._job_process
         if process is None or self._state != 'running':
             return
@@ -179,30 +213,37 @@ class OwnedServices:
 
     # -- shutdown ---------------------------------------------------------------
 
-    def _stop_owned(self, deadline):
+    def _stop_owned(self, deadline: float) -> None:
         """Workers are gone: stop the job process and the services."""
-        if self._job_process is not None and self._job_process.is_alive():
-            os.kill(self._job_process.pid, signal.SIGTERM)
+        process = self._job_process
+        # (a process that is alive has a pid)
+        pid = process.pid if process is not None and process.is_alive() \
+            else None
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
         if self._service_manager is not None:
             self._service_manager.stop(wait=False)
         longest = max((service.shutdown_timeout
                        for service in self._services), default=0)
         self._owned_stop_deadline = max(deadline, time.monotonic()) + longest
 
-    def _owned_stopped(self, now):
+    def _owned_stopped(self, now: float) -> bool:
         """True when the job process and every service have ended (killing
         the job process when it overruns the deadline)."""
+        # set by _stop_owned, which runs first
+        deadline = self._owned_stop_deadline
+        assert deadline is not None
         process = self._job_process
         if process is not None and process.is_alive():
-            if now < self._owned_stop_deadline:
+            if now < deadline:
                 return False
             process.kill()
         manager = self._service_manager
         if manager is not None and not manager.stopped:
-            return now >= self._owned_stop_deadline + 10
+            return now >= deadline + 10
         return True
 
-    def _close_owned(self):
+    def _close_owned(self) -> None:
         if self._job_process is not None:
             self._job_process.join(1)
             if self._job_process.exitcode is None:

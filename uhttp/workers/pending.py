@@ -21,14 +21,35 @@ Must never: touch a socket or send a message (the dispatcher does that), or
 let a request be in two states or two indexes at once.
 """
 
+from __future__ import annotations
+
 import collections
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-QUEUED = 'queued'
-ASSIGNED = 'assigned'
-DEFERRED = 'deferred'
-STREAMING = 'streaming'
-DONE = 'done'
+from .messages import Message
+
+if TYPE_CHECKING:
+    from .worker_handle import WorkerHandle
+
+State = Literal['queued', 'assigned', 'deferred', 'streaming', 'done']
+QUEUED: Final = 'queued'
+ASSIGNED: Final = 'assigned'
+DEFERRED: Final = 'deferred'
+STREAMING: Final = 'streaming'
+DONE: Final = 'done'
+
+
+class PendingPool(Protocol):
+    """What the table needs of a worker pool."""
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a request may wait for its answer."""
+
+    def backlog_entry_abandoned(self) -> None:
+        """A queued request left the table: its backlog entry is void."""
 
 
 class Pending:
@@ -46,13 +67,15 @@ class Pending:
                  'deadline', 'message', 'active', 'read_paused', 'started',
                  'revoked', 'to_all')
 
-    def __init__(self, request_id, client, pool, message, deadline=None,
-                 started=0.0, to_all=False):
+    def __init__(self, request_id: int, client: Any, pool: PendingPool,
+                 message: Message, deadline: float | None = None,
+                 started: float = 0.0, to_all: bool = False) -> None:
         self.request_id = request_id
+        # the uhttp.server connection (not annotated there), or None
         self.client = client
         self.pool = pool
-        self.worker = None
-        self.state = QUEUED
+        self.worker: WorkerHandle | None = None
+        self.state: State = QUEUED
         self.deadline = deadline
         self.message = message
         self.active = False
@@ -62,42 +85,48 @@ class Pending:
         self.to_all = to_all
 
     @property
-    def waiting_for_worker(self):
+    def waiting_for_worker(self) -> bool:
         """True while no worker has started it for sure (queued, or sent
         but possibly still unread in the worker's channel)."""
         return self.state in (QUEUED, ASSIGNED)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<Pending {self.request_id} {self.state}>'
 
 
 class PendingTable:
     """Every request the dispatcher waits on, indexed by id and deadline."""
 
-    def __init__(self):
-        self._waiting = {}      # request_id -> Pending, not streaming
-        self._streams = {}      # request_id -> Pending, streaming
-        self._expiry = {}       # pool -> OrderedDict(request_id -> Pending)
-        self.next_expiry = math.inf  # lower bound of the earliest deadline
+    def __init__(self) -> None:
+        # request_id -> Pending, not streaming
+        self._waiting: dict[int, Pending] = {}
+        # request_id -> Pending, streaming
+        self._streams: dict[int, Pending] = {}
+        # pool -> OrderedDict(request_id -> Pending)
+        self._expiry: dict[
+            PendingPool, collections.OrderedDict[int, Pending]] = {}
+        # lower bound of the earliest deadline
+        self.next_expiry = math.inf
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Requests that count against max_pending (streams do not)."""
         return len(self._waiting)
 
     @property
-    def stream_count(self):
+    def stream_count(self) -> int:
         """Streaming answers in progress."""
         return len(self._streams)
 
-    def get(self, request_id):
+    def get(self, request_id: int) -> Pending | None:
         """The waiting (not streaming) request with this id, or None."""
         return self._waiting.get(request_id)
 
-    def all(self):
+    def all(self) -> list[Pending]:
         """A list of every request in the table, streams included."""
         return list(self._waiting.values()) + list(self._streams.values())
 
-    def open(self, request_id, client, pool, message, now):
+    def open(self, request_id: int, client: Any, pool: PendingPool,
+             message: Message, now: float) -> Pending:
         """Enter a client's request: QUEUED, with the pool's deadline."""
         deadline = now + pool.timeout
         pending = Pending(request_id, client, pool, message, deadline, now)
@@ -110,7 +139,7 @@ class PendingTable:
             self.next_expiry = deadline
         return pending
 
-    def keep_alive(self, request_ids, now):
+    def keep_alive(self, request_ids: Iterable[int], now: float) -> None:
         """Push the deadline of these (assigned or deferred) requests."""
         for request_id in request_ids:
             pending = self._waiting.get(request_id)
@@ -119,7 +148,7 @@ class PendingTable:
             pending.deadline = now + pending.pool.timeout
             self._expiry[pending.pool].move_to_end(request_id)
 
-    def start_stream(self, pending):
+    def start_stream(self, pending: Pending) -> None:
         """ASSIGNED/DEFERRED → STREAMING: no deadline, no longer counted
         against max_pending, not waited for by a graceful shutdown."""
         request_id = pending.request_id
@@ -128,7 +157,7 @@ class PendingTable:
             self._expiry[pending.pool].pop(request_id, None)
             self._streams[request_id] = pending
 
-    def finish(self, pending):
+    def finish(self, pending: Pending) -> State:
         """Any state → DONE: off every index. Returns the state it was in
         (DONE when it was finished already). The worker's books are the
         caller's: a worker that still runs the request keeps it there until
@@ -148,15 +177,18 @@ class PendingTable:
             pending.pool.backlog_entry_abandoned()
         return state
 
-    def expired(self, now):
+    def expired(self, now: float) -> list[Pending]:
         """The requests whose deadline has passed, oldest first; updates
         `next_expiry` to the earliest deadline left."""
-        due = []
+        due: list[Pending] = []
         earliest = math.inf
         for expiry in self._expiry.values():
             for pending in expiry.values():
-                if pending.deadline > now:
-                    earliest = min(earliest, pending.deadline)
+                deadline = pending.deadline
+                # open() gives every request it indexes here a deadline
+                assert deadline is not None
+                if deadline > now:
+                    earliest = min(earliest, deadline)
                     break
                 due.append(pending)
         self.next_expiry = earliest

@@ -32,9 +32,19 @@ accepted; any other name that is a near miss of an RFC 9110 method or PATCH
 application's own) is accepted. Names are compared upper-cased.
 """
 
+from __future__ import annotations
+
 import difflib
 import math
 import re
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+_T = TypeVar('_T')
+# a path parameter's value: str, int or float by its type
+ParamValue = Any
+# (literal segment, None) or (None, regex of a parameter's type)
+_Segment = tuple[str | None, re.Pattern[str] | None]
 
 __all__ = [
     'RouteNotFound', 'MethodNotAllowed', 'Pattern', 'compile_pattern',
@@ -58,7 +68,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD_CUTOFF = 0.6
 
 
-def check_methods(pattern, methods):
+def check_methods(pattern: object,
+                  methods: Iterable[object]) -> tuple[str, ...]:
     """Return `methods` upper-cased as a tuple; raise ValueError, naming
     `pattern`, for a name that is not a token or is a near miss of a
     standard method (see the module docstring)."""
@@ -93,13 +104,13 @@ class MethodNotAllowed(Exception):
 
     status = 405
 
-    def __init__(self, allowed):
+    def __init__(self, allowed: Iterable[str]) -> None:
         self.allowed = tuple(sorted(allowed))
         super().__init__(
             'method not allowed; allowed: ' + ', '.join(self.allowed))
 
 
-def _to_float(text):
+def _to_float(text: str) -> float:
     value = float(text)
     # The regex already excludes 'nan'/'inf', but a long enough digit
     # string still overflows to inf.
@@ -109,7 +120,7 @@ def _to_float(text):
 
 
 # type name -> (regex for one segment, converter)
-_TYPES = {
+_TYPES: dict[str, tuple[str, Callable[[str], ParamValue]]] = {
     'str': (r'[^/]+', str),
     'int': (r'[-+]?[0-9]+', int),
     'float': (r'[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?',
@@ -119,7 +130,7 @@ _TYPES = {
 _TAIL = '**'
 
 
-def _without_trailing_slash(path):
+def _without_trailing_slash(path: str) -> str:
     """`path` less one trailing '/' ('/' itself stays)."""
     return path[:-1] if len(path) > 1 and path[-1] == '/' else path
 
@@ -129,20 +140,23 @@ class Pattern:
 
     __slots__ = ('pattern', 'has_params', '_regex', '_params')
 
-    def __init__(self, pattern, regex, params):
+    def __init__(
+            self, pattern: str, regex: re.Pattern[str] | None,
+            params: tuple[tuple[str, Callable[[str], ParamValue]], ...]
+    ) -> None:
         self.pattern = pattern
         self.has_params = bool(params)
         self._regex = regex
         self._params = params
 
-    def match(self, path):
+    def match(self, path: str) -> dict[str, ParamValue] | None:
         """Return the converted path params of ``path``, or None."""
         if self._regex is None:
             return {} if path == self.pattern else None
         found = self._regex.fullmatch(path)
         if found is None:
             return None
-        result = {}
+        result: dict[str, ParamValue] = {}
         for (name, convert), text in zip(self._params, found.groups()):
             try:
                 result[name] = convert(text)
@@ -151,11 +165,12 @@ class Pattern:
                 return None
         return result
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'Pattern({self.pattern!r})'
 
 
-def _parse_param(segment, pattern, seen):
+def _parse_param(segment: str, pattern: str,
+                 seen: set[str]) -> tuple[str, str]:
     """Return (name, type) of a '{name[:type]}' segment, validated."""
     name, _, type_name = segment[1:-1].partition(':')
     type_name = type_name or 'str'
@@ -173,7 +188,7 @@ def _parse_param(segment, pattern, seen):
     return name, type_name
 
 
-def _is_param(segment, pattern):
+def _is_param(segment: str, pattern: str) -> bool:
     """True for a '{...}' segment; raise on misplaced or unbalanced braces."""
     opens, closes = segment.count('{'), segment.count('}')
     if not opens and not closes:
@@ -188,7 +203,7 @@ def _is_param(segment, pattern):
     return True
 
 
-def _compile(pattern, allow_tail=False):
+def _compile(pattern: object, allow_tail: bool = False) -> Pattern:
     """Compile ``pattern``; with allow_tail a final '**' matches the rest."""
     if not isinstance(pattern, str):
         raise TypeError(f'pattern must be str, not {type(pattern).__name__}')
@@ -196,7 +211,9 @@ def _compile(pattern, allow_tail=False):
     tail = allow_tail and len(segments) > 1 and segments[-1] == _TAIL
     if tail:
         segments.pop()
-    parts, params, seen = [], [], set()
+    parts: list[str] = []
+    params: list[tuple[str, Callable[[str], ParamValue]]] = []
+    seen: set[str] = set()
     for segment in segments:
         if _TAIL in segment:
             where = 'only valid as the final segment of a pool route' \
@@ -214,7 +231,7 @@ def _compile(pattern, allow_tail=False):
     return Pattern(pattern, re.compile(source, re.DOTALL), tuple(params))
 
 
-def compile_pattern(pattern):
+def compile_pattern(pattern: str) -> Pattern:
     """Compile a route pattern into a :class:`Pattern`.
 
     Raises ValueError for unknown types, duplicate names, unbalanced braces,
@@ -223,20 +240,23 @@ def compile_pattern(pattern):
     return _compile(pattern)
 
 
-class _Route:
+class _Route(Generic[_T]):
     __slots__ = ('index', 'pattern', 'methods', 'target')
 
-    def __init__(self, index, pattern, methods, target):
+    def __init__(self, index: int, pattern: Pattern,
+                 methods: frozenset[str] | None, target: _T) -> None:
         self.index = index
         self.pattern = pattern
         self.methods = methods      # frozenset of upper names, None = all
         self.target = target
 
-    def accepts(self, method):
+    def accepts(self, method: str) -> bool:
         return self.methods is None or method in self.methods
 
 
-def _normalise_methods(pattern, methods):
+def _normalise_methods(
+        pattern: str, methods: str | Iterable[str] | None
+) -> frozenset[str] | None:
     """Return a frozenset of upper-case names, or None for all methods."""
     if methods is None:
         return None
@@ -245,7 +265,7 @@ def _normalise_methods(pattern, methods):
     return frozenset(check_methods(pattern, methods)) or None
 
 
-class Router:
+class Router(Generic[_T]):
     """Routes (pattern, methods) to a target; compiled once, matched per request.
 
     The first added route that matches both path and method wins. Routes
@@ -253,12 +273,15 @@ class Router:
     (literal path, accepted method, no earlier param route) is O(1).
     """
 
-    def __init__(self):
-        self._routes = []
-        self._literal = {}      # path -> [_Route] in insertion order
-        self._params = []       # [_Route] with params, in insertion order
+    def __init__(self) -> None:
+        self._routes: list[_Route[_T]] = []
+        # path -> [_Route] in insertion order
+        self._literal: dict[str, list[_Route[_T]]] = {}
+        # [_Route] with params, in insertion order
+        self._params: list[_Route[_T]] = []
 
-    def add(self, pattern, methods, target):
+    def add(self, pattern: str, methods: str | Iterable[str] | None,
+            target: _T) -> None:
         """Add a route; empty or None ``methods`` means all methods.
 
         Raises ValueError for a pattern :func:`compile_pattern` refuses or
@@ -280,7 +303,8 @@ class Router:
         else:
             self._literal.setdefault(pattern, []).append(route)
 
-    def match(self, method, path):
+    def match(self, method: str,
+              path: str) -> tuple[_T, dict[str, ParamValue]]:
         """Return (target, path_params) for the first matching route.
 
         Raises RouteNotFound when no route matches the path, and
@@ -307,7 +331,8 @@ class Router:
             return literal.target, {}
         raise self._no_match(path)
 
-    def lookup(self, method, path):
+    def lookup(self, method: str,
+               path: str) -> tuple[_T, dict[str, ParamValue]] | None:
         """Like match(), but None when no route matches the path at all
         (cheap for the common miss: no exception, no scan of literals)."""
         if not self._params \
@@ -318,7 +343,7 @@ class Router:
         except RouteNotFound:
             return None
 
-    def _no_match(self, path):
+    def _no_match(self, path: str) -> RouteNotFound | MethodNotAllowed:
         """Build the exception for a path no route accepted the method of."""
         matching = list(self._literal.get(path, ()))
         matching += [route for route in self._params
@@ -326,16 +351,17 @@ class Router:
         if not matching:
             return RouteNotFound(path)
         # No route here has methods=None: it would have accepted the method.
-        allowed = set()
+        allowed: set[str] = set()
         for route in matching:
+            assert route.methods is not None
             allowed |= route.methods
         return MethodNotAllowed(allowed)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._routes)
 
     @property
-    def routes(self):
+    def routes(self) -> list[tuple[str, tuple[str, ...] | None, _T]]:
         """(pattern, methods tuple or None, target) in insertion order."""
         return [
             (route.pattern.pattern,
@@ -355,18 +381,21 @@ class PrefixMatcher:
     other pool claims). ``routes=[]`` is a valid matcher that never matches.
     """
 
-    def __init__(self, routes):
+    def __init__(self, routes: Iterable[str] | None) -> None:
         self.is_fallback = routes is None
         self._all = False
-        self._exact = set()
-        self._prefixes = []     # 'base/' strings for str.startswith
-        self._patterns = []     # compiled Patterns with params
-        self._shapes = []       # (segments, is_prefix) for can_reach()
+        self._exact: set[str] = set()
+        # 'base/' strings for str.startswith
+        prefixes: list[str] = []
+        # compiled Patterns with params
+        self._patterns: list[Pattern] = []
+        # (segments, is_prefix) for can_reach()
+        self._shapes: list[tuple[list[_Segment], bool]] = []
         for entry in routes or ():
-            self._add(entry)
-        self._prefixes = tuple(self._prefixes)
+            self._add(entry, prefixes)
+        self._prefixes = tuple(prefixes)
 
-    def _add(self, entry):
+    def _add(self, entry: object, prefixes: list[str]) -> None:
         if not isinstance(entry, str) or not entry.startswith('/'):
             raise ValueError(f"pool route must start with '/': {entry!r}")
         tail = '/' + _TAIL
@@ -388,9 +417,9 @@ class PrefixMatcher:
             self._all = True
         else:
             self._exact.add(base)
-            self._prefixes.append(base + '/')
+            prefixes.append(base + '/')
 
-    def matches(self, path):
+    def matches(self, path: str) -> bool:
         """True when ``path`` belongs to this pool."""
         if self._all or path in self._exact:
             return True
@@ -401,7 +430,7 @@ class PrefixMatcher:
                 return True
         return False
 
-    def can_reach(self, pattern):
+    def can_reach(self, pattern: str) -> bool:
         """True when some path matching route `pattern` (a valid route
         pattern, see :func:`compile_pattern`) belongs to this pool.
 
@@ -420,7 +449,7 @@ class PrefixMatcher:
                 return True
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.is_fallback:
             return 'PrefixMatcher(None)'
         return (f'PrefixMatcher(all={self._all}, exact={len(self._exact)},'
@@ -428,10 +457,10 @@ class PrefixMatcher:
                 f' patterns={len(self._patterns)})')
 
 
-def _shape(pattern):
+def _shape(pattern: str) -> list[_Segment]:
     """The segments of a valid pattern: (literal, None) or (None, regex of
     the parameter's type)."""
-    segments = []
+    segments: list[_Segment] = []
     for segment in pattern.split('/'):
         if _is_param(segment, pattern):
             _, type_name = _parse_param(segment, pattern, set())
@@ -441,13 +470,16 @@ def _shape(pattern):
     return segments
 
 
-def _overlap(first, second):
+def _overlap(first: _Segment, second: _Segment) -> bool:
     """True when some path segment matches both shaped segments."""
     (literal, regex), (other, other_regex) = first, second
     if literal is not None and other is not None:
         return literal == other
+    # a segment without a literal has the regex of its parameter
     if literal is not None:
+        assert other_regex is not None
         return other_regex.fullmatch(literal) is not None
     if other is not None:
+        assert regex is not None
         return regex.fullmatch(other) is not None
     return True

@@ -10,10 +10,14 @@ itself, nor install signal handlers (the owner's service is stopped at exit
 and, on Linux, killed by the kernel when the owner dies).
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import socket as _socket
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from .service import (Endpoint, Service, ServiceClient, ServiceUnavailable,
                       bind_lock_socket)
@@ -22,13 +26,16 @@ from .singleton import FileLock
 __all__ = ['SingleServer', 'ServerClient', 'ServerNotReady', 'SocketLock',
            'LockFile']
 
+# a file system path as singleserver takes it
+StrPath = str | os.PathLike[str]
+
 
 class ServerNotReady(ServiceUnavailable):
     """The server did not pass its health check in time (a
     ServiceUnavailable, so either name catches it)."""
 
 
-def _not_ready(err):
+def _not_ready(err: ServiceUnavailable) -> ServerNotReady:
     return ServerNotReady(str(err), err.state)
 
 
@@ -41,8 +48,10 @@ class ServerClient(ServiceClient):
     reach the server raise ServiceError.
     """
 
-    def __init__(self, host='127.0.0.1', port=None, socket_path=None,
-                 health_check_url='/', startup_timeout=30.0, timeout=30.0):
+    def __init__(self, host: str = '127.0.0.1', port: int | None = None,
+                 socket_path: StrPath | None = None,
+                 health_check_url: str = '/', startup_timeout: float = 30.0,
+                 timeout: float = 30.0) -> None:
         if port is None and socket_path is None:
             raise ValueError('Must provide either port or socket_path')
         address = f'{host}:{port}' if socket_path is None else socket_path
@@ -51,15 +60,17 @@ class ServerClient(ServiceClient):
             socket=os.fspath(socket_path) if socket_path else None,
             host=host, health_check_url=health_check_url,
             startup_timeout=startup_timeout)
-        super().__init__(endpoint, timeout)
+        # (ServiceClient is not annotated yet; mypy does not see through
+        # super() for untyped_calls_exclude)
+        super().__init__(endpoint, timeout)  # type: ignore[no-untyped-call]
         self.host = host
         self.port = port
-        self.socket_path = endpoint.socket
+        self.socket_path: str | None = endpoint.socket
         self.health_check_url = health_check_url
         self.startup_timeout = startup_timeout
 
     @classmethod
-    def _over(cls, client):
+    def _over(cls, client: ServiceClient) -> ServerClient:
         """A ServerClient on the endpoint of a ServiceClient."""
         service = client.service
         made = cls(host=service.host, port=service.port,
@@ -69,10 +80,12 @@ class ServerClient(ServiceClient):
         made._ready = client.is_ready
         return made
 
-    def wait_ready(self, timeout=None):
+    def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait for the health check to pass; True, or raise ServerNotReady."""
         try:
-            return super().wait_ready(timeout)
+            ready: bool = super().wait_ready(  # type: ignore[no-untyped-call]
+                timeout)
+            return ready
         except ServiceUnavailable as err:
             raise _not_ready(err) from err
 
@@ -88,13 +101,20 @@ class SingleServer:
     None, 'null'; `stderr='stdout'` merges them.
     """
 
-    def __init__(self, name, command, port=None, host='127.0.0.1',
-                 socket=None, lock_port=None, lock_socket=None,
-                 health_check_url='/', health_check_interval=5.0,
-                 startup_timeout=30.0, restart_on_failure=True,
-                 max_restarts=3, restart_delay=1.0, env=None, cwd=None,
-                 stdout=None, stderr=None, shutdown_timeout=10.0,
-                 shutdown_signal=signal.SIGTERM):
+    def __init__(self, name: str, command: Sequence[str],
+                 port: int | None = None, host: str = '127.0.0.1',
+                 socket: StrPath | None = None, lock_port: int | None = None,
+                 lock_socket: StrPath | None = None,
+                 health_check_url: str = '/',
+                 health_check_interval: float = 5.0,
+                 startup_timeout: float = 30.0,
+                 restart_on_failure: bool = True, max_restarts: int = 3,
+                 restart_delay: float = 1.0,
+                 env: Mapping[str, str] | None = None,
+                 cwd: StrPath | None = None, stdout: StrPath | None = None,
+                 stderr: StrPath | None = None,
+                 shutdown_timeout: float = 10.0,
+                 shutdown_signal: int = signal.SIGTERM) -> None:
         if port is None and socket is None:
             raise ValueError('Must provide either port or socket')
         if lock_socket is not None:
@@ -117,36 +137,42 @@ class SingleServer:
         self.name = name
         self.port = port
         self.host = host
-        self.socket_path = self._service.socket
+        self.socket_path: str | None = self._service.socket
         self.health_check_url = health_check_url
         self.startup_timeout = startup_timeout
-        self._client = None
+        self._client: ServerClient | None = None
         self._state_lock = threading.Lock()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<SingleServer {self.name!r} at {self._service.address}>'
 
     @property
-    def service(self):
+    def service(self) -> Service:
         """The uhttp.workers Service underneath."""
         return self._service
 
     @property
-    def command(self):
+    def command(self) -> list[str]:
         """The command with its placeholders replaced."""
-        return self._service.command_line()
+        command: list[str] = self._service.command_line()
+        return command
 
     @property
-    def is_owner(self):
+    def is_owner(self) -> bool:
         """True when this process started the server and supervises it."""
-        return self._service.owned
+        owned: bool = self._service.owned
+        return owned
 
     @property
-    def is_connected(self):
+    def is_connected(self) -> bool:
         """True when connected and the server was last seen ready."""
-        return self._client is not None and self._client.is_ready
+        if self._client is None:
+            return False
+        ready: bool = self._client.is_ready
+        return ready
 
-    def connect(self, wait_ready=True, timeout=None):
+    def connect(self, wait_ready: bool = True,
+                timeout: float | None = None) -> ServerClient:
         """A client of the server, starting it when nobody runs it.
 
         Waits up to `timeout` (default startup_timeout) for the health check
@@ -165,36 +191,36 @@ class SingleServer:
                     timeout=timeout, wait=wait_ready)
             except ServiceUnavailable as err:
                 raise _not_ready(err) from err
-            self._client = ServerClient._over(client)
-            return self._client
+            made = self._client = ServerClient._over(client)
+            return made
 
-    def get_client(self):
+    def get_client(self) -> ServerClient | None:
         """The client of the last connect(), or None."""
         return self._client
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Close the client; if this process owns the server, stop it."""
         with self._state_lock:
             self._drop()
 
-    def stop(self):
+    def stop(self) -> None:
         """The same as disconnect()."""
         self.disconnect()
 
-    def _drop(self):
+    def _drop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
         self._service.close()
 
-    def __enter__(self):
+    def __enter__(self) -> ServerClient:
         return self.connect()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.disconnect()
 
 
-def _output(where):
+def _output(where: StrPath | None) -> str | None:
     """singleserver's output names: 'inherit' is None, 'null' /dev/null."""
     if where is None or where == 'inherit':
         return None
@@ -203,18 +229,27 @@ def _output(where):
     return os.fspath(where)
 
 
+class _Acquirable(Protocol):
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> object: ...
+
+
+_Lock = TypeVar('_Lock', bound=_Acquirable)
+
+
 class _HeldWhileInside:
     """`with lock:` takes the lock (try_acquire) and releases it on the way
     out; a lock that is garbage collected is released too."""
 
-    def __enter__(self):
+    def __enter__(self: _Lock) -> _Lock:
         self.try_acquire()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self: _Acquirable, *exc: object) -> None:
         self.release()
 
-    def __del__(self):
+    def __del__(self: _Acquirable) -> None:
         self.release()
 
 
@@ -222,8 +257,10 @@ class SocketLock(_HeldWhileInside):
     """A lock held by binding and listening on a TCP port of `host`, or on a
     Unix socket path (a stale path that nobody answers on is removed)."""
 
-    def __init__(self, port=None, socket_path=None, host='127.0.0.1'):
-        self._socket = None
+    def __init__(self, port: int | None = None,
+                 socket_path: StrPath | None = None,
+                 host: str = '127.0.0.1') -> None:
+        self._socket: _socket.socket | None = None
         if port is None and socket_path is None:
             raise ValueError('Must provide either port or socket_path')
         if port is not None and socket_path is not None:
@@ -233,16 +270,16 @@ class SocketLock(_HeldWhileInside):
         self.host = host
 
     @property
-    def is_acquired(self):
+    def is_acquired(self) -> bool:
         """True while this instance holds the lock."""
         return self._socket is not None
 
     @property
-    def address(self):
+    def address(self) -> str | tuple[str, int | None]:
         """The socket path, or the (host, port) pair."""
         return self.socket_path or (self.host, self.port)
 
-    def try_acquire(self):
+    def try_acquire(self) -> bool:
         """Take the lock if it is free; True when taken. RuntimeError when
         this instance already holds it."""
         if self._socket is not None:
@@ -253,7 +290,7 @@ class SocketLock(_HeldWhileInside):
             self._socket = _bind_path(self.socket_path)
         return self._socket is not None
 
-    def release(self):
+    def release(self) -> None:
         """Give the lock up (nothing happens when not held)."""
         sock, self._socket = self._socket, None
         if sock is None:
@@ -266,18 +303,19 @@ class SocketLock(_HeldWhileInside):
                 pass
 
 
-def _bind_path(path):
-    sock = bind_lock_socket(_socket.AF_UNIX, path)
+def _bind_path(path: str) -> _socket.socket | None:
+    sock: _socket.socket | None = bind_lock_socket(_socket.AF_UNIX, path)
     if sock is not None or not _stale(path):
         return sock
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    return bind_lock_socket(_socket.AF_UNIX, path)
+    sock = bind_lock_socket(_socket.AF_UNIX, path)
+    return sock
 
 
-def _stale(path):
+def _stale(path: str) -> bool:
     """True when nobody listens on the socket file `path`."""
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -296,18 +334,20 @@ class LockFile(_HeldWhileInside, FileLock):
     the holder's pid. The kernel frees it when its holder dies."""
 
     @property
-    def is_acquired(self):
+    def is_acquired(self) -> bool:
         """True while this process holds the lock."""
-        return self.held
+        held: bool = self.held
+        return held
 
-    def try_acquire(self):
+    def try_acquire(self) -> bool:
         """Take the lock if it is free; True when taken. RuntimeError when
         this process already holds it."""
         if self.held:
             raise RuntimeError('Lock already acquired by this instance')
-        return self.acquire()
+        taken: bool = self.acquire()
+        return taken
 
-    def get_owner_pid(self):
+    def get_owner_pid(self) -> int | None:
         """The pid written by the last holder, None when there is none (a
         release empties the file; a holder that died leaves its pid)."""
         try:
