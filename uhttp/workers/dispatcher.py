@@ -27,7 +27,7 @@ import time
 
 from uhttp import server as _server
 
-from . import framing, messages
+from . import framing, log_files, messages
 from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_CLOSED, HOLD_PREDECESSOR, Admission,
     ListenerGate, resume)
@@ -35,7 +35,7 @@ from .connection import Connection, Server
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, LogOutput, printable, resolve_log_name
+from .log import LOG_INFO, Logger, printable, resolve_log_name
 from .metrics import Metrics
 from .options import check_keywords, server_keywords
 from .owned_services import OwnedServices
@@ -130,7 +130,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None, **server_options):
+                 job_lock=None, log_rotate_size=None, log_rotate_age=None,
+                 log_rotate_backups=log_files.DEFAULT_BACKUPS,
+                 **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -157,7 +159,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if trusted_proxies:
             self._server_options['trusted_proxies'] = list(trusted_proxies)
         self.log_file = log_file
-        self._log_output = LogOutput(sys.stderr, path=log_file)
+        self._log_output = log_files.log_output(
+            log_file, log_rotate_size, log_rotate_age, log_rotate_backups)
         self._pid_file = PidFile(pid_file) if pid_file else None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
