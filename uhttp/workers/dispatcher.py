@@ -38,6 +38,7 @@ from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from .log import LOG_INFO, Logger, printable, resolve_log_name
 from .metrics import Metrics
 from .options import check_keywords, server_keywords
+from .output_capture import OutputCapture
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
@@ -132,7 +133,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  metrics_route=None, services=None, jobs=None,
                  job_lock=None, log_rotate_size=None, log_rotate_age=None,
                  log_rotate_backups=log_files.DEFAULT_BACKUPS,
-                 **server_options):
+                 capture_output=True, **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -162,6 +163,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._log_output = log_files.log_output(
             log_file, log_rotate_size, log_rotate_age, log_rotate_backups)
         self._pid_file = PidFile(pid_file) if pid_file else None
+        self._output = OutputCapture(self._emit_log) if capture_output \
+            else None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier = None
@@ -290,6 +293,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """A worker process was started (the pool calls this)."""
         self._live_workers.setdefault(pool, set()).add(handle)
         super().worker_started(pool, handle)
+
+    def worker_output(self, handle):
+        """The WorkerOutput capturing the stdout and stderr of the worker
+        being started (the pool calls this), or None: it inherits ours."""
+        if self._output is None:
+            return None
+        return self._output.open(handle.name)
 
     def worker_reaped(self, handle):
         """A worker's exit status is known (the pool may restart it)."""
@@ -473,6 +483,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             16, min(self.max_connections, file_limit - 64
                     - 4 * sum(p.num_workers for p in self._pools)))
         self._selector = selectors.DefaultSelector()
+        if self._output is not None:
+            self._output.attach(self._selector)
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
         # with a socket handed over, bind a throwaway one (the port is taken)
@@ -546,6 +558,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             while self._state != 'stopped':
                 self._tick()
         finally:
+            if self._output is not None:
+                self._output.close()
             self._close()
         if self.exit_status:
             raise SystemExit(self.exit_status)
