@@ -67,7 +67,7 @@ class SysopsWorker(_workers.Worker):
     @_workers.api('/api/touch')
     def touch(self, request):
         path = request.query['path']
-        with open(path, 'w', encoding='ascii') as handle:
+        with open(path, 'w', encoding='utf-8') as handle:
             handle.write('x')
         return {'mode': os.stat(path).st_mode & 0o777}
 

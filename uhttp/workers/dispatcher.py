@@ -32,6 +32,7 @@ from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_CLOSED, HOLD_PREDECESSOR, Admission,
     ListenerGate, resume)
 from .connection import Connection, Server
+from .daemon import Daemon
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
@@ -39,6 +40,7 @@ from .log import LOG_INFO, Logger, printable, resolve_log_name
 from .metrics import Metrics
 from .options import check_keywords, server_keywords
 from .output_capture import OutputCapture
+from .privileges import PrivilegeError, Privileges
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
@@ -133,7 +135,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  metrics_route=None, services=None, jobs=None,
                  job_lock=None, log_rotate_size=None, log_rotate_age=None,
                  log_rotate_backups=log_files.DEFAULT_BACKUPS,
-                 capture_output=True, **server_options):
+                 capture_output=True, user=None, group=None, umask=None,
+                 allow_root=False, daemon=False, daemon_chdir='/',
+                 **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -165,6 +169,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._pid_file = PidFile(pid_file) if pid_file else None
         self._output = OutputCapture(self._emit_log) if capture_output \
             else None
+        self._privileges = Privileges(user, group, umask, allow_root)
+        if daemon and (not log_file or log_file == log_files.STDOUT):
+            raise ValueError('daemon=True needs log_file= (a path): a '
+                             'daemon has no terminal to write its log to')
+        self._daemon = Daemon(daemon_chdir) if daemon else None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier = None
@@ -475,6 +484,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return router if len(router) else None
 
     def _start(self):
+        try:
+            self._privileges.resolve()   # an unknown name: stop before all
+        except PrivilegeError as err:
+            if self.log_file:   # stderr gets it from SystemExit
+                self.log.error('%s', err)
+            raise SystemExit(str(err)) from None
         self._predecessor = upgrade.predecessor_pid()
         if self._pid_file is not None and not self._predecessor:
             self._pid_file.create()
@@ -512,6 +527,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             # before then (the shared listen backlog holds them meanwhile)
             self._gate.hold(HOLD_PREDECESSOR)
         self.port = self._server.socket.getsockname()[1]
+        self._become_service()
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:
             self._next_watchdog = time.monotonic()
@@ -530,6 +546,44 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                       host, self.port, os.getpid(), count,
                       '' if count == 1 else 's')
         set_title(f'dispatcher {host}:{self.port}')
+
+    def _become_service(self):
+        """Once bound, before any other process starts: detach from the
+        terminal (daemon=True; the pid file then names the daemon), give
+        the log and pid files to the user to run as, and become that user.
+        A failure stops the dispatcher with its one-line reason."""
+        try:
+            if self._daemon is not None:
+                self._daemon.detach()
+                if self._pid_file is not None:
+                    self._pid_file.create(
+                        predecessor=self._daemon.launcher_pid)
+            log_file = log_files.log_file_of(self._log_output)
+            self._privileges.give(log_file and log_file.path)
+            self._privileges.give(self._pid_file and self._pid_file.path)
+            self._privileges.drop()
+        except (PrivilegeError, OSError) as err:
+            message = str(err)
+            if self.log_file:
+                self.log.error('%s', message)
+            if self._daemon is not None:
+                self._daemon.failed(message)
+            if self._pid_file is not None:
+                self._pid_file.remove()
+            self._server.close()
+            raise SystemExit(message) from None
+        warning = self._privileges.root_warning()
+        if warning:
+            self.log.warning('%s', warning)
+        elif self._privileges.wanted:
+            self.log.info('running as %s', self._privileges.describe())
+            library = self._privileges.unreadable_library()
+            if library:
+                self.log.warning('%s cannot read the Python library %s: a '
+                                 'module imported from now on will fail',
+                                 self._privileges.describe(), library)
+        if self._daemon is not None:
+            self._daemon.started()
 
     def _adopt_listener(self, sock):
         """Serve on a socket systemd passed us instead of the one bound.
