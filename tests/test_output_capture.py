@@ -4,6 +4,8 @@ the worker; and log files with rotation, end to end."""
 import os
 import re
 
+import pytest
+
 from uhttp.workers.output_capture import MAX_LINE
 
 from conftest import APPS, Server, wait_until
@@ -12,8 +14,10 @@ APP = 'sysops_app.py'
 _LISTENING = re.compile(r'listening on http://\S+:(\d+) \(pid (\d+)')
 
 
-def test_print_and_fd2_are_logged_tagged(start_server):
-    server = start_server(APP, ready_workers=1)
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_print_and_fd2_are_logged_tagged(start_server, method):
+    server = start_server(APP, env={'START_METHOD': method},
+                          ready_workers=1)
     assert server.get('/api/print?text=alpha').status == 200
     assert server.get('/api/fd2?text=beta').status == 200
     server.wait_log(r'INFO +\[SysopsWorker\[0\]\] stdout: printed alpha$')

@@ -3,7 +3,8 @@ captured worker output, privilege drop, umask and daemon mode.
 
 Settings (environment): PORT, ADDRESS, WORKERS, LOG_FILE, LOG_ROTATE_SIZE,
 LOG_ROTATE_AGE, LOG_ROTATE_BACKUPS, CAPTURE_OUTPUT ('0': off), RUN_USER,
-RUN_GROUP, UMASK (octal), ALLOW_ROOT ('1'), DAEMON ('1'), PID_FILE.
+RUN_GROUP, UMASK (octal), ALLOW_ROOT ('1'), DAEMON ('1'), PID_FILE,
+START_METHOD ('fork' or 'spawn').
 """
 
 import os
@@ -116,6 +117,7 @@ def main():
         pools=[_workers.WorkerPool(
             SysopsWorker, num_workers=int(ENV.get('WORKERS', '1')),
             heartbeat_interval=0.2, log_level=_workers.LOG_INFO,
+            start_method=ENV.get('START_METHOD') or None,
             routes=['/api/**'])],
         **_options())
     dispatcher.run()

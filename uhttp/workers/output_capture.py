@@ -4,19 +4,20 @@ A `print()` in a handler, a traceback written by a library, or a C
 extension writing to descriptor 2 would otherwise go to wherever the
 dispatcher's own stdout/stderr point (often nowhere, under a daemon or a
 service manager), untagged and interleaved. With capture, each worker gets
-one socket pair per stream: the worker end becomes its descriptor 1 or 2
+one pipe per stream: the write end becomes its descriptor 1 or 2
 before any of the worker's code runs (`redirect_output`, in the worker),
-and the dispatcher reads the other end in its selector loop
+and the dispatcher reads the read end in its selector loop
 (`OutputCapture`) and logs every line tagged with the worker's name:
 `[Items[2]] stdout: ...` at INFO, `[Items[2]] stderr: ...` at WARNING.
 
 Must never block the dispatcher: the read ends are non-blocking, one read
-per readiness event, and a line is cut at MAX_LINE bytes.
+per readiness event, and a line is cut at MAX_LINE bytes. Pipes, not sockets: a worker holds no socket but its
+channel.
 """
 
+import multiprocessing
 import os
 import selectors
-import socket
 import sys
 
 from .log import LOG_INFO, LOG_WARNING
@@ -35,11 +36,13 @@ _STREAMS = (('stdout', LOG_INFO), ('stderr', LOG_WARNING))
 class _CapturedStream:
     """The dispatcher's end of one worker stream and its unfinished line."""
 
-    def __init__(self, name, label, level, sock, emit):
+    def __init__(self, name, label, level, pipe, emit):
         self.name = name
         self.label = label
         self.level = level
-        self.sock = sock
+        self.pipe = pipe        # a multiprocessing Connection (read end)
+        self.fd = pipe.fileno()
+        os.set_blocking(self.fd, False)
         self._emit = emit
         self._partial = bytearray()
 
@@ -47,7 +50,7 @@ class _CapturedStream:
         """Read what is there (once); log the complete lines. Returns False
         at end of file (every holder of the write end closed it)."""
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = os.read(self.fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -87,8 +90,10 @@ class _CapturedStream:
 
 
 class WorkerOutput:
-    """The socket pairs of one worker being started: `worker_ends` go to
-    the worker process (as its stdout and stderr), the other ends stay."""
+    """The pipes of one worker being started: `worker_ends` (write ends,
+    multiprocessing Connections, so that they reach a spawned worker too)
+    go to the worker process as its stdout and stderr; the read ends stay
+    in the dispatcher."""
 
     def __init__(self, capture, name):
         self._capture = capture
@@ -96,11 +101,7 @@ class WorkerOutput:
         self.worker_ends = []
         self._streams = []
         for label, level in _STREAMS:
-            ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                             socket.SOCK_STREAM)
-            ours.setblocking(False)
-            ours.shutdown(socket.SHUT_WR)       # we only read
-            theirs.shutdown(socket.SHUT_RD)     # it only writes
+            ours, theirs = multiprocessing.Pipe(duplex=False)
             self.worker_ends.append(theirs)
             self._streams.append(
                 _CapturedStream(name, label, level, ours, capture.emit))
@@ -108,18 +109,18 @@ class WorkerOutput:
     def started(self):
         """The worker process has its copies: close ours of its ends and
         start reading the others."""
-        for sock in self.worker_ends:
-            sock.close()
+        for end in self.worker_ends:
+            end.close()
         self.worker_ends = []
         for stream in self._streams:
             self._capture.watch(stream)
 
     def close(self):
         """The worker could not be started: close every end."""
-        for sock in self.worker_ends:
-            sock.close()
+        for end in self.worker_ends:
+            end.close()
         for stream in self._streams:
-            stream.sock.close()
+            stream.pipe.close()
         self.worker_ends = []
         self._streams = []
 
@@ -144,7 +145,7 @@ class OutputCapture:
     def watch(self, stream):
         """Read `stream` whenever it is readable."""
         self._streams.add(stream)
-        self._selector.register(stream.sock, selectors.EVENT_READ,
+        self._selector.register(stream.fd, selectors.EVENT_READ,
                                 lambda _f, _m: self._readable(stream))
 
     def _readable(self, stream):
@@ -154,10 +155,10 @@ class OutputCapture:
     def _forget(self, stream):
         self._streams.discard(stream)
         try:
-            self._selector.unregister(stream.sock)
+            self._selector.unregister(stream.fd)
         except (KeyError, ValueError, RuntimeError):
             pass    # the selector is closed already (the dispatcher ends)
-        stream.sock.close()
+        stream.pipe.close()
 
     @property
     def stream_count(self):
@@ -170,7 +171,7 @@ class OutputCapture:
         for stream in list(self._streams):
             for _ in range(DRAIN_READS):
                 try:
-                    data = stream.sock.recv(READ_SIZE)
+                    data = os.read(stream.fd, READ_SIZE)
                 except OSError:
                     break
                 if not data:
@@ -181,8 +182,8 @@ class OutputCapture:
 
 
 def redirect_output(worker_ends):
-    """In a worker, before its code runs: make `worker_ends` (stdout,
-    stderr sockets) its descriptors 1 and 2, so that everything written
+    """In a worker, before its code runs: make `worker_ends` (stdout and
+    stderr pipe Connections) its descriptors 1 and 2, so that everything written
     there, by Python or by C code, reaches the dispatcher's log; and make
     `sys.stdout`/`sys.stderr` line buffered, so a print() is logged when
     its line ends rather than when a buffer fills."""
@@ -192,9 +193,9 @@ def redirect_output(worker_ends):
                 stream.flush()
             except (OSError, ValueError):
                 pass    # the old destination is gone: nothing to keep
-    for fd, sock in zip((1, 2), worker_ends):
-        os.dup2(sock.fileno(), fd)
-        sock.close()
+    for fd, end in zip((1, 2), worker_ends):
+        os.dup2(end.fileno(), fd)
+        end.close()
     for name, fd in (('stdout', 1), ('stderr', 2)):
         stream = getattr(sys, name)
         if stream is not None and hasattr(stream, 'reconfigure') \
