@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from uhttp.workers import output_capture
 from uhttp.workers.output_capture import MAX_LINE
 
 from conftest import APPS, Server, wait_until
@@ -89,3 +90,25 @@ def test_the_log_file_rotates_by_size(tmp_path):
         assert 'noise' in (tmp_path / 'service.log.1').read_text()
     finally:
         server.stop()
+
+
+def test_captured_stream_splits_cuts_and_flushes():
+    """The dispatcher's reading side alone, on a real pipe."""
+    # pylint: disable=protected-access
+    records = []
+    capture = output_capture.OutputCapture(
+        lambda name, level, message: records.append((name, level, message)))
+    output = capture.open('Pool[1]')
+    stdout, stderr = output.worker_ends
+    os.write(stdout.fileno(), b'one\r\ntwo\nthr')
+    stream = output._streams[0]
+    assert stream.read()
+    assert [r[2] for r in records] == ['stdout: one', 'stdout: two']
+    stream._take(b'ee' + b'x' * MAX_LINE)
+    assert records[-1][2] == 'stdout: three' + 'x' * (MAX_LINE - 5)
+    stdout.close()
+    stderr.close()
+    output.worker_ends = []
+    assert not stream.read()                  # end of file: the rest goes
+    assert records[-1] == ('Pool[1]', 20, 'stdout: xxxxx')
+    output.close()

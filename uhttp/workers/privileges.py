@@ -43,7 +43,8 @@ def parse_umask(value):
 # is surely readable (it may sit in a directory the user cannot read).
 _NEEDED_LATER = ('multiprocessing.connection', 'multiprocessing.popen_fork',
                  'multiprocessing.popen_spawn_posix',
-                 'multiprocessing.reduction', 'multiprocessing.resource_tracker')
+                 'multiprocessing.reduction',
+                 'multiprocessing.resource_tracker')
 
 
 def _import_before_drop():
@@ -174,11 +175,23 @@ class Privileges:
         """'user nobody (65534), group nogroup (65534)', for messages."""
         parts = []
         if self.user is not None:
-            parts.append(f'user {self.user}' + (
-                f' ({self.uid})' if self.uid is not None
-                and str(self.uid) != str(self.user) else ''))
+            parts.append(_named('user', self._name or self.user, self.uid))
         if self.gid is not None:
-            parts.append(f'group {self.group if self.group is not None else self.gid}'
-                         + (f' ({self.gid})' if self.group is not None
-                            and str(self.gid) != str(self.group) else ''))
+            name = self.group if self.group is not None \
+                and not _is_id(self.group) else _group_name(self.gid)
+            parts.append(_named('group', name, self.gid))
         return ', '.join(parts) or 'the current user'
+
+
+def _group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return gid
+
+
+def _named(kind, name, number):
+    """'user nobody (65534)'; the number alone when it is the name."""
+    if number is None or str(name) == str(number):
+        return f'{kind} {name}'
+    return f'{kind} {name} ({number})'
