@@ -61,6 +61,13 @@ class SysopsWorker(_workers.Worker):
         sys.stdout.write('L' * size + '\n')
         return {'ok': True}
 
+    @_workers.api('/api/many')
+    def many_lines(self, request):
+        count = int((request.query or {}).get('count', '1000'))
+        for number in range(count):
+            print(f'line {number} of {count}')
+        return {'printed': count}
+
     @_workers.api('/api/ids')
     def ids(self, request):
         return _ids()
