@@ -11,8 +11,8 @@ and the dispatcher reads the read end in its selector loop
 `[Items[2]] stdout: ...` at INFO, `[Items[2]] stderr: ...` at WARNING.
 
 Must never block the dispatcher: the read ends are non-blocking, one read
-per readiness event, and a line is cut at MAX_LINE bytes. Pipes, not sockets: a worker holds no socket but its
-channel.
+per readiness event, and a line is cut at MAX_LINE bytes. Pipes, not
+sockets: a worker holds no socket but its channel.
 """
 
 import multiprocessing
@@ -182,9 +182,9 @@ class OutputCapture:
 
 
 def redirect_output(worker_ends):
-    """In a worker, before its code runs: make `worker_ends` (stdout and
-    stderr pipe Connections) its descriptors 1 and 2, so that everything written
-    there, by Python or by C code, reaches the dispatcher's log; and make
+    """In a worker, before its code runs: make `worker_ends` (the stdout
+    and stderr pipe Connections) its descriptors 1 and 2, so that all that
+    is written there, by Python or C code, reaches the dispatcher's log; make
     `sys.stdout`/`sys.stderr` line buffered, so a print() is logged when
     its line ends rather than when a buffer fills."""
     for stream in (sys.stdout, sys.stderr):
