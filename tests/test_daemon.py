@@ -28,6 +28,14 @@ def _launch(**env):
                           capture_output=True, text=True, check=False)
 
 
+def _client(port):
+    """Server's HTTP helpers for a dispatcher this test did not start as
+    a child (a daemon): requests only, never stop()."""
+    client = Server.__new__(Server)
+    client.port = port
+    return client
+
+
 @pytest.fixture
 def daemon_files(tmp_path):
     """The log and pid file paths; the daemon (only that PID) is stopped
@@ -57,8 +65,7 @@ def test_daemon_serves_logs_and_stops_on_sigterm(daemon_files):
     assert os.getsid(pid) not in (os.getsid(0), pid)
     assert os.readlink(f'/proc/{pid}/cwd') == '/'
     assert os.readlink(f'/proc/{pid}/fd/0') == '/dev/null'
-    server = Server.__new__(Server)
-    server.port = int(match.group(1))
+    server = _client(int(match.group(1)))
     assert server.get('/ids').json()['pid'] == pid
     assert server.get('/api/print?text=from-daemon').status == 200
     wait_until(lambda: 'stdout: printed from-daemon' in log_file.read_text())
@@ -124,3 +131,22 @@ def test_daemon_as_nobody_removes_its_pid_file(tmp_path):
         if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(shared)
+
+
+def test_sigusr2_replaces_the_daemon_without_detaching_again(daemon_files):
+    log_file, pid_file = daemon_files
+    result = _launch(LOG_FILE=str(log_file), PID_FILE=str(pid_file))
+    assert result.returncode == 0, result.stderr
+    first = int(pid_file.read_text())
+    wait_until(lambda: 'ready (pid' in log_file.read_text(), 20)
+    os.kill(first, signal.SIGUSR2)
+    wait_until(lambda: not pid_alive(first), 30,
+               message=lambda: log_file.read_text())
+    second = int(pid_file.read_text())
+    assert second != first and pid_alive(second)
+    port = int(_LISTENING.findall(log_file.read_text())[-1][0])
+    server = _client(port)
+    assert server.get('/ids').json()['pid'] == second
+    os.kill(second, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(second), 20)
+    wait_until(lambda: not pid_file.exists(), 5)

@@ -553,7 +553,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         the log and pid files to the user to run as, and become that user.
         A failure stops the dispatcher with its one-line reason."""
         try:
-            if self._daemon is not None:
+            # a new dispatcher started by SIGUSR2 is a daemon's child already
+            if self._daemon is not None and not self._predecessor:
                 self._daemon.detach()
                 if self._pid_file is not None:
                     self._pid_file.create(

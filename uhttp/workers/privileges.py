@@ -44,7 +44,7 @@ def parse_umask(value):
 _NEEDED_LATER = ('multiprocessing.connection', 'multiprocessing.popen_fork',
                  'multiprocessing.popen_spawn_posix',
                  'multiprocessing.reduction',
-                 'multiprocessing.resource_tracker')
+                 'multiprocessing.resource_tracker', 'subprocess')
 
 
 def _import_before_drop():
