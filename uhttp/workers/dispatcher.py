@@ -27,17 +27,20 @@ import time
 
 from uhttp import server as _server
 
-from . import framing, messages
+from . import framing, log_files, messages
 from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_CLOSED, HOLD_PREDECESSOR, Admission,
     ListenerGate, resume)
 from .connection import Connection, Server
+from .daemon import Daemon
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, LogOutput, printable, resolve_log_name
+from .log import LOG_INFO, Logger, printable, resolve_log_name
 from .metrics import Metrics
 from .options import check_keywords, server_keywords
+from .output_capture import OutputCapture
+from .privileges import PrivilegeError, Privileges
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
@@ -143,7 +146,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None, dump_stacks=True, **server_options):
+                 job_lock=None, dump_stacks=True, log_rotate_size=None,
+                 log_rotate_age=None,
+                 log_rotate_backups=log_files.DEFAULT_BACKUPS,
+                 capture_output=True, user=None, group=None, umask=None,
+                 allow_root=False, daemon=False, daemon_chdir='/',
+                 **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -172,8 +180,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.log_file = log_file
         # SIGCONT logs every thread's stack here and in each worker
         self.dump_stacks = dump_stacks
-        self._log_output = LogOutput(sys.stderr, path=log_file)
+        self._log_output = log_files.log_output(
+            log_file, log_rotate_size, log_rotate_age, log_rotate_backups)
         self._pid_file = PidFile(pid_file) if pid_file else None
+        self._output = OutputCapture(self._emit_log) if capture_output \
+            else None
+        self._privileges = Privileges(user, group, umask, allow_root)
+        if daemon and (not log_file or log_file == log_files.STDOUT):
+            raise ValueError('daemon=True needs log_file= (a path): a '
+                             'daemon has no terminal to write its log to')
+        self._daemon = Daemon(daemon_chdir) if daemon else None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier = None
@@ -304,6 +320,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """A worker process was started (the pool calls this)."""
         self._live_workers.setdefault(pool, set()).add(handle)
         super().worker_started(pool, handle)
+
+    def worker_output(self, handle):
+        """The WorkerOutput capturing the stdout and stderr of the worker
+        being started (the pool calls this), or None: it inherits ours."""
+        if self._output is None:
+            return None
+        return self._output.open(handle.name)
 
     def worker_reaped(self, handle):
         """A worker's exit status is known (the pool may restart it)."""
@@ -479,6 +502,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return router if len(router) else None
 
     def _start(self):
+        try:
+            self._privileges.resolve()   # an unknown name: stop before all
+        except PrivilegeError as err:
+            if self.log_file:   # stderr gets it from SystemExit
+                self.log.error('%s', err)
+            raise SystemExit(str(err)) from None
         self._predecessor = upgrade.predecessor_pid()
         if self._pid_file is not None and not self._predecessor:
             self._pid_file.create()
@@ -487,6 +516,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             16, min(self.max_connections, file_limit - 64
                     - 4 * sum(p.num_workers for p in self._pools)))
         self._selector = selectors.DefaultSelector()
+        if self._output is not None:
+            self._output.attach(self._selector)
         inherited = upgrade.inherited_listener() or next(
             iter(listen_sockets()), None)
         origin = 'inherited' if inherited is not None else None
@@ -519,6 +550,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._gate.hold(HOLD_PREDECESSOR)
         if self._server.socket.family != socket.AF_UNIX:
             self.port = self._server.socket.getsockname()[1]
+        self._become_service()
         self._notifier = Notifier()
         if self._notifier.watchdog_interval:
             self._next_watchdog = time.monotonic()
@@ -538,6 +570,46 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.log.info('listening on %s (pid %d, %d pool%s)', where,
                       os.getpid(), count, '' if count == 1 else 's')
         set_title(f'dispatcher {_display_address(self.address, self.port)}')
+
+    def _become_service(self):
+        """Once bound, before any other process starts: detach from the
+        terminal (daemon=True; the pid file then names the daemon), give
+        the log and pid files to the user to run as, and become that user.
+        A failure stops the dispatcher with its one-line reason."""
+        try:
+            # a new dispatcher started by SIGUSR2 is a daemon's child already
+            if self._daemon is not None and not self._predecessor:
+                self._daemon.detach()
+                if self._pid_file is not None:
+                    self._pid_file.create(
+                        predecessor=self._daemon.launcher_pid)
+            log_file = log_files.log_file_of(self._log_output)
+            self._privileges.give(log_file and log_file.path)
+            self._privileges.give(self._pid_file and self._pid_file.path)
+            self._privileges.give(unix_path(self.address))
+            self._privileges.drop()
+        except (PrivilegeError, OSError) as err:
+            message = str(err)
+            if self.log_file:
+                self.log.error('%s', message)
+            if self._daemon is not None:
+                self._daemon.failed(message)
+            if self._pid_file is not None:
+                self._pid_file.remove()
+            self._server.close()
+            raise SystemExit(message) from None
+        warning = self._privileges.root_warning()
+        if warning:
+            self.log.warning('%s', warning)
+        elif self._privileges.wanted:
+            self.log.info('running as %s', self._privileges.describe())
+            library = self._privileges.unreadable_library()
+            if library:
+                self.log.warning('%s cannot read the Python library %s: a '
+                                 'module imported from now on will fail',
+                                 self._privileges.describe(), library)
+        if self._daemon is not None:
+            self._daemon.started()
 
     def _adopt_listener(self, sock, origin='inherited'):
         """Serve on a socket systemd or the previous dispatcher passed us
@@ -594,6 +666,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             while self._state != 'stopped':
                 self._tick()
         finally:
+            if self._output is not None:
+                self._output.close()
             self._close()
             self._remove_unix_socket()
         if self.exit_status:

@@ -257,8 +257,14 @@ class LogOutput:
         return open(path, 'a', buffering=1, encoding='utf-8')  # pylint: disable=consider-using-with
 
     def reopen(self):
-        """Open the log file again (logrotate renamed it); no-op on streams."""
+        """Open the log file again (logrotate renamed it); no-op on streams
+        that cannot reopen (a log_files.LogFile can)."""
         if not self.path:
+            try:
+                getattr(self.stream, 'reopen', lambda: None)()
+            except OSError as err:
+                self.write('dispatcher', LOG_ERROR,
+                           f'cannot reopen log file: {err}')
             return
         try:
             fresh = self._open(self.path)

@@ -368,6 +368,9 @@ class WorkerPool:
             'memory_limit': self.memory_limit,
             'services': list(self._dispatcher.services.values()),
         }
+        output = self._dispatcher.worker_output(handle)
+        if output is not None:      # its stdout and stderr go to our log
+            options['output'] = output.worker_ends
         # fork copies the dispatcher: never after new code was deployed, and
         # never while another thread runs (it could hold a lock forever)
         method = 'spawn' if self._fresh_code or \
@@ -387,9 +390,13 @@ class WorkerPool:
             process.start()
         except BaseException:
             dispatcher_end.close()
+            if output is not None:
+                output.close()
             raise
         finally:
             worker_end.close()
+        if output is not None:
+            output.started()
         return process, Channel(dispatcher_end)
 
     def _start_failed(self, handle, reason):

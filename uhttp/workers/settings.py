@@ -20,6 +20,7 @@ import sys
 from .log import LEVEL_NAMES
 from .options import near_miss
 from .pidfile import PidFile
+from .privileges import parse_umask
 
 ENV_PREFIX = 'UHTTP_WORKERS_'
 # set by the reloader in the environment of the server it runs
@@ -90,6 +91,26 @@ def _toml_level(value):
     raise ValueError(f'{value!r} is not a log level')
 
 
+def _parse_age(text):
+    """'daily', 'hourly', ... as given; a number as seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def _toml_age(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f'{value!r} is not a name or a number of seconds')
+    return value
+
+
+def _toml_umask(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f'{value!r} is not an octal umask')
+    return parse_umask(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A type of option: `parse` reads CLI and env text, `from_toml` checks
@@ -109,6 +130,9 @@ KINDS = {
                  _parse_list, _toml_list),
     'level': Kind('log level (debug, info, warning, error, critical)',
                   _parse_level, _toml_level),
+    'age': Kind("'daily', 'hourly', 'weekly' or seconds", _parse_age,
+                _toml_age),
+    'umask': Kind('octal umask, e.g. 027', parse_umask, _toml_umask),
 }
 
 
@@ -281,9 +305,36 @@ SETTINGS = (
     S('pid_file', 'path', None, 'write the pid of the dispatcher here',
       flag='--pid', metavar='FILE', on_instance=_set_pid_file,
       group='Logging'),
+    S('log_rotate_size', 'int', None,
+      'rotate the log file when it reaches this many bytes',
+      metavar='BYTES', group='Logging'),
+    S('log_rotate_age', 'age', None,
+      "rotate the log file by age: 'daily', 'hourly', 'weekly' or seconds",
+      metavar='AGE', group='Logging'),
+    S('log_rotate_backups', 'int', 7, 'rotated log files kept',
+      metavar='N', group='Logging'),
+    S('capture_output', 'bool', True,
+      "workers' stdout and stderr go to the log, tagged with the worker",
+      group='Logging'),
     S('dump_stacks', 'bool', True,
       'SIGCONT logs the stack of every thread of the dispatcher and workers',
       group='Logging'),
+    # -- process ---------------------------------------------------------------
+    S('user', 'str', None,
+      'run dispatcher and workers as this user once the port is bound',
+      metavar='USER', group='Process'),
+    S('group', 'str', None,
+      'run dispatcher and workers with this group once the port is bound',
+      metavar='GROUP', group='Process'),
+    S('umask', 'umask', None, 'umask of dispatcher and workers',
+      metavar='MASK', group='Process'),
+    S('allow_root', 'bool', False,
+      'run as root without user= and without the warning', group='Process'),
+    S('daemon', 'bool', False,
+      'detach from the terminal (needs log_file; writes pid_file)',
+      flag='--daemon', group='Process'),
+    S('daemon_chdir', 'path', '/', 'working directory of the daemon',
+      metavar='DIR', group='Process'),
     # -- development -----------------------------------------------------------
     S('reload', 'bool', False,
       'restart the server when a watched source file changes',

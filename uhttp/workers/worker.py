@@ -27,6 +27,7 @@ from . import framing, messages, stackdump
 from .channel import Channel, ChannelClosed
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import LOG_WARNING, Logger, printable, resolve_log_name
+from .output_capture import redirect_output
 from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, add_cookies, encode_body, media_type,
@@ -829,6 +830,9 @@ def _isolate_from_dispatcher(keep):
 def worker_main(worker_class, sock, options, kwargs):
     """Entry point of a worker process (target of multiprocessing)."""
     options = dict(options)
+    output = options.pop('output', None)
+    if output is not None:      # first: even setup() prints reach the log
+        redirect_output(output)
     memory_limit = options.pop('memory_limit', None)
     if options.pop('forked', False):
         signal.set_wakeup_fd(-1)
