@@ -91,12 +91,22 @@ class Server:
         """Wait until a log line matches the regex; return the match."""
         regex = re.compile(pattern)
 
-        def found():
+        def search():
             with self._lock:
                 for line in self.lines:
                     match = regex.search(line)
                     if match:
                         return match
+            return None
+
+        def found():
+            match = search()
+            if match is None and self.proc.poll() is not None:
+                # it exited: what it printed last may still be in the pipe
+                self._reader.join(5)
+                match = search()
+            if match is not None:
+                return match
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f'server exited ({self.proc.returncode}) before logging '

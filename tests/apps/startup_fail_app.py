@@ -2,7 +2,7 @@
 
 Environment: PORT, ADDRESS, BROKEN_WORKERS (default 3), KEEP_RETRYING (set:
 exit_on_startup_failure=False), FAIL_ONLY (a worker id: only that worker of
-Broken fails, and only while the file FAIL_FLAG exists).
+Broken fails, once: while the file FAIL_FLAG exists, which it removes).
 """
 
 import os
@@ -16,8 +16,10 @@ ENV = os.environ
 class Broken(_workers.Worker):
     def setup(self):
         only = ENV.get('FAIL_ONLY')
-        if only is None or (int(only) == self.worker_id
-                            and os.path.exists(ENV['FAIL_FLAG'])):
+        if only is None:
+            raise ConnectionError('database at db.invalid:5432 refused')
+        if int(only) == self.worker_id and os.path.exists(ENV['FAIL_FLAG']):
+            os.unlink(ENV['FAIL_FLAG'])    # fails once
             raise ConnectionError('database at db.invalid:5432 refused')
 
     @_workers.api('/broken/pid', 'GET')
