@@ -177,6 +177,7 @@ class Lifecycle:
                 h.ready for pool in self._pools for h in pool.workers) \
                 and self._services_settled():
             self._ready_notified = True
+            self._log_ready()
             if self._predecessor:
                 self._gate.release(HOLD_PREDECESSOR)
                 if self._pid_file is not None:
@@ -189,6 +190,13 @@ class Lifecycle:
         if self._next_watchdog is not None and now >= self._next_watchdog:
             self._next_watchdog = now + self._notifier.watchdog_interval
             self._notify('WATCHDOG=1')
+
+    def _log_ready(self):
+        workers = sum(len(pool.workers) for pool in self._pools)
+        host = f'[{self.address}]' if ':' in self.address else self.address
+        self.log.info('ready: %d workers in %d pools on %s://%s:%d', workers,
+                      len(self._pools), 'https' if self.ssl_context
+                      else 'http', host, self.port)
 
     def _notify(self, message):
         error = self._notifier.notify(message) if self._notifier else None

@@ -24,7 +24,7 @@ HEARTBEAT = 21      # (HEARTBEAT, current_request_id, requests_handled)
 RESPONSE = 22       # (RESPONSE, request_id, status, wire_bytes, keep_alive, route)
 DEFERRED = 23       # (DEFERRED, request_id)  handler returned DEFERRED
 KEEP_ALIVE = 24     # (KEEP_ALIVE, request_ids)  reset timeout and stuck clock
-LOG = 25            # (LOG, name, level, message)
+LOG = 25            # (LOG, name, level, message, details)
 STREAM_START = 26   # (STREAM_START, request_id, status, headers, cookies)
 STREAM_DATA = 27    # (STREAM_DATA, request_id, body)
 STREAM_END = 28     # (STREAM_END, request_id)
@@ -96,9 +96,10 @@ def keep_alive(request_ids):
     return (KEEP_ALIVE, tuple(request_ids))
 
 
-def log(name, level, message):
-    """One log record, printed by the dispatcher."""
-    return (LOG, name, level, message)
+def log(name, level, message, details=None):
+    """One log record, printed by the dispatcher; `details`: None or a dict
+    of LogRecord fields (exc_text, created, pathname, lineno, ...)."""
+    return (LOG, name, level, message, details)
 
 
 def stream_start(request_id, status, headers, cookies):
