@@ -35,7 +35,9 @@ from .connection import Connection, Server
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, LogOutput, printable, resolve_log_name
+from . import access_log as _access_log
+from .log import (DISPATCHER_LOGGER, LOG_INFO, Logger, LogOutput, LogRouter,
+                  printable, resolve_log_name)
 from .metrics import Metrics
 from .options import check_keywords
 from .owned_services import OwnedServices
@@ -122,7 +124,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None):
+                 job_lock=None, access_log=True, access_log_format='common'):
         self.port = port
         self.address = address
         self._pools = list(pools or [])
@@ -154,10 +156,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._former_successors = []
         self._predecessor = None
         self._next_watchdog = None
+        self._log_router = LogRouter(self._on_log_safely,
+                                     hooked=self._overrides('on_log'))
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
             pid=os.getpid())
+        self._access_log = _access_log.build(
+            access_log, access_log_format, self._log_router,
+            self._trusts_proxies)
+        self._connection_class = Connection
         self._sync_router = self._build_sync_router()
         self._pending = PendingTable()
         self._admission = Admission(max_pending, park_limit=listen_backlog)
@@ -474,6 +482,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if self._pid_file is not None:
                 self._pid_file.remove()
             raise SystemExit(message) from None
+        if self._access_log is not None:
+            self._server.access_log = self._access_log
+            self._server.connection_class = self._connection_class = \
+                _access_log.AccessLoggedConnection
         self._gate = ListenerGate(self._selector, self._server.socket,
                                   self._server)
         if inherited is not None:
@@ -536,7 +548,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             events = ()
         for key, mask in events:
             owner = key.data
-            if owner.__class__ is Connection:
+            if owner.__class__ is self._connection_class:
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)
@@ -789,6 +801,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 headers.update(result.headers)
             if self._state != 'running':
                 headers['connection'] = 'close'
+            if self._access_log is not None:
+                client.access_by = 'static'
             body.respond(client, headers, head_only=client.method == 'HEAD')
             if self._has_static_hook:
                 self._call_hook('on_static_served', client,
@@ -817,6 +831,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if found is None:
             return False
         target, params = found
+        if self._access_log is not None:
+            client.access_by = 'sync'
         if self._has_sync_check and not self._check(client,
                                                      self.do_check_sync):
             return True
@@ -881,6 +897,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             request_id, client, pool, None, time.monotonic())
         client.context = pending
         client.pool_client = True
+        if self._access_log is not None:
+            client.access_by, client.access_id = pool.name, request_id
         context = self._request_context(request_id, client, pool) \
             if self._has_accepted_hook else None
         pending.message = messages.request(
@@ -1129,6 +1147,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     # -- logging -----------------------------------------------------------------
 
     def _emit_log(self, name, level, message):
+        # the dispatcher's own records: stdlib logger
+        # uhttp.workers.dispatcher when logging is configured, else on_log()
+        try:
+            self._log_router.route(DISPATCHER_LOGGER, name, level, message)
+        except Exception as err:  # pylint: disable=broad-except
+            self._log_output.write('dispatcher', 40,
+                                   f'log handler raised {err!r}; record: '
+                                   f'[{name}] {message}')
+
+    def _on_log_safely(self, name, level, message):
         try:
             self.on_log(name, level, message)
         except Exception as err:  # pylint: disable=broad-except
