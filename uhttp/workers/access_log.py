@@ -223,8 +223,10 @@ def build(access_log, access_log_format, router, trusts_proxies=False):
     if not access_log:
         return None
     if access_log is True:
+        route = router.route_buffered
+
         def deliver(line):
-            router.route(ACCESS_LOGGER, 'access', LOG_INFO, line)
+            route(ACCESS_LOGGER, 'access', LOG_INFO, line)
     else:
         logger = access_log if isinstance(access_log, logging.Logger) \
             else logging.getLogger(str(access_log))

@@ -157,7 +157,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._predecessor = None
         self._next_watchdog = None
         self._log_router = LogRouter(self._on_log_safely,
-                                     hooked=self._overrides('on_log'))
+                                     hooked=self._overrides('on_log'),
+                                     buffered=self._log_output.buffer)
         self.log = Logger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
@@ -540,6 +541,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._tick()
         finally:
             self._close()
+            self._log_output.flush()   # access lines still buffered
 
     def _tick(self):
         try:
@@ -599,6 +601,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _housekeeping(self, now):
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        self._log_output.flush()  # access lines wait no longer than this
         self._server.maintenance()  # idle and slow clients (its own pace)
         for pool in self._pools:
             pool.supervise(now)

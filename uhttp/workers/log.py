@@ -376,8 +376,9 @@ class LogRouter:
     `log_level`); the stdlib loggers' levels do not filter them again.
     """
 
-    def __init__(self, fallback, hooked=False):
+    def __init__(self, fallback, hooked=False, buffered=None):
         self._fallback = fallback
+        self._buffered = buffered or fallback
         self.hooked = hooked
         self._loggers = {}
 
@@ -407,6 +408,18 @@ class LogRouter:
             return
         logger.handle(make_record(logger_name, level, text, exc_text,
                                   details, extra))
+
+    def route_buffered(self, logger_name, short_name, level, text):
+        """route() for a record that may wait a moment in the fallback
+        output (`buffered`, when given: written with the next record or the
+        next flush of the loop)."""
+        logger = self.wants(logger_name)
+        if logger is not None:
+            logger.handle(make_record(logger_name, level, text))
+        elif self.hooked:
+            self._fallback(short_name, level, text)
+        else:
+            self._buffered(short_name, level, text)
 
 
 def make_record(logger_name, level, text, exc_text=None, details=None,
@@ -460,6 +473,8 @@ def _is_journal_stream(stream):
     return (info.st_dev, info.st_ino) == (device, inode)
 
 
+# buffer() writes once this many lines wait
+BUFFERED_LINES = 256
 _STAMP = [None, '']   # (second, its text): strftime once a second at most
 
 
@@ -477,6 +492,7 @@ class LogOutput:
 
     def __init__(self, stream=None, style=None, path=None):
         self.path = path
+        self._buffered = []
         if path:
             self.stream = self._open(path)
             self.style = style or 'plain'
@@ -492,6 +508,7 @@ class LogOutput:
         """Open the log file again (logrotate renamed it); no-op on streams."""
         if not self.path:
             return
+        self.flush()
         try:
             fresh = self._open(self.path)
         except OSError as err:
@@ -513,9 +530,30 @@ class LogOutput:
         return line
 
     def write(self, name, level, message):
-        """Write one record; a broken output stream must not crash the loop."""
+        """Write one record (after the buffered ones, so that lines keep
+        their order); a broken output stream must not crash the loop."""
+        line = self.format(name, level, message) + '\n'
+        if self._buffered:
+            line = ''.join(self._buffered) + line
+            self._buffered = []
+        self._write(line)
+
+    def buffer(self, name, level, message):
+        """Keep one record to write with the next write() or flush(): many
+        lines, one system call (the access log's lines, under load)."""
+        self._buffered.append(self.format(name, level, message) + '\n')
+        if len(self._buffered) >= BUFFERED_LINES:
+            self.flush()
+
+    def flush(self):
+        """Write the buffered records now (the loop calls it often)."""
+        if self._buffered:
+            lines, self._buffered = ''.join(self._buffered), []
+            self._write(lines)
+
+    def _write(self, text):
         try:
-            self.stream.write(self.format(name, level, message) + '\n')
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):
             pass
