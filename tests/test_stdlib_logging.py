@@ -86,6 +86,17 @@ def test_dispatcher_records_reach_the_handler(start_server):
     assert records[0]['name'] == 'uhttp.workers.dispatcher'
 
 
+def test_a_dispatcher_traceback_arrives_apart(start_server):
+    server = start_server(APP, env={'CAPTURE': '1', 'ACCESS_LOG': 'off'},
+                          ready_workers=2)
+    assert server.get('/sync-boom').status == 500
+    record, = _captured(server, lambda r: r['message'].startswith(
+        'sync handler GET /sync-boom failed'))
+    assert (record['name'], record['level']) == (
+        'uhttp.workers.dispatcher', 'ERROR')
+    assert record['exc_text'].endswith('RuntimeError: sync went wrong')
+
+
 def test_the_ready_line_appears_once(start_server):
     server = start_server(APP, env={'ACCESS_LOG': 'off'}, ready_workers=2)
     server.wait_log(r'\[dispatcher\] ready: 2 workers in 1 pools on '

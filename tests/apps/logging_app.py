@@ -74,6 +74,10 @@ class LogDispatcher(_workers.Dispatcher):
     def health(self, client, path_params):
         client.respond({'status': 'ok'})
 
+    @_workers.sync('/sync-boom')
+    def sync_boom(self, client, path_params):
+        raise RuntimeError('sync went wrong')
+
 
 def _access_log_option():
     value = ENV.get('ACCESS_LOG', 'on')

@@ -36,8 +36,8 @@ from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTabl
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from . import access_log as _access_log
-from .log import (DISPATCHER_LOGGER, LOG_INFO, Logger, LogOutput, LogRouter,
-                  printable, resolve_log_name)
+from .log import (DISPATCHER_LOGGER, LOG_INFO, DetailedLogger, LogOutput,
+                  LogRouter, printable, resolve_log_name)
 from .metrics import Metrics
 from .options import check_keywords
 from .owned_services import OwnedServices
@@ -159,7 +159,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._log_router = LogRouter(self._on_log_safely,
                                      hooked=self._overrides('on_log'),
                                      buffered=self._log_output.buffer)
-        self.log = Logger('dispatcher', log_level, self._emit_log)
+        self.log = DetailedLogger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
             pid=os.getpid())
@@ -1149,11 +1149,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- logging -----------------------------------------------------------------
 
-    def _emit_log(self, name, level, message):
+    def _emit_log(self, name, level, message, details=None):
         # the dispatcher's own records: stdlib logger
         # uhttp.workers.dispatcher when logging is configured, else on_log()
         try:
-            self._log_router.route(DISPATCHER_LOGGER, name, level, message)
+            self._log_router.route(
+                DISPATCHER_LOGGER, name, level, message,
+                details and details.get('exc_text'), details)
         except Exception as err:  # pylint: disable=broad-except
             self._log_output.write('dispatcher', 40,
                                    f'log handler raised {err!r}; record: '
