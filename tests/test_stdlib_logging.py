@@ -74,8 +74,9 @@ def test_default_output_without_a_handler(start_server):
     server.get('/api/module?what=forks')
     server.get('/api/fail')
     server.wait_log(r'INFO +\[Items\[[01]\]\] hello from handler$')
-    server.wait_log(r'WARNING +\[mymodule\] careful with forks \(42\)$')
-    server.wait_log(r'ERROR +\[mymodule\] lookup failed$')
+    server.wait_log(r'WARNING +\[Items\[[01]\]:mymodule\] careful with '
+                    r'forks \(42\)$')
+    server.wait_log(r'ERROR +\[Items\[[01]\]:mymodule\] lookup failed$')
     server.wait_log(r"^KeyError: 'missing'$")
 
 

@@ -289,6 +289,7 @@ def record_details(record, exc_text):
     details = {field: getattr(record, field, None) for field in _RECORD_FIELDS}
     details['exc_text'] = clip(exc_text)
     details['stack_info'] = clip(record.stack_info)
+    details['stdlib'] = True    # not self.log: the name is a module's
     return details
 
 
@@ -306,11 +307,6 @@ class ForwardingHandler(logging.Handler):
         super().__init__(level)
         self._send = send
         self._local = threading.local()
-
-    def createLock(self):
-        # send() serializes writes itself; the handler lock would only add
-        # a second lock a thread could block on (and be held across fork)
-        self.lock = None
 
     def emit(self, record):
         local = self._local

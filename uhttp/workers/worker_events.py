@@ -260,13 +260,16 @@ class WorkerEvents:
         """A worker's log record: to stdlib logger
         `uhttp.workers.worker.<pool>` (the worker's own logger name in the
         record's `worker_logger`, its index in `worker_id`), or to on_log()
-        as `name`, the way the project printed it before."""
+        as `name` (`pool[index]:name` for a module's logger)."""
         _, name, level, text, details = message
         pool = handle.pool.name
         details = details or {}
+        # a module's logger says which worker it ran in: Items[0]:mymodule
+        short = f'{handle.name}:{name}' if details.pop('stdlib', False) \
+            else name
         try:
             self._log_router.route(
-                f'{WORKER_LOGGER}.{pool}', name, level, text,
+                f'{WORKER_LOGGER}.{pool}', short, level, text,
                 details.get('exc_text'), details, {
                     'worker_logger': name, 'worker_id': handle.index,
                     'pool': pool, 'processName': handle.name})
