@@ -261,7 +261,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Called from the loop about every SELECT_TIMEOUT seconds."""
 
     def on_log(self, name, level, message):
-        """Every log record of the service (workers included) ends here."""
+        """Write one log record of the service to stderr or `log_file`.
+
+        Overridden, it receives every record (workers' and access lines
+        included, the traceback after the message). Not overridden, records
+        go to the stdlib `logging` handlers when the application configured
+        some, and only otherwise here."""
         self._log_output.write(name, level, message)
 
     def on_worker_died(self, pool, worker_id, reason, exitcode, victims=()):
