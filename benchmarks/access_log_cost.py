@@ -2,7 +2,7 @@
 
 Times `AccessLog.finished()` on a connection-like object, three ways:
 `format` (the line only, handed to a no-op), `default` (the whole default
-path: LogRouter fallback, LogOutput buffering lines and writing them to
+path: the LogOutput line sink, buffering lines and writing them to
 /dev/null 256 at a time) and
 `stdlib` (a logging.StreamHandler on /dev/null configured by the
 application). Prints microseconds per line, the best of several repeats.
@@ -62,7 +62,7 @@ def main():
     args = parser.parse_args()
     with open(os.devnull, 'w', encoding='utf-8') as null:
         output = LogOutput(null, style='plain')
-        default = LogRouter(output.write, buffered=output.buffer)
+        default = LogRouter(output.write, line_sink=output.line_sink)
         logger = logging.getLogger('bench.access')
         logger.propagate = False
         handler = logging.StreamHandler(null)
@@ -72,17 +72,15 @@ def main():
         stdlib = LogRouter(output.write)
         stdlib._loggers[ACCESS_LOGGER] = logger  # pylint: disable=protected-access
         paths = {
-            'format': lambda line: None,
-            'default': lambda line: default.route_buffered(
-                ACCESS_LOGGER, 'access', 20, line),
-            'stdlib': lambda line: stdlib.route_buffered(
-                ACCESS_LOGGER, 'access', 20, line),
+            'format': lambda: lambda line: None,
+            'default': lambda: default.sink(ACCESS_LOGGER, 'access', 20),
+            'stdlib': lambda: stdlib.sink(ACCESS_LOGGER, 'access', 20),
         }
         print(f'{"format":<58} ' + ' '.join(f'{p:>9}' for p in paths)
               + '   (us per line)')
         for fmt in FORMATS:
-            cells = [per_line(AccessLog(fmt, deliver), args.lines,
-                              args.repeat) for deliver in paths.values()]
+            cells = [per_line(AccessLog(fmt, resolve), args.lines,
+                              args.repeat) for resolve in paths.values()]
             print(f'{fmt:<58} ' + ' '.join(f'{c:9.2f}' for c in cells))
 
 

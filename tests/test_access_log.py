@@ -179,8 +179,8 @@ class _FakeConnection:
 
 def _line(fmt, connection=None):
     lines = []
-    AccessLog(fmt, lines.append).finished(connection or _FakeConnection(),
-                                          201, 5)
+    AccessLog(fmt, lambda: lines.append).finished(
+        connection or _FakeConnection(), 201, 5)
     return lines[0]
 
 

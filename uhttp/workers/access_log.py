@@ -31,24 +31,6 @@ FIELDS = ('remote', 'time', 'time_iso', 'method', 'path', 'protocol',
 _encode_json = json.JSONEncoder(separators=(',', ':')).encode
 
 
-class _Clock:
-    """The time texts of the current second, made once per second."""
-
-    def __init__(self):
-        self.second = None
-        self.clf = self.iso = ''
-
-    def texts(self, now):
-        """(`05/Dec/2026:22:30:00 +0000`, `2026-12-05T22:30:00+0000`)."""
-        second = int(now)
-        if second != self.second:
-            local = time.localtime(second)
-            self.second = second
-            self.clf = time.strftime('%d/%b/%Y:%H:%M:%S %z', local)
-            self.iso = time.strftime('%Y-%m-%dT%H:%M:%S%z', local)
-        return self.clf, self.iso
-
-
 def _quoted(value):
     """A header value inside the double quotes of a log line."""
     if value is None:
@@ -77,31 +59,44 @@ class AccessLog:
     Apache's combined format places them), 'json' (one object per line with
     the FIELDS as keys) or a template string such as
     `'{remote} {method} {path} {status} {duration_ms}'`.
-    `deliver(line)` writes a line (the dispatcher routes it to logging).
+    `resolve()` returns the callable that writes a line; it is asked once
+    a second (with the time texts), so that logging configured meanwhile
+    is honoured without a look-up per line.
     """
 
-    def __init__(self, fmt, deliver, trusts_proxies=False):
+    def __init__(self, fmt, resolve, trusts_proxies=False):
         if fmt not in FORMATS:
             if not isinstance(fmt, str):
                 raise ValueError(f'access_log_format must be one of '
                                  f'{FORMATS} or a template string')
             check_template(fmt)
         self.format = fmt
-        self._deliver = deliver
+        self._resolve = resolve
         self._trusts_proxies = trusts_proxies
-        self._clock = _Clock()
+        self._second = None
+        self._clf = self._iso = ''   # this second as text, two ways
+        self._write = None
         self._line = {'common': self._common, 'combined': self._combined,
                       'json': self._json}.get(fmt, self._template)
+
+    def _new_second(self, second):
+        local = time.localtime(second)
+        self._clf = time.strftime('%d/%b/%Y:%H:%M:%S %z', local)
+        self._iso = time.strftime('%Y-%m-%dT%H:%M:%S%z', local)
+        self._write = self._resolve()
+        self._second = second
 
     def finished(self, connection, status, size):
         """Log the request `connection` has just answered `status`, with a
         body of `size` bytes (None: unknown, e.g. a stream)."""
         now = time.time()
+        if int(now) != self._second:
+            self._new_second(int(now))
         start = connection._request_start  # pylint: disable=protected-access
         duration = (now - start) * 1000 if start else 0.0
         if connection._method == 'HEAD':  # pylint: disable=protected-access
             size = 0
-        self._deliver(self._line(connection, now, status, size, duration))
+        self._write(self._line(connection, status, size, duration))
 
     def _remote(self, connection):
         if self._trusts_proxies and connection._headers:  # pylint: disable=protected-access
@@ -111,16 +106,18 @@ class AccessLog:
     # pylint: disable=protected-access
     # (the connection's fields are read directly: this runs per request)
 
-    def _common(self, connection, now, status, size, duration):
+    def _common(self, connection, status, size, duration):
         method = connection._method
         request = f'{method} {connection._url} {connection._protocol}' \
             if method else '-'
-        return (f'{self._remote(connection)} - - [{self._clock.texts(now)[0]}]'
+        remote = connection.remote_address if self._trusts_proxies \
+            else connection._socket_ip
+        return (f'{remote} - - [{self._clf}]'
                 f' "{request}" {status} {"-" if size is None else size}'
                 f' {duration:.3f}ms {connection.access_by}'
                 f' {connection.access_id}')
 
-    def _combined(self, connection, now, status, size, duration):
+    def _combined(self, connection, status, size, duration):
         method = connection._method
         headers = connection._headers
         if method:
@@ -129,18 +126,18 @@ class AccessLog:
             agent = _quoted(headers.get('user-agent'))
         else:
             request = referer = agent = '-'
-        return (f'{self._remote(connection)} - - [{self._clock.texts(now)[0]}]'
+        return (f'{self._remote(connection)} - - [{self._clf}]'
                 f' "{request}" {status} {"-" if size is None else size}'
                 f' "{referer}" "{agent}"'
                 f' {duration:.3f}ms {connection.access_by}'
                 f' {connection.access_id}')
 
-    def _fields(self, connection, now, status, size, duration):
-        clf, iso = self._clock.texts(now)
+    def _fields(self, connection, status, size, duration):
         headers = connection._headers or {}
         request_id = connection.access_id
         return {
-            'remote': self._remote(connection), 'time': clf, 'time_iso': iso,
+            'remote': self._remote(connection), 'time': self._clf,
+            'time_iso': self._iso,
             'method': connection._method, 'path': connection._url,
             'protocol': connection._protocol, 'status': status,
             'bytes': size, 'duration_ms': round(duration, 3),
@@ -149,12 +146,11 @@ class AccessLog:
             'referer': headers.get('referer'),
             'user_agent': headers.get('user-agent')}
 
-    def _json(self, connection, now, status, size, duration):
-        return _encode_json(
-            self._fields(connection, now, status, size, duration))
+    def _json(self, connection, status, size, duration):
+        return _encode_json(self._fields(connection, status, size, duration))
 
-    def _template(self, connection, now, status, size, duration):
-        fields = self._fields(connection, now, status, size, duration)
+    def _template(self, connection, status, size, duration):
+        fields = self._fields(connection, status, size, duration)
         for key, value in fields.items():
             if value is None:
                 fields[key] = '-'
@@ -223,10 +219,8 @@ def build(access_log, access_log_format, router, trusts_proxies=False):
     if not access_log:
         return None
     if access_log is True:
-        route = router.route_buffered
-
-        def deliver(line):
-            route(ACCESS_LOGGER, 'access', LOG_INFO, line)
+        def resolve():
+            return router.sink(ACCESS_LOGGER, 'access', LOG_INFO)
     else:
         logger = access_log if isinstance(access_log, logging.Logger) \
             else logging.getLogger(str(access_log))
@@ -235,4 +229,7 @@ def build(access_log, access_log_format, router, trusts_proxies=False):
             if logger.isEnabledFor(LOG_INFO):
                 logger.handle(logger.makeRecord(
                     logger.name, LOG_INFO, '', 0, line, None, None))
-    return AccessLog(access_log_format, deliver, trusts_proxies)
+
+        def resolve():
+            return deliver
+    return AccessLog(access_log_format, resolve, trusts_proxies)

@@ -158,7 +158,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._next_watchdog = None
         self._log_router = LogRouter(self._on_log_safely,
                                      hooked=self._overrides('on_log'),
-                                     buffered=self._log_output.buffer)
+                                     line_sink=self._log_output.line_sink)
         self.log = DetailedLogger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,

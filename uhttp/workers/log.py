@@ -372,9 +372,9 @@ class LogRouter:
     `log_level`); the stdlib loggers' levels do not filter them again.
     """
 
-    def __init__(self, fallback, hooked=False, buffered=None):
+    def __init__(self, fallback, hooked=False, line_sink=None):
         self._fallback = fallback
-        self._buffered = buffered or fallback
+        self._line_sink = line_sink     # LogOutput.line_sink: buffered lines
         self.hooked = hooked
         self._loggers = {}
 
@@ -405,17 +405,19 @@ class LogRouter:
         logger.handle(make_record(logger_name, level, text, exc_text,
                                   details, extra))
 
-    def route_buffered(self, logger_name, short_name, level, text):
-        """route() for a record that may wait a moment in the fallback
-        output (`buffered`, when given: written with the next record or the
-        next flush of the loop)."""
+    def sink(self, logger_name, short_name, level):
+        """A callable that delivers one message of `logger_name` at `level`
+        as route() would, decided now: for many records (the access log
+        asks again each second, so logging configured later is seen). In
+        the project's own output such records are buffered lines."""
         logger = self.wants(logger_name)
         if logger is not None:
-            logger.handle(make_record(logger_name, level, text))
-        elif self.hooked:
-            self._fallback(short_name, level, text)
-        else:
-            self._buffered(short_name, level, text)
+            return lambda text: logger.handle(
+                make_record(logger_name, level, text))
+        if self.hooked or self._line_sink is None:
+            fallback = self._fallback
+            return lambda text: fallback(short_name, level, text)
+        return self._line_sink(short_name, level)
 
 
 def make_record(logger_name, level, text, exc_text=None, details=None,
@@ -531,20 +533,29 @@ class LogOutput:
         line = self.format(name, level, message) + '\n'
         if self._buffered:
             line = ''.join(self._buffered) + line
-            self._buffered = []
+            self._buffered.clear()
         self._write(line)
 
-    def buffer(self, name, level, message):
-        """Keep one record to write with the next write() or flush(): many
-        lines, one system call (the access log's lines, under load)."""
-        self._buffered.append(self.format(name, level, message) + '\n')
-        if len(self._buffered) >= BUFFERED_LINES:
-            self.flush()
+    def line_sink(self, name, level):
+        """A callable that keeps one message of `name` at `level` as a line
+        to write with the next write() or flush(): many lines, one system
+        call (the access log's, under load). Its time stamp is this
+        second's: get a new one each second."""
+        head, _, tail = self.format(name, level, '\0').partition('\0')
+        tail += '\n'
+        lines, flush = self._buffered, self.flush
+
+        def keep(message):
+            lines.append(f'{head}{message}{tail}')
+            if len(lines) >= BUFFERED_LINES:
+                flush()
+        return keep
 
     def flush(self):
-        """Write the buffered records now (the loop calls it often)."""
+        """Write the buffered lines now (the loop calls it often)."""
         if self._buffered:
-            lines, self._buffered = ''.join(self._buffered), []
+            lines = ''.join(self._buffered)
+            self._buffered.clear()
             self._write(lines)
 
     def _write(self, text):
