@@ -232,7 +232,9 @@ def test_worker_pool_documented_defaults():
         'queue_warning']
     expected = {
         'num_workers': 1, 'routes': None, 'timeout': 30, 'stuck_timeout': 60,
-        'heartbeat_interval': 1, 'log_level': _workers.LOG_WARNING,
+        # log_level: None takes the dispatcher's level (1.x: LOG_WARNING,
+        # which silently dropped self.log.info() of handlers)
+        'heartbeat_interval': 1, 'log_level': None,
         'max_restarts': 10, 'restart_window': 300, 'queue_warning': 100}
     for name, value in expected.items():
         assert params[name].default == value, name

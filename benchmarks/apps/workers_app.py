@@ -161,6 +161,8 @@ def main():
     parser.add_argument('--metrics', action='store_true',
                         help='serve /metrics (this project only; needs '
                         'prometheus_client)')
+    parser.add_argument('--no-access-log', action='store_true',
+                        help='turn the access log off (this project only)')
     args = parser.parse_args()
 
     options = {}
@@ -172,6 +174,8 @@ def main():
                        file_chunk_size=64 * 1024)
     elif args.metrics:
         options['metrics_route'] = '/metrics'
+    if args.no_access_log and not IS_PEER_1X:
+        options['access_log'] = False
 
     dispatcher = BenchDispatcher(
         port=args.port, address=args.address,

@@ -333,6 +333,9 @@ class Server(_server.HttpServer):
     Event mode is not supported.
     """
 
+    connection_class = Connection   # the access log sets its own
+    access_log = None
+
     def __init__(self, *args, event_mode=False, **kwargs):
         if event_mode:
             raise ValueError('Server supports the non-event mode only')
@@ -359,7 +362,7 @@ class Server(_server.HttpServer):
         except OSError:
             sock.close()
             return
-        connection = Connection(self, sock, addr, **self._kwargs)
+        connection = self.connection_class(self, sock, addr, **self._kwargs)
         self._make_room()
         self._waiting_connections.append(connection)
         if not connection._register():

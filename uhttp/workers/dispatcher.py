@@ -22,7 +22,6 @@ import pickle
 import resource
 import selectors
 import socket
-import sys
 import time
 
 from uhttp import server as _server
@@ -36,7 +35,9 @@ from .daemon import Daemon
 from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
-from .log import LOG_INFO, Logger, printable, resolve_log_name
+from . import access_log as _access_log
+from .log import (DISPATCHER_LOGGER, LOG_INFO, DetailedLogger, LogRouter,
+                  printable, resolve_log_name)
 from .metrics import Metrics
 from .options import check_keywords, server_keywords
 from .output_capture import OutputCapture
@@ -146,7 +147,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  request_timeout=10, listen_backlog=1024,
                  trusted_proxies=None, log_file=None, pid_file=None,
                  metrics_route=None, services=None, jobs=None,
-                 job_lock=None, dump_stacks=True, log_rotate_size=None,
+                 job_lock=None, access_log=True, access_log_format='common',
+                 dump_stacks=True, log_rotate_size=None,
                  log_rotate_age=None,
                  log_rotate_backups=log_files.DEFAULT_BACKUPS,
                  capture_output=True, user=None, group=None, umask=None,
@@ -199,10 +201,17 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._predecessor = None
         self._next_watchdog = None
         self._unix_listener = None  # the socket file we bound, if any
-        self.log = Logger('dispatcher', log_level, self._emit_log)
+        self._log_router = LogRouter(self._on_log_safely,
+                                     hooked=self._overrides('on_log'),
+                                     line_sink=self._log_output.line_sink)
+        self.log = DetailedLogger('dispatcher', log_level, self._emit_log)
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
             pid=os.getpid())
+        self._access_log = _access_log.build(
+            access_log, access_log_format, self._log_router,
+            self._trusts_proxies)
+        self._connection_class = Connection
         self._sync_router = self._build_sync_router()
         self._pending = PendingTable()
         self._admission = Admission(max_pending, park_limit=listen_backlog)
@@ -299,7 +308,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Called from the loop about every SELECT_TIMEOUT seconds."""
 
     def on_log(self, name, level, message):
-        """Every log record of the service (workers included) ends here."""
+        """Write one log record of the service to stderr or `log_file`.
+
+        Overridden, it receives every record (workers' and access lines
+        included, the traceback after the message). Not overridden, records
+        go to the stdlib `logging` handlers when the application configured
+        some, and only otherwise here."""
         self._log_output.write(name, level, message)
 
     def on_worker_died(self, pool, worker_id, reason, exitcode, victims=()):
@@ -337,6 +351,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         super().worker_reaped(handle)
 
     # -- public tools ---------------------------------------------------------
+
+    @property
+    def url(self):
+        """Where clients reach the service: `http://127.0.0.1:8080`,
+        `https://[::1]:8443` or `unix:/run/app.sock`."""
+        where = _display_address(self.address, self.port)
+        if unix_path(self.address) is not None:
+            return where
+        return f"{'https' if self.ssl_context else 'http'}://{where}"
 
     @property
     def pools(self):
@@ -540,6 +563,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if self._pid_file is not None:
                 self._pid_file.remove()
             raise SystemExit(message) from None
+        if self._access_log is not None:
+            self._server.access_log = self._access_log
+            self._server.connection_class = self._connection_class = \
+                _access_log.AccessLoggedConnection
         self._gate = ListenerGate(self._selector, self._server.socket,
                                   self._server)
         if inherited is not None:
@@ -562,12 +589,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._start_owned()
         for pool in self._pools:
             pool.start(self)
-        where = _display_address(self.address, self.port)
-        scheme = 'https' if self.ssl_context else 'http'
-        if unix_path(self.address) is None:
-            where = f'{scheme}://{where}'
         count = len(self._pools)
-        self.log.info('listening on %s (pid %d, %d pool%s)', where,
+        self.log.info('listening on %s (pid %d, %d pool%s)', self.url,
                       os.getpid(), count, '' if count == 1 else 's')
         set_title(f'dispatcher {_display_address(self.address, self.port)}')
 
@@ -670,6 +693,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._output.close()
             self._close()
             self._remove_unix_socket()
+            self._log_output.flush()   # access lines still buffered
         if self.exit_status:
             raise SystemExit(self.exit_status)
 
@@ -680,7 +704,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             events = ()
         for key, mask in events:
             owner = key.data
-            if owner.__class__ is Connection:
+            if owner.__class__ is self._connection_class:
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)
@@ -731,6 +755,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _housekeeping(self, now):
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        self._log_output.flush()  # access lines wait no longer than this
         self._server.maintenance()  # idle and slow clients (its own pace)
         for pool in self._pools:
             pool.supervise(now)
@@ -933,6 +958,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 headers.update(result.headers)
             if self._state != 'running':
                 headers['connection'] = 'close'
+            if self._access_log is not None:
+                client.access_by = 'static'
             status = body.respond(client, headers,
                                   head_only=client.method == 'HEAD')
             if self._has_static_hook:
@@ -963,6 +990,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if found is None:
             return False
         target, params = found
+        if self._access_log is not None:
+            client.access_by = 'sync'
         if self._has_sync_check and not self._check(client,
                                                      self.do_check_sync):
             return True
@@ -1042,6 +1071,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             request_id, client, pool, None, time.monotonic())
         client.context = pending
         client.pool_client = True
+        if self._access_log is not None:
+            client.access_by, client.access_id = pool.name, request_id
         context = self._request_context(request_id, client, pool) \
             if self._has_accepted_hook else None
         pending.message = messages.request(
@@ -1289,7 +1320,19 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- logging -----------------------------------------------------------------
 
-    def _emit_log(self, name, level, message):
+    def _emit_log(self, name, level, message, details=None):
+        # the dispatcher's own records: stdlib logger
+        # uhttp.workers.dispatcher when logging is configured, else on_log()
+        try:
+            self._log_router.route(
+                DISPATCHER_LOGGER, name, level, message,
+                details and details.get('exc_text'), details)
+        except Exception as err:  # pylint: disable=broad-except
+            self._log_output.write('dispatcher', 40,
+                                   f'log handler raised {err!r}; record: '
+                                   f'[{name}] {message}')
+
+    def _on_log_safely(self, name, level, message):
         try:
             self.on_log(name, level, message)
         except Exception as err:  # pylint: disable=broad-except

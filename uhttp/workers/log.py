@@ -1,13 +1,19 @@
 """Log levels, the Logger handlers use, and the output the dispatcher prints.
 
-Workers never write log lines themselves: their Logger hands each record to
-an emit function that sends it to the dispatcher, which prints every line of
-the service in one place. This module only formats and writes; it must never
-block on anything but the final write to the output stream.
+Workers never write log lines themselves: their Logger (a `logging.Logger`)
+hands each record to an emit function, and a `ForwardingHandler` on their
+root logger does the same for every stdlib `logging` call of any module;
+both send the record to the dispatcher. There a `LogRouter` hands it to the
+stdlib `logging` handlers the application configured, or, when it configured
+none, to the project's own output (`LogOutput`). This module only formats,
+forwards and writes; it must never block on anything but the final write to
+the output stream, and never log about its own failures through itself.
 """
 
+import logging
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -99,8 +105,12 @@ def _bind_logger_args(args, keywords):
     return bound
 
 
-class Logger:
+class Logger(logging.Logger):
     """Leveled logger; records go to `emit(name, level, message)`.
+
+    It is a `logging.Logger` (isinstance checks, `setLevel()`,
+    `isEnabledFor()`, `getEffectiveLevel()` work), but its records do not
+    go through handlers: they go to its emit function, formatted.
 
     Accepts %-style positional arguments like the logging module, and/or
     {}-style keyword arguments. `exc_info=True` appends the traceback of the
@@ -118,7 +128,7 @@ class Logger:
                  sink=None):
         bound = _bind_logger_args(
             args, {'level': level, 'emit': emit, 'queue': queue, 'sink': sink})
-        self.name = name
+        super().__init__(name)
         self.level = LOG_WARNING if bound['level'] is None else bound['level']
         self._queue = bound['queue']
         self._emit = (bound['emit'] or bound['sink']
@@ -128,17 +138,35 @@ class Logger:
     def _put_on_queue(self, name, level, message):
         self._queue.put((MSG_LOG, name, level, message))
 
-    def log(self, level, message, *args, exc_info=False, **kwargs):
-        """Log `message` at `level` when the level is enabled."""
+    def isEnabledFor(self, level):
+        """True when records at `level` are emitted (`level` is read at
+        each call: it may be changed as a plain attribute)."""
+        return level >= self.level
+
+    def getEffectiveLevel(self):
+        """The level records must reach to be emitted."""
+        return self.level
+
+    # pylint: disable=arguments-differ,unused-argument
+    def log(self, level, message, *args, exc_info=False, stack_info=False,
+            stacklevel=1, extra=None, **kwargs):
+        """Log `message` at `level` when the level is enabled.
+
+        `stack_info`, `stacklevel` and `extra` are accepted as the logging
+        module takes them (and ignored); other keywords fill `{}` fields."""
         if level < self.level:
             return
-        text = format_message(message, args, kwargs)
-        if isinstance(exc_info, BaseException):
-            text += '\n' + ''.join(traceback.format_exception(
-                type(exc_info), exc_info, exc_info.__traceback__)).rstrip()
-        elif exc_info:
-            text += '\n' + traceback.format_exc().rstrip()
+        self._deliver(level, format_message(message, args, kwargs),
+                      exception_text(exc_info))
+
+    def _deliver(self, level, text, exc_text):
+        """Hand one enabled record to the emit function (the traceback, if
+        any, on the lines after the message)."""
+        if exc_text:
+            text += '\n' + exc_text
         self._emit(self.name, level, text)
+
+    # pylint: enable=arguments-differ,unused-argument
 
     def debug(self, message, *args, **kwargs):
         """Log at LOG_DEBUG."""
@@ -185,6 +213,36 @@ class Logger:
         return self.level <= LOG_ERROR
 
 
+def exception_text(exc_info):
+    """The traceback text `exc_info` asks for (an exception, a sys.exc_info()
+    tuple, or true for the exception being handled), or None."""
+    if isinstance(exc_info, BaseException):
+        parts = traceback.format_exception(
+            type(exc_info), exc_info, exc_info.__traceback__)
+    elif isinstance(exc_info, tuple):
+        if exc_info[0] is None:
+            return None
+        parts = traceback.format_exception(*exc_info)
+    elif exc_info:
+        if sys.exc_info()[0] is None:
+            return None
+        parts = traceback.format_exc()
+    else:
+        return None
+    return ''.join(parts).rstrip()
+
+
+class DetailedLogger(Logger):
+    """A Logger whose emit function is called as `emit(name, level,
+    message, details)`: the traceback travels apart from the message, in
+    `details['exc_text']`, with the time and process of the call."""
+
+    def _deliver(self, level, text, exc_text):
+        self._emit(self.name, level, clip(text), {
+            'created': time.time(), 'process': os.getpid(),
+            'exc_text': clip(exc_text)})
+
+
 def resolve_log_name(logger, template, default, **fields):
     """The logger name a `LOG_NAME` class template gives with `fields`
     (`{cls}`, `{pid}`, ...); on a bad template a warning on `logger` and
@@ -206,6 +264,180 @@ def log_to_logging(name, level, message):
     """
     import logging  # pylint: disable=import-outside-toplevel
     logging.getLogger(f'uhttp.workers.{name}').log(level, message)
+
+
+# -- stdlib logging in worker processes ---------------------------------------
+
+# a record longer than this is cut: log frames must stay far below the
+# channel's socket buffer, so that sending one never waits for long
+MAX_RECORD_TEXT = 32 * 1024
+# the record fields a worker sends along with its message (source position
+# and time of the call, for handlers and formatters in the dispatcher)
+_RECORD_FIELDS = ('created', 'pathname', 'lineno', 'funcName', 'module',
+                  'filename', 'threadName', 'process')
+
+
+def clip(text):
+    """`text`, cut to MAX_RECORD_TEXT characters (saying so)."""
+    if text is not None and len(text) > MAX_RECORD_TEXT:
+        return text[:MAX_RECORD_TEXT] + f' [... {len(text)} chars, cut]'
+    return text
+
+
+def record_details(record, exc_text):
+    """What crosses the channel of a stdlib `record` besides its message."""
+    details = {field: getattr(record, field, None) for field in _RECORD_FIELDS}
+    details['exc_text'] = clip(exc_text)
+    details['stack_info'] = clip(record.stack_info)
+    details['stdlib'] = True    # not self.log: the name is a module's
+    return details
+
+
+class ForwardingHandler(logging.Handler):
+    """The handler a worker installs on its root logger: every record of
+    any module goes to `send(name, level, message, details)`, which sends
+    it to the dispatcher.
+
+    A record logged while this thread is inside `send` (by code that send
+    itself runs) is written to stderr instead of being sent: forwarding it
+    could recurse, or wait for a lock this thread holds.
+    """
+
+    def __init__(self, send, level=logging.NOTSET):
+        super().__init__(level)
+        self._send = send
+        self._local = threading.local()
+
+    def emit(self, record):
+        local = self._local
+        if getattr(local, 'sending', False):
+            write_stderr(record.name, record.levelno, record.getMessage())
+            return
+        local.sending = True
+        try:
+            exc_text = record.exc_text
+            if record.exc_info and not exc_text:
+                exc_text = self.formatter.formatException(record.exc_info) \
+                    if self.formatter else _FORMATTER.formatException(
+                        record.exc_info)
+            self._send(record.name, record.levelno, clip(record.getMessage()),
+                       record_details(record, exc_text))
+        except RecursionError:
+            raise
+        except Exception:  # pylint: disable=broad-except
+            self.handleError(record)  # logging's own report, to stderr
+        finally:
+            local.sending = False
+
+
+_FORMATTER = logging.Formatter()
+
+
+def install_forwarding(send, level):
+    """Make `send` the only handler of this process's root logger, at
+    `level`: handlers a forked worker inherited from the dispatcher would
+    write from every worker at once (the dispatcher writes them)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = ForwardingHandler(send)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def write_stderr(name, level, message):
+    try:
+        sys.stderr.write(f'{level_name(level)} [{name}] {message}\n')
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # no stderr left to tell
+
+
+# -- in the dispatcher: where records go ---------------------------------------
+
+DISPATCHER_LOGGER = 'uhttp.workers.dispatcher'
+WORKER_LOGGER = 'uhttp.workers.worker'
+
+
+class LogRouter:
+    """Sends each record of the service where the application wants it.
+
+    With `Dispatcher.on_log` overridden, every record goes there (as in
+    uhttp-workers 1.x). Otherwise a record goes to the stdlib logger named
+    for it when logging has a handler for that logger (the application
+    configured logging: its handlers, filters and formatters apply), else to
+    `fallback(name, level, text)`, the project's own output. Levels were
+    applied where the record was made (the dispatcher's and each pool's
+    `log_level`); the stdlib loggers' levels do not filter them again.
+    """
+
+    def __init__(self, fallback, hooked=False, line_sink=None):
+        self._fallback = fallback
+        self._line_sink = line_sink     # LogOutput.line_sink: buffered lines
+        self.hooked = hooked
+        self._loggers = {}
+
+    def logger(self, name):
+        """The stdlib logger `name` (looked up once)."""
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = logging.getLogger(name)
+        return logger
+
+    def wants(self, logger_name):
+        """The stdlib logger to hand a record to, or None (fallback)."""
+        if self.hooked:
+            return None
+        logger = self.logger(logger_name)
+        return logger if logger.hasHandlers() else None
+
+    def route(self, logger_name, short_name, level, text, exc_text=None,
+              details=None, extra=None):
+        """Deliver one record; `short_name` names it in the fallback
+        output, `details` are fields a worker sent, `extra` attributes to
+        set on the LogRecord."""
+        logger = self.wants(logger_name)
+        if logger is None:
+            self._fallback(short_name, level,
+                           f'{text}\n{exc_text}' if exc_text else text)
+            return
+        logger.handle(make_record(logger_name, level, text, exc_text,
+                                  details, extra))
+
+    def sink(self, logger_name, short_name, level):
+        """A callable that delivers one message of `logger_name` at `level`
+        as route() would, decided now: for many records (the access log
+        asks again each second, so logging configured later is seen). In
+        the project's own output such records are buffered lines."""
+        logger = self.wants(logger_name)
+        if logger is not None:
+            return lambda text: logger.handle(
+                make_record(logger_name, level, text))
+        if self.hooked or self._line_sink is None:
+            fallback = self._fallback
+            return lambda text: fallback(short_name, level, text)
+        return self._line_sink(short_name, level)
+
+
+def make_record(logger_name, level, text, exc_text=None, details=None,
+                extra=None):
+    """A `logging.LogRecord` of an already formatted message."""
+    fields = {'name': logger_name, 'levelno': level,
+              'levelname': logging.getLevelName(level), 'msg': text,
+              'args': None, 'exc_text': exc_text}
+    if details:
+        created = details.get('created')
+        for key, value in details.items():
+            if value is not None and key != 'exc_text':
+                fields[key] = value
+        if created is not None:
+            fields['msecs'] = (created - int(created)) * 1000
+            fields['relativeCreated'] = (
+                created - logging._startTime) * 1000  # pylint: disable=protected-access
+    if extra:
+        fields.update(extra)
+    return logging.makeLogRecord(fields)
 
 
 def _stderr_emit(name, level, message):
@@ -239,12 +471,26 @@ def _is_journal_stream(stream):
     return (info.st_dev, info.st_ino) == (device, inode)
 
 
+# buffer() writes once this many lines wait
+BUFFERED_LINES = 256
+_STAMP = [None, '']   # (second, its text): strftime once a second at most
+
+
+def _stamp():
+    now = int(time.time())
+    if now != _STAMP[0]:
+        _STAMP[0], _STAMP[1] = now, time.strftime(
+            '%Y-%m-%d %H:%M:%S', time.localtime(now))
+    return _STAMP[1]
+
+
 class LogOutput:
     """Writes formatted log lines to a stream in the detected style, or to a
     file (`path`, plain lines, reopened by `reopen()` after rotation)."""
 
     def __init__(self, stream=None, style=None, path=None):
         self.path = path
+        self._buffered = []
         if path:
             self.stream = self._open(path)
             self.style = style or 'plain'
@@ -266,6 +512,7 @@ class LogOutput:
                 self.write('dispatcher', LOG_ERROR,
                            f'cannot reopen log file: {err}')
             return
+        self.flush()
         try:
             fresh = self._open(self.path)
         except OSError as err:
@@ -281,16 +528,45 @@ class LogOutput:
             prefix = f'<{_SYSLOG_PRIORITY.get(level, 6)}>'
             return '\n'.join(
                 f'{prefix}{name}: {line}' for line in message.split('\n'))
-        stamp = time.strftime('%Y-%m-%d %H:%M:%S')
-        line = f'{stamp} {level_name(level):<8} [{name}] {message}'
+        line = f'{_stamp()} {level_name(level):<8} [{name}] {message}'
         if self.style == 'color' and level in _ANSI:
             return f'{_ANSI[level]}{line}{_ANSI_RESET}'
         return line
 
     def write(self, name, level, message):
-        """Write one record; a broken output stream must not crash the loop."""
+        """Write one record (after the buffered ones, so that lines keep
+        their order); a broken output stream must not crash the loop."""
+        line = self.format(name, level, message) + '\n'
+        if self._buffered:
+            line = ''.join(self._buffered) + line
+            self._buffered.clear()
+        self._write(line)
+
+    def line_sink(self, name, level):
+        """A callable that keeps one message of `name` at `level` as a line
+        to write with the next write() or flush(): many lines, one system
+        call (the access log's, under load). Its time stamp is this
+        second's: get a new one each second."""
+        head, _, tail = self.format(name, level, '\0').partition('\0')
+        tail += '\n'
+        lines, flush = self._buffered, self.flush
+
+        def keep(message):
+            lines.append(f'{head}{message}{tail}')
+            if len(lines) >= BUFFERED_LINES:
+                flush()
+        return keep
+
+    def flush(self):
+        """Write the buffered lines now (the loop calls it often)."""
+        if self._buffered:
+            lines = ''.join(self._buffered)
+            self._buffered.clear()
+            self._write(lines)
+
+    def _write(self, text):
         try:
-            self.stream.write(self.format(name, level, message) + '\n')
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):
             pass

@@ -34,7 +34,7 @@ ServicesMessage = tuple[int, dict[str, ServiceStatus]]
 HeartbeatMessage = tuple[int, int | None, int]
 ResponseMessage = tuple[int, int, int, bytes, bool, str]
 KeepAliveMessage = tuple[int, tuple[int, ...]]
-LogMessage = tuple[int, str, int, str]
+LogMessage = tuple[int, str, int, str, dict[str, Any] | None]
 StreamStartMessage = tuple[int, int, int, dict[str, str],
                            dict[str, str] | None]
 StreamDataMessage = tuple[int, int, bytes]
@@ -55,7 +55,7 @@ HEARTBEAT: Final = 21      # (HEARTBEAT, current_request_id, requests_handled)
 RESPONSE: Final = 22       # (RESPONSE, request_id, status, wire_bytes, keep_alive, route)
 DEFERRED: Final = 23       # (DEFERRED, request_id)  handler returned DEFERRED
 KEEP_ALIVE: Final = 24     # (KEEP_ALIVE, request_ids)  reset timeout and stuck clock
-LOG: Final = 25            # (LOG, name, level, message)
+LOG: Final = 25            # (LOG, name, level, message, details)
 STREAM_START: Final = 26   # (STREAM_START, request_id, status, headers, cookies)
 STREAM_DATA: Final = 27    # (STREAM_DATA, request_id, body)
 STREAM_END: Final = 28     # (STREAM_END, request_id)
@@ -131,9 +131,11 @@ def keep_alive(request_ids: Iterable[int]) -> KeepAliveMessage:
     return (KEEP_ALIVE, tuple(request_ids))
 
 
-def log(name: str, level: int, message: str) -> LogMessage:
-    """One log record, printed by the dispatcher."""
-    return (LOG, name, level, message)
+def log(name: str, level: int, message: str,
+        details: dict[str, Any] | None = None) -> LogMessage:
+    """One log record, printed by the dispatcher; `details`: None or a dict
+    of LogRecord fields (exc_text, created, pathname, lineno, ...)."""
+    return (LOG, name, level, message, details)
 
 
 def stream_start(request_id: int, status: int, headers: dict[str, str],

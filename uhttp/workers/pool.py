@@ -25,7 +25,6 @@ import time
 
 from . import messages
 from .channel import Channel, ChannelClosed, channel_pair
-from .log import LOG_WARNING
 from .request import Request, normalize_headers
 from .options import worker_keywords
 from .routing import PrefixMatcher
@@ -115,12 +114,15 @@ class WorkerPool:
     started again after `restart_worker_interval` seconds, doubled for each
     crash in a row (up to 30 s or the interval itself if larger). All three
     are 0 by default: starts and restarts happen at once.
+
+    `log_level` is the level of the workers' loggers (`self.log` and the
+    stdlib root logger); None, the default, takes the dispatcher's.
     """
 
     def __init__(self, worker_class, num_workers=DEFAULT_NUM_WORKERS,
                  routes=None, timeout=30,
                  stuck_timeout=60, heartbeat_interval=1,
-                 log_level=LOG_WARNING, max_restarts=10, restart_window=300,
+                 log_level=None, max_restarts=10, restart_window=300,
                  queue_warning=100, name=None, unrecoverable_exit_codes=(),
                  worker_kill_timeout=5, max_requests=0,
                  max_requests_jitter=0, max_memory=0, start_method=None,
@@ -363,7 +365,9 @@ class WorkerPool:
         options = {
             'worker_id': handle.index,
             'pool_name': self.name,
-            'log_level': self.log_level,
+            # None: the dispatcher's level
+            'log_level': self._dispatcher.log.level
+            if self.log_level is None else self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
             'memory_limit': self.memory_limit,
             'services': list(self._dispatcher.services.values()),

@@ -297,7 +297,7 @@ SETTINGS = (
     S('log_file', 'path', None,
       'append log lines to this file instead of stderr', metavar='FILE',
       group='Logging'),
-    S('access_log', 'bool', False, 'log one line per request',
+    S('access_log', 'bool', True, 'log one line per request',
       group='Logging'),
     S('access_log_format', 'str', 'common',
       "access log format: 'common', 'combined', 'json' or a template",

@@ -97,6 +97,7 @@ class Readiness:
                 h.ready for pool in self._pools for h in pool.workers) \
                 and self._services_settled():
             self._ready_notified = True
+            self._log_ready()
             if self._predecessor:
                 self._gate.release(HOLD_PREDECESSOR)
                 if self._pid_file is not None:
@@ -110,6 +111,13 @@ class Readiness:
         if self._next_watchdog is not None and now >= self._next_watchdog:
             self._next_watchdog = now + self._notifier.watchdog_interval
             self._notify('WATCHDOG=1')
+
+    def _log_ready(self):
+        workers = sum(len(pool.workers) for pool in self._pools)
+        pools = len(self._pools)
+        self.log.info('ready: %d worker%s in %d pool%s on %s', workers,
+                      '' if workers == 1 else 's', pools,
+                      '' if pools == 1 else 's', self.url)
 
     def _notify(self, message):
         error = self._notifier.notify(message) if self._notifier else None

@@ -16,6 +16,7 @@ import json
 import functools
 import os
 import resource
+import select
 import selectors
 import signal
 import stat
@@ -26,7 +27,8 @@ import time
 from . import framing, messages, stackdump
 from .channel import Channel, ChannelClosed
 from .descriptors import DescriptorWatch, WatchesDescriptors
-from .log import LOG_WARNING, Logger, printable, resolve_log_name
+from .log import (LOG_WARNING, DetailedLogger, Logger, install_forwarding,
+                  printable, resolve_log_name, write_stderr)
 from .output_capture import redirect_output
 from .proctitle import set_title
 from .request import (
@@ -65,6 +67,8 @@ _ERROR_DATA = {'error': 'Internal Server Error'}
 # While a handler runs, the channel is checked this often for requests the
 # dispatcher takes back (to give them to an idle sibling).
 REVOKE_POLL = 0.01
+# longest a log call waits for the channel before writing to stderr instead
+LOG_SEND_WAIT = 5.0
 
 
 def api(pattern, *methods):
@@ -166,7 +170,7 @@ class Worker(WatchesDescriptors):
         self.pool_name = pool_name or type(self).__name__
         self.kwargs = kwargs
         self.heartbeat_interval = heartbeat_interval
-        self.log = Logger(
+        self.log = DetailedLogger(
             f'{self.pool_name}[{worker_id}]', log_level, self._emit_log)
         self._channel = None
         self._selector = None
@@ -487,11 +491,30 @@ class Worker(WatchesDescriptors):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _emit_log(self, name, level, message):
-        if self._channel is None or self._channel.closed:
-            sys.stderr.write(f'[{name}] {message}\n')
+    def _emit_log(self, name, level, message, details=None):
+        """Send one log record to the dispatcher (self.log's records and,
+        once the loop runs, those of every stdlib logger of the process).
+
+        Called from any thread, handlers included: it waits at most
+        LOG_SEND_WAIT seconds for the channel (another thread's write, or a
+        dispatcher that does not read it, e.g. a stream it holds back), then
+        writes the record to stderr instead of blocking its caller."""
+        channel = self._channel
+        if channel is None or channel.closed:
+            write_stderr(name, level, message)
             return
-        self._send(messages.log(name, level, message))
+        if not self._write_lock.acquire(timeout=LOG_SEND_WAIT):
+            write_stderr(name, level, f'{message} (log channel busy)')
+            return
+        try:
+            if not _writable(channel.sock, LOG_SEND_WAIT):
+                write_stderr(name, level, f'{message} (log channel full)')
+                return
+            channel.send(messages.log(name, level, message, details))
+        except ChannelClosed:
+            self._exit_code = EXIT_PARENT_GONE
+        finally:
+            self._write_lock.release()
 
     def _on_channel(self, _fileobj, _mask):
         self._receive()
@@ -619,6 +642,9 @@ class Worker(WatchesDescriptors):
             self.log, self.LOG_NAME, self.log.name, cls=type(self).__name__,
             worker_id=self.worker_id, pool_name=self.pool_name,
             pid=os.getpid())
+        # stdlib logging of every module of this process goes to the
+        # dispatcher, at the level of self.log
+        install_forwarding(self._emit_log, self.log.level)
         self._selector = selectors.DefaultSelector()
         self._selector.register(channel.sock, selectors.EVENT_READ,
                                 self._on_channel)
@@ -720,6 +746,15 @@ class Worker(WatchesDescriptors):
             finally:
                 self._write_lock.release()
         stackdump.write_to_stderr(text)
+
+
+def _writable(sock, timeout):
+    """Whether the channel socket takes bytes within `timeout` seconds
+    (writable means half its large buffer is free: a log frame fits)."""
+    try:
+        return bool(select.select((), (sock,), (), timeout)[1])
+    except (OSError, ValueError):
+        return True   # closed: the send reports it
 
 
 def _invalid_json(keep_alive):
@@ -869,4 +904,4 @@ def _send_quietly(channel, name, level, message):
     try:
         channel.send(messages.log(name, level, message))
     except ChannelClosed:
-        sys.stderr.write(f'[{name}] {message}\n')
+        write_stderr(name, level, message)

@@ -16,7 +16,7 @@ import time
 from uhttp import server as _server
 
 from . import messages
-from .log import printable
+from .log import WORKER_LOGGER, printable
 from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
 from .worker import APP_ERROR_MESSAGE
@@ -252,7 +252,7 @@ class WorkerEvents:
         if kind == messages.RESPONSE:
             self._on_response_message(handle, message)
         elif kind == messages.LOG:
-            self._emit_log(message[1], message[2], message[3])
+            self._on_worker_log(handle, message)
         elif kind == messages.HEARTBEAT:
             handle.handled = message[2]
         elif kind == messages.DEFERRED:
@@ -276,6 +276,27 @@ class WorkerEvents:
         else:
             self.log.error('worker %s sent an unknown message kind %r',
                            handle.name, kind)
+
+    def _on_worker_log(self, handle, message):
+        """A worker's log record: to stdlib logger
+        `uhttp.workers.worker.<pool>` (the worker's own logger name in the
+        record's `worker_logger`, its index in `worker_id`), or to on_log()
+        as `name` (`pool[index]:name` for a module's logger)."""
+        _, name, level, text, details = message
+        pool = handle.pool.name
+        details = details or {}
+        # a module's logger says which worker it ran in: Items[0]:mymodule
+        short = f'{handle.name}:{name}' if details.pop('stdlib', False) \
+            else name
+        try:
+            self._log_router.route(
+                f'{WORKER_LOGGER}.{pool}', short, level, text,
+                details.get('exc_text'), details, {
+                    'worker_logger': name, 'worker_id': handle.index,
+                    'pool': pool, 'processName': handle.name})
+        except Exception as err:  # pylint: disable=broad-except
+            self._log_output.write('dispatcher', 40, f'log handler raised '
+                                   f'{err!r}; record: [{name}] {text}')
 
     def _on_response_message(self, handle, message):
         _, request_id, status, wire, keep_alive, route = message
@@ -303,6 +324,10 @@ class WorkerEvents:
             except Exception:  # pylint: disable=broad-except
                 self.log.exception('on_response() raised')
         if client.socket is not None:
+            if self._access_log is not None:
+                # the body is what follows the head the worker built
+                client.note(status, len(wire) - wire.find(b'\r\n\r\n') - 4,
+                            handle.name, request_id)
             self._send_answer(client, wire, keep_alive)
         if self._has_removed_hook:
             self._removed(pending, PENDING_COMPLETED)
@@ -354,6 +379,8 @@ class WorkerEvents:
         self._admission_changed()
         client = pending.client
         self._resume_reading(pending)
+        if self._access_log is not None:
+            client.access_by, client.access_id = handle.name, request_id
         try:
             started = client.response_stream(headers=headers, cookies=cookies)
         except _server.HttpError as err:
