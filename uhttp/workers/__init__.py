@@ -36,8 +36,8 @@ __all__ = [
 _LAZY = {
     'Service': 'service', 'ServiceManager': 'service',
     'ServiceError': 'service', 'ServiceUnavailable': 'service',
-    'FileLock': 'singleton', 'RedisLock': 'singleton', 'Job': 'singleton',
-    'JobRunner': 'singleton', 'periodic': 'singleton', 'run_once': 'singleton',
+    'FileLock': 'locks', 'RedisLock': 'locks', 'Job': 'jobs',
+    'JobRunner': 'jobs', 'periodic': 'jobs', 'run_once': 'jobs',
     # the names of singleserver 0.4, for code migrating from it
     'SingleServer': 'singleserver', 'ServerClient': 'singleserver',
     'ServerNotReady': 'singleserver', 'SocketLock': 'singleserver',

@@ -152,7 +152,7 @@ class OwnedServices:
     # -- the job process ------------------------------------------------------
 
     def _start_job_process(self):
-        from .singleton import run_job_runner  # pylint: disable=import-outside-toplevel
+        from .jobs import run_job_runner  # pylint: disable=import-outside-toplevel
         context = multiprocessing.get_context('spawn')
         process = context.Process(
             target=run_job_runner, name='jobs',

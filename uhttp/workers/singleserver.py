@@ -17,7 +17,7 @@ import threading
 
 from .service import (Endpoint, Service, ServiceClient, ServiceUnavailable,
                       bind_lock_socket)
-from .singleton import FileLock
+from .locks import FileLock
 
 __all__ = ['SingleServer', 'ServerClient', 'ServerNotReady', 'SocketLock',
            'LockFile']
