@@ -16,8 +16,8 @@ unreachable, or a pause longer than the ttl): `held` turns False as soon as
 the holder cannot prove it still holds the key.
 
 This module owns taking, renewing and releasing a lock. It must never run
-jobs or start threads, block in `acquire()`, or delete a Redis lock key
-that another holder owns.
+jobs or start threads, block in `acquire()` unless asked to, or delete a
+Redis lock key that another holder owns.
 """
 
 import fcntl
@@ -26,7 +26,7 @@ import re
 import secrets
 import time
 
-__all__ = ['FileLock', 'RedisLock', 'make_lock']
+__all__ = ['FileLock', 'WorkerLock', 'RedisLock', 'make_lock']
 
 _RENEW_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -48,7 +48,8 @@ def _marker_name(name):
 
 
 class FileLock:
-    """An exclusive, non-blocking flock on `path`, for one host.
+    """An exclusive flock on `path`, for one host (`acquire()` waits only
+    when asked to).
 
     The holder's pid is written into the file for humans. The lock belongs
     to the open file: a process forked while holding it shares it, so fork
@@ -77,13 +78,16 @@ class FileLock:
         """True while this process holds the lock."""
         return self._fd is not None and self._pid == os.getpid()
 
-    def acquire(self):
-        """Take the lock if it is free; True when held. Never blocks."""
+    def acquire(self, blocking=False):
+        """Take the lock if it is free; True when held. Never blocks unless
+        `blocking`: then waits as long as another process holds it (the
+        GIL is released meanwhile, so call it from a thread of its own)."""
         if self.held:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking
+                        else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
@@ -126,6 +130,11 @@ class FileLock:
 
     def _marker(self, name):
         return f'{self.path}.{_marker_name(name)}.done'
+
+
+# The name this lock often has in applications that elect a primary worker
+# (`WorkerLock(path).acquire()` / `.release()`): the same class.
+WorkerLock = FileLock
 
 
 def _import_redis():

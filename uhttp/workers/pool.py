@@ -288,6 +288,7 @@ class WorkerPool:
             'log_level': self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
             'memory_limit': self.memory_limit,
+            'dispatcher_port': getattr(self._dispatcher, 'port', None),
             'services': list(self._dispatcher.services.values()),
         }
         # fork copies the dispatcher: never after new code was deployed, and
