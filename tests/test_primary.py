@@ -12,11 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import uuid
 
 import pytest
 
 from conftest import APPS, Server, pid_alive, wait_until
+from uhttp.workers import Worker
 from uhttp.workers.locks import FileLock
 from uhttp.workers.primary import primary_lock_path
 
@@ -166,13 +168,39 @@ def test_the_default_lock_file_is_named_after_the_pool_and_the_port():
         primary_lock_path('p')
 
 
-def test_a_worker_takes_part_in_one_scope_only(tmp_path):
-    from uhttp.workers import Worker  # pylint: disable=import-outside-toplevel
+class Lone(Worker):
+    """A worker built without a pool (its lock directory set by the test)."""
 
-    class Lone(Worker):
-        PRIMARY_LOCK_DIR = str(tmp_path)
 
+def lone(lock_dir):
     worker = Lone(pool_name='lone')
+    worker.PRIMARY_LOCK_DIR = str(lock_dir)
+    return worker
+
+
+def election_threads():
+    return [t for t in threading.enumerate()
+            if t.name == 'uhttp.workers.primary' and t.is_alive()]
+
+
+def test_the_election_starts_on_first_use_and_waits_in_a_thread(tmp_path):
+    first, second = lone(tmp_path), lone(tmp_path)
+    assert not election_threads()
+    try:
+        assert first.is_primary_worker()
+        assert not election_threads()   # the holder waits for nothing
+        assert not second.is_primary_worker()
+        assert len(election_threads()) == 1     # the other waits in flock
+        first._primary_at_exit()  # pylint: disable=protected-access
+        wait_until(second.is_primary_worker, 10)
+        wait_until(lambda: not election_threads(), 10)
+    finally:
+        first._primary_at_exit()  # pylint: disable=protected-access
+        second._primary_at_exit()  # pylint: disable=protected-access
+
+
+def test_a_worker_takes_part_in_one_scope_only(tmp_path):
+    worker = lone(tmp_path)
     try:
         assert worker.is_primary_worker() is True
         assert worker.is_primary_worker('host') is True

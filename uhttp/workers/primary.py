@@ -53,8 +53,9 @@ def primary_lock_path(pool_name, port=None, lock_dir=None):
         return os.path.join(lock_dir, f'{pool}.primary.lock')
     if port is None:
         raise RuntimeError(
-            f'pool {pool_name}: the dispatcher port is unknown (a worker built '
-            'outside a WorkerPool): set PRIMARY_LOCK_DIR to elect a primary')
+            f'pool {pool_name}: the dispatcher port is unknown (asked before '
+            'the worker runs, or outside a WorkerPool): ask from setup() on, '
+            'or set PRIMARY_LOCK_DIR')
     return os.path.join(tempfile.gettempdir(),
                         f'uhttp.workers.primary.{port}.{pool}.lock')
 
@@ -256,10 +257,12 @@ class PrimaryWorker:
     def is_primary_worker(self, scope=None):
         """True when this worker is its pool's primary: the one live worker
         holding the pool's lock ('host': per host; 'service': across hosts,
-        through Redis). The first call joins the election (never waiting:
-        False when another worker holds the lock; this one takes over when
-        that one dies, and `on_primary()` tells). A worker takes part in
-        one scope only: asking for another raises ValueError."""
+        through Redis). The first call joins the election without waiting
+        for the lock (one try; for 'service', one Redis round trip): False
+        when another worker holds it; this one takes over when that one
+        dies, and `on_primary()` tells. Ask from setup() on (the lock file
+        is named after the dispatcher's port, known then). A worker takes
+        part in one scope only: asking for another raises ValueError."""
         election = self._election
         if election is None:
             election = self._join_election(scope or self.PRIMARY_SCOPE)
