@@ -43,19 +43,24 @@ import traceback
 
 # the names of the mechanism modules that callers import from here are
 # re-exported (see __all__)
-from .ownership import bind_lock_socket, default_lock_port, own, try_lock
+from .ownership import (
+    LOCK_NAME_PREFIX, LOCK_PORT_OFFSET, bind_lock_socket, default_lock_port,
+    own, try_lock)
 from .process_group import (
-    describe_exit, group_exists, pidfd_of, set_parent_death_signal,
-    signal_group, spawn)
+    PR_SET_PDEATHSIG, describe_exit, group_exists, pidfd_of,
+    set_parent_death_signal, signal_group, spawn)
 from .service_client import (
-    STARTUP_POLL, Endpoint, Headers, HTTPStatusError, ServiceClient,
-    ServiceError, ServiceResponse, ServiceUnavailable, pauses, sleep_before)
+    HEALTH_TIMEOUT_MAX, STARTUP_POLL, Endpoint, Headers, HTTPStatusError,
+    ServiceClient, ServiceError, ServiceResponse, ServiceUnavailable, pauses,
+    sleep_before)
 
 __all__ = [
     'Service', 'ServiceManager', 'ServiceError', 'ServiceUnavailable',
     'ServiceClient', 'ServiceResponse', 'HTTPStatusError', 'Headers',
     'Endpoint', 'default_lock_port', 'bind_lock_socket',
-    'set_parent_death_signal', 'describe_exit', 'STATES',
+    'set_parent_death_signal', 'describe_exit', 'STATES', 'STARTUP_POLL',
+    'HEALTH_TIMEOUT_MAX', 'LOCK_PORT_OFFSET', 'LOCK_NAME_PREFIX',
+    'PR_SET_PDEATHSIG',
 ]
 
 STATES = ('starting', 'ready', 'unhealthy', 'restarting', 'failed', 'stopped')
