@@ -18,8 +18,8 @@ import threading
 import pytest
 
 from conftest import APPS, ROOT, RecordingLog, wait_until
-from uhttp.workers.singleton import (
-    FileLock, Job, JobRunner, RedisLock, make_lock, run_job_runner)
+from uhttp.workers.jobs import Job, JobRunner, run_job_runner
+from uhttp.workers.locks import FileLock, RedisLock, make_lock
 
 RUNNER = os.path.join(APPS, 'singleton_runner.py')
 HOLDER = os.path.join(APPS, 'singleton_holder.py')

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from uhttp.workers.singleton import FileLock
+from uhttp.workers.locks import FileLock
 
 lock = FileLock(sys.argv[1])
 while not lock.acquire():

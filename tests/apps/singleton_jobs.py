@@ -8,7 +8,7 @@ MIGRATIONS_FILE ("<name> <pid>").
 import os
 import time
 
-from uhttp.workers.singleton import periodic, run_once
+from uhttp.workers.jobs import periodic, run_once
 
 TICK_INTERVAL = 0.2
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from singleton_jobs import JOBS
-from uhttp.workers.singleton import run_job_runner
+from uhttp.workers.jobs import run_job_runner
 
 
 def main():

@@ -21,7 +21,8 @@ __all__ = [
     'Dispatcher', 'Worker', 'WorkerPool', 'ApiHandler', 'Request',
     'Response', 'api', 'sync', 'RejectRequest', 'DEFERRED', 'Logger',
     'log_to_logging', 'Service', 'ServiceManager', 'ServiceError',
-    'ServiceUnavailable', 'FileLock', 'RedisLock', 'Job', 'JobRunner',
+    'ServiceUnavailable', 'FileLock', 'WorkerLock', 'RedisLock', 'Job',
+    'JobRunner',
     'periodic', 'run_once', 'SingleServer', 'ServerClient', 'ServerNotReady',
     'SocketLock', 'LockFile',
     'LOG_DEBUG', 'LOG_INFO', 'LOG_WARNING', 'LOG_ERROR', 'LOG_CRITICAL',
@@ -36,8 +37,9 @@ __all__ = [
 _LAZY = {
     'Service': 'service', 'ServiceManager': 'service',
     'ServiceError': 'service', 'ServiceUnavailable': 'service',
-    'FileLock': 'singleton', 'RedisLock': 'singleton', 'Job': 'singleton',
-    'JobRunner': 'singleton', 'periodic': 'singleton', 'run_once': 'singleton',
+    'FileLock': 'locks', 'WorkerLock': 'locks', 'RedisLock': 'locks',
+    'Job': 'jobs',
+    'JobRunner': 'jobs', 'periodic': 'jobs', 'run_once': 'jobs',
     # the names of singleserver 0.4, for code migrating from it
     'SingleServer': 'singleserver', 'ServerClient': 'singleserver',
     'ServerNotReady': 'singleserver', 'SocketLock': 'singleserver',

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .log import Logger
     from .pool import WorkerPool
     from .service import Service, ServiceManager
-    from .singleton import Job
+    from .jobs import Job
     from .worker_handle import WorkerHandle
 
 JOB_RESTART_DELAY = 1.0
@@ -186,7 +186,7 @@ class OwnedServices:
     # -- the job process ------------------------------------------------------
 
     def _start_job_process(self) -> None:
-        from .singleton import run_job_runner  # pylint: disable=import-outside-toplevel
+        from .jobs import run_job_runner  # pylint: disable=import-outside-toplevel
         context = multiprocessing.get_context('spawn')
         process = context.Process(
             target=run_job_runner, name='jobs',

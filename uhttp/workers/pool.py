@@ -370,6 +370,7 @@ class WorkerPool:
             if self.log_level is None else self.log_level,
             'heartbeat_interval': self.heartbeat_interval,
             'memory_limit': self.memory_limit,
+            'dispatcher_port': getattr(self._dispatcher, 'port', None),
             'services': list(self._dispatcher.services.values()),
         }
         output = self._dispatcher.worker_output(handle)

@@ -1,10 +1,20 @@
 """Services: helper processes (an internal API, a cache, a model server) that
 many workers share, started once per host and kept healthy.
 
-This module owns a service's process from spawn to reaping: the command line,
-its own session and process group, output files, health checks over HTTP,
-the restart policy, and stopping the whole group (so no grandchild outlives
-it). It also gives a small HTTP client over TCP or a Unix socket.
+This module owns the policy: the `Service` description (command line,
+restart policy, managed and standalone use) and the `ServiceManager`, whose
+one supervision thread starts every service, health-checks it, restarts it
+or gives up, and stops it. The mechanisms live beside it, one per module:
+
+- `service_client`: the HTTP client, its response and errors, `Endpoint`;
+- `process_group`: spawning a service in its own session, signalling the
+  group, the parent-death signal;
+- `ownership`: the host lock deciding which process runs a standalone
+  service.
+
+The names callers import (`Service`, `ServiceManager`, `ServiceError`,
+`ServiceUnavailable`, `ServiceClient`, `default_lock_port`, ...) stay
+importable from here.
 
 Two ways of use share that code:
 
@@ -22,417 +32,44 @@ while holding a lock, or put a process handle, thread or socket into the
 pickled state of a `Service`.
 """
 
-import atexit
-import ctypes
-import errno
-import functools
-import http.client
-import json as _json
 import logging
-import multiprocessing.util
 import os
 import selectors
 import signal
-import socket as _socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
-import urllib.parse
-import weakref
+
+# the names of the mechanism modules that callers import from here are
+# re-exported (see __all__)
+from .ownership import (
+    LOCK_NAME_PREFIX, LOCK_PORT_OFFSET, bind_lock_socket, default_lock_port,
+    own, try_lock)
+from .process_group import (
+    PR_SET_PDEATHSIG, describe_exit, group_exists, pidfd_of,
+    set_parent_death_signal, signal_group, spawn)
+from .service_client import (
+    HEALTH_TIMEOUT_MAX, STARTUP_POLL, Endpoint, Headers, HTTPStatusError,
+    ServiceClient, ServiceError, ServiceResponse, ServiceUnavailable, pauses,
+    sleep_before)
+
+__all__ = [
+    'Service', 'ServiceManager', 'ServiceError', 'ServiceUnavailable',
+    'ServiceClient', 'ServiceResponse', 'HTTPStatusError', 'Headers',
+    'Endpoint', 'default_lock_port', 'bind_lock_socket',
+    'set_parent_death_signal', 'describe_exit', 'STATES', 'STARTUP_POLL',
+    'HEALTH_TIMEOUT_MAX', 'LOCK_PORT_OFFSET', 'LOCK_NAME_PREFIX',
+    'PR_SET_PDEATHSIG',
+]
 
 STATES = ('starting', 'ready', 'unhealthy', 'restarting', 'failed', 'stopped')
 
-STARTUP_POLL = 0.1      # seconds between health checks while a service starts
 UNHEALTHY_LIMIT = 3     # failed checks in a row before a running one restarts
 EXIT_POLL = 0.5         # exit polling period where pidfd_open is missing
 STOP_POLL = 0.02        # seconds between two looks at a group being stopped
-HEALTH_TIMEOUT_MAX = 2.0
-LOCK_PORT_OFFSET = 10000
-LOCK_NAME_PREFIX = 'uhttp.workers.service.'
-PR_SET_PDEATHSIG = 1
 
 _LOG = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """A service could not be started, reached or understood."""
-
-
-class ServiceUnavailable(ServiceError):
-    """The service is not ready within the wait, or has been given up.
-
-    `state` is the last state known to the caller (None when unknown).
-    """
-
-    def __init__(self, message, state=None):
-        super().__init__(message)
-        self.state = state
-
-    def __reduce__(self):
-        return type(self), (str(self), self.state)
-
-
-# -- HTTP client --------------------------------------------------------------
-
-class HTTPStatusError(ServiceError):
-    """raise_for_status() found a 4xx or 5xx answer; `response` is it."""
-
-    def __init__(self, message, response):
-        super().__init__(message)
-        self.response = response
-
-
-class Headers(dict):
-    """Response headers: a dict with lowercase keys, looked up in any case."""
-
-    def __getitem__(self, key):
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key):
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-    def get(self, key, default=None):
-        return super().get(key.lower(), default)
-
-
-class ServiceResponse:
-    """One answer of a service, shaped like a `requests` response:
-    `status_code`, `reason`, `headers` (keys in any case), `content` (bytes),
-    `text`, `json()`, `ok`, `raise_for_status()`, `url`. The older names
-    `status` and `body` are the same values."""
-
-    def __init__(self, status, reason, headers, body, url=''):
-        self.status = status
-        self.reason = reason
-        self.headers = Headers(headers)
-        self.body = body
-        self.url = url
-
-    @property
-    def status_code(self):
-        """The HTTP status (the same as `status`)."""
-        return self.status
-
-    @property
-    def content(self):
-        """The body as bytes (the same as `body`)."""
-        return self.body
-
-    @property
-    def ok(self):
-        """True for 1xx, 2xx and 3xx statuses."""
-        return self.status < 400
-
-    @property
-    def encoding(self):
-        """The charset of the content type, None when it names none."""
-        for part in self.headers.get('content-type', '').split(';')[1:]:
-            key, _, value = part.strip().partition('=')
-            if key.lower() == 'charset' and value:
-                return value.strip('"')
-        return None
-
-    @property
-    def text(self):
-        """The body decoded with the charset of its content type (UTF-8)."""
-        try:
-            return self.body.decode(self.encoding or 'utf-8', 'replace')
-        except LookupError:
-            return self.body.decode('utf-8', 'replace')
-
-    def json(self):
-        """The body parsed as JSON."""
-        return _json.loads(self.body)
-
-    def raise_for_status(self):
-        """Raise HTTPStatusError for a 4xx or 5xx status, else do nothing."""
-        if self.status >= 400:
-            kind = 'Client' if self.status < 500 else 'Server'
-            raise HTTPStatusError(
-                f'{self.status} {kind} Error: {self.reason} for url: '
-                f'{self.url}', self)
-
-    def __repr__(self):
-        return f'<ServiceResponse {self.status} {self.body[:60]!r}>'
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTPConnection to a server listening on a Unix socket path."""
-
-    def __init__(self, path, timeout):
-        super().__init__('localhost', timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _encode_body(json, data, headers):
-    headers = {key.lower(): str(value)
-               for key, value in (headers or {}).items()}
-    if json is not None and data is not None:
-        raise ValueError('give json= or data=, not both')
-    if json is not None:
-        headers.setdefault('content-type', 'application/json')
-        return _json.dumps(json).encode('utf-8'), headers
-    if isinstance(data, (dict, list, tuple)):
-        headers.setdefault('content-type', 'application/x-www-form-urlencoded')
-        return urllib.parse.urlencode(data, doseq=True).encode('ascii'), \
-            headers
-    if isinstance(data, str):
-        headers.setdefault('content-type', 'text/plain; charset=utf-8')
-        return data.encode('utf-8'), headers
-    return data, headers
-
-
-def _target(path, params):
-    """The request target: `path` (a leading / added) with `params` (a dict
-    or pairs, values may be lists) appended as a query string."""
-    if not path.startswith('/'):
-        path = '/' + path
-    if not params:
-        return path
-    if isinstance(params, (str, bytes)):
-        query = params.decode('ascii') if isinstance(params, bytes) else params
-    else:
-        query = urllib.parse.urlencode(params, doseq=True)
-    return f"{path}{'&' if '?' in path else '?'}{query}"
-
-
-def _seconds(timeout):
-    # requests accepts (connect, read): one socket timeout covers both here
-    if isinstance(timeout, tuple):
-        return max(value for value in timeout if value is not None)
-    return timeout
-
-
-def _read_headers(response):
-    headers = {}
-    for key, value in response.getheaders():
-        key = key.lower()
-        headers[key] = f'{headers[key]}, {value}' if key in headers else value
-    return headers
-
-
-class ServiceClient:
-    """An HTTP/1.1 client of one service, on one kept-alive connection.
-
-    The request methods take the keywords of `requests` that make sense
-    here: `params=`, `json=`, `data=`, `headers=`, `timeout=` (seconds, for
-    this request only). Use it as a context manager (the connection is
-    closed at the end). Network and protocol failures raise ServiceError.
-    `service` is a `Service` or an `Endpoint` (an address only).
-    """
-
-    def __init__(self, service, timeout=30.0):
-        self.service = service
-        self.timeout = timeout
-        self._connection = None
-        self._ready = False
-
-    @property
-    def base_url(self):
-        """'http://host:port', or 'http+unix:///path' for a Unix socket."""
-        if self.service.socket:
-            return f'http+unix://{self.service.socket}'
-        return f'http://{self.service.host}:{self.service.port}'
-
-    @property
-    def is_ready(self):
-        """True when the last readiness check (wait_ready, check_ready, or
-        the wait of the call that made this client) passed."""
-        return self._ready
-
-    def check_ready(self):
-        """Run the health check once; True when it passes."""
-        self._ready = self.service.is_healthy()
-        return self._ready
-
-    def wait_ready(self, timeout=None):
-        """Wait up to `timeout` seconds (default: the service's
-        startup_timeout) for the health check to pass; True then, else
-        raise ServiceUnavailable."""
-        if timeout is None:
-            timeout = self.service.startup_timeout
-        deadline = time.monotonic() + timeout
-        for pause in _pauses():
-            error = self.service.probe()
-            if error is None:
-                self._ready = True
-                return True
-            if not _sleep_before(deadline, pause):
-                self._ready = False
-                raise self.service.not_ready(timeout, error)
-        raise AssertionError('unreachable')
-
-    def get(self, path, **kwargs):
-        """GET `path`."""
-        return self.request('GET', path, **kwargs)
-
-    def head(self, path, **kwargs):
-        """HEAD `path`."""
-        return self.request('HEAD', path, **kwargs)
-
-    def post(self, path, json=None, data=None, **kwargs):
-        """POST a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
-        return self.request('POST', path, json=json, data=data, **kwargs)
-
-    def put(self, path, json=None, data=None, **kwargs):
-        """PUT a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
-        return self.request('PUT', path, json=json, data=data, **kwargs)
-
-    def patch(self, path, json=None, data=None, **kwargs):
-        """PATCH with a JSON value (`json=`), bytes/str or a form dict."""
-        return self.request('PATCH', path, json=json, data=data, **kwargs)
-
-    def delete(self, path, **kwargs):
-        """DELETE `path`."""
-        return self.request('DELETE', path, **kwargs)
-
-    def request(self, method, path, params=None, json=None, data=None,
-                headers=None, timeout=None):
-        """Send one request, return its ServiceResponse."""
-        body, headers = _encode_body(json, data, headers)
-        target = _target(path, params)
-        timeout = self.timeout if timeout is None else _seconds(timeout)
-        for retry in (False, True):
-            reused = self._connection is not None
-            connection = self._connection or self._open()
-            self._set_timeout(connection, timeout)
-            try:
-                connection.request(method, target, body=body, headers=headers)
-                response = connection.getresponse()
-                result = ServiceResponse(
-                    response.status, response.reason, _read_headers(response),
-                    response.read(), self.base_url + target)
-            except (http.client.RemoteDisconnected, ConnectionResetError,
-                    BrokenPipeError) as err:
-                self.close()
-                # the server may close a kept-alive connection while it is
-                # idle: such a request never reached it, so one retry is safe
-                if reused and not retry:
-                    continue
-                raise self._failure(method, target, err) from err
-            except (OSError, http.client.HTTPException) as err:
-                self.close()
-                raise self._failure(method, target, err) from err
-            if response.will_close:
-                self.close()
-            return result
-        raise AssertionError('unreachable')
-
-    @staticmethod
-    def _set_timeout(connection, timeout):
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-
-    def _open(self):
-        # pylint: disable-next=protected-access
-        self._connection = self.service._http_connection(self.timeout)
-        return self._connection
-
-    def _failure(self, method, path, err):
-        return ServiceError(
-            f'service {self.service.name!r} at {self.service.address}: '
-            f'{method} {path} failed: {_describe_error(err)}')
-
-    def close(self):
-        """Close the connection (a later request opens a new one)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _describe_error(err):
-    text = str(err) or type(err).__name__
-    if isinstance(err, OSError):
-        return text
-    return f'{type(err).__name__}: {text}'
-
-
-# -- the service description -------------------------------------------------
-
-class Endpoint:
-    """Where a service answers and how to check it: TCP `host`:`port` or a
-    Unix `socket` path, and its health check URL. A ServiceClient can be
-    built over one alone (`ServiceClient(Endpoint(...))`)."""
-
-    def __init__(self, name, port=None, socket=None, host='127.0.0.1',
-                 health_check_url='/', health_check_interval=5.0,
-                 startup_timeout=30.0):
-        if (port is None) == (socket is None):
-            raise ValueError(f'service {name!r}: give exactly one of port= '
-                             'or socket=')
-        self.name = name
-        self.port = port
-        self.socket = os.path.abspath(socket) if socket else None
-        self.host = host
-        self.health_check_url = health_check_url
-        self.health_check_interval = health_check_interval
-        self.startup_timeout = startup_timeout
-
-    def __repr__(self):
-        return f'<{type(self).__name__} {self.name!r} at {self.address}>'
-
-    @property
-    def address(self):
-        """Where the service listens: 'http://host:port' or 'unix:/path'."""
-        if self.socket:
-            return f'unix:{self.socket}'
-        return f'http://{self.host}:{self.port}'
-
-    def _http_connection(self, timeout):
-        if self.socket:
-            return _UnixHTTPConnection(self.socket, timeout)
-        return http.client.HTTPConnection(self.host, self.port,
-                                          timeout=timeout)
-
-    def probe(self, timeout=None):
-        """Run the health check once: None when it passes, else why not."""
-        if timeout is None:
-            timeout = min(HEALTH_TIMEOUT_MAX, self.health_check_interval)
-        connection = self._http_connection(timeout)
-        try:
-            connection.request('GET', self.health_check_url)
-            response = connection.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException) as err:
-            return _describe_error(err)
-        finally:
-            connection.close()
-        if 200 <= response.status < 400:
-            return None
-        return f'GET {self.health_check_url} answered {response.status}'
-
-    def is_healthy(self, timeout=None):
-        """True when the health check passes now."""
-        return self.probe(timeout) is None
-
-    def not_ready(self, waited, error=None, state=None):
-        """The ServiceUnavailable for a health check that did not pass
-        within `waited` seconds."""
-        known = f' (state: {state})' if state else ''
-        detail = f'; last error: {error}' if error else ''
-        return ServiceUnavailable(
-            f'service {self.name!r} at {self.address} did not pass its '
-            f'health check {self.health_check_url} within {waited:g}s'
-            f'{known}{detail}', state)
 
 
 class Service(Endpoint):
@@ -536,7 +173,7 @@ class Service(Endpoint):
         """
         timeout = self.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        for pause in _pauses():
+        for pause in pauses():
             report = self._reported()
             state = report.get('state') if report else None
             if state in ('failed', 'stopped'):
@@ -546,7 +183,7 @@ class Service(Endpoint):
             error = self._recent_probe()
             if error is None:
                 return self._ready_client(request_timeout)
-            if not _sleep_before(deadline, pause):
+            if not sleep_before(deadline, pause):
                 raise self._unavailable(report, timeout, error)
         raise AssertionError('unreachable')
 
@@ -600,7 +237,7 @@ class Service(Endpoint):
             return ServiceClient(self, request_timeout)
         timeout = self.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        for pause in _pauses():
+        for pause in pauses():
             owner = self._ownership() or self._take_ownership()
             if owner is not None:
                 return self._owner_client(owner, deadline, timeout,
@@ -608,7 +245,7 @@ class Service(Endpoint):
             error = self._recent_probe()
             if error is None:
                 return self._ready_client(request_timeout)
-            if not _sleep_before(deadline, pause):
+            if not sleep_before(deadline, pause):
                 raise self._unavailable(None, timeout, error)
         raise AssertionError('unreachable')
 
@@ -632,15 +269,11 @@ class Service(Endpoint):
         return owner
 
     def _take_ownership(self):
-        lock = _try_lock(self)
+        lock = try_lock(self)
         if lock is None:
             return None
         manager = ServiceManager([self])
-        self._owner = owner = _Ownership(lock, manager)
-        _OWNED.add(owner)
-        atexit.register(owner.close)
-        # multiprocessing children leave through os._exit: no atexit there
-        multiprocessing.util.Finalize(None, owner.close, exitpriority=10)
+        self._owner = owner = own(lock, manager)
         manager.log.info('service %s: this process (%d) owns it, starting it',
                          self.name, os.getpid())
         manager.start()
@@ -651,251 +284,6 @@ class Service(Endpoint):
         if report['state'] == 'ready':
             return self._ready_client(request_timeout)
         raise self._unavailable(report, timeout)
-
-
-def default_lock_port(port):
-    """The lock port of a TCP service: port + 10000, or port - 10000 when
-    that would pass 65535 (the rule singleserver uses too)."""
-    if port + LOCK_PORT_OFFSET <= 65535:
-        return port + LOCK_PORT_OFFSET
-    return port - LOCK_PORT_OFFSET
-
-
-def _pauses():
-    pause = STARTUP_POLL / 2
-    while True:
-        yield pause
-        pause = min(pause * 1.5, 0.5)
-
-
-def _sleep_before(deadline, pause):
-    """Sleep `pause` but not past `deadline`; False when already past it."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return False
-    time.sleep(min(pause, remaining))
-    return True
-
-
-# -- the standalone lock ------------------------------------------------------
-
-def _try_lock(service):
-    """The lock of a service (socket or file) if we took it, else None."""
-    if service.socket is None:
-        family, address = _socket.AF_INET, ('127.0.0.1', service.lock_port)
-    elif sys.platform.startswith('linux'):
-        family = _socket.AF_UNIX
-        address = '\0' + LOCK_NAME_PREFIX + service.name
-    else:
-        return _try_file_lock(service.socket + '.lock')
-    try:
-        return bind_lock_socket(family, address)
-    except OSError as err:
-        raise ServiceError(f'service {service.name!r}: cannot bind its lock '
-                           f'socket {address!r}: {err}') from err
-
-
-def bind_lock_socket(family, address):
-    """Bind and listen on `address`: the socket, which is the lock, or None
-    when someone else holds it (EADDRINUSE). Other errors raise OSError."""
-    # No SO_REUSEADDR, and listening: no other socket may bind it then.
-    # Sockets are not inheritable, so the service process never holds it.
-    sock = _socket.socket(family, _socket.SOCK_STREAM)
-    try:
-        sock.bind(address)
-        sock.listen(1)
-    except OSError as err:
-        sock.close()
-        if err.errno == errno.EADDRINUSE:
-            return None
-        raise
-    return sock
-
-
-def _try_file_lock(path):
-    import fcntl  # pylint: disable=import-outside-toplevel
-    handle = open(path, 'a+b')  # pylint: disable=consider-using-with
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
-class _Ownership:
-    """This process owns a standalone service: its lock and its manager."""
-
-    def __init__(self, lock, manager):
-        self.lock = lock
-        self.manager = manager
-        self.pid = os.getpid()
-
-    def close(self, timeout=None):
-        """Stop the service, then free the lock (idempotent)."""
-        if self.pid != os.getpid() or self.lock is None:
-            return
-        self.manager.stop(timeout)
-        self.lock.close()
-        self.lock = None
-        _OWNED.discard(self)
-
-    def forget(self):
-        """In a forked child: drop our copy of the lock without stopping."""
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
-
-
-_OWNED = weakref.WeakSet()
-
-
-def _forget_owned_in_child():
-    # A forked child holding a copy of the lock would keep it bound after
-    # the owner dies, and no one could take over.
-    for owner in list(_OWNED):
-        owner.forget()
-    _OWNED.clear()
-
-
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_forget_owned_in_child)
-
-
-# -- process handling ---------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _prctl():
-    if not sys.platform.startswith('linux'):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def set_parent_death_signal(signum):
-    """Linux: have the kernel send `signum` to this process when the thread
-    that created it exits. Returns False where that is not available."""
-    prctl = _prctl()
-    if prctl is None:
-        return False
-    return prctl(PR_SET_PDEATHSIG, int(signum)) == 0
-
-
-def _child_setup(parent_pid, prctl):
-    # Runs in the child between fork and exec: no imports, no locks. The
-    # function was looked up in the parent for that reason.
-    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    if os.getppid() != parent_pid:
-        os._exit(1)     # the parent died before prctl took effect
-
-
-def _open_outputs(service):
-    stdout = stderr = None
-    try:
-        if service.stdout:
-            # pylint: disable-next=consider-using-with
-            stdout = open(service.stdout, 'ab')
-        if service.stderr == 'stdout':
-            stderr = subprocess.STDOUT
-        elif service.stderr:
-            # pylint: disable-next=consider-using-with
-            stderr = open(service.stderr, 'ab')
-    except OSError:
-        _close_outputs(stdout, stderr)
-        raise
-    return stdout, stderr
-
-
-def _close_outputs(*files):
-    for handle in files:
-        if hasattr(handle, 'close'):
-            handle.close()
-
-
-def _spawn(service):
-    """Start the service's process in its own session; return the Popen."""
-    prctl = _prctl()
-    setup = None
-    if prctl is not None:
-        setup = functools.partial(_child_setup, os.getpid(), prctl)
-    if service.socket:
-        _remove_stale_socket(service.socket)
-    stdout, stderr = _open_outputs(service)
-    try:
-        return subprocess.Popen(  # pylint: disable=consider-using-with
-            service.command_line(), env=dict(os.environ, **service.env),
-            cwd=service.cwd, stdin=subprocess.DEVNULL, stdout=stdout,
-            stderr=stderr, start_new_session=True, preexec_fn=setup)
-    finally:
-        _close_outputs(stdout, stderr)
-
-
-def _remove_stale_socket(path):
-    # A killed server leaves its socket file behind, and a new one could not
-    # bind it. Only the owner spawns, so a path nobody answers on is stale.
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    except OSError:
-        pass
-    finally:
-        probe.close()
-
-
-def _signal_group(pgid, signum):
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_exists(pgid):
-    """True while a process of the group is alive (zombies do not count:
-    they hold nothing, and reaping orphans is init's business)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not os.path.isdir('/proc/self'):
-        return True
-    return any(_live_member(entry, pgid) for entry in os.listdir('/proc')
-               if entry.isdigit())
-
-
-def _live_member(pid, pgid):
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as handle:
-            fields = handle.read().rsplit(b')', 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    # after the command name: state, ppid, pgrp
-    return len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b'Z'
-
-
-def describe_exit(code):
-    """'exit code 3' or 'signal SIGKILL' for a Popen returncode."""
-    if code < 0:
-        try:
-            return f'signal {signal.Signals(-code).name}'
-        except ValueError:
-            return f'signal {-code}'
-    return f'exit code {code}'
-
-
-def _pidfd(pid):
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
 
 
 class _Runner:
@@ -941,13 +329,13 @@ class _Runner:
         """Start the process and enter 'starting'."""
         service = self.service
         try:
-            process = _spawn(service)
+            process = spawn(service)
         except (OSError, ValueError, subprocess.SubprocessError) as err:
             self.fail(now, f'cannot start {service.command_line()!r}: {err}')
             return
         self.manager._update(self, process=process, state='starting',
                              started=time.time())
-        self.pidfd = _pidfd(process.pid)
+        self.pidfd = pidfd_of(process.pid)
         self.manager._watch(self)
         self.failed_checks = 0
         self.deadline = now + service.startup_timeout
@@ -1031,13 +419,13 @@ class _Runner:
         if self.process is None:
             return
         self.stop_deadline = time.monotonic() + timeout
-        _signal_group(self.process.pid, signal.SIGTERM)
+        signal_group(self.process.pid, signal.SIGTERM)
 
     def stop_finished(self, now):
         """Advance a stop begun by send_term(); True once the group is gone."""
         if self.process is None:
             return True
-        gone = self.process.poll() is not None and not _group_exists(
+        gone = self.process.poll() is not None and not group_exists(
             self.process.pid)
         if gone:
             self._forget_process()
@@ -1057,7 +445,7 @@ class _Runner:
         name = self.service.name
         self.manager.log.warning('service %s (pid %d) did not stop in time: '
                                  'killing its process group', name, self.pid)
-        _signal_group(self.process.pid, signal.SIGKILL)
+        signal_group(self.process.pid, signal.SIGKILL)
         try:
             self.process.wait(5)
         except subprocess.TimeoutExpired:

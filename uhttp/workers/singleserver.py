@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 
 from .service import (Endpoint, Service, ServiceClient, ServiceUnavailable,
                       bind_lock_socket)
-from .singleton import FileLock
+from .locks import FileLock
 
 __all__ = ['SingleServer', 'ServerClient', 'ServerNotReady', 'SocketLock',
            'LockFile']

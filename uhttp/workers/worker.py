@@ -30,6 +30,7 @@ from .descriptors import DescriptorWatch, WatchesDescriptors
 from .log import (LOG_WARNING, DetailedLogger, Logger, install_forwarding,
                   printable, resolve_log_name, write_stderr)
 from .output_capture import redirect_output
+from .primary import PrimaryWorker
 from .proctitle import set_title
 from .request import (
     DEFERRED, RejectRequest, Request, add_cookies, encode_body, media_type,
@@ -146,7 +147,7 @@ def build_router(worker_class, bind=None):
     return router
 
 
-class Worker(WatchesDescriptors):
+class Worker(WatchesDescriptors, PrimaryWorker):
     """Base class of an application's worker; runs in its own process.
 
     Override `setup()` to open what cannot cross a fork (database
@@ -653,6 +654,7 @@ class Worker(WatchesDescriptors):
         self._call_hook(self.after_fork)
         try:
             self.setup()
+            self._primary_at_start()    # PRIMARY_LOCK: join the election
         except Exception:  # pylint: disable=broad-except
             self.log.critical('setup() failed', exc_info=True)
             return EXIT_SETUP_FAILED
@@ -730,6 +732,7 @@ class Worker(WatchesDescriptors):
             self.teardown()
         except Exception:  # pylint: disable=broad-except
             self.log.exception('teardown() failed')
+        self._primary_at_exit()     # the primary's duties ended above
 
     def _dump_stacks(self):
         """(From the SIGCONT handler.) Log every thread's stack; straight
@@ -869,6 +872,7 @@ def worker_main(worker_class, sock, options, kwargs):
     if output is not None:      # first: even setup() prints reach the log
         redirect_output(output)
     memory_limit = options.pop('memory_limit', None)
+    dispatcher_port = options.pop('dispatcher_port', None)
     if options.pop('forked', False):
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -894,6 +898,7 @@ def worker_main(worker_class, sock, options, kwargs):
                         message: _send_quietly(channel, name, level, message))
         logger.critical('%s() failed', worker_class.__name__, exc_info=True)
         sys.exit(EXIT_SETUP_FAILED)
+    worker.dispatcher_port = dispatcher_port    # names the primary's lock
     set_title(f'worker {worker.pool_name}[{worker.worker_id}]')
     code = worker._run(channel)  # pylint: disable=protected-access
     channel.close()

@@ -1,33 +1,24 @@
 """Run-once work for a service with many processes: schedulers, periodic
 clean-ups, migrations, which must run in one process at a time.
 
-This module owns the locks that elect that process and the loop that runs
-the jobs while holding one:
-
-- `FileLock`: flock(2) on a file; one host. The kernel drops the lock when
-  its holder dies, however it dies, so another runner takes over within
-  one `poll_interval`.
-- `RedisLock`: a key set with NX and a time to live, renewed by its holder
-  at ttl/3; many hosts. When the holder dies the key expires, so another
-  runner takes over within `ttl + poll_interval`.
+This module owns the jobs (`Job`, the `periodic` and `run_once` decorators)
+and the loop that runs them while holding a lock of uhttp.workers.locks
+(`JobRunner`, and `run_job_runner`, the entry point of a dedicated job
+process).
 
 Guarantee: while a lock is held as designed, at most one `JobRunner` runs
-jobs. A FileLock cannot be lost by a live holder. A RedisLock can (Redis
-unreachable, or a pause longer than the ttl): its holder stops starting
-jobs as soon as it cannot prove it still holds the key, but a job already
+jobs. A RedisLock can be lost by a live holder: the runner stops starting
+jobs as soon as the lock cannot prove it is still held, but a job already
 running is not interrupted, so keep jobs shorter than the ttl or check
 `context.held` in long ones.
 
 Must never: let a job's exception end the runner, start a job without
-holding the lock, or delete a Redis lock key that another holder owns.
+holding the lock.
 """
 
-import fcntl
 import inspect
 import logging
 import os
-import re
-import secrets
 import select
 import signal
 import sys
@@ -35,234 +26,16 @@ import threading
 import time
 import traceback
 
+from .locks import FileLock, RedisLock, make_lock
+
+# the locks are re-exported: a job module often needs one of them too
+__all__ = ['Job', 'JobContext', 'JobRunner', 'periodic', 'run_once',
+           'run_job_runner', 'FileLock', 'RedisLock', 'make_lock']
+
 ONCE_RETRY_DELAY = 30.0     # seconds before a failed run-once job runs again
 
 _LOG = logging.getLogger(__name__)
 
-_RENEW_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-def _marker_name(name):
-    return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
-
-
-# -- locks --------------------------------------------------------------------
-
-class FileLock:
-    """An exclusive, non-blocking flock on `path`, for one host.
-
-    The holder's pid is written into the file for humans. The lock belongs
-    to the open file: a process forked while holding it shares it, so fork
-    before acquiring (runner processes are spawned, which is fine).
-    Pickles as its path only.
-    """
-
-    renew_interval = None   # nothing to renew: the kernel keeps it
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        self._fd = None
-        self._pid = None
-
-    def __getstate__(self):
-        return {'path': self.path}
-
-    def __setstate__(self, state):
-        self.__init__(state['path'])
-
-    def __repr__(self):
-        return f'<FileLock {self.path}>'
-
-    @property
-    def held(self):
-        """True while this process holds the lock."""
-        return self._fd is not None and self._pid == os.getpid()
-
-    def acquire(self):
-        """Take the lock if it is free; True when held. Never blocks."""
-        if self.held:
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd, self._pid = fd, os.getpid()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f'{self._pid}\n'.encode('ascii'), 0)
-        return True
-
-    def renew(self):
-        """Nothing to renew; returns `held`."""
-        return self.held
-
-    def release(self):
-        """Give the lock up (no-op when not held)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if self._pid == os.getpid():    # not a copy inherited by fork
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def is_done(self, name):
-        """True when `mark_done(name)` was called, by anyone, ever."""
-        return os.path.exists(self._marker(name))
-
-    def mark_done(self, name):
-        """Record that the run-once job `name` has completed: a file next to
-        the lock file, `<path>.<name>.done`."""
-        marker = self._marker(name)
-        temporary = f'{marker}.{os.getpid()}.tmp'
-        with open(temporary, 'w', encoding='ascii') as handle:
-            handle.write(f'{time.time():.3f} {os.getpid()}\n')
-        os.replace(temporary, marker)
-
-    def _marker(self, name):
-        return f'{self.path}.{_marker_name(name)}.done'
-
-
-def _import_redis():
-    try:
-        import redis  # pylint: disable=import-outside-toplevel
-    except ImportError as err:
-        raise ImportError(
-            'RedisLock needs the redis package: pip install redis '
-            '(or uhttp-workers[redis])') from err
-    return redis
-
-
-class RedisLock:
-    """A lock on Redis key `key`, for many hosts: SET NX PX with a random
-    token, renewed (and released) only while the key still holds it.
-
-    `url_or_client` is a redis:// URL (the client is made on first use, so
-    the lock pickles as its URL) or a redis.Redis client. `held` is True
-    only within `ttl` of the last acquire or renew that succeeded.
-    """
-
-    def __init__(self, url_or_client, key, ttl=10.0):
-        if ttl <= 0:
-            raise ValueError('ttl must be > 0')
-        if isinstance(url_or_client, str):
-            self.url, self._client = url_or_client, None
-        else:
-            self.url, self._client = None, url_or_client
-        self.key = key
-        self.ttl = ttl
-        self.renew_interval = ttl / 3
-        self._token = None
-        self._valid_until = 0.0
-
-    def __getstate__(self):
-        if self.url is None:
-            raise TypeError('a RedisLock made with a client object does not '
-                            'pickle; give it a redis:// URL')
-        return {'url': self.url, 'key': self.key, 'ttl': self.ttl}
-
-    def __setstate__(self, state):
-        self.__init__(state['url'], state['key'], state['ttl'])
-
-    def __repr__(self):
-        return f'<RedisLock {self.key!r} ttl={self.ttl:g}>'
-
-    def _redis(self):
-        if self._client is None:
-            redis = _import_redis()
-            timeout = max(0.5, self.renew_interval)
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=timeout,
-                socket_connect_timeout=timeout)
-        return self._client
-
-    @property
-    def _ms(self):
-        return max(1, int(self.ttl * 1000))
-
-    @property
-    def held(self):
-        """True while the key is ours, as far as we can prove it."""
-        return self._token is not None and time.monotonic() < self._valid_until
-
-    def acquire(self):
-        """Take the lock if the key is free (or still ours); True when held.
-        Redis errors propagate."""
-        if self._token is not None and self.renew():
-            return True
-        token = secrets.token_hex(16)
-        asked = time.monotonic()
-        if self._redis().set(self.key, token, nx=True, px=self._ms):
-            self._token, self._valid_until = token, asked + self.ttl
-            return True
-        return False
-
-    def renew(self):
-        """Extend the ttl if the key still holds our token; False when the
-        lock was lost (then `held` is False)."""
-        token = self._token
-        if token is None:
-            return False
-        asked = time.monotonic()
-        if self._redis().eval(_RENEW_SCRIPT, 1, self.key, token, self._ms):
-            # measured from before the request: never believe too long
-            self._valid_until = asked + self.ttl
-            return True
-        self._token = None
-        return False
-
-    def release(self):
-        """Delete the key if it still holds our token."""
-        token, self._token = self._token, None
-        if token is not None:
-            self._redis().eval(_RELEASE_SCRIPT, 1, self.key, token)
-
-    def is_done(self, name):
-        """True when `mark_done(name)` was called, by anyone, ever."""
-        return bool(self._redis().exists(self._marker(name)))
-
-    def mark_done(self, name):
-        """Record that the run-once job `name` has completed: the key
-        `<key>:done:<name>`, without expiry."""
-        self._redis().set(self._marker(name), f'{time.time():.3f}')
-
-    def _marker(self, name):
-        return f'{self.key}:done:{name}'
-
-
-def make_lock(spec):
-    """A lock from a picklable spec: ('file', path) or
-    ('redis', url, key[, ttl]); a lock object is returned as is."""
-    if not isinstance(spec, (tuple, list)):
-        return spec
-    kind, *args = spec
-    if kind == 'file' and len(args) == 1:
-        return FileLock(args[0])
-    if kind == 'redis' and len(args) in (2, 3):
-        return RedisLock(*args)
-    raise ValueError(f"bad lock spec {spec!r}: use ('file', path) or "
-                     "('redis', url, key[, ttl])")
-
-
-# -- jobs --------------------------------------------------------------------
 
 class JobContext:
     """What a job function taking one argument receives."""
@@ -612,7 +385,7 @@ def run_job_runner(jobs, lock_spec, poll_interval=1.0, log=None,
     # imported here: only the job process needs them
     from .log import LOG_INFO, Logger
     from .proctitle import set_title
-    from .service import set_parent_death_signal
+    from .process_group import set_parent_death_signal
     if die_with_parent:
         set_parent_death_signal(signal.SIGTERM)
     if log is None:
