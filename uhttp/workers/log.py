@@ -525,7 +525,8 @@ def make_record(logger_name: str, level: int, text: str,
                 fields[key] = value
         if created is not None:
             # when the logging module was loaded (not in its stubs)
-            start: float = logging._startTime  # type: ignore[attr-defined]  # pylint: disable=protected-access
+            start: float = (
+                logging._startTime)  # type: ignore[attr-defined]  # pylint: disable=protected-access
             fields['msecs'] = (created - int(created)) * 1000
             fields['relativeCreated'] = (created - start) * 1000
     if extra:
@@ -566,7 +567,8 @@ def _is_journal_stream(stream: LogStream) -> bool:
 
 # buffer() writes once this many lines wait
 BUFFERED_LINES = 256
-_STAMP: list[Any] = [None, '']   # (second, its text): strftime once a second at most
+# (second, its text): strftime once a second at most
+_STAMP: list[Any] = [None, '']
 
 
 def _stamp() -> str:
