@@ -37,6 +37,7 @@ TYPED_MODULES = [
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
     'uhttp.workers.log',
+    'uhttp.workers.access_log',
 ]
 
 _PACKAGE = 'uhttp.workers'
