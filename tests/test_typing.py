@@ -38,6 +38,7 @@ TYPED_MODULES = [
     'uhttp.workers.singleserver',
     'uhttp.workers.log',
     'uhttp.workers.access_log',
+    'uhttp.workers.pool',
 ]
 
 _PACKAGE = 'uhttp.workers'
