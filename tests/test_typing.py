@@ -39,6 +39,7 @@ TYPED_MODULES = [
     'uhttp.workers.log',
     'uhttp.workers.access_log',
     'uhttp.workers.pool',
+    'uhttp.workers.log_files',
 ]
 
 _PACKAGE = 'uhttp.workers'
