@@ -40,6 +40,7 @@ TYPED_MODULES = [
     'uhttp.workers.access_log',
     'uhttp.workers.pool',
     'uhttp.workers.log_files',
+    'uhttp.workers.pidfile',
 ]
 
 _PACKAGE = 'uhttp.workers'
