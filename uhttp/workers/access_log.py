@@ -234,7 +234,8 @@ class AccessLoggedConnection(Connection):
     and `access_id` (the request id) as it serves the request.
     """
 
-    access_status: int | None = None    # the status of the response under way
+    # the status of the response under way
+    access_status: int | None = None
     access_length: Size = None
     access_by = '-'
     access_id = '-'

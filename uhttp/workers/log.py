@@ -515,9 +515,10 @@ def make_record(logger_name: str, level: int, text: str,
                 extra: Mapping[str, object] | None = None
                 ) -> logging.LogRecord:
     """A `logging.LogRecord` of an already formatted message."""
-    fields: dict[str, object] = {'name': logger_name, 'levelno': level,
-              'levelname': logging.getLevelName(level), 'msg': text,
-              'args': None, 'exc_text': exc_text}
+    fields: dict[str, object] = {
+        'name': logger_name, 'levelno': level,
+        'levelname': logging.getLevelName(level), 'msg': text,
+        'args': None, 'exc_text': exc_text}
     if details:
         created = details.get('created')
         for key, value in details.items():
@@ -525,8 +526,7 @@ def make_record(logger_name: str, level: int, text: str,
                 fields[key] = value
         if created is not None:
             # when the logging module was loaded (not in its stubs)
-            start: float = (
-                logging._startTime)  # type: ignore[attr-defined]  # pylint: disable=protected-access
+            start: float = logging._startTime  # type: ignore[attr-defined]  # pylint: disable=protected-access
             fields['msecs'] = (created - int(created)) * 1000
             fields['relativeCreated'] = (created - start) * 1000
     if extra:
