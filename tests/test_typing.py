@@ -36,6 +36,11 @@ TYPED_MODULES = [
     'uhttp.workers.metrics',
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
+    'uhttp.workers.log',
+    'uhttp.workers.access_log',
+    'uhttp.workers.pool',
+    'uhttp.workers.log_files',
+    'uhttp.workers.pidfile',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -10,12 +10,17 @@ forwards and writes; it must never block on anything but the final write to
 the output stream, and never log about its own failures through itself.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias, Union, overload
 
 LOG_DEBUG = 10
 LOG_INFO = 20
@@ -47,19 +52,64 @@ _ANSI = {
 }
 _ANSI_RESET = '\033[0m'
 
+# what `exc_info` may be, as the logging module takes it
+SysExcInfo: TypeAlias = Union[
+    tuple[type[BaseException], BaseException, Union[TracebackType, None]],
+    tuple[None, None, None]]
+ExcInfo: TypeAlias = Union[None, bool, SysExcInfo, BaseException]
+# the fields of a record besides its message, as a worker sends them
+# (pickled) to the dispatcher: see record_details()
+RecordDetails: TypeAlias = dict[str, Any]
+# emit(name, level, message) of a Logger; a DetailedLogger calls it as
+# emit(name, level, message, details)
+Emit: TypeAlias = Callable[[str, int, str], None]
+DetailedEmit: TypeAlias = Callable[[str, int, str, RecordDetails], None]
+# send(name, level, message, details) of a ForwardingHandler
+Send: TypeAlias = DetailedEmit
+# a callable that delivers one message (LogRouter.sink, LogOutput.line_sink)
+LineSink: TypeAlias = Callable[[str], None]
 
-def level_name(level):
+
+class RecordQueue(Protocol):
+    """Where a uhttp-workers 1.x Logger puts its records (a
+    multiprocessing or queue.Queue)."""
+
+    def put(self, item: tuple[str, str, int, str], /) -> None:
+        """Append one record."""
+
+
+class LogStream(Protocol):
+    """What LogOutput writes to: a text stream or a log_files.LogFile."""
+
+    def write(self, text: str, /) -> object:
+        """Write `text`."""
+
+    def flush(self) -> object:
+        """Flush what was written."""
+
+    def close(self) -> object:
+        """Close the stream."""
+
+    def isatty(self) -> bool:
+        """True on a terminal."""
+
+    def fileno(self) -> int:
+        """The descriptor of the stream."""
+
+
+def level_name(level: int) -> str:
     """Name of a numeric level ('LEVEL 25' for levels between the named ones)."""
     return LEVEL_NAMES.get(level, f'LEVEL {level}')
 
 
-def printable(text):
+def printable(text: str) -> str:
     """`text` itself, or its repr when it holds control characters (a
     request path with a decoded newline must not forge a log line)."""
     return text if text.isprintable() else repr(text)
 
 
-def format_message(message, args, kwargs):
+def format_message(message: object, args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> str:
     """Apply %-style args, then {}-style kwargs (as uhttp-workers 1.x did
     when given both); never raise on a bad format."""
     message = str(message)
@@ -82,11 +132,12 @@ _NATIVE_ORDER = ('level', 'emit')
 _ONE_X_ORDER = ('queue', 'level', 'sink')
 
 
-def _is_level(value):
+def _is_level(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _bind_logger_args(args, keywords):
+def _bind_logger_args(args: tuple[Any, ...],
+                      keywords: Mapping[str, Any]) -> dict[str, Any]:
     """Name the positional arguments of Logger() by the call form they
     follow (a level second means this project's form) and merge them with
     the keywords; a name given twice is a TypeError as in any call."""
@@ -124,32 +175,44 @@ class Logger(logging.Logger):
     plain attributes that may be changed at any time.
     """
 
-    def __init__(self, name, *args, level=None, emit=None, queue=None,
-                 sink=None):
+    def __init__(self, name: str, *args: Any, level: int | None = None,
+                 emit: Callable[..., None] | None = None,
+                 queue: RecordQueue | None = None,
+                 sink: Callable[..., None] | None = None) -> None:
         bound = _bind_logger_args(
             args, {'level': level, 'emit': emit, 'queue': queue, 'sink': sink})
         super().__init__(name)
         self.level = LOG_WARNING if bound['level'] is None else bound['level']
-        self._queue = bound['queue']
-        self._emit = (bound['emit'] or bound['sink']
-                      or (self._put_on_queue if self._queue is not None
-                          else _stderr_emit))
+        self._queue: RecordQueue | None = bound['queue']
+        # an Emit; a DetailedLogger's takes the details too (DetailedEmit)
+        self._emit: Callable[..., None] = (
+            bound['emit'] or bound['sink']
+            or (self._put_on_queue if self._queue is not None
+                else _stderr_emit))
 
-    def _put_on_queue(self, name, level, message):
+    def _put_on_queue(self, name: str, level: int, message: str) -> None:
+        assert self._queue is not None  # chosen as emit only with a queue
         self._queue.put((MSG_LOG, name, level, message))
 
-    def isEnabledFor(self, level):
+    def isEnabledFor(self, level: int) -> bool:
         """True when records at `level` are emitted (`level` is read at
         each call: it may be changed as a plain attribute)."""
         return level >= self.level
 
-    def getEffectiveLevel(self):
+    def getEffectiveLevel(self) -> int:
         """The level records must reach to be emitted."""
         return self.level
 
+    # The message parameter is named `message`, not logging's `msg`, as in
+    # uhttp-workers 1.x (other keywords fill `{}` fields, `msg` among
+    # them), so mypy sees these overrides as incompatible with
+    # logging.Logger's.
     # pylint: disable=arguments-differ,unused-argument
-    def log(self, level, message, *args, exc_info=False, stack_info=False,
-            stacklevel=1, extra=None, **kwargs):
+    def log(  # type: ignore[override]
+            self, level: int, message: object, *args: Any,
+            exc_info: ExcInfo = False, stack_info: bool = False,
+            stacklevel: int = 1, extra: Mapping[str, object] | None = None,
+            **kwargs: Any) -> None:
         """Log `message` at `level` when the level is enabled.
 
         `stack_info`, `stacklevel` and `extra` are accepted as the logging
@@ -159,7 +222,7 @@ class Logger(logging.Logger):
         self._deliver(level, format_message(message, args, kwargs),
                       exception_text(exc_info))
 
-    def _deliver(self, level, text, exc_text):
+    def _deliver(self, level: int, text: str, exc_text: str | None) -> None:
         """Hand one enabled record to the emit function (the traceback, if
         any, on the lines after the message)."""
         if exc_text:
@@ -168,54 +231,61 @@ class Logger(logging.Logger):
 
     # pylint: enable=arguments-differ,unused-argument
 
-    def debug(self, message, *args, **kwargs):
+    def debug(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_DEBUG."""
         self.log(LOG_DEBUG, message, *args, **kwargs)
 
-    def info(self, message, *args, **kwargs):
+    def info(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_INFO."""
         self.log(LOG_INFO, message, *args, **kwargs)
 
-    def warning(self, message, *args, **kwargs):
+    def warning(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_WARNING."""
         self.log(LOG_WARNING, message, *args, **kwargs)
 
-    def error(self, message, *args, **kwargs):
+    def error(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_ERROR."""
         self.log(LOG_ERROR, message, *args, **kwargs)
 
-    def critical(self, message, *args, **kwargs):
+    def critical(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_CRITICAL."""
         self.log(LOG_CRITICAL, message, *args, **kwargs)
 
-    def exception(self, message, *args, **kwargs):
+    def exception(  # type: ignore[override]
+            self, message: object, *args: Any, **kwargs: Any) -> None:
         """Log at LOG_ERROR with the current exception's traceback."""
         self.log(LOG_ERROR, message, *args, exc_info=True, **kwargs)
 
     @property
-    def is_debug(self):
+    def is_debug(self) -> bool:
         """True when debug records are emitted."""
         return self.level <= LOG_DEBUG
 
     @property
-    def is_info(self):
+    def is_info(self) -> bool:
         """True when info records are emitted."""
         return self.level <= LOG_INFO
 
     @property
-    def is_warning(self):
+    def is_warning(self) -> bool:
         """True when warning records are emitted."""
         return self.level <= LOG_WARNING
 
     @property
-    def is_error(self):
+    def is_error(self) -> bool:
         """True when error records are emitted."""
         return self.level <= LOG_ERROR
 
 
-def exception_text(exc_info):
+def exception_text(exc_info: ExcInfo) -> str | None:
     """The traceback text `exc_info` asks for (an exception, a sys.exc_info()
     tuple, or true for the exception being handled), or None."""
+    parts: Iterable[str]
     if isinstance(exc_info, BaseException):
         parts = traceback.format_exception(
             type(exc_info), exc_info, exc_info.__traceback__)
@@ -237,13 +307,14 @@ class DetailedLogger(Logger):
     message, details)`: the traceback travels apart from the message, in
     `details['exc_text']`, with the time and process of the call."""
 
-    def _deliver(self, level, text, exc_text):
+    def _deliver(self, level: int, text: str, exc_text: str | None) -> None:
         self._emit(self.name, level, clip(text), {
             'created': time.time(), 'process': os.getpid(),
             'exc_text': clip(exc_text)})
 
 
-def resolve_log_name(logger, template, default, **fields):
+def resolve_log_name(logger: logging.Logger, template: str, default: str,
+                     **fields: object) -> str:
     """The logger name a `LOG_NAME` class template gives with `fields`
     (`{cls}`, `{pid}`, ...); on a bad template a warning on `logger` and
     `default`, so a typo never stops a process."""
@@ -255,7 +326,7 @@ def resolve_log_name(logger, template, default, **fields):
         return default
 
 
-def log_to_logging(name, level, message):
+def log_to_logging(name: str, level: int, message: str) -> None:
     """Forward one record to the standard `logging` module.
 
     The logger is `uhttp.workers.<name>` (e.g. `uhttp.workers.Items[0]`) and
@@ -277,14 +348,27 @@ _RECORD_FIELDS = ('created', 'pathname', 'lineno', 'funcName', 'module',
                   'filename', 'threadName', 'process')
 
 
-def clip(text):
+@overload
+def clip(text: str) -> str: ...
+
+
+@overload
+def clip(text: None) -> None: ...
+
+
+@overload
+def clip(text: str | None) -> str | None: ...
+
+
+def clip(text: str | None) -> str | None:
     """`text`, cut to MAX_RECORD_TEXT characters (saying so)."""
     if text is not None and len(text) > MAX_RECORD_TEXT:
         return text[:MAX_RECORD_TEXT] + f' [... {len(text)} chars, cut]'
     return text
 
 
-def record_details(record, exc_text):
+def record_details(record: logging.LogRecord,
+                   exc_text: str | None) -> RecordDetails:
     """What crosses the channel of a stdlib `record` besides its message."""
     details = {field: getattr(record, field, None) for field in _RECORD_FIELDS}
     details['exc_text'] = clip(exc_text)
@@ -303,12 +387,12 @@ class ForwardingHandler(logging.Handler):
     could recurse, or wait for a lock this thread holds.
     """
 
-    def __init__(self, send, level=logging.NOTSET):
+    def __init__(self, send: Send, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self._send = send
         self._local = threading.local()
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         local = self._local
         if getattr(local, 'sending', False):
             write_stderr(record.name, record.levelno, record.getMessage())
@@ -333,7 +417,7 @@ class ForwardingHandler(logging.Handler):
 _FORMATTER = logging.Formatter()
 
 
-def install_forwarding(send, level):
+def install_forwarding(send: Send, level: int) -> ForwardingHandler:
     """Make `send` the only handler of this process's root logger, at
     `level`: handlers a forked worker inherited from the dispatcher would
     write from every worker at once (the dispatcher writes them)."""
@@ -346,7 +430,7 @@ def install_forwarding(send, level):
     return handler
 
 
-def write_stderr(name, level, message):
+def write_stderr(name: str, level: int, message: str) -> None:
     try:
         sys.stderr.write(f'{level_name(level)} [{name}] {message}\n')
         sys.stderr.flush()
@@ -372,28 +456,32 @@ class LogRouter:
     `log_level`); the stdlib loggers' levels do not filter them again.
     """
 
-    def __init__(self, fallback, hooked=False, line_sink=None):
+    def __init__(self, fallback: Emit, hooked: bool = False,
+                 line_sink: Callable[[str, int], LineSink] | None = None
+                 ) -> None:
         self._fallback = fallback
         self._line_sink = line_sink     # LogOutput.line_sink: buffered lines
         self.hooked = hooked
-        self._loggers = {}
+        self._loggers: dict[str, logging.Logger] = {}
 
-    def logger(self, name):
+    def logger(self, name: str) -> logging.Logger:
         """The stdlib logger `name` (looked up once)."""
         logger = self._loggers.get(name)
         if logger is None:
             logger = self._loggers[name] = logging.getLogger(name)
         return logger
 
-    def wants(self, logger_name):
+    def wants(self, logger_name: str) -> logging.Logger | None:
         """The stdlib logger to hand a record to, or None (fallback)."""
         if self.hooked:
             return None
         logger = self.logger(logger_name)
         return logger if logger.hasHandlers() else None
 
-    def route(self, logger_name, short_name, level, text, exc_text=None,
-              details=None, extra=None):
+    def route(self, logger_name: str, short_name: str, level: int, text: str,
+              exc_text: str | None = None,
+              details: RecordDetails | None = None,
+              extra: Mapping[str, object] | None = None) -> None:
         """Deliver one record; `short_name` names it in the fallback
         output, `details` are fields a worker sent, `extra` attributes to
         set on the LogRecord."""
@@ -405,7 +493,8 @@ class LogRouter:
         logger.handle(make_record(logger_name, level, text, exc_text,
                                   details, extra))
 
-    def sink(self, logger_name, short_name, level):
+    def sink(self, logger_name: str, short_name: str,
+             level: int) -> LineSink:
         """A callable that delivers one message of `logger_name` at `level`
         as route() would, decided now: for many records (the access log
         asks again each second, so logging configured later is seen). In
@@ -420,31 +509,36 @@ class LogRouter:
         return self._line_sink(short_name, level)
 
 
-def make_record(logger_name, level, text, exc_text=None, details=None,
-                extra=None):
+def make_record(logger_name: str, level: int, text: str,
+                exc_text: str | None = None,
+                details: RecordDetails | None = None,
+                extra: Mapping[str, object] | None = None
+                ) -> logging.LogRecord:
     """A `logging.LogRecord` of an already formatted message."""
-    fields = {'name': logger_name, 'levelno': level,
-              'levelname': logging.getLevelName(level), 'msg': text,
-              'args': None, 'exc_text': exc_text}
+    fields: dict[str, object] = {
+        'name': logger_name, 'levelno': level,
+        'levelname': logging.getLevelName(level), 'msg': text,
+        'args': None, 'exc_text': exc_text}
     if details:
         created = details.get('created')
         for key, value in details.items():
             if value is not None and key != 'exc_text':
                 fields[key] = value
         if created is not None:
+            # when the logging module was loaded (not in its stubs)
+            start: float = logging._startTime  # type: ignore[attr-defined]  # pylint: disable=protected-access
             fields['msecs'] = (created - int(created)) * 1000
-            fields['relativeCreated'] = (
-                created - logging._startTime) * 1000  # pylint: disable=protected-access
+            fields['relativeCreated'] = (created - start) * 1000
     if extra:
         fields.update(extra)
     return logging.makeLogRecord(fields)
 
 
-def _stderr_emit(name, level, message):
+def _stderr_emit(name: str, level: int, message: str) -> None:
     LogOutput(sys.stderr).write(name, level, message)
 
 
-def detect_style(stream):
+def detect_style(stream: LogStream) -> str:
     """'journal' under systemd's journal, 'color' on a terminal, else 'plain'."""
     if _is_journal_stream(stream):
         return 'journal'
@@ -456,7 +550,7 @@ def detect_style(stream):
     return 'plain'
 
 
-def _is_journal_stream(stream):
+def _is_journal_stream(stream: LogStream) -> bool:
     # systemd sets JOURNAL_STREAM=<dev>:<inode> of the stream it connected;
     # only trust it when our stream really is that one (not a pipe we got
     # from a shell started inside the unit).
@@ -473,24 +567,28 @@ def _is_journal_stream(stream):
 
 # buffer() writes once this many lines wait
 BUFFERED_LINES = 256
-_STAMP = [None, '']   # (second, its text): strftime once a second at most
+# (second, its text): strftime once a second at most
+_STAMP: list[Any] = [None, '']
 
 
-def _stamp():
+def _stamp() -> str:
     now = int(time.time())
     if now != _STAMP[0]:
         _STAMP[0], _STAMP[1] = now, time.strftime(
             '%Y-%m-%d %H:%M:%S', time.localtime(now))
-    return _STAMP[1]
+    stamp: str = _STAMP[1]
+    return stamp
 
 
 class LogOutput:
     """Writes formatted log lines to a stream in the detected style, or to a
     file (`path`, plain lines, reopened by `reopen()` after rotation)."""
 
-    def __init__(self, stream=None, style=None, path=None):
+    def __init__(self, stream: LogStream | None = None,
+                 style: str | None = None, path: str | None = None) -> None:
         self.path = path
-        self._buffered = []
+        self._buffered: list[str] = []
+        self.stream: LogStream
         if path:
             self.stream = self._open(path)
             self.style = style or 'plain'
@@ -499,10 +597,10 @@ class LogOutput:
             self.style = style or detect_style(self.stream)
 
     @staticmethod
-    def _open(path):
+    def _open(path: str) -> LogStream:
         return open(path, 'a', buffering=1, encoding='utf-8')  # pylint: disable=consider-using-with
 
-    def reopen(self):
+    def reopen(self) -> None:
         """Open the log file again (logrotate renamed it); no-op on streams
         that cannot reopen (a log_files.LogFile can)."""
         if not self.path:
@@ -522,7 +620,7 @@ class LogOutput:
         old, self.stream = self.stream, fresh
         old.close()
 
-    def format(self, name, level, message):
+    def format(self, name: str, level: int, message: str) -> str:
         """The text written for one record (without the final newline)."""
         if self.style == 'journal':
             prefix = f'<{_SYSLOG_PRIORITY.get(level, 6)}>'
@@ -533,7 +631,7 @@ class LogOutput:
             return f'{_ANSI[level]}{line}{_ANSI_RESET}'
         return line
 
-    def write(self, name, level, message):
+    def write(self, name: str, level: int, message: str) -> None:
         """Write one record (after the buffered ones, so that lines keep
         their order); a broken output stream must not crash the loop."""
         line = self.format(name, level, message) + '\n'
@@ -542,7 +640,7 @@ class LogOutput:
             self._buffered.clear()
         self._write(line)
 
-    def line_sink(self, name, level):
+    def line_sink(self, name: str, level: int) -> LineSink:
         """A callable that keeps one message of `name` at `level` as a line
         to write with the next write() or flush(): many lines, one system
         call (the access log's, under load). Its time stamp is this
@@ -551,20 +649,20 @@ class LogOutput:
         tail += '\n'
         lines, flush = self._buffered, self.flush
 
-        def keep(message):
+        def keep(message: str) -> None:
             lines.append(f'{head}{message}{tail}')
             if len(lines) >= BUFFERED_LINES:
                 flush()
         return keep
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the buffered lines now (the loop calls it often)."""
         if self._buffered:
             lines = ''.join(self._buffered)
             self._buffered.clear()
             self._write(lines)
 
-    def _write(self, text):
+    def _write(self, text: str) -> None:
         try:
             self.stream.write(text)
             self.stream.flush()

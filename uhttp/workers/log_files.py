@@ -10,12 +10,15 @@ Must never format a record (log.LogOutput does that) nor write from any
 process but the dispatcher.
 """
 
+from __future__ import annotations
+
 import logging
 import logging.handlers
 import os
 import sys
+from typing import TextIO, TypeAlias
 
-from .log import LogOutput
+from .log import LogOutput, LogStream
 
 __all__ = ['STDOUT', 'DEFAULT_BACKUPS', 'LogFile', 'RotatingLogFile',
            'rotation_schedule', 'log_output', 'check_options']
@@ -24,13 +27,18 @@ STDOUT = '-'
 DEFAULT_BACKUPS = 7
 
 # names accepted by log_rotate_age -> TimedRotatingFileHandler's `when`
+# a log file's path
+LogPath: TypeAlias = str | os.PathLike[str]
+# log_rotate_age: a name of _AGE_NAMES or a number of seconds
+Age: TypeAlias = str | float
+
 _AGE_NAMES = {
     'midnight': 'midnight', 'daily': 'midnight', 'hourly': 'H',
     'weekly': 'W0',
 }
 
 
-def rotation_schedule(age):
+def rotation_schedule(age: object) -> tuple[str, int]:
     """`(when, interval)` for TimedRotatingFileHandler from a
     `log_rotate_age`: 'daily'/'midnight', 'hourly', 'weekly' (Monday), or a
     number of seconds (> 0). Anything else is a ValueError."""
@@ -47,7 +55,8 @@ def rotation_schedule(age):
     return 'S', max(1, int(age))
 
 
-def check_options(log_file, rotate_size, rotate_age, backups):
+def check_options(log_file: LogPath | None, rotate_size: int | None,
+                  rotate_age: Age | None, backups: int) -> None:
     """Raise ValueError for a combination of log options that cannot work
     (rotation without a file, both kinds of rotation, bad numbers)."""
     rotating = rotate_size is not None or rotate_age is not None
@@ -73,38 +82,38 @@ class LogFile:
     path again (after logrotate moved it). The path is made absolute at
     once, so a later chdir (daemon mode) does not move the log."""
 
-    def __init__(self, path):
+    def __init__(self, path: LogPath) -> None:
         self.path = os.path.abspath(path)
         self._stream = self._open()
 
-    def _open(self):
+    def _open(self) -> TextIO:
         return open(self.path, 'a', buffering=1, encoding='utf-8')  # pylint: disable=consider-using-with
 
-    def write(self, text):
+    def write(self, text: str) -> None:
         """Append `text` (one or more complete lines)."""
         self._stream.write(text)
 
-    def flush(self):
+    def flush(self) -> None:
         """Flush to the file."""
         self._stream.flush()
 
-    def reopen(self):
+    def reopen(self) -> None:
         """Open the path again; the old file is closed only once the new one
         is open (an OSError leaves the old one in use)."""
         fresh = self._open()
         old, self._stream = self._stream, fresh
         old.close()
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The descriptor of the open file."""
         return self._stream.fileno()
 
-    def close(self):
+    def close(self) -> None:
         """Close the file."""
         self._stream.close()
 
     @staticmethod
-    def isatty():
+    def isatty() -> bool:
         """A log file is never a terminal (no colours)."""
         return False
 
@@ -119,11 +128,14 @@ class RotatingLogFile(LogFile):
     logging's handleError() printing to stderr.
     """
 
-    def __init__(self, path, max_bytes=None, age=None,
-                 backups=DEFAULT_BACKUPS):
+    def __init__(self, path: LogPath, max_bytes: int | None = None,
+                 age: Age | None = None,
+                 backups: int = DEFAULT_BACKUPS) -> None:
         # pylint: disable=super-init-not-called
         # (the handler owns the stream)
         self.path = os.path.abspath(path)
+        self._handler: (logging.handlers.RotatingFileHandler
+                        | logging.handlers.TimedRotatingFileHandler)
         if max_bytes is not None:
             self._handler = logging.handlers.RotatingFileHandler(
                 self.path, maxBytes=max_bytes, backupCount=backups,
@@ -134,11 +146,13 @@ class RotatingLogFile(LogFile):
                 self.path, when=when, interval=interval, backupCount=backups,
                 encoding='utf-8')
 
+    # (a property over LogFile's attribute: the methods of LogFile that
+    # assign it are all overridden here)
     @property
-    def _stream(self):
+    def _stream(self) -> TextIO | None:  # type: ignore[override]
         return self._handler.stream
 
-    def write(self, text):
+    def write(self, text: str) -> None:
         """Rotate first if `text` would pass the size or the age limit,
         then append it; a multi-line record is never split between files."""
         record = logging.makeLogRecord({'msg': text.rstrip('\n')})
@@ -148,37 +162,42 @@ class RotatingLogFile(LogFile):
             self._handler.stream = self._handler._open()  # pylint: disable=protected-access
         self._handler.stream.write(text)
 
-    def flush(self):
+    def flush(self) -> None:
         """Flush to the file."""
         if self._handler.stream is not None:
             self._handler.stream.flush()
 
-    def reopen(self):
+    def reopen(self) -> None:
         """Open the path again (an outside tool moved the file)."""
         fresh = self._handler._open()  # pylint: disable=protected-access
         old, self._handler.stream = self._handler.stream, fresh
         if old is not None:
             old.close()
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The descriptor of the open file."""
-        return self._handler.stream.fileno()
+        # (no stream after a failed rollover, until the next write: the
+        # AttributeError says so)
+        return self._handler.stream.fileno()  # type: ignore[union-attr]
 
-    def close(self):
+    def close(self) -> None:
         """Close the file."""
         self._handler.close()
 
 
-def open_log_file(path, rotate_size=None, rotate_age=None,
-                  backups=DEFAULT_BACKUPS):
+def open_log_file(path: LogPath, rotate_size: int | None = None,
+                  rotate_age: Age | None = None,
+                  backups: int = DEFAULT_BACKUPS) -> LogFile:
     """A LogFile, or a RotatingLogFile when a rotation option is given."""
     if rotate_size is None and rotate_age is None:
         return LogFile(path)
     return RotatingLogFile(path, rotate_size, rotate_age, backups)
 
 
-def log_output(log_file=None, rotate_size=None, rotate_age=None,
-               backups=DEFAULT_BACKUPS, stream=None):
+def log_output(log_file: LogPath | None = None,
+               rotate_size: int | None = None, rotate_age: Age | None = None,
+               backups: int = DEFAULT_BACKUPS,
+               stream: LogStream | None = None) -> LogOutput:
     """The LogOutput of a dispatcher: `log_file` None writes to `stream`
     (stderr by default), '-' to stdout, a path to that file (rotated when
     asked), in plain lines."""
@@ -191,7 +210,7 @@ def log_output(log_file=None, rotate_size=None, rotate_age=None,
                                    backups), style='plain')
 
 
-def log_file_of(output):
+def log_file_of(output: LogOutput) -> LogFile | None:
     """The LogFile behind a LogOutput, or None when it writes to a stream
     (for changing the owner of the file before dropping privileges)."""
     stream = getattr(output, 'stream', None)

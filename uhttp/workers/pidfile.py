@@ -1,6 +1,8 @@
 """The pid file: written atomically, refused when it names a live process,
 removed on exit (only if it still names us)."""
 
+from __future__ import annotations
+
 import os
 
 
@@ -8,7 +10,7 @@ class PidFileError(RuntimeError):
     """Another live process owns the pid file."""
 
 
-def _running(pid):
+def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -21,11 +23,11 @@ def _running(pid):
 class PidFile:
     """`with PidFile(path):` or create() / remove()."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(path)
-        self.pid = None
+        self.pid: int | None = None
 
-    def read(self):
+    def read(self) -> int | None:
         """The pid in the file, or None when missing or unreadable."""
         try:
             with open(self.path, encoding='ascii') as handle:
@@ -33,7 +35,7 @@ class PidFile:
         except (OSError, ValueError):
             return None
 
-    def create(self, predecessor=None):
+    def create(self, predecessor: int | None = None) -> int | None:
         """Write our pid; raise PidFileError if a live process owns it.
 
         A stale file (its process is gone) is replaced, and so is one naming
@@ -52,7 +54,7 @@ class PidFile:
         os.replace(temporary, self.path)
         return other
 
-    def remove(self):
+    def remove(self) -> None:
         """Remove the file if it still holds our pid."""
         if self.pid is not None and self.read() == self.pid:
             try:

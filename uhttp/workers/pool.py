@@ -11,10 +11,13 @@ Must never: block, wait for a worker, or decide what a client is told; it
 reports events to the dispatcher, which owns the sockets.
 """
 
+from __future__ import annotations
+
 import collections
 import gc
 import inspect
 import multiprocessing
+import multiprocessing.process
 import os
 import pickle
 import random
@@ -22,18 +25,27 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from . import messages
 from .channel import Channel, ChannelClosed, channel_pair
-from .request import Request, normalize_headers
+from .log import Logger
+from .messages import Message
+from .request import Data, Request, normalize_headers
 from .options import worker_keywords
 from .routing import PrefixMatcher
-from .pending import ASSIGNED, QUEUED
+from .pending import ASSIGNED, QUEUED, Pending
 from .worker import (
     APP_ERROR_MESSAGE, EXIT_APP_ERROR, EXIT_PARENT_GONE, EXIT_SETUP_FAILED,
     TRACEBACK_SIGNAL,
     build_router, worker_main)
 from .worker_handle import WorkerHandle
+
+if TYPE_CHECKING:
+    from .output_capture import WorkerOutput
+    from .service import Service
+    from .worker import Worker
 
 MEMORY_CHECK_EVERY = 1.0    # seconds between two RSS readings of workers
 BACKOFF_FIRST = 1.0     # seconds before the first retry of a degraded pool
@@ -67,6 +79,71 @@ class _DefaultCount(int):
 DEFAULT_NUM_WORKERS = _DefaultCount(1)
 
 
+class PoolHost(Protocol):
+    """What a pool uses of the dispatcher that started it: its logger,
+    its state, and the calls by which the pool reports events."""
+
+    @property
+    def log(self) -> Logger:
+        """The dispatcher's logger."""
+
+    @property
+    def accepts_workers(self) -> bool:
+        """True while new worker processes may be started."""
+
+    @property
+    def is_running(self) -> bool:
+        """True while the dispatcher serves."""
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        """The services the workers reach, by name."""
+
+    def worker_output(self, handle: WorkerHandle) -> WorkerOutput | None:
+        """The capture of the output of the worker being started, or None
+        (it inherits the dispatcher's)."""
+
+    def lifecycle_hook(self, name: str, *args: Any) -> None:
+        """Call the application's hook `name`."""
+
+    def worker_started(self, pool: WorkerPool, handle: WorkerHandle) -> None:
+        """A worker process was started."""
+
+    def watch_worker(self, handle: WorkerHandle) -> None:
+        """Watch a started worker's channel and exit."""
+
+    def worker_reaped(self, handle: WorkerHandle) -> None:
+        """A worker's exit status is known."""
+
+    def wants_flush(self, handle: WorkerHandle) -> None:
+        """A message was queued for this worker."""
+
+    def pool_degraded(self, pool: WorkerPool) -> None:
+        """`pool` just became degraded."""
+
+    def pool_failed_to_start(self, pool: WorkerPool, reason: str) -> None:
+        """Every worker of `pool` ended before any was ready."""
+
+    def submit_internal(self, pool: WorkerPool, method: str, path: str,
+                        data: Data, headers: dict[str, str],
+                        query: dict[str, Any] | None = None,
+                        to_all: bool = False) -> None:
+        """Run a request on `pool` whose answer is dropped."""
+
+
+class PoolStatus(TypedDict):
+    """What WorkerPool.status() returns (JSON-friendly)."""
+
+    name: str
+    degraded: bool
+    alive_count: int
+    parked_count: int
+    queue_size: int
+    pending: int
+    # WorkerHandle.status() of each, with 1.x's keys `id` and `parked`
+    workers: list[dict[str, Any]]
+
+
 class PoolQueue:
     """`pool.request_queue`: put a `Request` to run it on the pool.
 
@@ -74,10 +151,10 @@ class PoolQueue:
     answer of such a request is not sent anywhere.
     """
 
-    def __init__(self, pool):
+    def __init__(self, pool: WorkerPool) -> None:
         self._pool = pool
 
-    def put(self, request):
+    def put(self, request: Request) -> None:
         """Queue a Request; it runs on one worker of the pool."""
         if not isinstance(request, Request):
             raise TypeError('request_queue.put() takes a Request')
@@ -85,7 +162,7 @@ class PoolQueue:
             request.method, request.path, request.data,
             normalize_headers(request.headers), request.query)
 
-    def qsize(self):
+    def qsize(self) -> int:
         """Requests waiting for a worker."""
         return self._pool.queue_size
 
@@ -119,18 +196,27 @@ class WorkerPool:
     stdlib root logger); None, the default, takes the dispatcher's.
     """
 
-    def __init__(self, worker_class, num_workers=DEFAULT_NUM_WORKERS,
-                 routes=None, timeout=30,
-                 stuck_timeout=60, heartbeat_interval=1,
-                 log_level=None, max_restarts=10, restart_window=300,
-                 queue_warning=100, name=None, unrecoverable_exit_codes=(),
-                 worker_kill_timeout=5, max_requests=0,
-                 max_requests_jitter=0, max_memory=0, start_method=None,
-                 setup_timeout=300, recovery_interval=None,
-                 permanent_failure_exitcode=None, worker_memory_limit_mb=None,
-                 graceful_timeout=30, start_worker_delay=0,
-                 start_worker_delay_rand=0, restart_worker_interval=0,
-                 exit_on_startup_failure=True, worker_kwargs=None, **kwargs):
+    def __init__(self, worker_class: type[Worker],
+                 num_workers: int = DEFAULT_NUM_WORKERS,
+                 routes: Iterable[str] | None = None, timeout: float = 30,
+                 stuck_timeout: float = 60, heartbeat_interval: float = 1,
+                 log_level: int | None = None, max_restarts: int = 10,
+                 restart_window: float = 300, queue_warning: int = 100,
+                 name: str | None = None,
+                 unrecoverable_exit_codes: Iterable[int] = (),
+                 worker_kill_timeout: float = 5, max_requests: int = 0,
+                 max_requests_jitter: int = 0, max_memory: int = 0,
+                 start_method: str | None = None,
+                 setup_timeout: float = 300,
+                 recovery_interval: float | None = None,
+                 permanent_failure_exitcode: int | None = None,
+                 worker_memory_limit_mb: float | None = None,
+                 graceful_timeout: float = 30, start_worker_delay: float = 0,
+                 start_worker_delay_rand: float = 0,
+                 restart_worker_interval: float = 0,
+                 exit_on_startup_failure: bool = True,
+                 worker_kwargs: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         kwargs = worker_keywords(
             'WorkerPool', _POOL_OPTIONS, worker_kwargs, kwargs)
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -170,7 +256,9 @@ class WorkerPool:
         self.start_worker_delay = start_worker_delay
         self.start_worker_delay_rand = start_worker_delay_rand
         self.restart_worker_interval = restart_worker_interval
-        self._start_queue = collections.deque()  # paced starts, in order
+        # paced starts, in order
+        self._start_queue: collections.deque[WorkerHandle] = \
+            collections.deque()
         self._next_start_at = 0.0
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
@@ -186,22 +274,27 @@ class WorkerPool:
                 'be defined at module level and the extra keyword arguments '
                 f'must be picklable (workers may be spawned): {err}') from err
         self.request_queue = PoolQueue(self)
-        self.workers = []
-        self.backlog = collections.deque()
+        self.workers: list[WorkerHandle] = []
+        self.backlog: collections.deque[Pending] = collections.deque()
         self.abandoned = 0      # backlog entries whose client was answered
         self.degraded = False
-        self.config = None
+        self.config: Any = None     # the application's, for on_config()
         self.ever_ready = False     # has any worker finished setup() yet
-        self._failed_at_start = set()   # slots that failed before that
-        self._restart_times = collections.deque()
+        # slots that failed before that
+        self._failed_at_start: set[int] = set()
+        self._restart_times: collections.deque[float] = collections.deque()
         self._backoff = self._first_backoff()
-        self._retry_at = None
+        self._retry_at: float | None = None
         self._queue_warned_at = 0.0
         self._next_memory_check = 0.0
-        self._roll_queue = collections.deque()
-        self._rolling = None    # the old worker being replaced by the roll
+        self._roll_queue: collections.deque[WorkerHandle] = \
+            collections.deque()
+        # the old worker being replaced by the roll
+        self._rolling: WorkerHandle | None = None
         self._rotation = 0
-        self._dispatcher = None
+        # set by start(): only the dispatcher that started the pool drives
+        # it, so every other method may take it as set
+        self._dispatcher: PoolHost = None  # type: ignore[assignment]
         if start_method not in (None, 'fork', 'spawn'):
             raise ValueError("start_method must be None, 'fork' or 'spawn'")
         self.start_method = start_method
@@ -209,18 +302,18 @@ class WorkerPool:
         self._fresh_code = start_method == 'spawn' or (
             'fork' not in multiprocessing.get_all_start_methods())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<WorkerPool {self.name} x{self.num_workers}>'
 
     # -- configuration and status ------------------------------------------
 
     @property
-    def num_workers_given(self):
+    def num_workers_given(self) -> bool:
         """False while the application left `num_workers` at its default
         (the command line's --workers then sets it)."""
         return self._num_workers_given
 
-    def send_config(self, config):
+    def send_config(self, config: Any) -> None:
         """Send `config` to every worker's `on_config()`; workers started
         later receive the latest one too."""
         self.config = config
@@ -228,7 +321,7 @@ class WorkerPool:
             if handle.channel is not None and not handle.exited:
                 self._queue(handle, messages.config(config))
 
-    def status(self):
+    def status(self) -> PoolStatus:
         """Pool name, degraded flag, queue size, pending count, live and
         parked (unrecoverable) worker counts, workers; each worker also under
         uhttp-workers 1.x's keys `id` and `parked`."""
@@ -247,52 +340,52 @@ class WorkerPool:
         }
 
     @property
-    def is_degraded(self):
+    def is_degraded(self) -> bool:
         """True while the pool answers 503 (uhttp-workers 1.x name)."""
         return self.degraded
 
     @property
-    def alive_count(self):
+    def alive_count(self) -> int:
         """Live worker processes (uhttp-workers 1.x name of
         `workers_alive`)."""
         return self.workers_alive
 
     @property
-    def parked_count(self):
+    def parked_count(self) -> int:
         """Workers that ended with an unrecoverable exit code and stay
         down."""
         return sum(1 for h in self.workers if h.unrecoverable and h.exited)
 
     @property
-    def pending_count(self):
+    def pending_count(self) -> int:
         """Requests waiting for a worker (uhttp-workers 1.x name of
         `queue_size`)."""
         return self.queue_size
 
     @property
-    def queue_size(self):
+    def queue_size(self) -> int:
         """Requests waiting in the backlog for a free worker."""
         return len(self.backlog) - self.abandoned
 
-    def queued_requests(self):
+    def queued_requests(self) -> list[Pending]:
         """The requests waiting in the backlog, oldest first."""
         return [p for p in self.backlog if p.state == QUEUED]
 
-    def compact_backlog(self):
+    def compact_backlog(self) -> None:
         """Drop the backlog entries of requests that ended meanwhile."""
         self.backlog = collections.deque(
             p for p in self.backlog if p.state == QUEUED)
         self.abandoned = 0
 
     @property
-    def workers_alive(self):
+    def workers_alive(self) -> int:
         """How many worker processes are running."""
         return sum(1 for h in self.workers
                    if h.process is not None and not h.exited)
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self, dispatcher):
+    def start(self, dispatcher: PoolHost) -> None:
         """Start every worker (called by the dispatcher)."""
         self._dispatcher = dispatcher
         if not self.num_workers:
@@ -306,7 +399,7 @@ class WorkerPool:
             self.workers.append(handle)
             self._spawn(handle)
 
-    def _spawn(self, handle):
+    def _spawn(self, handle: WorkerHandle) -> bool:
         """Start a process for `handle`, or queue the start when starts are
         paced (start_worker_delay); False when it could not start (the
         failure is logged and a retry scheduled, never raised)."""
@@ -321,11 +414,11 @@ class WorkerPool:
             self._next_start_at = now + self._start_gap()
         return self._start_now(handle)
 
-    def _start_gap(self):
+    def _start_gap(self) -> float:
         return self.start_worker_delay + random.uniform(
             0, self.start_worker_delay_rand)
 
-    def _start_paced(self, now):
+    def _start_paced(self, now: float) -> None:
         """Start the next queued worker once its turn has come (the
         dispatcher never sleeps: its loop calls this every turn)."""
         if not self._dispatcher.accepts_workers:
@@ -340,7 +433,7 @@ class WorkerPool:
             self._start_now(handle)
             return
 
-    def _start_now(self, handle):
+    def _start_now(self, handle: WorkerHandle) -> bool:
         try:
             process, channel = self._start_process(handle)
         except Exception as err:  # pylint: disable=broad-except
@@ -360,9 +453,11 @@ class WorkerPool:
         self._dispatcher.watch_worker(handle)
         return True
 
-    def _start_process(self, handle):
+    def _start_process(
+            self, handle: WorkerHandle
+    ) -> tuple[multiprocessing.process.BaseProcess, Channel]:
         dispatcher_end, worker_end = channel_pair()
-        options = {
+        options: dict[str, Any] = {
             'worker_id': handle.index,
             'pool_name': self.name,
             # None: the dispatcher's level
@@ -382,9 +477,11 @@ class WorkerPool:
             threading.active_count() > 1 else 'fork'
         options['forked'] = method == 'fork'
         self._dispatcher.lifecycle_hook('before_fork', self, handle.index)
-        process = multiprocessing.get_context(method).Process(
-            target=worker_main, name=handle.name,
-            args=(self.worker_class, worker_end, options, self.kwargs))
+        # (the stubs give a context chosen by a str no Process class)
+        process: multiprocessing.process.BaseProcess = \
+            multiprocessing.get_context(method).Process(  # type: ignore[attr-defined]
+                target=worker_main, name=handle.name,
+                args=(self.worker_class, worker_end, options, self.kwargs))
         if method == 'fork':
             # What the child only reads stays shared with the dispatcher as
             # long as no garbage collection writes to it: freeze what lives
@@ -404,7 +501,7 @@ class WorkerPool:
             output.started()
         return process, Channel(dispatcher_end)
 
-    def _start_failed(self, handle, reason):
+    def _start_failed(self, handle: WorkerHandle, reason: str) -> None:
         handle.exited = True
         handle.ready = False
         if handle.process is None or handle.channel is None:
@@ -416,12 +513,13 @@ class WorkerPool:
         elif handle in self.workers and not handle.retiring:
             self._schedule_restart(handle, delay=BACKOFF_FIRST)
 
-    def stop(self):
+    def stop(self) -> None:
         """Ask every worker to finish what it holds and exit."""
         for handle in self.workers:
             self._stop_worker(handle)
 
-    def _stop_worker(self, handle, grace=None):
+    def _stop_worker(self, handle: WorkerHandle,
+                     grace: float | None = None) -> None:
         if handle.exited or handle.stopping:
             return
         handle.stopping = True
@@ -432,19 +530,19 @@ class WorkerPool:
         self._queue(handle, messages.stop())
         self._signal(handle, signal.SIGTERM)
 
-    def kill(self):
+    def kill(self) -> None:
         """Kill every worker at once (immediate shutdown)."""
         for handle in self.workers:
             handle.stopping = True
             self._signal(handle, signal.SIGKILL)
 
-    def all_exited(self):
+    def all_exited(self) -> bool:
         """True when no worker process is left."""
         return all(h.exited or h.process is None for h in self.workers)
 
     # -- requests -------------------------------------------------------------
 
-    def submit(self, pending):
+    def submit(self, pending: Pending) -> None:
         """Give a request to a worker now, or queue it in the backlog."""
         if self.queue_size > 0:  # others wait: keep the order, skip a search
             self.backlog.append(pending)
@@ -457,12 +555,16 @@ class WorkerPool:
         else:
             self._assign(handle, pending)
 
-    def submit_internal(self, method, path, data, headers, query=None):
+    def submit_internal(self, method: str, path: str, data: Data,
+                        headers: dict[str, str],
+                        query: dict[str, Any] | None = None) -> None:
         """Run a request whose answer nobody waits for."""
         self._dispatcher.submit_internal(
             self, method, path, data, headers, query)
 
-    def broadcast(self, path, data=None, method='POST', headers=None):
+    def broadcast(self, path: str | tuple[Any, ...] | None, data: Data = None,
+                  method: str = 'POST',
+                  headers: Mapping[Any, Any] | None = None) -> None:
         """Run a request on every live worker of this pool; the answers are
         dropped. Use it to fan out an event (dispatcher process only).
 
@@ -479,7 +581,7 @@ class WorkerPool:
             self, method.upper(), path, data, normalize_headers(headers),
             to_all=True)
 
-    def _broadcast_control(self, message):
+    def _broadcast_control(self, message: tuple[Any, ...] | None) -> None:
         kind = message[0] if isinstance(message, tuple) and message else None
         if message is None or kind == CTL_STOP:
             self.restart_workers(graceful=True)
@@ -495,7 +597,7 @@ class WorkerPool:
                 f'pool {self.name}: broadcast() takes a path (str), None or '
                 f"('CONFIG', config), not {message!r}")
 
-    def assign_to_all(self, make_pending):
+    def assign_to_all(self, make_pending: Callable[[], Pending]) -> int:
         """Give one copy of a request to each ready worker, whatever its
         load; `make_pending()` builds each copy. Returns how many."""
         count = 0
@@ -506,7 +608,7 @@ class WorkerPool:
                 count += 1
         return count
 
-    def _least_busy(self):
+    def _least_busy(self) -> WorkerHandle | None:
         """An idle worker, else one that may take a second request now (its
         current one has not run long); None when all are full or slow.
         Ties are broken round-robin, so idle workers share the load (and
@@ -516,7 +618,7 @@ class WorkerPool:
         if not count:
             return None
         self._rotation = start = (self._rotation + 1) % count
-        best = None
+        best: WorkerHandle | None = None
         for offset in range(count):
             handle = workers[(start + offset) % count]
             if handle.has_capacity and (best is None
@@ -529,7 +631,7 @@ class WorkerPool:
             return None  # it runs something long: wait for any to free
         return best
 
-    def _assign(self, handle, pending):
+    def _assign(self, handle: WorkerHandle, pending: Pending) -> None:
         pending.state = ASSIGNED
         handle.take(pending)
         self._queue(handle, pending.message)
@@ -538,7 +640,7 @@ class WorkerPool:
                           f'served {handle.assigned} requests '
                           f'(max_requests={self.max_requests})')
 
-    def pump(self, freed=None):
+    def pump(self, freed: WorkerHandle | None = None) -> None:
         """Move backlog requests to workers that have room; with nothing
         left to move, let an idle worker take over a request that waits
         behind a busy sibling.
@@ -553,6 +655,7 @@ class WorkerPool:
                 backlog.popleft()  # answered (timeout) or its client left
                 self.abandoned -= 1
                 continue
+            handle: WorkerHandle | None
             if freed is not None:
                 if not freed.has_capacity:
                     return
@@ -566,7 +669,7 @@ class WorkerPool:
         if freed is None or freed.is_idle:
             self._revoke_for_idle()
 
-    def _revoke_for_idle(self):
+    def _revoke_for_idle(self) -> None:
         """Workers are idle and the backlog is empty: ask busy workers for
         requests that still wait in their channels, one per idle worker,
         those behind the longest-running first (invariant: a request never
@@ -583,7 +686,7 @@ class WorkerPool:
                 if not idle:
                     return
 
-    def revoke_slow(self, now):
+    def revoke_slow(self, now: float) -> None:
         """Take back requests waiting behind one that runs long, when a
         sibling is not held up the same way (it will be free sooner)."""
         for handle in self.workers:
@@ -592,48 +695,49 @@ class WorkerPool:
                 for pending in handle.waiting_requests():
                     self.revoke(pending)
 
-    def _sibling_sooner(self, handle, now):
+    def _sibling_sooner(self, handle: WorkerHandle, now: float) -> bool:
         return any(other is not handle and other.takes_requests and (
             not other.active or now - other.busy_since < REVOKE_AFTER)
             for other in self.workers)
 
-    def revoke(self, pending):
+    def revoke(self, pending: Pending) -> None:
         """Ask the worker holding `pending` to hand it back unstarted; it
         answers RETURNED (the request is requeued first in line) or, when it
         had started it already, answers it as usual."""
+        assert pending.worker is not None   # the worker holding it
         pending.revoked = True
         self._queue(pending.worker, messages.cancel(pending.request_id))
 
-    def requeue(self, pending):
+    def requeue(self, pending: Pending) -> None:
         """A worker handed back a request it did not start: first in line."""
         pending.state = QUEUED
         pending.worker = None
         pending.revoked = False
         self.backlog.appendleft(pending)
 
-    def backlog_entry_abandoned(self):
+    def backlog_entry_abandoned(self) -> None:
         """A queued request ended (timeout, client left): its backlog entry
         stays until the pump skips it."""
         self.abandoned += 1
 
-    def drop(self, handle, pending):
+    def drop(self, handle: WorkerHandle, pending: Pending) -> None:
         """Forget a deferred/streaming request and tell its worker so (its
         on_disconnect() runs)."""
         handle.forget(pending)
         self._queue(handle, messages.disconnect(pending.request_id))
 
-    def send_to(self, handle, message):
+    def send_to(self, handle: WorkerHandle, message: Message) -> None:
         """Queue a message for one worker of this pool."""
         self._queue(handle, message)
 
-    def _queue(self, handle, message):
+    def _queue(self, handle: WorkerHandle, message: Message) -> None:
         channel = handle.channel
         if channel is None or channel.closed:
             return
         channel.queue(message)
         self._dispatcher.wants_flush(handle)
 
-    def _warn_queue_size(self):
+    def _warn_queue_size(self) -> None:
         if not self.queue_warning or self.queue_size <= self.queue_warning:
             return
         now = time.monotonic()
@@ -645,7 +749,7 @@ class WorkerPool:
 
     # -- messages from a worker ----------------------------------------------
 
-    def on_ready(self, handle):
+    def on_ready(self, handle: WorkerHandle) -> None:
         """The worker finished setup(): it takes requests, the pool heals,
         and the worker it replaces (if any) may stop."""
         handle.ready = True
@@ -667,7 +771,7 @@ class WorkerPool:
             self._respawn_missing()
         self.pump()
 
-    def on_accepting(self, handle, flag):
+    def on_accepting(self, handle: WorkerHandle, flag: bool) -> None:
         """pause() / resume() in a worker."""
         handle.accepting = flag
         if flag:
@@ -675,7 +779,7 @@ class WorkerPool:
 
     # -- supervision ----------------------------------------------------------
 
-    def supervise(self, now):
+    def supervise(self, now: float) -> None:
         """Periodic checks: stuck workers, kill escalation, degraded retry,
         paced starts."""
         if self._start_queue:
@@ -725,16 +829,19 @@ class WorkerPool:
             self._check_memory()
         self.revoke_slow(now)
 
-    def _await_exit(self, handle, now):
-        handle.process.join(0)
-        if handle.process.exitcode is not None:
+    def _await_exit(self, handle: WorkerHandle, now: float) -> None:
+        process = handle.process
+        assert process is not None  # supervise() skips handles without one
+        process.join(0)
+        if process.exitcode is not None:
             self._dispatcher.worker_reaped(handle)
         elif handle.kill_deadline is None or now >= handle.kill_deadline:
             # it closed its end of the channel but lives on: finish it
             handle.kill_deadline = now + 1.0
             self._signal(handle, signal.SIGKILL)
 
-    def _kill(self, handle, now, reason, why, *args):
+    def _kill(self, handle: WorkerHandle, now: float, reason: str, why: str,
+              *args: object) -> None:
         """Stop a misbehaving worker: its stacks to the log, then SIGQUIT
         (next turn), and SIGKILL if it is still there after a short grace."""
         handle.kill_reason = reason
@@ -745,7 +852,7 @@ class WorkerPool:
         self._signal(handle, TRACEBACK_SIGNAL)
         handle.quit_pending = True
 
-    def _signal(self, handle, signum):
+    def _signal(self, handle: WorkerHandle, signum: int) -> None:
         if handle.pid is None or handle.exited:
             return
         try:
@@ -753,12 +860,13 @@ class WorkerPool:
         except ProcessLookupError:
             pass
 
-    def on_exit(self, handle):
+    def on_exit(self, handle: WorkerHandle) -> tuple[str, int | None]:
         """The worker's process ended: account for it and maybe restart.
 
         Returns (reason, exitcode) for the dispatcher's log and hook.
         """
-        exitcode = handle.process.exitcode
+        assert handle.process is not None   # the process that ended
+        exitcode: int | None = handle.process.exitcode
         handle.exited = True
         handle.ready = False
         reason = self._exit_reason(handle, exitcode)
@@ -791,7 +899,7 @@ class WorkerPool:
         self._schedule_restart(handle)
         return reason, exitcode
 
-    def _held_at_start(self, handle, reason):
+    def _held_at_start(self, handle: WorkerHandle, reason: str) -> bool:
         """Before any worker of the pool was ever ready, a worker that ends
         is not restarted (exit_on_startup_failure): once every one has
         ended so, the pool failed to start and the dispatcher exits; once
@@ -804,20 +912,22 @@ class WorkerPool:
             self._dispatcher.pool_failed_to_start(self, reason)
         return True
 
-    def _restart_failed_at_start(self):
+    def _restart_failed_at_start(self) -> None:
         failed, self._failed_at_start = self._failed_at_start, set()
         for handle in self.workers:
             if handle.index in failed and handle.exited:
                 self._spawn(handle)
 
-    def exit_reason(self, handle):
+    def exit_reason(self, handle: WorkerHandle) -> str:
         """Why the (exited) worker ended, in words."""
+        assert handle.process is not None   # the process that ended
         return self._exit_reason(handle, handle.process.exitcode)
 
     @staticmethod
-    def _exit_reason(handle, exitcode):
+    def _exit_reason(handle: WorkerHandle, exitcode: int | None) -> str:
         if handle.kill_reason:
-            return handle.kill_reason
+            reason: str = handle.kill_reason
+            return reason
         if handle.stopping:
             return 'stopped'
         if exitcode is not None and exitcode < 0:
@@ -833,7 +943,8 @@ class WorkerPool:
             return 'application error'
         return f'exited with code {exitcode}'
 
-    def _schedule_restart(self, handle, delay=0.0):
+    def _schedule_restart(self, handle: WorkerHandle,
+                          delay: float = 0.0) -> None:
         now = time.monotonic()
         delay = max(delay, self._crash_delay(handle, now))
         self._restart_times.append(now)
@@ -862,7 +973,7 @@ class WorkerPool:
         else:
             self._spawn(handle)
 
-    def _crash_delay(self, handle, now):
+    def _crash_delay(self, handle: WorkerHandle, now: float) -> float:
         """restart_worker_interval, doubled for each crash in a row of
         this slot (a process that lived CRASH_STREAK_RESET starts over)."""
         if not self.restart_worker_interval:
@@ -870,12 +981,12 @@ class WorkerPool:
         if now - handle.started > CRASH_STREAK_RESET:
             handle.crash_streak = 0
         interval = self.restart_worker_interval
-        delay = min(interval * 2 ** handle.crash_streak,
+        delay: float = min(interval * 2 ** handle.crash_streak,
                     max(interval, BACKOFF_MAX))
         handle.crash_streak += 1
         return delay
 
-    def _retry_one(self):
+    def _retry_one(self) -> None:
         """While degraded: start one worker to see whether the cause is gone."""
         for handle in self.workers:
             if handle.exited and not handle.unrecoverable:
@@ -887,17 +998,17 @@ class WorkerPool:
                 self._backoff = self._next_backoff()
                 return
 
-    def _first_backoff(self):
+    def _first_backoff(self) -> float:
         return self.recovery_interval or BACKOFF_FIRST
 
-    def _next_backoff(self):
+    def _next_backoff(self) -> float:
         """Delay after the current one: doubled up to BACKOFF_MAX, or the
         fixed recovery_interval when one was given."""
         if self.recovery_interval:
             return self.recovery_interval
         return min(self._backoff * 2, BACKOFF_MAX)
 
-    def _respawn_missing(self):
+    def _respawn_missing(self) -> None:
         for handle in self.workers:
             if handle.exited and not handle.stopping and not handle.retiring \
                     and not handle.unrecoverable:
@@ -905,7 +1016,7 @@ class WorkerPool:
 
     # -- rolling restarts, resizing, recycling --------------------------------
 
-    def restart_workers(self, graceful=True):
+    def restart_workers(self, graceful: bool = True) -> None:
         """Replace every worker with a fresh process (new code from disk).
 
         Graceful: one worker at a time, a new one is started and ready
@@ -931,7 +1042,7 @@ class WorkerPool:
         self._roll_queue.extend(serving)
         self._roll_next()
 
-    def _roll_next(self):
+    def _roll_next(self) -> None:
         if self._rolling is not None:
             return
         while self._roll_queue:
@@ -941,7 +1052,7 @@ class WorkerPool:
                 self._replace(old, RECYCLE_ROLLING_RESTART, 'rolling restart')
                 return
 
-    def resize(self, num_workers):
+    def resize(self, num_workers: int) -> None:
         """Run `num_workers` workers: start new ones, or retire the
         highest-numbered ones gracefully."""
         if num_workers < 1:
@@ -965,19 +1076,19 @@ class WorkerPool:
         self._dispatcher.log.info('pool %s: resized to %d workers',
                                   self.name, num_workers)
 
-    def _free_index(self):
+    def _free_index(self) -> int:
         used = {h.index for h in self.workers if not h.retiring}
         index = 0
         while index in used:
             index += 1
         return index
 
-    def _recycle(self, handle, reason, why):
+    def _recycle(self, handle: WorkerHandle, reason: str, why: str) -> None:
         if handle.replacement is None and handle.is_serving \
                 and self._dispatcher.is_running:
             self._replace(handle, reason, why)
 
-    def _replace(self, old, reason, why):
+    def _replace(self, old: WorkerHandle, reason: str, why: str) -> None:
         """Start a worker that takes over from `old` once it is ready."""
         self._dispatcher.lifecycle_hook('on_worker_recycle', self, old.index,
                                         reason)
@@ -989,7 +1100,7 @@ class WorkerPool:
         self._dispatcher.log.info('pool %s: replacing worker %s (pid %s): %s',
                                   self.name, old.name, old.pid, why)
 
-    def _retire(self, handle):
+    def _retire(self, handle: WorkerHandle) -> None:
         """Stop a worker for good once it has finished what it holds."""
         handle.retiring = True
         if handle.exited:
@@ -998,7 +1109,7 @@ class WorkerPool:
         # SIGTERM now, SIGKILL after graceful_timeout
         self._stop_worker(handle)
 
-    def _retired(self, handle):
+    def _retired(self, handle: WorkerHandle) -> None:
         if handle in self.workers:
             self.workers.remove(handle)
         if handle is self._rolling:
@@ -1008,8 +1119,9 @@ class WorkerPool:
                                           self.name)
             self._roll_next()
 
-    def _replacement_failed(self, handle, reason):
+    def _replacement_failed(self, handle: WorkerHandle, reason: str) -> None:
         old = handle.replaces
+        assert old is not None  # called for a replacement only
         handle.replaces = None
         old.replacement = None
         if handle in self.workers:
@@ -1023,7 +1135,7 @@ class WorkerPool:
             self._dispatcher.log.error('pool %s: rolling restart aborted',
                                        self.name)
 
-    def _check_memory(self):
+    def _check_memory(self) -> None:
         for handle in self.workers:
             if not handle.is_serving:
                 continue
@@ -1034,10 +1146,12 @@ class WorkerPool:
                               f'resident memory {handle.rss} bytes '
                               f'> max_memory={self.max_memory}')
 
-    def flush(self, handle):
+    def flush(self, handle: WorkerHandle) -> bool:
         """Send queued messages to a worker; False when some remain."""
+        channel: Channel | None = handle.channel
+        assert channel is not None  # only a started worker wants a flush
         try:
-            return handle.channel.flush()
+            return channel.flush()
         except ChannelClosed:
             return True  # its exit is noticed through its sentinel
 
@@ -1046,7 +1160,7 @@ class WorkerPool:
 _PAGE_SIZE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
 
 
-def _resident_memory(pid):
+def _resident_memory(pid: int | None) -> int | None:
     """Resident set size of a process in bytes (Linux), else None."""
     try:
         with open(f'/proc/{pid}/statm', 'rb') as statm:
@@ -1055,7 +1169,7 @@ def _resident_memory(pid):
         return None
 
 
-def _check_seconds(**durations):
+def _check_seconds(**durations: object) -> None:
     """Each duration must be a number of seconds >= 0."""
     for name, value in durations.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -1064,7 +1178,7 @@ def _check_seconds(**durations):
                              f'not {value!r}')
 
 
-def _address_space_limit(megabytes):
+def _address_space_limit(megabytes: float | None) -> int | None:
     """RLIMIT_AS in bytes for worker_memory_limit_mb (None when unset or 0,
     as in uhttp-workers 1.x); a limit setrlimit() would refuse fails here,
     at start-up, rather than in every worker."""
