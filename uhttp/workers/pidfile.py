@@ -21,7 +21,8 @@ def _running(pid: int) -> bool:
 
 
 class PidFile:
-    """`with PidFile(path):` or create() / remove()."""
+    """A pid file: `create()` when the process starts serving, `remove()`
+    when it ends."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(path)
