@@ -37,6 +37,7 @@ TYPED_MODULES = [
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
     'uhttp.workers.service_client',
+    'uhttp.workers.locks',
 ]
 
 _PACKAGE = 'uhttp.workers'
