@@ -38,6 +38,7 @@ TYPED_MODULES = [
     'uhttp.workers.singleserver',
     'uhttp.workers.service_client',
     'uhttp.workers.locks',
+    'uhttp.workers.jobs',
 ]
 
 _PACKAGE = 'uhttp.workers'
