@@ -39,6 +39,7 @@ TYPED_MODULES = [
     'uhttp.workers.service_client',
     'uhttp.workers.locks',
     'uhttp.workers.jobs',
+    'uhttp.workers.ownership',
 ]
 
 _PACKAGE = 'uhttp.workers'
