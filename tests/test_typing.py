@@ -40,6 +40,7 @@ TYPED_MODULES = [
     'uhttp.workers.locks',
     'uhttp.workers.jobs',
     'uhttp.workers.ownership',
+    'uhttp.workers.process_group',
 ]
 
 _PACKAGE = 'uhttp.workers'
