@@ -41,6 +41,7 @@ TYPED_MODULES = [
     'uhttp.workers.jobs',
     'uhttp.workers.ownership',
     'uhttp.workers.process_group',
+    'uhttp.workers.service',
 ]
 
 _PACKAGE = 'uhttp.workers'
