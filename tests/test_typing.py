@@ -42,6 +42,7 @@ TYPED_MODULES = [
     'uhttp.workers.ownership',
     'uhttp.workers.process_group',
     'uhttp.workers.service',
+    'uhttp.workers.privileges',
 ]
 
 _PACKAGE = 'uhttp.workers'
