@@ -43,6 +43,7 @@ TYPED_MODULES = [
     'uhttp.workers.process_group',
     'uhttp.workers.service',
     'uhttp.workers.privileges',
+    'uhttp.workers.daemon',
 ]
 
 _PACKAGE = 'uhttp.workers'
