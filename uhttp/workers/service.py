@@ -140,7 +140,8 @@ class Service(Endpoint):
                  restart_delay: float = 1.0,
                  env: Mapping[str, object] | None = None,
                  cwd: str | os.PathLike[str] | None = None,
-                 stdout: str | None = None, stderr: str | None = None,
+                 stdout: str | os.PathLike[str] | None = None,
+                 stderr: str | os.PathLike[str] | None = None,
                  shutdown_timeout: float = 10.0,
                  lock_port: int | None = None) -> None:
         if not name or not isinstance(name, str):
