@@ -41,6 +41,14 @@ TYPED_MODULES = [
     'uhttp.workers.pool',
     'uhttp.workers.log_files',
     'uhttp.workers.pidfile',
+    'uhttp.workers.service_client',
+    'uhttp.workers.locks',
+    'uhttp.workers.jobs',
+    'uhttp.workers.ownership',
+    'uhttp.workers.process_group',
+    'uhttp.workers.service',
+    'uhttp.workers.privileges',
+    'uhttp.workers.daemon',
 ]
 
 _PACKAGE = 'uhttp.workers'

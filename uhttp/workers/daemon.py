@@ -17,6 +17,8 @@ the fork but that wait (it exits with os._exit: no cleanup of what is now
 the daemon's, like the pid file).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -29,12 +31,12 @@ class Daemon:
     """Detach from the terminal; `started()` or `failed()` tell the
     launching process how it went."""
 
-    def __init__(self, chdir='/'):
+    def __init__(self, chdir: str | os.PathLike[str] | None = '/') -> None:
         self.chdir = chdir
-        self.launcher_pid = None
-        self._report_fd = None
+        self.launcher_pid: int | None = None
+        self._report_fd: int | None = None
 
-    def detach(self):
+    def detach(self) -> None:
         """Become the daemon: returns only in the daemon process."""
         self.launcher_pid = os.getpid()
         reader, writer = os.pipe()
@@ -53,16 +55,16 @@ class Daemon:
         _to_dev_null()
         self._report_fd = writer
 
-    def started(self):
+    def started(self) -> None:
         """Tell the launching process that the daemon runs: it exits 0."""
         self._report(_OK)
 
-    def failed(self, message):
+    def failed(self, message: str) -> None:
         """Tell the launching process why the daemon stops: it prints
         `message` and exits 1."""
         self._report(f'{message}\n'.encode('utf-8', 'replace'))
 
-    def _report(self, data):
+    def _report(self, data: bytes) -> None:
         if self._report_fd is None:
             return
         fd, self._report_fd = self._report_fd, None
@@ -74,7 +76,7 @@ class Daemon:
             os.close(fd)
 
 
-def _wait_for_daemon(reader):
+def _wait_for_daemon(reader: int) -> int:
     """In the launching process: the exit status, from the daemon's word
     (a line) or from the pipe closing without one."""
     received = b''
@@ -98,7 +100,7 @@ def _wait_for_daemon(reader):
     return 1
 
 
-def _to_dev_null():
+def _to_dev_null() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

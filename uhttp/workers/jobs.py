@@ -16,6 +16,8 @@ Must never: let a job's exception end the runner, start a job without
 holding the lock.
 """
 
+from __future__ import annotations
+
 import inspect
 import logging
 import os
@@ -25,8 +27,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from .locks import FileLock, RedisLock, make_lock
+from .locks import FileLock, Lock, LockSpec, RedisLock, make_lock
 
 # the locks are re-exported: a job module often needs one of them too
 __all__ = ['Job', 'JobContext', 'JobRunner', 'periodic', 'run_once',
@@ -36,18 +40,33 @@ ONCE_RETRY_DELAY = 30.0     # seconds before a failed run-once job runs again
 
 _LOG = logging.getLogger(__name__)
 
+# a job's function: called with no argument, or with a JobContext when it
+# takes one positional parameter (decided by inspecting it at run time)
+JobFunction = Callable[..., object]
+
+
+class JobLog(Protocol):
+    """What a JobRunner logs with: %-style arguments (a logging.Logger or a
+    uhttp.workers Logger)."""
+
+    def info(self, message: str, /, *args: object) -> None: ...
+
+    def warning(self, message: str, /, *args: object) -> None: ...
+
+    def error(self, message: str, /, *args: object) -> None: ...
+
 
 class JobContext:
     """What a job function taking one argument receives."""
 
-    def __init__(self, job, lock, log):
+    def __init__(self, job: Job, lock: Lock, log: JobLog) -> None:
         self.job = job
         self.name = job.name
         self.log = log
         self._lock = lock
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """True while this runner still holds the lock: a long job can check
         it between steps and stop early when it turns False."""
         return self._lock.held
@@ -71,8 +90,10 @@ class Job:
     `retry_delay`, default ONCE_RETRY_DELAY).
     """
 
-    def __init__(self, func, interval=None, name=None, run_at_start=True,
-                 once_ever=False, retry_delay=None):
+    def __init__(self, func: JobFunction, interval: float | None = None,
+                 name: str | None = None, run_at_start: bool = True,
+                 once_ever: bool = False,
+                 retry_delay: float | None = None) -> None:
         if not callable(func):
             raise TypeError(f'a job needs a function, not {func!r}')
         if interval is not None and interval <= 0:
@@ -86,11 +107,15 @@ class Job:
         self.once_ever = once_ever
         self.retry_delay = ONCE_RETRY_DELAY if retry_delay is None \
             else retry_delay
-        # pickle finds a decorated job under the function's name
-        self.__module__ = getattr(func, '__module__', None)
+        # pickle finds a decorated job under the function's name (None for
+        # a callable without a module: then it is rebuilt from its parts)
+        self.__module__ = getattr(  # type: ignore[assignment]
+            func, '__module__', None)
         self._wants_context = _takes_argument(func)
 
-    def __reduce__(self):
+    def __reduce__(self) -> str | tuple[
+            Callable[..., Job],
+            tuple[JobFunction, float | None, str, bool, bool, float]]:
         module = sys.modules.get(self.__module__)
         qualname = getattr(self.func, '__qualname__', '')
         if module is not None and getattr(module, qualname, None) is self:
@@ -99,22 +124,24 @@ class Job:
                                self.run_at_start, self.once_ever,
                                self.retry_delay))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         every = f'every {self.interval:g}s' if self.interval else 'once'
         return f'<Job {self.name} {every}>'
 
-    def __call__(self, context=None):
+    def __call__(self, context: JobContext | None = None) -> object:
         """Run the function (with `context` if it takes one)."""
         if self._wants_context:
             return self.func(context)
         return self.func()
 
 
-def _rebuild_job(func, interval, name, run_at_start, once_ever, retry_delay):
+def _rebuild_job(func: JobFunction, interval: float | None, name: str,
+                 run_at_start: bool, once_ever: bool,
+                 retry_delay: float) -> Job:
     return Job(func, interval, name, run_at_start, once_ever, retry_delay)
 
 
-def _takes_argument(func):
+def _takes_argument(func: JobFunction) -> bool:
     try:
         parameters = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
@@ -123,18 +150,21 @@ def _takes_argument(func):
                and p.default is p.empty for p in parameters)
 
 
-def periodic(interval, name=None, run_at_start=True):
+def periodic(interval: float, name: str | None = None,
+             run_at_start: bool = True) -> Callable[[JobFunction], Job]:
     """Decorator: make a module-level function a Job run every `interval`
     seconds by the lock holder."""
-    def decorate(func):
+    def decorate(func: JobFunction) -> Job:
         return Job(func, interval, name, run_at_start)
     return decorate
 
 
-def run_once(name=None, once_ever=False, retry_delay=None):
+def run_once(name: str | None = None, once_ever: bool = False,
+             retry_delay: float | None = None
+             ) -> Callable[[JobFunction], Job]:
     """Decorator: make a module-level function a Job run once per lock
     acquisition (or once ever, with `once_ever=True`)."""
-    def decorate(func):
+    def decorate(func: JobFunction) -> Job:
         return Job(func, None, name, once_ever=once_ever,
                    retry_delay=retry_delay)
     return decorate
@@ -153,7 +183,9 @@ class JobRunner:
     arguments (default: logging).
     """
 
-    def __init__(self, jobs, lock, poll_interval=1.0, log=None):
+    def __init__(self, jobs: Sequence[Job], lock: Lock,
+                 poll_interval: float = 1.0,
+                 log: JobLog | None = None) -> None:
         for job in jobs:
             if not isinstance(job, Job):
                 raise TypeError(f'JobRunner runs Job objects (see periodic() '
@@ -164,35 +196,36 @@ class JobRunner:
         self.jobs = list(jobs)
         self.lock = lock
         self.poll_interval = poll_interval
-        self.log = log if log is not None else _LOG
+        self.log: JobLog = log if log is not None else _LOG
         self._stopped = False
         self._leading = False
-        self._due = {}
-        self._renewer = None
-        self._renewer_stop = None
+        # job name -> when it runs next (monotonic), None: never again
+        self._due: dict[str, float | None] = {}
+        self._renewer: threading.Thread | None = None
+        self._renewer_stop: threading.Event | None = None
         # a pipe, not an Event: stop() may run in a signal handler, where
         # taking a threading lock could deadlock
         self._wake_reader, self._wake_writer = os.pipe()
         os.set_blocking(self._wake_writer, False)
 
-    def __del__(self):
+    def __del__(self) -> None:
         for fd in (getattr(self, '_wake_reader', None),
                    getattr(self, '_wake_writer', None)):
             if fd is not None:
                 os.close(fd)
 
     @property
-    def is_leader(self):
+    def is_leader(self) -> bool:
         """True while this runner holds the lock."""
         return self._leading and self.lock.held
 
-    def stop(self):
+    def stop(self) -> None:
         """End run() (after the job running now, if any). Thread-safe and
         safe in a signal handler."""
         self._stopped = True
         self._wake()
 
-    def run(self):
+    def run(self) -> None:
         """Loop until stop(); releases the lock on the way out."""
         try:
             while not self._stopped:
@@ -205,7 +238,7 @@ class JobRunner:
 
     # -- acquiring and losing -----------------------------------------------
 
-    def _try_acquire(self):
+    def _try_acquire(self) -> bool:
         try:
             acquired = self.lock.acquire()
         except Exception as err:  # pylint: disable=broad-except
@@ -225,7 +258,7 @@ class JobRunner:
             self._renewer.start()
         return True
 
-    def _schedule(self, now):
+    def _schedule(self, now: float) -> None:
         self._due = {}
         for job in self.jobs:
             if job.interval is None or job.run_at_start:
@@ -233,7 +266,7 @@ class JobRunner:
             else:
                 self._due[job.name] = now + job.interval
 
-    def _renew_loop(self, stop):
+    def _renew_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.lock.renew_interval):
             try:
                 if self.lock.renew():
@@ -246,20 +279,21 @@ class JobRunner:
             self._wake()
             return
 
-    def _lost(self):
+    def _lost(self) -> None:
         self.log.warning('pid %d lost lock %r: jobs stop until it is taken '
                          'again', os.getpid(), self.lock)
         self._step_down()
 
-    def _step_down(self):
+    def _step_down(self) -> None:
         self._leading = False
         if self._renewer_stop is not None:
             self._renewer_stop.set()
         if self._renewer is not None:
-            self._renewer.join(self.lock.renew_interval + 5)
+            # (a renewer runs only for a lock with a renew_interval)
+            self._renewer.join((self.lock.renew_interval or 0) + 5)
         self._renewer = self._renewer_stop = None
 
-    def _let_go(self):
+    def _let_go(self) -> None:
         leading = self._leading
         self._step_down()
         try:
@@ -273,7 +307,7 @@ class JobRunner:
 
     # -- leading -------------------------------------------------------------
 
-    def _lead(self):
+    def _lead(self) -> None:
         for job in self.jobs:
             if self._stopped or not self.lock.held:
                 break
@@ -286,7 +320,7 @@ class JobRunner:
         if not self._stopped:
             self._wait(self._next_wake())
 
-    def _next_wake(self):
+    def _next_wake(self) -> float:
         now = time.monotonic()
         pending = [due for due in self._due.values() if due is not None]
         timeout = min(pending) - now if pending else float('inf')
@@ -294,7 +328,7 @@ class JobRunner:
             timeout = min(timeout, self.lock.renew_interval)
         return max(0.0, timeout)
 
-    def _run(self, job):
+    def _run(self, job: Job) -> None:
         if job.once_ever:
             done = self._done_marker(job)
             if done is not False:   # done, or cannot tell: do not run it
@@ -316,13 +350,15 @@ class JobRunner:
             self.log.info('job %s done in %.3fs', job.name,
                           time.monotonic() - started)
             return
-        due = self._due[job.name] + job.interval
+        scheduled = self._due[job.name]
+        assert scheduled is not None    # (_lead runs only a job that is due)
+        due = scheduled + job.interval
         now = time.monotonic()
         if due <= now:      # ran late or long: no burst of catch-up runs
             due = now + job.interval
         self._due[job.name] = due
 
-    def _done_marker(self, job):
+    def _done_marker(self, job: Job) -> bool | None:
         """True (done: never again), False (to run) or None (unknown)."""
         try:
             done = self.lock.is_done(job.name)
@@ -337,7 +373,7 @@ class JobRunner:
             self.log.info('job %s: done before, not run again', job.name)
         return bool(done)
 
-    def _mark_done(self, job):
+    def _mark_done(self, job: Job) -> None:
         try:
             self.lock.mark_done(job.name)
         except Exception as err:  # pylint: disable=broad-except
@@ -346,7 +382,7 @@ class JobRunner:
 
     # -- waiting --------------------------------------------------------------
 
-    def _wait(self, timeout):
+    def _wait(self, timeout: float) -> None:
         if self._stopped:
             return
         try:
@@ -362,15 +398,17 @@ class JobRunner:
             except BlockingIOError:
                 pass
 
-    def _wake(self):
+    def _wake(self) -> None:
         try:
             os.write(self._wake_writer, b'\0')
         except (BlockingIOError, OSError):
             pass    # full (a wake-up is pending anyway) or closed
 
 
-def run_job_runner(jobs, lock_spec, poll_interval=1.0, log=None,
-                   log_level=None, die_with_parent=True):
+def run_job_runner(jobs: Sequence[Job], lock_spec: LockSpec | Lock,
+                   poll_interval: float = 1.0, log: JobLog | None = None,
+                   log_level: int | None = None,
+                   die_with_parent: bool = True) -> int:
     """Entry point of a dedicated job process (a multiprocessing target).
 
     Takes picklable arguments: Job objects (module-level, see Job), a lock

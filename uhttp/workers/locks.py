@@ -20,13 +20,68 @@ jobs or start threads, block in `acquire()` unless asked to, or delete a
 Redis lock key that another holder owns.
 """
 
+from __future__ import annotations
+
 import fcntl
 import os
 import re
 import secrets
 import time
+from types import ModuleType
+from typing import Any, Protocol, TypedDict
 
 __all__ = ['FileLock', 'WorkerLock', 'RedisLock', 'make_lock']
+
+# a picklable description of a lock: ('file', path) or
+# ('redis', url, key[, ttl])
+LockSpec = tuple[Any, ...] | list[Any]
+
+
+class Lock(Protocol):
+    """What a JobRunner (or a primary election) needs of a lock: the API
+    FileLock and RedisLock share."""
+
+    @property
+    def renew_interval(self) -> float | None:
+        """Seconds between two renew() calls; None: nothing to renew."""
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; True when held."""
+
+    def renew(self) -> bool:
+        """Keep the lock; False when it was lost."""
+
+    def release(self) -> None:
+        """Give the lock up."""
+
+    def is_done(self, name: str) -> bool:
+        """True when the run-once job `name` has completed, ever."""
+
+    def mark_done(self, name: str) -> None:
+        """Record that the run-once job `name` has completed."""
+
+
+class RedisClient(Protocol):
+    """What a RedisLock calls of a redis.Redis client (its replies are
+    Redis data: whatever the client decoded)."""
+
+    def set(self, name: str, value: str, *, nx: bool = False,
+            px: int | None = None) -> object: ...
+
+    def eval(self, script: str, numkeys: int,
+             *keys_and_args: str | int) -> object: ...
+
+    def exists(self, *names: str) -> object: ...
+
+
+class _RedisLockState(TypedDict):
+    url: str
+    key: str
+    ttl: float
 
 _RENEW_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -43,7 +98,7 @@ return 0
 """
 
 
-def _marker_name(name):
+def _marker_name(name: str) -> str:
     return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
 
 
@@ -57,28 +112,28 @@ class FileLock:
     Pickles as its path only.
     """
 
-    renew_interval = None   # nothing to renew: the kernel keeps it
+    renew_interval: float | None = None  # nothing to renew: the kernel keeps it
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(path)
-        self._fd = None
-        self._pid = None
+        self._fd: int | None = None
+        self._pid: int | None = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, str]:
         return {'path': self.path}
 
-    def __setstate__(self, state):
-        self.__init__(state['path'])
+    def __setstate__(self, state: dict[str, str]) -> None:
+        type(self).__init__(self, state['path'])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<FileLock {self.path}>'
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """True while this process holds the lock."""
         return self._fd is not None and self._pid == os.getpid()
 
-    def acquire(self, blocking=False):
+    def acquire(self, blocking: bool = False) -> bool:
         """Take the lock if it is free; True when held. Never blocks unless
         `blocking`: then waits as long as another process holds it (the
         GIL is released meanwhile, so call it from a thread of its own)."""
@@ -99,11 +154,11 @@ class FileLock:
         os.pwrite(fd, f'{self._pid}\n'.encode('ascii'), 0)
         return True
 
-    def renew(self):
+    def renew(self) -> bool:
         """Nothing to renew; returns `held`."""
         return self.held
 
-    def release(self):
+    def release(self) -> None:
         """Give the lock up (no-op when not held)."""
         fd, self._fd = self._fd, None
         if fd is None:
@@ -115,11 +170,11 @@ class FileLock:
         finally:
             os.close(fd)
 
-    def is_done(self, name):
+    def is_done(self, name: str) -> bool:
         """True when `mark_done(name)` was called, by anyone, ever."""
         return os.path.exists(self._marker(name))
 
-    def mark_done(self, name):
+    def mark_done(self, name: str) -> None:
         """Record that the run-once job `name` has completed: a file next to
         the lock file, `<path>.<name>.done`."""
         marker = self._marker(name)
@@ -128,7 +183,7 @@ class FileLock:
             handle.write(f'{time.time():.3f} {os.getpid()}\n')
         os.replace(temporary, marker)
 
-    def _marker(self, name):
+    def _marker(self, name: str) -> str:
         return f'{self.path}.{_marker_name(name)}.done'
 
 
@@ -137,7 +192,7 @@ class FileLock:
 WorkerLock = FileLock
 
 
-def _import_redis():
+def _import_redis() -> ModuleType:
     try:
         import redis  # pylint: disable=import-outside-toplevel
     except ImportError as err:
@@ -156,7 +211,11 @@ class RedisLock:
     only within `ttl` of the last acquire or renew that succeeded.
     """
 
-    def __init__(self, url_or_client, key, ttl=10.0):
+    url: str | None
+    _client: RedisClient | None
+
+    def __init__(self, url_or_client: str | RedisClient, key: str,
+                 ttl: float = 10.0) -> None:
         if ttl <= 0:
             raise ValueError('ttl must be > 0')
         if isinstance(url_or_client, str):
@@ -166,22 +225,22 @@ class RedisLock:
         self.key = key
         self.ttl = ttl
         self.renew_interval = ttl / 3
-        self._token = None
+        self._token: str | None = None
         self._valid_until = 0.0
 
-    def __getstate__(self):
+    def __getstate__(self) -> _RedisLockState:
         if self.url is None:
             raise TypeError('a RedisLock made with a client object does not '
                             'pickle; give it a redis:// URL')
         return {'url': self.url, 'key': self.key, 'ttl': self.ttl}
 
-    def __setstate__(self, state):
-        self.__init__(state['url'], state['key'], state['ttl'])
+    def __setstate__(self, state: _RedisLockState) -> None:
+        type(self).__init__(self, state['url'], state['key'], state['ttl'])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<RedisLock {self.key!r} ttl={self.ttl:g}>'
 
-    def _redis(self):
+    def _redis(self) -> RedisClient:
         if self._client is None:
             redis = _import_redis()
             timeout = max(0.5, self.renew_interval)
@@ -191,15 +250,15 @@ class RedisLock:
         return self._client
 
     @property
-    def _ms(self):
+    def _ms(self) -> int:
         return max(1, int(self.ttl * 1000))
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """True while the key is ours, as far as we can prove it."""
         return self._token is not None and time.monotonic() < self._valid_until
 
-    def acquire(self):
+    def acquire(self) -> bool:
         """Take the lock if the key is free (or still ours); True when held.
         Redis errors propagate."""
         if self._token is not None and self.renew():
@@ -211,7 +270,7 @@ class RedisLock:
             return True
         return False
 
-    def renew(self):
+    def renew(self) -> bool:
         """Extend the ttl if the key still holds our token; False when the
         lock was lost (then `held` is False)."""
         token = self._token
@@ -225,26 +284,26 @@ class RedisLock:
         self._token = None
         return False
 
-    def release(self):
+    def release(self) -> None:
         """Delete the key if it still holds our token."""
         token, self._token = self._token, None
         if token is not None:
             self._redis().eval(_RELEASE_SCRIPT, 1, self.key, token)
 
-    def is_done(self, name):
+    def is_done(self, name: str) -> bool:
         """True when `mark_done(name)` was called, by anyone, ever."""
         return bool(self._redis().exists(self._marker(name)))
 
-    def mark_done(self, name):
+    def mark_done(self, name: str) -> None:
         """Record that the run-once job `name` has completed: the key
         `<key>:done:<name>`, without expiry."""
         self._redis().set(self._marker(name), f'{time.time():.3f}')
 
-    def _marker(self, name):
+    def _marker(self, name: str) -> str:
         return f'{self.key}:done:{name}'
 
 
-def make_lock(spec):
+def make_lock(spec: LockSpec | Lock) -> Lock:
     """A lock from a picklable spec: ('file', path) or
     ('redis', url, key[, ttl]); a lock object is returned as is."""
     if not isinstance(spec, (tuple, list)):

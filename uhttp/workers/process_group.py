@@ -8,19 +8,33 @@ descendants. It must never decide when to start, restart or stop a service
 system call, except `spawn()` which returns once the child has exec'd.
 """
 
+from __future__ import annotations
+
 import ctypes
 import functools
+import io
 import os
 import signal
 import socket as _socket
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .service import Service
 
 PR_SET_PDEATHSIG = 1
 
+# libc's prctl(option, arg2): 0 on success
+Prctl = Callable[[int, int], int]
+# where a service's output goes: a file opened for it, subprocess.STDOUT
+# (stderr merged into stdout) or None (ours, inherited)
+Output = io.BufferedWriter | int | None
+
 
 @functools.lru_cache(maxsize=None)
-def _prctl():
+def _prctl() -> Prctl | None:
     if not sys.platform.startswith('linux'):
         return None
     try:
@@ -29,7 +43,7 @@ def _prctl():
         return None
 
 
-def set_parent_death_signal(signum):
+def set_parent_death_signal(signum: int) -> bool:
     """Linux: have the kernel send `signum` to this process when the thread
     that created it exits. Returns False where that is not available."""
     prctl = _prctl()
@@ -38,7 +52,7 @@ def set_parent_death_signal(signum):
     return prctl(PR_SET_PDEATHSIG, int(signum)) == 0
 
 
-def _child_setup(parent_pid, prctl):
+def _child_setup(parent_pid: int, prctl: Prctl) -> None:
     # Runs in the child between fork and exec: no imports, no locks. The
     # function was looked up in the parent for that reason.
     prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
@@ -46,7 +60,9 @@ def _child_setup(parent_pid, prctl):
         os._exit(1)     # the parent died before prctl took effect
 
 
-def _open_outputs(service):
+def _open_outputs(service: Service) -> tuple[Output, Output]:
+    stdout: Output
+    stderr: Output
     stdout = stderr = None
     try:
         if service.stdout:
@@ -63,16 +79,16 @@ def _open_outputs(service):
     return stdout, stderr
 
 
-def _close_outputs(*files):
+def _close_outputs(*files: object) -> None:
     for handle in files:
         if hasattr(handle, 'close'):
             handle.close()
 
 
-def spawn(service):
+def spawn(service: Service) -> subprocess.Popen[bytes]:
     """Start the service's process in its own session; return the Popen."""
     prctl = _prctl()
-    setup = None
+    setup: Callable[[], None] | None = None
     if prctl is not None:
         setup = functools.partial(_child_setup, os.getpid(), prctl)
     if service.socket:
@@ -87,7 +103,7 @@ def spawn(service):
         _close_outputs(stdout, stderr)
 
 
-def _remove_stale_socket(path):
+def _remove_stale_socket(path: str) -> None:
     # A killed server leaves its socket file behind, and a new one could not
     # bind it. Only the owner spawns, so a path nobody answers on is stale.
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -104,7 +120,7 @@ def _remove_stale_socket(path):
         probe.close()
 
 
-def signal_group(pgid, signum):
+def signal_group(pgid: int, signum: int) -> None:
     """Send `signum` to every process of the group (gone or foreign: a no-op)."""
     try:
         os.killpg(pgid, signum)
@@ -112,7 +128,7 @@ def signal_group(pgid, signum):
         pass
 
 
-def group_exists(pgid):
+def group_exists(pgid: int) -> bool:
     """True while a process of the group is alive (zombies do not count:
     they hold nothing, and reaping orphans is init's business)."""
     try:
@@ -127,7 +143,7 @@ def group_exists(pgid):
                if entry.isdigit())
 
 
-def _live_member(pid, pgid):
+def _live_member(pid: str, pgid: int) -> bool:
     try:
         with open(f'/proc/{pid}/stat', 'rb') as handle:
             fields = handle.read().rsplit(b')', 1)[1].split()
@@ -137,7 +153,7 @@ def _live_member(pid, pgid):
     return len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b'Z'
 
 
-def describe_exit(code):
+def describe_exit(code: int) -> str:
     """'exit code 3' or 'signal SIGKILL' for a Popen returncode."""
     if code < 0:
         try:
@@ -147,7 +163,7 @@ def describe_exit(code):
     return f'exit code {code}'
 
 
-def pidfd_of(pid):
+def pidfd_of(pid: int) -> int | None:
     """A descriptor readable once `pid` exits (Linux 5.3+), else None."""
     try:
         return os.pidfd_open(pid)

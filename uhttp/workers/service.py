@@ -32,6 +32,8 @@ while holding a lock, or put a process handle, thread or socket into the
 pickled state of a `Service`.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import selectors
@@ -40,6 +42,8 @@ import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 # the names of the mechanism modules that callers import from here are
 # re-exported (see __all__)
@@ -51,8 +55,14 @@ from .process_group import (
     set_parent_death_signal, signal_group, spawn)
 from .service_client import (
     HEALTH_TIMEOUT_MAX, STARTUP_POLL, Endpoint, Headers, HTTPStatusError,
-    ServiceClient, ServiceError, ServiceResponse, ServiceUnavailable, pauses,
-    sleep_before)
+    ServiceClient, ServiceError, ServiceResponse, ServiceUnavailable,
+    SocketPath, pauses, sleep_before)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .messages import ServiceStatus
+    from .ownership import Ownership
 
 __all__ = [
     'Service', 'ServiceManager', 'ServiceError', 'ServiceUnavailable',
@@ -64,12 +74,44 @@ __all__ = [
 ]
 
 STATES = ('starting', 'ready', 'unhealthy', 'restarting', 'failed', 'stopped')
+# the same states, for annotations
+ServiceState = Literal['starting', 'ready', 'unhealthy', 'restarting',
+                       'failed', 'stopped']
 
 UNHEALTHY_LIMIT = 3     # failed checks in a row before a running one restarts
 EXIT_POLL = 0.5         # exit polling period where pidfd_open is missing
 STOP_POLL = 0.02        # seconds between two looks at a group being stopped
 
 _LOG = logging.getLogger(__name__)
+
+# what a Service's `state_getter` reports: a state, a ServiceManager.status()
+# entry, or None when nothing is known
+StateGetter = Callable[[], 'str | ServiceStatus | None']
+# an on_change callback: (service name, new state)
+ChangeCallback = Callable[[str, ServiceState], object]
+
+
+class ServiceLog(Protocol):
+    """What a ServiceManager logs with: %-style arguments (a logging.Logger
+    or a uhttp.workers Logger), called from the supervision thread."""
+
+    def info(self, message: str, /, *args: object) -> None: ...
+
+    def warning(self, message: str, /, *args: object) -> None: ...
+
+    def error(self, message: str, /, *args: object) -> None: ...
+
+    def critical(self, message: str, /, *args: object) -> None: ...
+
+
+class _RunnerFields(TypedDict, total=False):
+    """The fields of a _Runner that status() readers see (changed under
+    the manager's lock)."""
+    process: subprocess.Popen[bytes] | None
+    state: ServiceState
+    started: float
+    last_error: str | None
+    restarts: int
 
 
 class Service(Endpoint):
@@ -89,11 +131,19 @@ class Service(Endpoint):
 
     _LOCAL = ('_owner', '_healthy_until', 'state_getter')
 
-    def __init__(self, name, command, port=None, socket=None, host='127.0.0.1',
-                 health_check_url='/', health_check_interval=5.0,
-                 startup_timeout=30.0, restart_on_failure=True, max_restarts=3,
-                 restart_delay=1.0, env=None, cwd=None, stdout=None,
-                 stderr=None, shutdown_timeout=10.0, lock_port=None):
+    def __init__(self, name: str, command: Sequence[str],
+                 port: int | None = None, socket: SocketPath | None = None,
+                 host: str = '127.0.0.1', health_check_url: str = '/',
+                 health_check_interval: float = 5.0,
+                 startup_timeout: float = 30.0,
+                 restart_on_failure: bool = True, max_restarts: int = 3,
+                 restart_delay: float = 1.0,
+                 env: Mapping[str, object] | None = None,
+                 cwd: str | os.PathLike[str] | None = None,
+                 stdout: str | os.PathLike[str] | None = None,
+                 stderr: str | os.PathLike[str] | None = None,
+                 shutdown_timeout: float = 10.0,
+                 lock_port: int | None = None) -> None:
         if not name or not isinstance(name, str):
             raise ValueError('a service needs a name (a non-empty str)')
         if isinstance(command, str) or not command or not all(
@@ -120,28 +170,28 @@ class Service(Endpoint):
         self.lock_port = lock_port
         # Optional hook set by whoever manages the service: returns its state
         # ('ready', 'failed', ...) or a ServiceManager.status() entry.
-        self.state_getter = None
-        self._owner = None
+        self.state_getter: StateGetter | None = None
+        self._owner: Ownership | None = None
         self._healthy_until = 0.0
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in self._LOCAL:
             state.pop(key, None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.state_getter = None
         self._owner = None
         self._healthy_until = 0.0
 
-    def command_line(self):
+    def command_line(self) -> list[str]:
         """The command with `{port}`, `{host}` and `{socket}` replaced (each
         by '' when the service has none)."""
         values = {'{port}': '' if self.port is None else str(self.port),
                   '{host}': self.host or '', '{socket}': self.socket or ''}
-        result = []
+        result: list[str] = []
         for arg in self.command:
             for placeholder, value in values.items():
                 arg = arg.replace(placeholder, value)
@@ -150,7 +200,7 @@ class Service(Endpoint):
 
     # -- health ---------------------------------------------------------------
 
-    def _recent_probe(self):
+    def _recent_probe(self) -> str | None:
         """Like probe(), but a pass is trusted for a health check interval,
         so that asking for a client per request does not double traffic."""
         if time.monotonic() < self._healthy_until:
@@ -162,7 +212,8 @@ class Service(Endpoint):
 
     # -- managed use ----------------------------------------------------------
 
-    def client(self, timeout=None, request_timeout=30.0):
+    def client(self, timeout: float | None = None,
+               request_timeout: float = 30.0) -> ServiceClient:
         """A client of the service, which someone else runs (managed use).
 
         Never starts the service and never takes its lock. Waits up to
@@ -187,7 +238,7 @@ class Service(Endpoint):
                 raise self._unavailable(report, timeout, error)
         raise AssertionError('unreachable')
 
-    def _reported(self):
+    def _reported(self) -> ServiceStatus | None:
         owner = self._ownership()
         if owner is not None:
             return owner.manager.status_of(self.name)
@@ -198,7 +249,8 @@ class Service(Endpoint):
             return report
         return {'state': report}
 
-    def _unavailable(self, report, waited, probe_error=None):
+    def _unavailable(self, report: ServiceStatus | None, waited: float,
+                     probe_error: str | None = None) -> ServiceUnavailable:
         report = report or {}
         state = report.get('state')
         error = probe_error or report.get('last_error')
@@ -213,14 +265,16 @@ class Service(Endpoint):
             return self.not_ready(waited, error, state)
         return ServiceUnavailable(message, state)
 
-    def _ready_client(self, request_timeout):
+    def _ready_client(self, request_timeout: float) -> ServiceClient:
         client = ServiceClient(self, request_timeout)
         client._ready = True    # pylint: disable=protected-access
         return client
 
     # -- standalone use -------------------------------------------------------
 
-    def connect(self, timeout=None, request_timeout=30.0, wait=True):
+    def connect(self, timeout: float | None = None,
+                request_timeout: float = 30.0,
+                wait: bool = True) -> ServiceClient:
         """A client of the service, starting it if nobody on this host runs it.
 
         Standalone use: tries to bind the service's lock socket. The process
@@ -250,11 +304,11 @@ class Service(Endpoint):
         raise AssertionError('unreachable')
 
     @property
-    def owned(self):
+    def owned(self) -> bool:
         """True when this process started the service through connect()."""
         return self._ownership() is not None
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """If this process owns the service (connect()), stop it and give up
         the lock; otherwise do nothing. Also runs at interpreter exit."""
         owner = self._ownership()
@@ -262,13 +316,13 @@ class Service(Endpoint):
         if owner is not None:
             owner.close(timeout)
 
-    def _ownership(self):
+    def _ownership(self) -> Ownership | None:
         owner = self._owner
         if owner is not None and owner.pid != os.getpid():
             self._owner = owner = None   # inherited through fork: not ours
         return owner
 
-    def _take_ownership(self):
+    def _take_ownership(self) -> Ownership | None:
         lock = try_lock(self)
         if lock is None:
             return None
@@ -279,7 +333,9 @@ class Service(Endpoint):
         manager.start()
         return owner
 
-    def _owner_client(self, owner, deadline, timeout, request_timeout):
+    def _owner_client(self, owner: Ownership, deadline: float,
+                      timeout: float,
+                      request_timeout: float) -> ServiceClient:
         report = owner.manager.wait_for(self.name, deadline)
         if report['state'] == 'ready':
             return self._ready_client(request_timeout)
@@ -294,26 +350,26 @@ class _Runner:
     """
     # pylint: disable=protected-access  (the manager's helpers for runners)
 
-    def __init__(self, service, manager):
+    def __init__(self, service: Service, manager: ServiceManager) -> None:
         self.service = service
         self.manager = manager
-        self.state = 'stopped'
-        self.process = None
-        self.pidfd = None
+        self.state: ServiceState = 'stopped'
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pidfd: int | None = None
         self.restarts = 0
-        self.last_error = None
-        self.started = None
+        self.last_error: str | None = None
+        self.started: float | None = None
         self.deadline = 0.0     # end of the startup window
         self.next_at = 0.0      # when step() has work to do
         self.failed_checks = 0
-        self.stop_deadline = None
+        self.stop_deadline: float | None = None
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         """PID of the running process, or None."""
         return self.process.pid if self.process is not None else None
 
-    def status(self):
+    def status(self) -> ServiceStatus:
         """The status() entry (call with the manager's lock held)."""
         return {
             'name': self.service.name,
@@ -325,7 +381,7 @@ class _Runner:
             'last_error': self.last_error,
         }
 
-    def spawn(self, now):
+    def spawn(self, now: float) -> None:
         """Start the process and enter 'starting'."""
         service = self.service
         try:
@@ -343,7 +399,7 @@ class _Runner:
         self.manager.log.info('service %s started (pid %d): %s', service.name,
                               process.pid, ' '.join(service.command_line()))
 
-    def step(self, now):
+    def step(self, now: float) -> float:
         """Do what is due; return when to be called again."""
         if self.state == 'restarting':
             if now >= self.next_at:
@@ -351,6 +407,7 @@ class _Runner:
             return self.next_at
         if self.state not in ('starting', 'ready', 'unhealthy'):
             return float('inf')
+        assert self.process is not None     # (it runs in these states)
         code = self.process.poll()
         if code is not None:
             self.fail(now, f'exited with {describe_exit(code)}')
@@ -362,7 +419,7 @@ class _Runner:
                 self._running(now, error)
         return self.next_at
 
-    def _starting(self, now, error):
+    def _starting(self, now: float, error: str | None) -> None:
         service = self.service
         if error is None:
             self.manager._update(self, state='ready')
@@ -376,7 +433,7 @@ class _Runner:
             self.next_at = now + min(STARTUP_POLL,
                                      service.health_check_interval)
 
-    def _running(self, now, error):
+    def _running(self, now: float, error: str | None) -> None:
         service = self.service
         self.next_at = now + service.health_check_interval
         if error is None:
@@ -395,7 +452,7 @@ class _Runner:
         self.manager.log.warning('service %s: health check failed (%s)',
                                  service.name, error)
 
-    def fail(self, now, reason):
+    def fail(self, now: float, reason: str) -> None:
         """The process died or is no use: stop it, then restart or give up."""
         service = self.service
         self.terminate(service.shutdown_timeout)
@@ -413,7 +470,7 @@ class _Runner:
                 'service %s %s; giving up after %d restarts', service.name,
                 reason, self.restarts)
 
-    def send_term(self, timeout):
+    def send_term(self, timeout: float) -> None:
         """Begin a graceful stop of the whole group: SIGTERM it now, and
         remember when to escalate."""
         if self.process is None:
@@ -421,7 +478,7 @@ class _Runner:
         self.stop_deadline = time.monotonic() + timeout
         signal_group(self.process.pid, signal.SIGTERM)
 
-    def stop_finished(self, now):
+    def stop_finished(self, now: float) -> bool:
         """Advance a stop begun by send_term(); True once the group is gone."""
         if self.process is None:
             return True
@@ -430,18 +487,20 @@ class _Runner:
         if gone:
             self._forget_process()
             return True
+        assert self.stop_deadline is not None   # (set by send_term)
         if now >= self.stop_deadline:
             self._kill()
             return True
         return False
 
-    def terminate(self, timeout):
+    def terminate(self, timeout: float) -> None:
         """SIGTERM the group, wait up to `timeout`, then SIGKILL it."""
         self.send_term(timeout)
         while not self.stop_finished(time.monotonic()):
             time.sleep(STOP_POLL)
 
-    def _kill(self):
+    def _kill(self) -> None:
+        assert self.process is not None     # (a stop of a running process)
         name = self.service.name
         self.manager.log.warning('service %s (pid %d) did not stop in time: '
                                  'killing its process group', name, self.pid)
@@ -453,7 +512,7 @@ class _Runner:
                                    name, self.pid)
         self._forget_process()
 
-    def _forget_process(self):
+    def _forget_process(self) -> None:
         self.manager._unwatch(self)
         if self.pidfd is not None:
             os.close(self.pidfd)
@@ -477,30 +536,35 @@ class ServiceManager:
     arguments; it is called from the supervision thread.
     """
 
-    def __init__(self, services, log=None):
+    # the wake-up pipe (None before start() and once the thread ended)
+    _wake_reader: int | None
+    _wake_writer: int | None
+
+    def __init__(self, services: Sequence[Service],
+                 log: ServiceLog | None = None) -> None:
         names = [service.name for service in services]
         if len(set(names)) != len(names):
             raise ValueError(f'service names must be unique: {names}')
-        self.log = log if log is not None else _LOG
+        self.log: ServiceLog = log if log is not None else _LOG
         self._runners = [_Runner(service, self) for service in services]
-        self._callbacks = []
+        self._callbacks: list[ChangeCallback] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.ready_event = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
         self._wake_lock = threading.Lock()
         self._wake_reader = self._wake_writer = None
-        self._selector = None
+        self._selector: selectors.BaseSelector | None = None
         self._exit_polling = False
-        self._stop_timeout = None
+        self._stop_timeout: float | None = None
 
     @property
-    def services(self):
+    def services(self) -> list[Service]:
         """The Service objects, in the order given."""
         return [runner.service for runner in self._runners]
 
-    def on_change(self, callback):
+    def on_change(self, callback: ChangeCallback) -> None:
         """Call `callback(name, state)` on every state change.
 
         It runs in the supervision thread, so it must be thread-safe and
@@ -509,7 +573,7 @@ class ServiceManager:
         """
         self._callbacks.append(callback)
 
-    def start(self):
+    def start(self) -> None:
         """Start every service and the supervision thread; returns at once."""
         if self._thread is not None:
             raise RuntimeError('ServiceManager.start() called twice')
@@ -528,7 +592,7 @@ class ServiceManager:
             target=self._supervise, name='uhttp.workers.services', daemon=True)
         self._thread.start()
 
-    def stop(self, timeout=None, wait=True):
+    def stop(self, timeout: float | None = None, wait: bool = True) -> None:
         """Stop every service: SIGTERM to each process group, SIGKILL after
         `timeout` (default: each service's shutdown_timeout).
 
@@ -551,33 +615,33 @@ class ServiceManager:
             self.log.error('services did not stop in time')
 
     @property
-    def stopped(self):
+    def stopped(self) -> bool:
         """True once stop() has completed: every service process is gone."""
         return self._stopping and (
             self._thread is None or not self._thread.is_alive())
 
-    def status(self):
+    def status(self) -> list[ServiceStatus]:
         """One dict per service: name, state, pid, restarts, max_restarts,
         address, last_error."""
         with self._lock:
             return [runner.status() for runner in self._runners]
 
-    def status_of(self, name):
+    def status_of(self, name: str) -> ServiceStatus:
         """The status() entry of one service."""
         with self._lock:
             return self._runner(name).status()
 
-    def states(self):
+    def states(self) -> dict[str, ServiceState]:
         """{name: state} of every service."""
         with self._lock:
             return {runner.service.name: runner.state
                     for runner in self._runners}
 
-    def all_ready(self):
+    def all_ready(self) -> bool:
         """True when every service is 'ready'."""
         return self.ready_event.is_set()
 
-    def wait_ready(self, timeout=None):
+    def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until every service is ready, one has failed or stopped, or
         `timeout` passes; return all_ready()."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -590,7 +654,7 @@ class ServiceManager:
                 self._changed.wait(remaining)
         return self.all_ready()
 
-    def wait_for(self, name, deadline):
+    def wait_for(self, name: str, deadline: float) -> ServiceStatus:
         """Wait (until the monotonic `deadline`) for a service to be ready,
         failed or stopped; return its status() entry."""
         with self._changed:
@@ -602,13 +666,13 @@ class ServiceManager:
                 self._changed.wait(remaining)
             return runner.status()
 
-    def _settled(self, runners):
+    def _settled(self, runners: Iterable[_Runner]) -> bool:
         states = {runner.state for runner in runners}
         if states == {'ready'} or 'failed' in states:
             return True
         return 'stopped' in states and (self._stopping or self._thread is None)
 
-    def _runner(self, name):
+    def _runner(self, name: str) -> _Runner:
         for runner in self._runners:
             if runner.service.name == name:
                 return runner
@@ -616,7 +680,8 @@ class ServiceManager:
 
     # -- used by the runners (supervision thread) -----------------------------
 
-    def _update(self, runner, **fields):
+    def _update(self, runner: _Runner,
+                **fields: Unpack[_RunnerFields]) -> None:
         """Change a runner's fields under the lock; report a state change."""
         with self._changed:
             old = runner.state
@@ -639,16 +704,18 @@ class ServiceManager:
                 self.log.error('on_change callback %r failed:\n%s', callback,
                                traceback.format_exc().rstrip())
 
-    def _watch(self, runner):
+    def _watch(self, runner: _Runner) -> None:
         """Wake the supervision thread when the runner's process exits."""
         if runner.pidfd is None:
             self._exit_polling = True
         else:
+            assert self._selector is not None   # (made by start())
             self._selector.register(runner.pidfd, selectors.EVENT_READ)
 
-    def _unwatch(self, runner):
+    def _unwatch(self, runner: _Runner) -> None:
         """Stop watching the runner's process."""
         if runner.pidfd is not None:
+            assert self._selector is not None   # (made by start())
             try:
                 self._selector.unregister(runner.pidfd)
             except (KeyError, ValueError):
@@ -656,7 +723,7 @@ class ServiceManager:
 
     # -- the supervision thread -----------------------------------------------
 
-    def _supervise(self):
+    def _supervise(self) -> None:
         try:
             for runner in self._runners:
                 if not self._stopping:
@@ -671,13 +738,19 @@ class ServiceManager:
                               traceback.format_exc().rstrip())
         finally:
             self._stop_all()
+            # (start() made them before it started this thread)
+            assert self._selector is not None
             self._selector.close()
             with self._wake_lock:
+                assert self._wake_reader is not None
+                assert self._wake_writer is not None
                 os.close(self._wake_reader)
                 os.close(self._wake_writer)
                 self._wake_reader = self._wake_writer = None
 
-    def _wait(self, timeout):
+    def _wait(self, timeout: float) -> None:
+        # (start() made them before it started this thread)
+        assert self._selector is not None and self._wake_reader is not None
         if self._exit_polling:
             timeout = min(timeout, EXIT_POLL)
         for key, _ in self._selector.select(max(0.0, min(timeout, 3600.0))):
@@ -688,7 +761,7 @@ class ServiceManager:
                 except BlockingIOError:
                     pass
 
-    def _wake(self):
+    def _wake(self) -> None:
         # under the lock: once the thread has closed the pipe, its number
         # may name another file
         with self._wake_lock:
@@ -698,9 +771,9 @@ class ServiceManager:
                 except BlockingIOError:
                     pass    # full: the thread has wake-ups pending anyway
 
-    def _stop_all(self):
+    def _stop_all(self) -> None:
         limit = self._stop_timeout
-        running = []
+        running: list[_Runner] = []
         for runner in self._runners:
             if runner.process is not None:
                 runner.send_term(runner.service.shutdown_timeout

@@ -8,12 +8,47 @@ start, signal or wait for a process, take a service's ownership lock, or keep
 any state between calls other than one client's kept-alive connection.
 """
 
+from __future__ import annotations
+
 import http.client
 import json as _json
 import os
 import socket as _socket
 import time
 import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, overload
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+# a request body given as `data=`: bytes as they are, text (UTF-8), or a
+# form (a dict or (name, value) pairs, values may be lists)
+Data = bytes | str | dict[str, Any] | list[tuple[str, Any]] | \
+    tuple[tuple[str, Any], ...]
+# a query string given as `params=`: as it is, or a dict or pairs to encode
+Params = str | bytes | Mapping[str, Any] | Sequence[tuple[str, Any]]
+# seconds, or requests' (connect, read) pair
+Timeout = float | tuple[float | None, float | None]
+# the file system path of a Unix socket
+SocketPath = str | os.PathLike[str]
+
+
+class SendOptions(TypedDict, total=False):
+    """The keywords of a request method besides its body (`post()`, ...)."""
+    params: Params | None
+    headers: Mapping[str, object] | None
+    timeout: Timeout | None
+
+
+class RequestOptions(SendOptions, total=False):
+    """The keywords of `get()`, `head()` and `delete()`."""
+    json: Any
+    data: Data | None
+
+
+_T = TypeVar('_T')
+_Client = TypeVar('_Client', bound='ServiceClient')
 
 STARTUP_POLL = 0.1      # seconds between health checks while a service starts
 HEALTH_TIMEOUT_MAX = 2.0
@@ -29,11 +64,12 @@ class ServiceUnavailable(ServiceError):
     `state` is the last state known to the caller (None when unknown).
     """
 
-    def __init__(self, message, state=None):
+    def __init__(self, message: str, state: str | None = None) -> None:
         super().__init__(message)
         self.state = state
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[ServiceUnavailable],
+                                  tuple[str, str | None]]:
         return type(self), (str(self), self.state)
 
 
@@ -42,21 +78,28 @@ class ServiceUnavailable(ServiceError):
 class HTTPStatusError(ServiceError):
     """raise_for_status() found a 4xx or 5xx answer; `response` is it."""
 
-    def __init__(self, message, response):
+    def __init__(self, message: str, response: ServiceResponse) -> None:
         super().__init__(message)
         self.response = response
 
 
-class Headers(dict):
+class Headers(dict[str, str]):
     """Response headers: a dict with lowercase keys, looked up in any case."""
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> str:
         return super().__getitem__(key.lower())
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and super().__contains__(key.lower())
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: str, default: None = None) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str) -> str: ...
+    @overload
+    def get(self, key: str, default: _T) -> str | _T: ...
+
+    def get(self, key: str, default: object = None) -> object:
         return super().get(key.lower(), default)
 
 
@@ -66,7 +109,8 @@ class ServiceResponse:
     `text`, `json()`, `ok`, `raise_for_status()`, `url`. The older names
     `status` and `body` are the same values."""
 
-    def __init__(self, status, reason, headers, body, url=''):
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str],
+                 body: bytes, url: str = '') -> None:
         self.status = status
         self.reason = reason
         self.headers = Headers(headers)
@@ -74,22 +118,22 @@ class ServiceResponse:
         self.url = url
 
     @property
-    def status_code(self):
+    def status_code(self) -> int:
         """The HTTP status (the same as `status`)."""
         return self.status
 
     @property
-    def content(self):
+    def content(self) -> bytes:
         """The body as bytes (the same as `body`)."""
         return self.body
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         """True for 1xx, 2xx and 3xx statuses."""
         return self.status < 400
 
     @property
-    def encoding(self):
+    def encoding(self) -> str | None:
         """The charset of the content type, None when it names none."""
         for part in self.headers.get('content-type', '').split(';')[1:]:
             key, _, value = part.strip().partition('=')
@@ -98,18 +142,18 @@ class ServiceResponse:
         return None
 
     @property
-    def text(self):
+    def text(self) -> str:
         """The body decoded with the charset of its content type (UTF-8)."""
         try:
             return self.body.decode(self.encoding or 'utf-8', 'replace')
         except LookupError:
             return self.body.decode('utf-8', 'replace')
 
-    def json(self):
+    def json(self) -> Any:
         """The body parsed as JSON."""
         return _json.loads(self.body)
 
-    def raise_for_status(self):
+    def raise_for_status(self) -> None:
         """Raise HTTPStatusError for a 4xx or 5xx status, else do nothing."""
         if self.status >= 400:
             kind = 'Client' if self.status < 500 else 'Server'
@@ -117,18 +161,18 @@ class ServiceResponse:
                 f'{self.status} {kind} Error: {self.reason} for url: '
                 f'{self.url}', self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<ServiceResponse {self.status} {self.body[:60]!r}>'
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
     """HTTPConnection to a server listening on a Unix socket path."""
 
-    def __init__(self, path, timeout):
+    def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__('localhost', timeout=timeout)
         self.unix_path = path
 
-    def connect(self):
+    def connect(self) -> None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -139,9 +183,11 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _encode_body(json, data, headers):
+def _encode_body(json: Any, data: Data | None,
+                 given_headers: Mapping[str, object] | None
+                 ) -> tuple[bytes | None, dict[str, str]]:
     headers = {key.lower(): str(value)
-               for key, value in (headers or {}).items()}
+               for key, value in (given_headers or {}).items()}
     if json is not None and data is not None:
         raise ValueError('give json= or data=, not both')
     if json is not None:
@@ -157,7 +203,7 @@ def _encode_body(json, data, headers):
     return data, headers
 
 
-def _target(path, params):
+def _target(path: str, params: Params | None) -> str:
     """The request target: `path` (a leading / added) with `params` (a dict
     or pairs, values may be lists) appended as a query string."""
     if not path.startswith('/'):
@@ -171,15 +217,15 @@ def _target(path, params):
     return f"{path}{'&' if '?' in path else '?'}{query}"
 
 
-def _seconds(timeout):
+def _seconds(timeout: Timeout) -> float:
     # requests accepts (connect, read): one socket timeout covers both here
     if isinstance(timeout, tuple):
         return max(value for value in timeout if value is not None)
     return timeout
 
 
-def _read_headers(response):
-    headers = {}
+def _read_headers(response: http.client.HTTPResponse) -> dict[str, str]:
+    headers: dict[str, str] = {}
     for key, value in response.getheaders():
         key = key.lower()
         headers[key] = f'{headers[key]}, {value}' if key in headers else value
@@ -196,31 +242,31 @@ class ServiceClient:
     `service` is a `Service` or an `Endpoint` (an address only).
     """
 
-    def __init__(self, service, timeout=30.0):
+    def __init__(self, service: Endpoint, timeout: float = 30.0) -> None:
         self.service = service
         self.timeout = timeout
-        self._connection = None
+        self._connection: http.client.HTTPConnection | None = None
         self._ready = False
 
     @property
-    def base_url(self):
+    def base_url(self) -> str:
         """'http://host:port', or 'http+unix:///path' for a Unix socket."""
         if self.service.socket:
             return f'http+unix://{self.service.socket}'
         return f'http://{self.service.host}:{self.service.port}'
 
     @property
-    def is_ready(self):
+    def is_ready(self) -> bool:
         """True when the last readiness check (wait_ready, check_ready, or
         the wait of the call that made this client) passed."""
         return self._ready
 
-    def check_ready(self):
+    def check_ready(self) -> bool:
         """Run the health check once; True when it passes."""
         self._ready = self.service.is_healthy()
         return self._ready
 
-    def wait_ready(self, timeout=None):
+    def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait up to `timeout` seconds (default: the service's
         startup_timeout) for the health check to pass; True then, else
         raise ServiceUnavailable."""
@@ -237,42 +283,51 @@ class ServiceClient:
                 raise self.service.not_ready(timeout, error)
         raise AssertionError('unreachable')
 
-    def get(self, path, **kwargs):
+    def get(self, path: str,
+            **kwargs: Unpack[RequestOptions]) -> ServiceResponse:
         """GET `path`."""
         return self.request('GET', path, **kwargs)
 
-    def head(self, path, **kwargs):
+    def head(self, path: str,
+             **kwargs: Unpack[RequestOptions]) -> ServiceResponse:
         """HEAD `path`."""
         return self.request('HEAD', path, **kwargs)
 
-    def post(self, path, json=None, data=None, **kwargs):
+    def post(self, path: str, json: Any = None, data: Data | None = None,
+             **kwargs: Unpack[SendOptions]) -> ServiceResponse:
         """POST a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
         return self.request('POST', path, json=json, data=data, **kwargs)
 
-    def put(self, path, json=None, data=None, **kwargs):
+    def put(self, path: str, json: Any = None, data: Data | None = None,
+            **kwargs: Unpack[SendOptions]) -> ServiceResponse:
         """PUT a JSON value (`json=`), bytes/str or a form dict (`data=`)."""
         return self.request('PUT', path, json=json, data=data, **kwargs)
 
-    def patch(self, path, json=None, data=None, **kwargs):
+    def patch(self, path: str, json: Any = None, data: Data | None = None,
+              **kwargs: Unpack[SendOptions]) -> ServiceResponse:
         """PATCH with a JSON value (`json=`), bytes/str or a form dict."""
         return self.request('PATCH', path, json=json, data=data, **kwargs)
 
-    def delete(self, path, **kwargs):
+    def delete(self, path: str,
+               **kwargs: Unpack[RequestOptions]) -> ServiceResponse:
         """DELETE `path`."""
         return self.request('DELETE', path, **kwargs)
 
-    def request(self, method, path, params=None, json=None, data=None,
-                headers=None, timeout=None):
+    def request(self, method: str, path: str, params: Params | None = None,
+                json: Any = None, data: Data | None = None,
+                headers: Mapping[str, object] | None = None,
+                timeout: Timeout | None = None) -> ServiceResponse:
         """Send one request, return its ServiceResponse."""
-        body, headers = _encode_body(json, data, headers)
+        body, sent_headers = _encode_body(json, data, headers)
         target = _target(path, params)
-        timeout = self.timeout if timeout is None else _seconds(timeout)
+        seconds = self.timeout if timeout is None else _seconds(timeout)
         for retry in (False, True):
             reused = self._connection is not None
             connection = self._connection or self._open()
-            self._set_timeout(connection, timeout)
+            self._set_timeout(connection, seconds)
             try:
-                connection.request(method, target, body=body, headers=headers)
+                connection.request(method, target, body=body,
+                                   headers=sent_headers)
                 response = connection.getresponse()
                 result = ServiceResponse(
                     response.status, response.reason, _read_headers(response),
@@ -294,35 +349,39 @@ class ServiceClient:
         raise AssertionError('unreachable')
 
     @staticmethod
-    def _set_timeout(connection, timeout):
+    def _set_timeout(connection: http.client.HTTPConnection,
+                     timeout: float) -> None:
         connection.timeout = timeout
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
 
-    def _open(self):
+    def _open(self) -> http.client.HTTPConnection:
         # pylint: disable-next=protected-access
-        self._connection = self.service._http_connection(self.timeout)
-        return self._connection
+        connection = self.service._http_connection(self.timeout)
+        self._connection = connection
+        return connection
 
-    def _failure(self, method, path, err):
+    def _failure(self, method: str, path: str,
+                 err: BaseException) -> ServiceError:
         return ServiceError(
             f'service {self.service.name!r} at {self.service.address}: '
             f'{method} {path} failed: {describe_error(err)}')
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection (a later request opens a new one)."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def __enter__(self):
+    def __enter__(self: _Client) -> _Client:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def describe_error(err):
+def describe_error(err: BaseException) -> str:
+    """The message of an error for a log line or an exception."""
     text = str(err) or type(err).__name__
     if isinstance(err, OSError):
         return text
@@ -336,9 +395,11 @@ class Endpoint:
     Unix `socket` path, and its health check URL. A ServiceClient can be
     built over one alone (`ServiceClient(Endpoint(...))`)."""
 
-    def __init__(self, name, port=None, socket=None, host='127.0.0.1',
-                 health_check_url='/', health_check_interval=5.0,
-                 startup_timeout=30.0):
+    def __init__(self, name: str, port: int | None = None,
+                 socket: SocketPath | None = None, host: str = '127.0.0.1',
+                 health_check_url: str = '/',
+                 health_check_interval: float = 5.0,
+                 startup_timeout: float = 30.0) -> None:
         if (port is None) == (socket is None):
             raise ValueError(f'service {name!r}: give exactly one of port= '
                              'or socket=')
@@ -350,23 +411,24 @@ class Endpoint:
         self.health_check_interval = health_check_interval
         self.startup_timeout = startup_timeout
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<{type(self).__name__} {self.name!r} at {self.address}>'
 
     @property
-    def address(self):
+    def address(self) -> str:
         """Where the service listens: 'http://host:port' or 'unix:/path'."""
         if self.socket:
             return f'unix:{self.socket}'
         return f'http://{self.host}:{self.port}'
 
-    def _http_connection(self, timeout):
+    def _http_connection(self, timeout: float | None
+                         ) -> http.client.HTTPConnection:
         if self.socket:
             return _UnixHTTPConnection(self.socket, timeout)
         return http.client.HTTPConnection(self.host, self.port,
                                           timeout=timeout)
 
-    def probe(self, timeout=None):
+    def probe(self, timeout: float | None = None) -> str | None:
         """Run the health check once: None when it passes, else why not."""
         if timeout is None:
             timeout = min(HEALTH_TIMEOUT_MAX, self.health_check_interval)
@@ -383,11 +445,12 @@ class Endpoint:
             return None
         return f'GET {self.health_check_url} answered {response.status}'
 
-    def is_healthy(self, timeout=None):
+    def is_healthy(self, timeout: float | None = None) -> bool:
         """True when the health check passes now."""
         return self.probe(timeout) is None
 
-    def not_ready(self, waited, error=None, state=None):
+    def not_ready(self, waited: float, error: str | None = None,
+                  state: str | None = None) -> ServiceUnavailable:
         """The ServiceUnavailable for a health check that did not pass
         within `waited` seconds."""
         known = f' (state: {state})' if state else ''
@@ -398,7 +461,7 @@ class Endpoint:
             f'{known}{detail}', state)
 
 
-def pauses():
+def pauses() -> Iterator[float]:
     """Growing pauses between two health checks of a service that starts."""
     pause = STARTUP_POLL / 2
     while True:
@@ -406,7 +469,7 @@ def pauses():
         pause = min(pause * 1.5, 0.5)
 
 
-def sleep_before(deadline, pause):
+def sleep_before(deadline: float, pause: float) -> bool:
     """Sleep `pause` but not past `deadline`; False when already past it."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:

@@ -60,9 +60,7 @@ class ServerClient(ServiceClient):
             socket=os.fspath(socket_path) if socket_path else None,
             host=host, health_check_url=health_check_url,
             startup_timeout=startup_timeout)
-        # (ServiceClient is not annotated yet; mypy does not see through
-        # super() for untyped_calls_exclude)
-        super().__init__(endpoint, timeout)  # type: ignore[no-untyped-call]
+        super().__init__(endpoint, timeout)
         self.host = host
         self.port = port
         self.socket_path: str | None = endpoint.socket
@@ -83,8 +81,7 @@ class ServerClient(ServiceClient):
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait for the health check to pass; True, or raise ServerNotReady."""
         try:
-            ready: bool = super().wait_ready(  # type: ignore[no-untyped-call]
-                timeout)
+            ready: bool = super().wait_ready(timeout)
             return ready
         except ServiceUnavailable as err:
             raise _not_ready(err) from err
