@@ -37,6 +37,7 @@ TYPED_MODULES = [
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
     'uhttp.workers.worker',
+    'uhttp.workers.primary',
 ]
 
 _PACKAGE = 'uhttp.workers'
