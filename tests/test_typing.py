@@ -38,6 +38,7 @@ TYPED_MODULES = [
     'uhttp.workers.singleserver',
     'uhttp.workers.worker',
     'uhttp.workers.primary',
+    'uhttp.workers.worker_handle',
 ]
 
 _PACKAGE = 'uhttp.workers'
