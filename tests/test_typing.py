@@ -39,6 +39,7 @@ TYPED_MODULES = [
     'uhttp.workers.worker',
     'uhttp.workers.primary',
     'uhttp.workers.worker_handle',
+    'uhttp.workers.worker_events',
 ]
 
 _PACKAGE = 'uhttp.workers'
