@@ -40,6 +40,7 @@ TYPED_MODULES = [
     'uhttp.workers.primary',
     'uhttp.workers.worker_handle',
     'uhttp.workers.worker_events',
+    'uhttp.workers.stackdump',
 ]
 
 _PACKAGE = 'uhttp.workers'
