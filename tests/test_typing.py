@@ -41,6 +41,7 @@ TYPED_MODULES = [
     'uhttp.workers.worker_handle',
     'uhttp.workers.worker_events',
     'uhttp.workers.stackdump',
+    'uhttp.workers.output_capture',
 ]
 
 _PACKAGE = 'uhttp.workers'
