@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .log import Logger, LogOutput, LogRouter
     from .messages import Data, Message, Query
     from .metrics import Metrics
-    from .pending import Pending, PendingPool, PendingTable, State
+    from .pending import Pending, PendingTable, State
     from .pool import WorkerPool
     from .worker_handle import WorkerHandle
 
