@@ -49,6 +49,12 @@ TYPED_MODULES = [
     'uhttp.workers.service',
     'uhttp.workers.privileges',
     'uhttp.workers.daemon',
+    'uhttp.workers.worker',
+    'uhttp.workers.primary',
+    'uhttp.workers.worker_handle',
+    'uhttp.workers.worker_events',
+    'uhttp.workers.stackdump',
+    'uhttp.workers.output_capture',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -15,12 +15,19 @@ per readiness event, and a line is cut at MAX_LINE bytes. Pipes, not
 sockets: a worker holds no socket but its channel.
 """
 
+from __future__ import annotations
+
 import multiprocessing
 import os
 import selectors
 import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TextIO
 
 from .log import LOG_INFO, LOG_WARNING
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 __all__ = ['MAX_LINE', 'READ_SIZE', 'OutputCapture', 'WorkerOutput',
            'redirect_output']
@@ -32,11 +39,15 @@ DRAIN_READS = 64        # reads per stream at most when the dispatcher ends
 # (label, level): what each captured descriptor is called and logged at
 _STREAMS = (('stdout', LOG_INFO), ('stderr', LOG_WARNING))
 
+# where captured lines go: emit(worker name, level, message)
+Emit = Callable[[str, int, str], object]
+
 
 class _CapturedStream:
     """The dispatcher's end of one worker stream and its unfinished line."""
 
-    def __init__(self, name, label, level, pipe, emit):
+    def __init__(self, name: str, label: str, level: int, pipe: Connection,
+                 emit: Emit) -> None:
         self.name = name
         self.label = label
         self.level = level
@@ -46,7 +57,7 @@ class _CapturedStream:
         self._emit = emit
         self._partial = bytearray()
 
-    def read(self):
+    def read(self) -> bool:
         """Read what is there (once); log the complete lines. Returns False
         at end of file (every holder of the write end closed it)."""
         try:
@@ -61,7 +72,7 @@ class _CapturedStream:
         self._take(data)
         return True
 
-    def _take(self, data):
+    def _take(self, data: bytes) -> None:
         partial = self._partial
         partial += data
         start = 0
@@ -76,13 +87,13 @@ class _CapturedStream:
             self._log_line(partial[:MAX_LINE])
             del partial[:MAX_LINE]
 
-    def flush(self):
+    def flush(self) -> None:
         """Log the unfinished line, if any (the writer is gone)."""
         if self._partial:
             self._log_line(self._partial)
             self._partial = bytearray()
 
-    def _log_line(self, raw):
+    def _log_line(self, raw: bytes | bytearray) -> None:
         for start in range(0, max(len(raw), 1), MAX_LINE):
             text = bytes(raw[start:start + MAX_LINE]).decode(
                 'utf-8', 'replace').rstrip('\r')
@@ -95,18 +106,18 @@ class WorkerOutput:
     go to the worker process as its stdout and stderr; the read ends stay
     in the dispatcher."""
 
-    def __init__(self, capture, name):
+    def __init__(self, capture: OutputCapture, name: str) -> None:
         self._capture = capture
         self.name = name
-        self.worker_ends = []
-        self._streams = []
+        self.worker_ends: list[Connection] = []
+        self._streams: list[_CapturedStream] = []
         for label, level in _STREAMS:
             ours, theirs = multiprocessing.Pipe(duplex=False)
             self.worker_ends.append(theirs)
             self._streams.append(
                 _CapturedStream(name, label, level, ours, capture.emit))
 
-    def started(self):
+    def started(self) -> None:
         """The worker process has its copies: close ours of its ends and
         start reading the others."""
         for end in self.worker_ends:
@@ -115,7 +126,7 @@ class WorkerOutput:
         for stream in self._streams:
             self._capture.watch(stream)
 
-    def close(self):
+    def close(self) -> None:
         """The worker could not be started: close every end."""
         for end in self.worker_ends:
             end.close()
@@ -129,31 +140,33 @@ class OutputCapture:
     """The dispatcher's side: the read ends of every worker's streams,
     registered in its selector; lines go to `emit(name, level, message)`."""
 
-    def __init__(self, emit):
+    def __init__(self, emit: Emit) -> None:
         self.emit = emit
-        self._selector = None
-        self._streams = set()
+        self._selector: selectors.BaseSelector | None = None
+        self._streams: set[_CapturedStream] = set()
 
-    def attach(self, selector):
+    def attach(self, selector: selectors.BaseSelector) -> None:
         """Use `selector` (the dispatcher's loop) from now on."""
         self._selector = selector
 
-    def open(self, name):
+    def open(self, name: str) -> WorkerOutput:
         """A WorkerOutput for the worker called `name` (e.g. 'Items[2]')."""
         return WorkerOutput(self, name)
 
-    def watch(self, stream):
+    def watch(self, stream: _CapturedStream) -> None:
         """Read `stream` whenever it is readable."""
+        assert self._selector is not None, 'attach() a selector first'
         self._streams.add(stream)
         self._selector.register(stream.fd, selectors.EVENT_READ,
                                 lambda _f, _m: self._readable(stream))
 
-    def _readable(self, stream):
+    def _readable(self, stream: _CapturedStream) -> None:
         if not stream.read():
             self._forget(stream)
 
-    def _forget(self, stream):
+    def _forget(self, stream: _CapturedStream) -> None:
         self._streams.discard(stream)
+        assert self._selector is not None   # (watch() registered it)
         try:
             self._selector.unregister(stream.fd)
         except (KeyError, ValueError, RuntimeError):
@@ -161,11 +174,11 @@ class OutputCapture:
         stream.pipe.close()
 
     @property
-    def stream_count(self):
+    def stream_count(self) -> int:
         """Worker streams still open (two per worker with capture)."""
         return len(self._streams)
 
-    def close(self):
+    def close(self) -> None:
         """Log what the workers wrote last (a bounded number of reads per
         stream, never waiting), then close every stream."""
         for stream in list(self._streams):
@@ -181,7 +194,7 @@ class OutputCapture:
             self._forget(stream)
 
 
-def redirect_output(worker_ends):
+def redirect_output(worker_ends: Iterable[Connection]) -> None:
     """In a worker, before its code runs: make `worker_ends` (the stdout
     and stderr pipe Connections) its descriptors 1 and 2, so that all that
     is written there, by Python or C code, reaches the dispatcher's log; make
@@ -207,7 +220,7 @@ def redirect_output(worker_ends):
                 errors='backslashreplace', closefd=False))
 
 
-def _fileno(stream):
+def _fileno(stream: TextIO) -> int | None:
     try:
         return stream.fileno()
     except (OSError, ValueError, AttributeError):

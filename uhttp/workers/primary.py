@@ -28,14 +28,24 @@ thread only ever tries a lock without waiting), hold the GIL while waiting,
 or take the lock in a process that did not ask for it (a fork drops its copy).
 """
 
+from __future__ import annotations
+
 import os
 import re
 import signal
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .locks import FileLock, RedisLock
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    from .descriptors import Callback, Descriptor
+    from .log import Logger
 
 __all__ = ['PrimaryWorker', 'Election', 'SCOPES', 'primary_lock_path']
 
@@ -44,7 +54,8 @@ REDIS_POLL_MAX = 1.0    # seconds between two tries of a Redis lock held
                         # by another worker (at most; ttl/3 when shorter)
 
 
-def primary_lock_path(pool_name, port=None, lock_dir=None):
+def primary_lock_path(pool_name: str, port: int | None = None,
+                      lock_dir: str | None = None) -> str:
     """The lock file of a pool's primary worker: `<lock_dir>/<pool>.primary
     .lock` when a lock directory is given, else `<tmp>/uhttp.workers.primary
     .<port>.<pool>.lock` (two services on one host listen on two ports)."""
@@ -60,6 +71,51 @@ def primary_lock_path(pool_name, port=None, lock_dir=None):
                         f'uhttp.workers.primary.{port}.{pool}.lock')
 
 
+class WaitedLock(Protocol):
+    """A lock that holds until released (FileLock): the election tries it,
+    then waits for it in a thread with `acquire(blocking=True)`."""
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock (waiting only when `blocking`); True when held."""
+
+    def release(self) -> None:
+        """Give the lock up (no-op when not held)."""
+
+
+class RenewedLock(Protocol):
+    """A lock that expires unless renewed (RedisLock): the election tries
+    it, and renews it every `renew_interval` seconds while held."""
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock (and it has not expired)."""
+
+    @property
+    def renew_interval(self) -> float:
+        """Seconds between two renewals (a true value)."""
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free, never waiting; True when held."""
+
+    def renew(self) -> bool:
+        """Extend the hold; False when the lock was lost."""
+
+    def release(self) -> None:
+        """Give the lock up (no-op when not held)."""
+
+
+# what primary_lock() returns: one with a true `renew_interval` is renewed
+PrimaryLock = WaitedLock | RenewedLock
+
+
+def _expires(lock: PrimaryLock) -> TypeIs[RenewedLock]:
+    return bool(getattr(lock, 'renew_interval', None))
+
+
 class Election:
     """One worker's part in the election of its pool's primary.
 
@@ -70,29 +126,30 @@ class Election:
     `reader`; the worker's loop watches it and reads `held`.
     """
 
-    def __init__(self, scope, lock, log):
+    def __init__(self, scope: str, lock: PrimaryLock, log: Logger) -> None:
         self.scope = scope
         self.lock = lock
         self.log = log
-        self.pid = os.getpid()
+        self.pid: int | None = os.getpid()
+        self._writer: int | None     # None once closed or forked
         self.reader, self._writer = os.pipe()
         os.set_blocking(self.reader, False)
         os.set_blocking(self._writer, False)
         self._wake_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._holding = False
-        self._last_error = None
+        self._last_error: str | None = None
         renew = getattr(lock, 'renew_interval', None)
         self._poll = min(REDIS_POLL_MAX, renew) if renew else None
         _ELECTIONS.add(self)
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """True while this process holds the lock."""
         return self.pid == os.getpid() and self.lock.held
 
-    def start(self):
+    def start(self) -> bool:
         """Try the lock now, then start the thread; True when held now."""
         self._holding = self._try()
         if self._holding:
@@ -103,7 +160,7 @@ class Election:
             self._thread.start()
         return self._holding
 
-    def drain(self):
+    def drain(self) -> None:
         """Read the pending wake-ups (from the worker's loop)."""
         try:
             while os.read(self.reader, 512):
@@ -111,7 +168,7 @@ class Election:
         except (BlockingIOError, OSError):
             pass
 
-    def close(self):
+    def close(self) -> None:
         """Stop the thread (a renewing one; one blocked in flock is left to
         the process's exit), give the lock up and close the pipe."""
         self._stop.set()
@@ -125,11 +182,12 @@ class Election:
                              self.lock, err)
         with self._wake_lock:
             os.close(self.reader)
-            os.close(self._writer)
+            if self._writer is not None:    # (None after forget())
+                os.close(self._writer)
             self._writer = None
         _ELECTIONS.discard(self)
 
-    def forget(self):
+    def forget(self) -> None:
         """In a forked child: drop the copy of the lock (without unlocking
         it for the parent) and never wake anyone."""
         self.pid = None
@@ -141,31 +199,32 @@ class Election:
 
     # -- the thread -----------------------------------------------------------
 
-    def _run(self):
+    def _run(self) -> None:
         # signals stay the business of the worker's main thread
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        if self._poll is None:
-            self._wait_for_file_lock()
+        lock = self.lock
+        if _expires(lock):      # (as self._poll is not None)
+            self._keep_renewed_lock(lock)
         else:
-            self._keep_renewed_lock()
+            self._wait_for_file_lock(lock)
 
-    def _wait_for_file_lock(self):
+    def _wait_for_file_lock(self, lock: WaitedLock) -> None:
         try:
-            self.lock.acquire(blocking=True)   # flock releases the GIL
+            lock.acquire(blocking=True)   # flock releases the GIL
         except OSError as err:
             self.log.error('cannot wait for the primary lock %r: %s',
-                           self.lock, err)
+                           lock, err)
             return
         if not self._stop.is_set():
             self._holding = True
             self._wake()
 
-    def _keep_renewed_lock(self):
+    def _keep_renewed_lock(self, lock: RenewedLock) -> None:
         while True:
             if self._holding:
-                if self._stop.wait(self.lock.renew_interval):
+                if self._stop.wait(lock.renew_interval):
                     return
-                if not self._renew():
+                if not self._renew(lock):
                     self._holding = False
                     self._wake()
             else:
@@ -175,7 +234,7 @@ class Election:
                 elif self._stop.wait(self._poll):
                     return
 
-    def _try(self):
+    def _try(self) -> bool:
         try:
             taken = self.lock.acquire()
         except Exception as err:  # pylint: disable=broad-except
@@ -184,19 +243,19 @@ class Election:
         self._report(None)
         return taken
 
-    def _renew(self):
+    def _renew(self, lock: RenewedLock) -> bool:
         try:
-            if self.lock.renew():
+            if lock.renew():
                 self._report(None)
                 return True
-            self.log.warning('primary lock %r was taken over', self.lock)
+            self.log.warning('primary lock %r was taken over', lock)
             return False
         except Exception as err:  # pylint: disable=broad-except
-            self._report(f'cannot renew the primary lock {self.lock!r}: '
+            self._report(f'cannot renew the primary lock {lock!r}: '
                          f'{err}')
-            return self.lock.held   # still within the ttl: try again
+            return lock.held   # still within the ttl: try again
 
-    def _report(self, error):
+    def _report(self, error: str | None) -> None:
         # one line per change, not one per try while Redis is away
         if error is not None and error != self._last_error:
             self.log.warning('%s', error)
@@ -204,7 +263,7 @@ class Election:
             self.log.info('primary lock %r reachable again', self.lock)
         self._last_error = error
 
-    def _wake(self):
+    def _wake(self) -> None:
         # under the lock: once close() closed the pipe, its number may name
         # another file
         with self._wake_lock:
@@ -215,10 +274,10 @@ class Election:
                     pass    # full: a wake-up is pending anyway
 
 
-_ELECTIONS = weakref.WeakSet()
+_ELECTIONS: weakref.WeakSet[Election] = weakref.WeakSet()
 
 
-def _forget_elections_in_child():
+def _forget_elections_in_child() -> None:
     # A child forked by a primary worker would keep the flock alive after
     # the worker died, and no other worker could take over.
     for election in list(_ELECTIONS):
@@ -245,16 +304,29 @@ class PrimaryWorker:
 
     PRIMARY_LOCK = False
     PRIMARY_SCOPE = 'host'
-    PRIMARY_LOCK_DIR = None
-    PRIMARY_REDIS_URL = None
+    PRIMARY_LOCK_DIR: str | None = None
+    PRIMARY_REDIS_URL: str | None = None
     PRIMARY_REDIS_KEY = 'uhttp.workers.primary:{pool_name}'
     PRIMARY_TTL = 10.0
 
-    dispatcher_port = None  # set by worker_main: the dispatcher's TCP port
-    _election = None
+    # set by worker_main: the dispatcher's TCP port
+    dispatcher_port: int | None = None
+    _election: Election | None = None
     _primary_announced = False
 
-    def is_primary_worker(self, scope=None):
+    # the Worker's, used here (annotations only: nothing is defined)
+    pool_name: str
+    log: Logger
+
+    if TYPE_CHECKING:
+        def register_reader(self, fd: Descriptor,
+                            callback: Callback) -> None:
+            """WatchesDescriptors.register_reader of the Worker."""
+
+        def unregister_reader(self, fd: Descriptor) -> None:
+            """WatchesDescriptors.unregister_reader of the Worker."""
+
+    def is_primary_worker(self, scope: str | None = None) -> bool:
         """True when this worker is its pool's primary: the one live worker
         holding the pool's lock ('host': per host; 'service': across hosts,
         through Redis). The first call joins the election without waiting
@@ -272,16 +344,16 @@ class PrimaryWorker:
                 f'it cannot also ask for scope {scope!r}')
         return election.held
 
-    def on_primary(self):
+    def on_primary(self) -> None:
         """Called in the worker's loop thread each time this worker becomes
         the primary (once per promotion): start the primary's duties here."""
 
-    def on_primary_lost(self):
+    def on_primary_lost(self) -> None:
         """Called in the worker's loop thread when a live primary lost its
         lock ('service' scope: Redis unreachable for a ttl, or the key taken
         over): stop the primary's duties here."""
 
-    def primary_lock(self, scope):
+    def primary_lock(self, scope: str) -> PrimaryLock:
         """The lock the election uses for `scope`: a FileLock ('host') or a
         RedisLock ('service'). Override to supply your own (an object with
         acquire(), release(), held, and renew()/renew_interval if it
@@ -300,19 +372,19 @@ class PrimaryWorker:
 
     # -- used by Worker ---------------------------------------------------------
 
-    def _primary_at_start(self):
+    def _primary_at_start(self) -> None:
         """After setup(): join the election if the class asks for it."""
         if self.PRIMARY_LOCK and self._election is None:
             self._join_election(self.PRIMARY_SCOPE)
 
-    def _primary_at_exit(self):
+    def _primary_at_exit(self) -> None:
         """The loop ended: give the lock up (the duties ended in teardown)."""
         election, self._election = self._election, None
         if election is not None:
             self.unregister_reader(election.reader)
             election.close()
 
-    def _join_election(self, scope):
+    def _join_election(self, scope: str) -> Election:
         if scope not in SCOPES:
             raise ValueError(f'scope must be one of {SCOPES}, not {scope!r}')
         election = Election(scope, self.primary_lock(scope), self.log)
@@ -321,7 +393,7 @@ class PrimaryWorker:
         election.start()
         return election
 
-    def _on_election(self, _fd):
+    def _on_election(self, _fd: int) -> None:
         """(In the loop.) The election thread woke us: announce a change."""
         election = self._election
         if election is None:
@@ -339,7 +411,7 @@ class PrimaryWorker:
                              '%s', os.getpid(), self.pool_name)
             self._primary_hook(self.on_primary_lost)
 
-    def _primary_hook(self, hook):
+    def _primary_hook(self, hook: Callable[[], None]) -> None:
         try:
             hook()
         except Exception:  # pylint: disable=broad-except

@@ -9,6 +9,8 @@ traceback) and takes no lock, so it may run inside a signal handler.
 Must never: stop, pause or change the threads it reports on, or raise.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
@@ -20,12 +22,13 @@ import traceback
 DUMP_SIGNAL = signal.SIGCONT
 
 
-def format_stacks(title='stack dump'):
+def format_stacks(title: str = 'stack dump') -> str:
     """Every thread's stack, innermost call last, as one text block."""
     frames = sys._current_frames()  # pylint: disable=protected-access
     # threading.enumerate() takes a lock the interrupted code may hold: the
     # registry of running threads is read as it is (a copy is atomic)
-    running = dict(getattr(threading, '_active', {}))
+    running: dict[int, threading.Thread] = dict(
+        getattr(threading, '_active', {}))
     names = {ident: thread.name for ident, thread in running.items()}
     lines = [f'{title} (pid {os.getpid()}, {len(frames)} threads)']
     for ident, frame in frames.items():
@@ -35,7 +38,7 @@ def format_stacks(title='stack dump'):
     return '\n'.join(lines)
 
 
-def write_to_stderr(text):
+def write_to_stderr(text: str) -> None:
     """Write `text` to file descriptor 2 without Python's buffered stream
     (whose lock the interrupted code may hold)."""
     data = (text + '\n').encode('utf-8', 'replace')

@@ -10,6 +10,8 @@ Must never: touch a socket of the dispatcher, swallow a handler error
 without logging it, or outlive the dispatcher.
 """
 
+from __future__ import annotations
+
 import collections
 import ctypes
 import json
@@ -23,6 +25,10 @@ import stat
 import sys
 import threading
 import time
+import types
+from collections.abc import (
+    Callable, Container, Iterable, Iterator, Mapping, Sequence)
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, overload
 
 from . import framing, messages, stackdump
 from .channel import Channel, ChannelClosed
@@ -37,6 +43,24 @@ from .request import (
     normalize_headers, split_result)
 from .routing import MethodNotAllowed, RouteNotFound, Router, check_methods
 from .upgrade import ENV_READY_FD
+
+if TYPE_CHECKING:
+    import socket
+
+    from .messages import Message, ServiceStatus
+    from .request import Cookies, Data, Result
+    from .service import Service
+
+# a route's method names (empty: every method)
+Methods = tuple[str, ...]
+# (pattern, methods) of each @api decoration of a function
+RouteSpecs = tuple[tuple[str, Methods], ...]
+# what a route runs: a bound @api method
+Handler = Callable[[Request], Any]
+# (pattern, methods, handler class or None for the worker's own, name)
+Route = tuple[str, Methods, 'type[ApiHandler] | None', str]
+_F = TypeVar('_F', bound=Callable[..., Any])
+_T = TypeVar('_T')
 
 # Named exit codes, so the dispatcher can tell why a worker ended.
 EXIT_OK = 0
@@ -72,7 +96,7 @@ REVOKE_POLL = 0.01
 LOG_SEND_WAIT = 5.0
 
 
-def api(pattern, *methods):
+def api(pattern: str, *methods: str) -> Callable[[_F], _F]:
     """Route requests matching `pattern` (and `methods`, all if none) here.
 
     Use on methods of a Worker or an ApiHandler; in a handler the pattern is
@@ -81,8 +105,9 @@ def api(pattern, *methods):
     """
     methods = check_methods(pattern, methods)
 
-    def decorate(func):
-        func._uhttp_api = getattr(func, '_uhttp_api', ()) + ((pattern, methods),)
+    def decorate(func: _F) -> _F:
+        specs: RouteSpecs = getattr(func, '_uhttp_api', ())
+        setattr(func, '_uhttp_api', specs + ((pattern, methods),))
         return func
     return decorate
 
@@ -94,15 +119,15 @@ class ApiHandler:
     Subclasses inherit their parent's routes under their own PATTERN.
     """
 
-    PATTERN = ''
+    PATTERN: ClassVar[str] = ''
 
-    def __init__(self, worker):
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
 
-def _api_methods(cls):
+def _api_methods(cls: type) -> Iterator[tuple[str, str, Methods]]:
     """(attribute name, pattern, methods) of @api methods, base classes first."""
-    found = {}
+    found: dict[str, RouteSpecs] = {}
     for klass in reversed(cls.__mro__):
         for name, attr in vars(klass).items():
             specs = getattr(attr, '_uhttp_api', None)
@@ -115,13 +140,13 @@ def _api_methods(cls):
             yield name, pattern, methods
 
 
-def collect_routes(worker_class):
+def collect_routes(worker_class: type[Worker]) -> list[Route]:
     """Every route of a Worker class: (pattern, methods, handler class, name).
 
     The handler class is None for @api methods of the worker itself. Used to
     validate routes in the dispatcher and to bind them in the worker.
     """
-    routes = []
+    routes: list[Route] = []
     for name, pattern, methods in _api_methods(worker_class):
         routes.append((pattern, methods, None, name))
     for handler_class in worker_class.HANDLERS:
@@ -136,11 +161,26 @@ def collect_routes(worker_class):
     return routes
 
 
-def build_router(worker_class, bind=None):
+@overload
+def build_router(worker_class: type[Worker],
+                 bind: None = None) -> Router[tuple[str, str]]: ...
+
+
+@overload
+def build_router(
+        worker_class: type[Worker],
+        bind: Callable[[type[ApiHandler] | None, str], _T],
+) -> Router[tuple[_T, str]]: ...
+
+
+def build_router(
+        worker_class: type[Worker],
+        bind: Callable[[type[ApiHandler] | None, str], _T] | None = None,
+) -> Router[tuple[_T, str]] | Router[tuple[str, str]]:
     """Compile the routes of a worker class. Each target is (callable,
     pattern); `bind(handler_class, name)` returns the callable (the method
     name stands in when bind is None)."""
-    router = Router()
+    router: Router[tuple[Any, str]] = Router()
     for pattern, methods, handler_class, name in collect_routes(worker_class):
         target = bind(handler_class, name) if bind else name
         router.add(pattern, methods, (target, pattern))
@@ -162,41 +202,45 @@ class Worker(WatchesDescriptors, PrimaryWorker):
     name: `self.services['name'].client()`).
     """
 
-    HANDLERS = []
-    LOG_NAME = '{pool_name}[{worker_id}]'
+    HANDLERS: ClassVar[Sequence[type[ApiHandler]]] = []
+    LOG_NAME: ClassVar[str] = '{pool_name}[{worker_id}]'
 
-    def __init__(self, worker_id=0, pool_name=None, log_level=LOG_WARNING,
-                 heartbeat_interval=1.0, services=(), **kwargs):
+    def __init__(self, worker_id: int = 0, pool_name: str | None = None,
+                 log_level: int = LOG_WARNING,
+                 heartbeat_interval: float = 1.0,
+                 services: Iterable[Service] = (), **kwargs: Any) -> None:
         self.worker_id = worker_id
         self.pool_name = pool_name or type(self).__name__
         self.kwargs = kwargs
         self.heartbeat_interval = heartbeat_interval
         self.log = DetailedLogger(
             f'{self.pool_name}[{worker_id}]', log_level, self._emit_log)
-        self._channel = None
-        self._selector = None
+        self._channel: Channel | None = None
+        self._selector: selectors.BaseSelector | None = None
         self._accepting = True
         self._stopping = False
         self._stop_announced = False
-        self._signal_pipe = None
-        self._exit_code = None
-        self._current = None
-        self._inbox = collections.deque()   # messages read, not yet handled
+        self._signal_pipe: tuple[int, int] | None = None
+        self._exit_code: int | None = None
+        self._current: int | None = None
+        # messages read, not yet handled
+        self._inbox: collections.deque[Message] = collections.deque()
         self._fresh = False     # the inbox was filled by the latest read
         # The channel is read by the loop and, while a handler runs, by the
         # revocation watcher; writes come from both: one lock each way.
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._busy = threading.Event()  # a handler runs: watch the channel
-        self._open = {}
+        # request_id -> a deferred or streaming request
+        self._open: dict[int, Request] = {}
         self._handled = 0
         self._descriptors = DescriptorWatch(self._descriptor_failed)
         self._next_beat = 0.0
         self._parent_pid = os.getppid()
-        self._handlers = {}
+        self._handlers: dict[type[ApiHandler], ApiHandler] = {}
         self._router = build_router(type(self), self._bind_route)
-        self._service_states = {}
-        self.services = {}
+        self._service_states: dict[str, ServiceStatus] = {}
+        self.services: dict[str, Service] = {}
         for service in services:
             service.state_getter = functools.partial(
                 self._service_states.get, service.name)
@@ -204,37 +248,37 @@ class Worker(WatchesDescriptors, PrimaryWorker):
 
     # -- hooks for applications ---------------------------------------------
 
-    def after_fork(self):
+    def after_fork(self) -> None:
         """Called once in the new worker process (forked or spawned),
         before setup(): e.g. to reseed a random generator or reopen what a
         fork must not share. An exception here is logged; setup() runs."""
 
-    def setup(self):
+    def setup(self) -> None:
         """Called once in the worker process before it takes requests."""
 
-    def teardown(self):
+    def teardown(self) -> None:
         """Called once in the worker process when its loop ends, whatever
         ended it (graceful stop or SIGTERM, recycling, rolling restart,
         SIGQUIT, the dispatcher gone; never after SIGKILL, nor when setup()
         failed). Close what
         setup() opened; an exception here is logged with its traceback."""
 
-    def on_config(self, config):
+    def on_config(self, config: Any) -> None:
         """Called with each configuration sent by `pool.send_config()`."""
 
-    def on_idle(self):
+    def on_idle(self) -> None:
         """Called every `heartbeat_interval` seconds from the worker loop."""
 
-    def on_disconnect(self, request_id):
+    def on_disconnect(self, request_id: int) -> None:
         """A deferred or streaming request ended without this worker
         answering it (client left, timeout, shutdown)."""
 
-    def do_check(self, request):
+    def do_check(self, request: Request) -> Any:
         """Validate a request before routing: return (data, status) or raise
         RejectRequest to refuse it, None to go on."""
         return None
 
-    def on_request_error(self, request, err):
+    def on_request_error(self, request: Request, err: Exception) -> Any:
         """A handler raised `err`: log it with its traceback, answer 500
         with the exception's message (as uhttp-workers 1.x did: the
         traceback and the exception's type stay in the log). Override to
@@ -246,9 +290,10 @@ class Worker(WatchesDescriptors, PrimaryWorker):
 
     # -- tools for applications ---------------------------------------------
 
-    def keep_alive(self, request_id=None):
+    def keep_alive(self, request_id: int | None = None) -> None:
         """Reset the timeout of a request (default: every request this worker
         holds) and the stuck-worker clock."""
+        ids: Iterable[int]
         if request_id is not None:
             ids = (request_id,)
         else:
@@ -257,26 +302,28 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                 ids.append(self._current)
         self._send(messages.keep_alive(ids))
 
-    def pause(self):
+    def pause(self) -> None:
         """Stop taking new requests; control messages, registered fds and
         on_idle() go on. Requests wait for the pool's other workers."""
         if self._accepting:
             self._accepting = False
             self._send(messages.accepting(False))
 
-    def resume(self):
+    def resume(self) -> None:
         """Take new requests again after pause()."""
         if not self._accepting:
             self._accepting = True
             self._send(messages.accepting(True))
 
-    def forward(self, path, data=None, method='POST', headers=None):
+    def forward(self, path: str, data: Data = None, method: str = 'POST',
+                headers: Mapping[str, object] | None = None) -> None:
         """Send a fire-and-forget request to whichever pool routes `path`
         (one of its workers runs it; nobody gets the answer)."""
         self._send(messages.forward(
             method.upper(), path, data, normalize_headers(headers)))
 
-    def broadcast(self, path, data=None, method='POST', headers=None):
+    def broadcast(self, path: str, data: Data = None, method: str = 'POST',
+                  headers: Mapping[str, object] | None = None) -> None:
         """Run a fire-and-forget request on every live worker of the pool
         that routes `path` (this worker included, when it is that pool):
         e.g. to fan an event out to the streams each worker holds."""
@@ -285,7 +332,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
 
     # -- handling a request ---------------------------------------------------
 
-    def handle_request(self, request):
+    def handle_request(self, request: Request) -> Any:
         """Run the whole worker-side pipeline for one request.
 
         do_check → route → handler, with errors turned into responses.
@@ -309,7 +356,8 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         except Exception as err:  # pylint: disable=broad-except
             return self._handler_failed(request, err)
 
-    def _route(self, method, path):
+    def _route(self, method: str,
+               path: str) -> tuple[tuple[Handler, str], dict[str, Any]]:
         try:
             return self._router.match(method, path)
         except MethodNotAllowed:
@@ -319,14 +367,14 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         # keeps the length and drops the body
         return self._router.match('GET', path)
 
-    def _handler_failed(self, request, err):
+    def _handler_failed(self, request: Request, err: Exception) -> Any:
         try:
             return self.on_request_error(request, err)
         except Exception:  # pylint: disable=broad-except
             self.log.exception('on_request_error() raised')
             return {'error': 'Internal Server Error'}, 500
 
-    def _on_request(self, message):
+    def _on_request(self, message: Message) -> None:
         (_, request_id, method, path, query, headers, data, remote, to_all,
          keep_alive, context) = message
         if self._stopping or not (self._accepting or to_all):
@@ -351,7 +399,9 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             content_type=content_type, remote_address=remote,
             context=context)
         request._channel_id = request_id
-        request._worker = self
+        # (request.py's protocol names debug()'s first parameter `msg`, the
+        # Logger of log.py `message`: the same call, positionally)
+        request._worker = self  # type: ignore[assignment]
         request._keep_alive = keep_alive
         self._current = request_id
         if not self._busy.is_set():
@@ -364,7 +414,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         self._handled += 1
         self._finish(request, result)
 
-    def _finish(self, request, result):
+    def _finish(self, request: Request, result: object) -> None:
         if request._state == 'new':
             if result is DEFERRED:
                 request._state = 'deferred'
@@ -377,7 +427,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                 'request %s: return value ignored, it was already answered',
                 request._channel_id)
 
-    def _split(self, request, result):
+    def _split(self, request: Request, result: object) -> Result:
         """(data, status, headers, cookies) of a handler's return value; a
         logged 500 for one that cannot be an answer."""
         try:
@@ -395,7 +445,9 @@ class Worker(WatchesDescriptors, PrimaryWorker):
     # it returned. Those go at once, each write blocking while the
     # dispatcher is behind, which paces the handler.
 
-    def _send_response(self, request, data, status, headers, cookies=None):
+    def _send_response(self, request: Request, data: Data, status: int,
+                       headers: Mapping[str, Any] | None,
+                       cookies: Cookies | None = None) -> bool:
         # The complete answer is built here, so that the dispatcher (the one
         # serial process of the service) only writes bytes.
         keep_alive = request._keep_alive
@@ -424,22 +476,23 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             now=request._channel_id == self._current)
         return True
 
-    def _start_stream(self, request, headers, cookies):
+    def _start_stream(self, request: Request, headers: dict[str, str],
+                      cookies: Cookies | None) -> bool:
         request._state = 'streaming'
         self._open[request._channel_id] = request
-        cookies = {str(k): str(v) for k, v in cookies.items()} if cookies \
+        sent = {str(k): str(v) for k, v in cookies.items()} if cookies \
             else None
         self._hold(messages.stream_start(
-            request._channel_id, 200, headers, cookies),
+            request._channel_id, 200, headers, sent),
             now=request._channel_id == self._current)
         return True
 
-    def _send_stream(self, request, body):
+    def _send_stream(self, request: Request, body: bytes) -> bool:
         self._hold(messages.stream_data(request._channel_id, body),
                    now=request._channel_id == self._current)
         return True
 
-    def _end_stream(self, request):
+    def _end_stream(self, request: Request) -> bool:
         request._state = 'ended'
         self._open.pop(request._channel_id, None)
         self._hold(messages.stream_end(request._channel_id),
@@ -448,15 +501,19 @@ class Worker(WatchesDescriptors, PrimaryWorker):
 
     # -- the loop -------------------------------------------------------------
 
-    def _bind_route(self, handler_class, name):
+    def _bind_route(self, handler_class: type[ApiHandler] | None,
+                    name: str) -> Handler:
+        method: Handler
         if handler_class is None:
-            return getattr(self, name)
+            method = getattr(self, name)
+            return method
         handler = self._handlers.get(handler_class)
         if handler is None:
             handler = self._handlers[handler_class] = handler_class(self)
-        return getattr(handler, name)
+        method = getattr(handler, name)
+        return method
 
-    def _send(self, message):
+    def _send(self, message: Message) -> None:
         channel = self._channel
         if channel is None or channel.closed:
             return
@@ -466,7 +523,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _hold(self, message, now=False):
+    def _hold(self, message: Message, now: bool = False) -> None:
         # Answers and stream frames wait for the end of this loop turn, the
         # next immediate send or the channel's HOLD_LIMIT, whichever comes
         # first (`now`: written at once, after those held before it).
@@ -482,7 +539,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _flush_held(self):
+    def _flush_held(self) -> None:
         channel = self._channel
         if channel is None or channel.closed:
             return
@@ -492,7 +549,8 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         except ChannelClosed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _emit_log(self, name, level, message, details=None):
+    def _emit_log(self, name: str, level: int, message: str,
+                  details: dict[str, Any] | None = None) -> None:
         """Send one log record to the dispatcher (self.log's records and,
         once the loop runs, those of every stdlib logger of the process).
 
@@ -517,21 +575,23 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         finally:
             self._write_lock.release()
 
-    def _on_channel(self, _fileobj, _mask):
+    def _on_channel(self, _fileobj: object, _mask: int) -> None:
         self._receive()
         self._fresh = True
         self._handle_inbox()
 
-    def _receive(self):
+    def _receive(self) -> None:
         """Read what the channel holds into the inbox; a CANCEL takes its
         request out of the inbox if it has not started (answered RETURNED):
         its client left, or the dispatcher gives it to an idle sibling."""
         with self._read_lock:
             self._receive_locked()
+        assert self._channel is not None    # (set by _run())
         if self._channel.closed:
             self._exit_code = EXIT_PARENT_GONE
 
-    def _receive_locked(self):
+    def _receive_locked(self) -> None:
+        assert self._channel is not None    # (set by _run())
         for message in self._channel.receive():
             kind = message[0]
             if kind == messages.CANCEL:
@@ -545,7 +605,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                     request._state = 'ended'
             self._inbox.append(message)
 
-    def _cancel(self, request_id):
+    def _cancel(self, request_id: int) -> None:
         """(Under the read lock.) Hand back a request not yet started."""
         for index, message in enumerate(self._inbox):
             if message[0] == messages.REQUEST and message[1] == request_id:
@@ -555,7 +615,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                 self._send(messages.returned(request_id))
                 return
 
-    def _handle_inbox(self):
+    def _handle_inbox(self) -> None:
         inbox = self._inbox
         while inbox and self._exit_code is None:
             if not self._fresh and inbox[0][0] == messages.REQUEST:
@@ -567,7 +627,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                 message = inbox.popleft()
             self._on_message(message)
 
-    def _watch_revocations(self):
+    def _watch_revocations(self) -> None:
         """Thread: while a handler runs, keep reading the channel so that a
         request waiting behind it can be handed back to the dispatcher (the
         loop reads it again once the handler returns)."""
@@ -580,6 +640,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             busy.wait()
             time.sleep(REVOKE_POLL)
             with self._read_lock:
+                assert self._channel is not None    # (set by _run())
                 if self._channel.closed:
                     return
                 if self._current is None:
@@ -589,7 +650,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
                 else:
                     self._receive_locked()
 
-    def _on_message(self, message):
+    def _on_message(self, message: Message) -> None:
         kind = message[0]
         if kind == messages.REQUEST:
             self._on_request(message)
@@ -608,16 +669,16 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         else:
             self.log.error('unknown message kind %r', kind)
 
-    def _call_hook(self, hook, *args):
+    def _call_hook(self, hook: Callable[..., object], *args: Any) -> None:
         try:
             hook(*args)
         except Exception:  # pylint: disable=broad-except
             self.log.exception('%s() raised', hook.__name__)
 
-    def _descriptor_failed(self, fd, err):
+    def _descriptor_failed(self, fd: int, err: Exception) -> None:
         self.log.error('callback for fd %d raised %r', fd, err, exc_info=err)
 
-    def _beat(self, now):
+    def _beat(self, now: float) -> None:
         self._next_beat = now + self.heartbeat_interval
         if os.getppid() != self._parent_pid:
             self._exit_code = EXIT_PARENT_GONE
@@ -625,7 +686,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         self._send(messages.heartbeat(self._current, self._handled))
         self._call_hook(self.on_idle)
 
-    def _should_exit(self):
+    def _should_exit(self) -> bool:
         if self._exit_code is not None:
             return True
         if _SIGNALS.stop_requested:
@@ -636,7 +697,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             return True
         return False
 
-    def _run(self, channel):
+    def _run(self, channel: Channel) -> int:
         """The worker loop; returns the process exit code."""
         self._channel = channel
         self.log.name = resolve_log_name(
@@ -646,10 +707,10 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         # stdlib logging of every module of this process goes to the
         # dispatcher, at the level of self.log
         install_forwarding(self._emit_log, self.log.level)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(channel.sock, selectors.EVENT_READ,
-                                self._on_channel)
-        self._descriptors.attach(self._selector)
+        selector = self._selector = selectors.DefaultSelector()
+        selector.register(channel.sock, selectors.EVENT_READ,
+                          self._on_channel)
+        self._descriptors.attach(selector)
         self._watch_signals()
         self._call_hook(self.after_fork)
         try:
@@ -667,9 +728,10 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             # also on SystemExit from SIGQUIT (sent by the kernel when the
             # dispatcher dies) and on an error of the loop itself
             self._teardown()
+        assert self._exit_code is not None  # (the loop ends once it is set)
         return self._exit_code
 
-    def _watch_signals(self):
+    def _watch_signals(self) -> None:
         """Let a signal wake the loop (a handler only sets a flag)."""
         _SIGNALS.worker = self
         if _SIGNALS.stop_requested:
@@ -685,16 +747,18 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             os.close(writer)
             return  # not the main thread (a test running _run() directly)
         self._signal_pipe = (reader, writer)
+        assert self._selector is not None   # (set by _run())
         self._selector.register(reader, selectors.EVENT_READ,
                                 self._on_signal_wake)
 
-    def _on_signal_wake(self, _fileobj, _mask):
+    def _on_signal_wake(self, _fileobj: object, _mask: int) -> None:
+        assert self._signal_pipe is not None  # (registered with it)
         try:
             os.read(self._signal_pipe[0], 64)
         except BlockingIOError:
             pass
 
-    def _hand_back_unread(self):
+    def _hand_back_unread(self) -> None:
         """Before a graceful exit: requests that reached the channel since
         the last read go back to the dispatcher unstarted (so a sibling
         runs them; the dispatcher would count them as lost otherwise)."""
@@ -708,25 +772,27 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             if message[0] == messages.REQUEST:
                 self._send(messages.returned(message[1]))
 
-    def _announce_stop(self):
+    def _announce_stop(self) -> None:
         """After SIGTERM: tell the dispatcher to send nothing more (a
         request already on its way is handed back, unstarted)."""
         if not self._stop_announced:
             self._stop_announced = True
             self._send(messages.accepting(False))
 
-    def _loop(self):
+    def _loop(self) -> None:
+        selector = self._selector
+        assert selector is not None     # (set by _run())
         self._next_beat = time.monotonic() + self.heartbeat_interval
         while not self._should_exit():
             timeout = max(0.0, self._next_beat - time.monotonic())
-            for key, mask in self._selector.select(timeout):
+            for key, mask in selector.select(timeout):
                 key.data(key.fd, mask)
             now = time.monotonic()
             if now >= self._next_beat:
                 self._beat(now)
             self._flush_held()
 
-    def _teardown(self):
+    def _teardown(self) -> None:
         self._flush_held()  # answers given before the end go out first
         try:
             self.teardown()
@@ -734,7 +800,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             self.log.exception('teardown() failed')
         self._primary_at_exit()     # the primary's duties ended above
 
-    def _dump_stacks(self):
+    def _dump_stacks(self) -> None:
         """(From the SIGCONT handler.) Log every thread's stack; straight
         to stderr when the channel is busy in the interrupted code."""
         text = stackdump.format_stacks(f'stacks of worker {self.log.name}')
@@ -751,7 +817,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         stackdump.write_to_stderr(text)
 
 
-def _writable(sock, timeout):
+def _writable(sock: socket.socket, timeout: float) -> bool:
     """Whether the channel socket takes bytes within `timeout` seconds
     (writable means half its large buffer is free: a log frame fits)."""
     try:
@@ -760,13 +826,14 @@ def _writable(sock, timeout):
         return True   # closed: the send reports it
 
 
-def _invalid_json(keep_alive):
-    return framing.encode_response(
+def _invalid_json(keep_alive: bool) -> bytes:
+    wire: bytes = framing.encode_response(
         400, {'content-type': 'application/json'},
         b'{"error": "Invalid JSON body"}', keep_alive=keep_alive)
+    return wire
 
 
-def _die_with_parent():
+def _die_with_parent() -> None:
     # Linux only: have the kernel send SIGQUIT (stop at once: the answer has
     # nobody to go to) when the dispatcher dies, so a worker stuck in a
     # handler goes too. Elsewhere the loop notices instead.
@@ -780,14 +847,14 @@ def _die_with_parent():
 
 class _SignalState:
     """What the worker's signal handlers saw (they only set flags)."""
-    worker = None
+    worker: Worker | None = None
     stop_requested = False
 
 
 _SIGNALS = _SignalState()
 
 
-def _graceful_stop(_signum, _frame):
+def _graceful_stop(_signum: int, _frame: types.FrameType | None) -> None:
     # the running handler goes on; the loop then hands back what it has not
     # started, waits for its deferred and streaming requests, and exits 0
     _SIGNALS.stop_requested = True
@@ -795,7 +862,7 @@ def _graceful_stop(_signum, _frame):
         _SIGNALS.worker._stopping = True  # pylint: disable=protected-access
 
 
-def _terminate(signum, _frame):
+def _terminate(signum: int, _frame: types.FrameType | None) -> None:
     # unwinds the running handler; teardown() runs in _run()'s finally
     worker = _SIGNALS.worker
     if worker is not None:
@@ -805,7 +872,7 @@ def _terminate(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-def _dump_stacks(_signum, _frame):
+def _dump_stacks(_signum: int, _frame: types.FrameType | None) -> None:
     worker = _SIGNALS.worker
     if worker is not None:
         worker._dump_stacks()  # pylint: disable=protected-access
@@ -813,7 +880,7 @@ def _dump_stacks(_signum, _frame):
         stackdump.write_to_stderr(stackdump.format_stacks())
 
 
-def _prepare_signals():
+def _prepare_signals() -> None:
     # Ctrl-C reaches the whole process group; the dispatcher decides what
     # happens to workers, so they ignore it (and a terminal's hangup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -826,7 +893,7 @@ def _prepare_signals():
     signal.signal(TRACEBACK_SIGNAL, _dump_stacks)
 
 
-def _isolate_from_dispatcher(keep):
+def _isolate_from_dispatcher(keep: Container[int]) -> None:
     """In a worker forked from the dispatcher: let go of its descriptors.
 
     A forked worker inherits every client socket, the listening socket and
@@ -836,7 +903,7 @@ def _isolate_from_dispatcher(keep):
     closes "its" descriptor later cannot close one the worker opened since.
     Pipes stay: one of them tells the dispatcher that this process exited.
     """
-    descriptors = None
+    descriptors: Iterable[int] | None = None
     for listing in ('/proc/self/fd', '/dev/fd'):
         try:
             descriptors = [int(name) for name in os.listdir(listing)]
@@ -865,7 +932,9 @@ def _isolate_from_dispatcher(keep):
     os.close(null)
 
 
-def worker_main(worker_class, sock, options, kwargs):
+def worker_main(worker_class: type[Worker], sock: socket.socket,
+                options: Mapping[str, Any],
+                kwargs: Mapping[str, Any]) -> NoReturn:
     """Entry point of a worker process (target of multiprocessing)."""
     options = dict(options)
     output = options.pop('output', None)
@@ -905,7 +974,8 @@ def worker_main(worker_class, sock, options, kwargs):
     sys.exit(code)
 
 
-def _send_quietly(channel, name, level, message):
+def _send_quietly(channel: Channel, name: str, level: int,
+                  message: str) -> None:
     try:
         channel.send(messages.log(name, level, message))
     except ChannelClosed:

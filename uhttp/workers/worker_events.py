@@ -10,8 +10,12 @@ Must never block on a channel, or trust a message to say which worker holds
 a request: the dispatcher's own books (pool.assign) say that.
 """
 
+from __future__ import annotations
+
 import selectors
 import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from uhttp import server as _server
 
@@ -20,6 +24,15 @@ from .log import WORKER_LOGGER, printable
 from .pending import ASSIGNED, DEFERRED, DONE, STREAMING
 from .request import Response
 from .worker import APP_ERROR_MESSAGE
+
+if TYPE_CHECKING:
+    from .access_log import AccessLog
+    from .log import Logger, LogOutput, LogRouter
+    from .messages import Data, Message, Query
+    from .metrics import Metrics
+    from .pending import Pending, PendingTable, State
+    from .pool import WorkerPool
+    from .worker_handle import WorkerHandle
 
 # the dispatcher's exit status when a pool could not start at all
 EXIT_STARTUP_FAILED = 1
@@ -41,7 +54,15 @@ class VictimRequest:
     __slots__ = ('method', 'path', 'query', 'headers', 'data', 'body',
                  'remote_address')
 
-    def __init__(self, message):
+    method: str
+    path: str
+    query: Query
+    headers: dict[str, str]
+    data: Data
+    body: bytes | str | None
+    remote_address: str | None
+
+    def __init__(self, message: Message) -> None:
         (_, _, self.method, self.path, self.query, headers, self.data,
          self.remote_address) = message[:8]
         self.headers = dict(headers or {})
@@ -56,7 +77,7 @@ class Victim:
 
     __slots__ = ('client', 'pool', 'worker_id', 'streaming', 'timestamp')
 
-    def __init__(self, pending, handle):
+    def __init__(self, pending: Pending, handle: WorkerHandle) -> None:
         self.client = VictimRequest(pending.message)
         self.pool = pending.pool
         self.worker_id = handle.index
@@ -67,8 +88,67 @@ class Victim:
 class WorkerEvents:
     """Worker channel events and messages (mixed into Dispatcher)."""
 
-    def watch_worker(self, handle):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    exit_status: int
+    _state: str
+    _selector: selectors.BaseSelector
+    _pending: PendingTable
+    _metrics: Metrics | None
+    _access_log: AccessLog | None
+    _log_router: LogRouter
+    _log_output: LogOutput
+    # workers with messages queued in their channel
+    _flush_needed: set[WorkerHandle]
+    # a worker gone, its exit status not known yet -> its failed requests
+    _worker_victims: dict[WorkerHandle, list[tuple[int, Victim]]]
+    _died_takes_victims: bool
+    _has_response_hook: bool
+    _has_removed_hook: bool
+    _has_forward_hook: bool
+
+    if TYPE_CHECKING:
+        # pylint: disable=missing-function-docstring,too-many-arguments
+        def on_worker_died(self, pool: WorkerPool, worker_id: int,
+                           reason: str, exitcode: int | None,
+                           victims: Sequence[tuple[int, Victim]] = (),
+                           ) -> None: ...
+
+        def on_response(self, response: Response,
+                        pending: Pending) -> None: ...
+
+        def stop(self, graceful: bool = True) -> None: ...
+
+        def submit_internal(self, pool: WorkerPool, method: str, path: str,
+                            data: Data, headers: dict[str, str],
+                            query: Query = None,
+                            to_all: bool = False) -> None: ...
+
+        def _give_up(self, pending: Pending, status: int | None,
+                     message: str | None = None,
+                     reason: str | None = None) -> None: ...
+
+        def _complete(self, pending: Pending) -> State: ...
+
+        def _client_left(self, pending: Pending) -> None: ...
+
+        def _removed(self, pending: Pending, reason: str) -> None: ...
+
+        def _admission_changed(self) -> None: ...
+
+        @staticmethod
+        def _resume_reading(pending: Pending) -> None: ...
+
+        def _send_answer(self, client: Any, wire: bytes,
+                         keep_alive: bool) -> None: ...
+
+        def _call_hook(self, name: str, *args: Any) -> Any: ...
+
+        def _find_pool(self, path: str) -> WorkerPool | None: ...
+
+    def watch_worker(self, handle: WorkerHandle) -> None:
         """Register a started worker's channel and exit sentinel."""
+        assert handle.channel is not None and handle.process is not None
         self._selector.register(
             handle.channel.sock, selectors.EVENT_READ,
             lambda _f, _m: self._on_worker_readable(handle))
@@ -78,22 +158,24 @@ class WorkerEvents:
         if handle.channel.has_output:
             self._flush_needed.add(handle)
 
-    def wants_flush(self, handle):
+    def wants_flush(self, handle: WorkerHandle) -> None:
         """A message was queued for this worker."""
         self._flush_needed.add(handle)
 
-    def _flush_workers(self):
+    def _flush_workers(self) -> None:
         flush_needed, self._flush_needed = self._flush_needed, set()
         for handle in flush_needed:
+            assert handle.channel is not None   # (a watched worker's)
             if handle.channel.closed:
                 continue
             if not handle.pool.flush(handle):
                 # the rest goes when the socket is writable (no spinning)
                 self._watch_writable(handle)
 
-    def _watch_writable(self, handle):
+    def _watch_writable(self, handle: WorkerHandle) -> None:
         # Only while its socket buffer is full: a worker busy with a long
         # request reads nothing for a while.
+        assert handle.channel is not None   # (a watched worker's)
         try:
             self._selector.modify(
                 handle.channel.sock,
@@ -102,9 +184,10 @@ class WorkerEvents:
         except (KeyError, ValueError):
             pass
 
-    def _on_worker_io(self, handle, mask):
+    def _on_worker_io(self, handle: WorkerHandle, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and handle.pool.flush(handle):
             self._flush_needed.discard(handle)
+            assert handle.channel is not None   # (a watched worker's)
             try:
                 self._selector.modify(
                     handle.channel.sock, selectors.EVENT_READ,
@@ -114,8 +197,9 @@ class WorkerEvents:
         if mask & selectors.EVENT_READ:
             self._on_worker_readable(handle)
 
-    def _on_worker_readable(self, handle):
+    def _on_worker_readable(self, handle: WorkerHandle) -> None:
         channel = handle.channel
+        assert channel is not None  # (a watched worker's)
         batch = channel.receive()
         if channel.closed:
             handle.ready = False  # its last answers must not pull in more
@@ -126,15 +210,17 @@ class WorkerEvents:
         if channel.closed:
             self._unwatch_channel(handle)
 
-    def _unwatch_channel(self, handle):
+    def _unwatch_channel(self, handle: WorkerHandle) -> None:
+        assert handle.channel is not None   # (a watched worker's)
         try:
             self._selector.unregister(handle.channel.sock)
         except (KeyError, ValueError):
             pass
 
-    def _on_worker_exit(self, handle):
+    def _on_worker_exit(self, handle: WorkerHandle) -> None:
         if handle.channel is None or handle.exited or handle.awaiting_exit:
             return
+        assert handle.process is not None   # (as it has a channel)
         handle.ready = False  # its last answers must not pull in more
         for message in handle.channel.receive():
             self._on_worker_message(handle, message)
@@ -163,7 +249,8 @@ class WorkerEvents:
         self._fail_orphans(handle, orphans, handle.pool.exit_reason(handle))
         self.worker_reaped(handle)
 
-    def _requeue_unstarted(self, handle, unstarted):
+    def _requeue_unstarted(self, handle: WorkerHandle,
+                           unstarted: Sequence[Pending]) -> None:
         """Requests the dead worker never started go to a sibling, first in
         line (a request runs at most once: these never ran)."""
         pool = handle.pool
@@ -178,7 +265,7 @@ class WorkerEvents:
                           'go to its siblings', handle.name, len(unstarted))
             pool.pump()
 
-    def worker_reaped(self, handle):
+    def worker_reaped(self, handle: WorkerHandle) -> None:
         """The exit status of a worker that ended is known: restart it or
         not, log it, tell on_worker_died()."""
         handle.awaiting_exit = False
@@ -208,7 +295,8 @@ class WorkerEvents:
                 self.log.exception('on_worker_died() raised')
         pool.pump()
 
-    def _fail_orphans(self, handle, orphans, reason):
+    def _fail_orphans(self, handle: WorkerHandle,
+                      orphans: Iterable[Pending], reason: str) -> None:
         for pending in orphans:
             if pending.state == DONE or pending.client is None:
                 continue
@@ -221,7 +309,7 @@ class WorkerEvents:
             else:
                 self._give_up(pending, 503, 'Shutting down')
 
-    def pool_failed_to_start(self, pool, reason):
+    def pool_failed_to_start(self, pool: WorkerPool, reason: str) -> None:
         """Every worker of `pool` ended before any was ready: say why once
         and shut down with a non-zero exit, so that a deploy fails where
         it can be seen (WorkerPool(exit_on_startup_failure=False) keeps
@@ -238,7 +326,7 @@ class WorkerEvents:
         self.exit_status = EXIT_STARTUP_FAILED
         self.stop(graceful=True)
 
-    def pool_degraded(self, pool):
+    def pool_degraded(self, pool: WorkerPool) -> None:
         """A pool just became degraded: its backlog gets 503 now."""
         for pending in pool.queued_requests():
             self._give_up(pending, 503, 'Service Unavailable',
@@ -247,7 +335,8 @@ class WorkerEvents:
 
     # -- messages from workers ---------------------------------------------
 
-    def _on_worker_message(self, handle, message):
+    def _on_worker_message(self, handle: WorkerHandle,
+                           message: Message) -> None:
         kind = message[0]
         if kind == messages.RESPONSE:
             self._on_response_message(handle, message)
@@ -277,7 +366,8 @@ class WorkerEvents:
             self.log.error('worker %s sent an unknown message kind %r',
                            handle.name, kind)
 
-    def _on_worker_log(self, handle, message):
+    def _on_worker_log(self, handle: WorkerHandle,
+                       message: Message) -> None:
         """A worker's log record: to stdlib logger
         `uhttp.workers.worker.<pool>` (the worker's own logger name in the
         record's `worker_logger`, its index in `worker_id`), or to on_log()
@@ -298,7 +388,8 @@ class WorkerEvents:
             self._log_output.write('dispatcher', 40, f'log handler raised '
                                    f'{err!r}; record: [{name}] {text}')
 
-    def _on_response_message(self, handle, message):
+    def _on_response_message(self, handle: WorkerHandle,
+                             message: Message) -> None:
         _, request_id, status, wire, keep_alive, route = message
         pool = handle.pool
         pending = handle.in_flight.get(request_id)
@@ -333,7 +424,7 @@ class WorkerEvents:
             self._removed(pending, PENDING_COMPLETED)
         pool.pump(handle)
 
-    def _on_deferred(self, handle, request_id):
+    def _on_deferred(self, handle: WorkerHandle, request_id: int) -> None:
         pool = handle.pool
         pending = handle.in_flight.get(request_id)
         if pending is None:
@@ -346,10 +437,11 @@ class WorkerEvents:
             pool.drop(handle, pending)
         pool.pump(handle)
 
-    def _on_keep_alive(self, request_ids):
+    def _on_keep_alive(self, request_ids: Iterable[int]) -> None:
         self._pending.keep_alive(request_ids, time.monotonic())
 
-    def _on_stream_message(self, handle, message):
+    def _on_stream_message(self, handle: WorkerHandle,
+                           message: Message) -> None:
         kind, request_id = message[0], message[1]
         pending = handle.in_flight.get(request_id)
         if pending is None or pending.state == DONE \
@@ -372,7 +464,8 @@ class WorkerEvents:
             if self._has_removed_hook:
                 self._removed(pending, PENDING_STREAM_CLOSED)
 
-    def _start_stream(self, handle, pending, message):
+    def _start_stream(self, handle: WorkerHandle, pending: Pending,
+                      message: Message) -> None:
         _, request_id, _status, headers, cookies = message
         handle.release(pending)
         self._pending.start_stream(pending)
@@ -394,7 +487,7 @@ class WorkerEvents:
             self._client_left(pending)
         handle.pool.pump(handle)
 
-    def _on_returned(self, handle, request_id):
+    def _on_returned(self, handle: WorkerHandle, request_id: int) -> None:
         pool = handle.pool
         pending = handle.in_flight.get(request_id)
         if pending is None:
@@ -405,7 +498,7 @@ class WorkerEvents:
             pool.requeue(pending)
         pool.pump()
 
-    def _on_forward(self, message):
+    def _on_forward(self, message: Message) -> None:
         _, method, path, data, headers, to_all = message
         if self._has_forward_hook:   # 1.x's on_forward(route, data)
             self._call_hook('on_forward', path, data)

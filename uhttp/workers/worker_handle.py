@@ -9,9 +9,20 @@ Must never: send a message, touch a client, or decide anything; the pool
 decides, the dispatcher talks.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from .pending import ASSIGNED
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from multiprocessing.process import BaseProcess
+
+    from .channel import Channel
+    from .pending import Pending
+    from .pool import WorkerPool
 
 # How many unfinished requests a worker may hold. Those behind the first
 # wait in the worker's channel while it runs: answers and next requests then
@@ -24,18 +35,38 @@ from .pending import ASSIGNED
 PREFETCH = 8
 
 # lifecycle states, derived from the flags below (see `state`)
-STARTING = 'starting'   # process started, setup() runs
-READY = 'ready'         # takes requests
-STOPPING = 'stopping'   # told to finish what it holds and exit
-KILLING = 'killing'     # being killed (stuck, restarted, setup timeout)
-GONE = 'gone'           # channel closed, exit status not read yet
-EXITED = 'exited'       # no process (ended, or never started)
+State = Literal['starting', 'ready', 'stopping', 'killing', 'gone',
+                'exited']
+STARTING: Final = 'starting'   # process started, setup() runs
+READY: Final = 'ready'         # takes requests
+STOPPING: Final = 'stopping'   # told to finish what it holds and exit
+KILLING: Final = 'killing'     # being killed (stuck, restarted, setup timeout)
+GONE: Final = 'gone'           # channel closed, exit status not read yet
+EXITED: Final = 'exited'       # no process (ended, or never started)
+
+
+class WorkerStatus(TypedDict):
+    """One worker in the monitoring summary (`WorkerHandle.status()`)."""
+
+    index: int
+    pid: int | None
+    state: State
+    alive: bool
+    ready: bool
+    accepting: bool
+    last_seen: float | None     # seconds since its last message
+    current_request: int | None
+    in_flight: int
+    handled: int
+    restarts: int
+    rss: int | None             # resident memory, bytes (Linux)
+    retiring: bool
 
 
 class WorkerHandle:
     """The dispatcher's view of one worker process."""
 
-    def __init__(self, pool, index):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
         self.handled = 0
@@ -43,17 +74,21 @@ class WorkerHandle:
         self.retiring = False       # stopping for good: not replaced
         self.respawn = False        # killed on purpose: start it again
         self.unrecoverable = False  # ended with a code that forbids restart
-        self.retry_at = None        # start again at this time (failed start)
+        # start again at this time (failed start)
+        self.retry_at: float | None = None
         self.crash_streak = 0       # crashes in a row (restart_worker_interval)
-        self.replacement = None     # the new worker that will take over
-        self.replaces = None        # the worker this one takes over from
-        self.process = None
-        self.channel = None
-        self.pid = None
+        # the new worker that will take over
+        self.replacement: WorkerHandle | None = None
+        # the worker this one takes over from
+        self.replaces: WorkerHandle | None = None
+        self.process: BaseProcess | None = None
+        self.channel: Channel | None = None
+        self.pid: int | None = None
         self.exited = False
         self.reset(None, None, 0.0, None)
 
-    def reset(self, process, channel, now, request_limit):
+    def reset(self, process: BaseProcess | None, channel: Channel | None,
+              now: float, request_limit: int | None) -> None:
         """Start the books of a new process (or of none): everything that
         belongs to one process, as opposed to the slot it fills."""
         self.process = process
@@ -64,26 +99,28 @@ class WorkerHandle:
         self.accepting = True
         self.stopping = False
         self.awaiting_exit = False  # gone, exit status not known yet
-        self.kill_reason = None
-        self.kill_deadline = None   # SIGKILL then, if still running
+        self.kill_reason: str | None = None
+        # SIGKILL then, if still running
+        self.kill_deadline: float | None = None
         self.quit_pending = False   # SIGQUIT next turn (after a stack dump)
         self.lost = 0               # requests failed when it ended
         self.started = now
         self.last_seen = now
-        self.in_flight = {}     # request_id -> Pending (all it holds)
+        # request_id -> Pending (all it holds)
+        self.in_flight: dict[int, Pending] = {}
         self.active = 0         # of those, not yet answered/deferred/streaming
         self.busy_since = now   # when its current request started
         self.assigned = 0       # requests given to this process
         self.request_limit = request_limit  # recycle after this many
-        self.rss = None         # resident memory, bytes (Linux)
+        self.rss: int | None = None     # resident memory, bytes (Linux)
 
     @property
-    def name(self):
+    def name(self) -> str:
         """'PoolName[index]', as used in logs."""
         return f'{self.pool.name}[{self.index}]'
 
     @property
-    def state(self):
+    def state(self) -> State:
         """Where the process is in its life (STARTING … EXITED)."""
         if self.exited or self.process is None:
             return EXITED
@@ -96,31 +133,32 @@ class WorkerHandle:
         return READY if self.ready else STARTING
 
     @property
-    def is_serving(self):
+    def is_serving(self) -> bool:
         """Running and meant to stay (not stopping, retiring or killed)."""
         return (self.process is not None and not self.exited
                 and not self.stopping and not self.retiring
                 and self.kill_reason is None)
 
     @property
-    def takes_requests(self):
+    def takes_requests(self) -> bool:
         """Ready, not paused, not stopping: may be given work now or later."""
         return (self.ready and self.accepting and not self.stopping
-                and self.kill_reason is None and not self.channel.closed)
+                and self.kill_reason is None and self.channel is not None
+                and not self.channel.closed)
 
     @property
-    def has_capacity(self):
+    def has_capacity(self) -> bool:
         """True when it may be given one more request now."""
         return self.active < PREFETCH and self.takes_requests
 
     @property
-    def is_idle(self):
+    def is_idle(self) -> bool:
         """Takes requests and has nothing to do."""
         return not self.active and self.takes_requests
 
     # -- the books ------------------------------------------------------------
 
-    def take(self, pending):
+    def take(self, pending: Pending) -> None:
         """A request was sent to this worker."""
         if not self.active:
             self.busy_since = time.monotonic()
@@ -130,7 +168,7 @@ class WorkerHandle:
         self.active += 1
         self.assigned += 1
 
-    def release(self, pending):
+    def release(self, pending: Pending) -> None:
         """The worker finished the synchronous part of a request (answered,
         deferred or streaming): it starts the next one it holds, if any."""
         if pending.active:
@@ -139,12 +177,12 @@ class WorkerHandle:
             if self.active:
                 self.busy_since = time.monotonic()
 
-    def forget(self, pending):
+    def forget(self, pending: Pending) -> None:
         """Drop a request from the books (answered, returned or abandoned)."""
         if self.in_flight.pop(pending.request_id, None) is not None:
             self.release(pending)
 
-    def take_all_back(self):
+    def take_all_back(self) -> list[Pending]:
         """The process ended: empty the books; returns what it held."""
         orphans = list(self.in_flight.values())
         self.in_flight = {}
@@ -152,13 +190,13 @@ class WorkerHandle:
         self.lost = len(orphans)
         return orphans
 
-    def waiting_requests(self):
+    def waiting_requests(self) -> list[Pending]:
         """The requests it holds but has not started (they wait behind the
         running one, in order), not yet revoked. A broadcast copy is not
         among them: it is meant for this very worker."""
         if self.active < 2:
             return []
-        waiting = []
+        waiting: list[Pending] = []
         seen_running = False
         for pending in self.in_flight.values():
             if pending.active and pending.state == ASSIGNED:
@@ -168,13 +206,16 @@ class WorkerHandle:
                 seen_running = True
         return waiting
 
-    def split_orphans(self, orphans):
+    def split_orphans(
+            self, orphans: Iterable[Pending],
+    ) -> tuple[list[Pending], list[Pending]]:
         """The process ended: of the requests it held (in the order it got
         them), which ran and which it never started. It runs its requests
         one after the other, and each answer, deferral or stream start
         reached us before the next one started: so of those still unanswered
         only the first can have started."""
-        started, unstarted = [], []
+        started: list[Pending] = []
+        unstarted: list[Pending] = []
         running_seen = False
         for pending in orphans:
             waiting = pending.active and pending.state == ASSIGNED
@@ -185,14 +226,14 @@ class WorkerHandle:
                 running_seen = running_seen or waiting
         return started, unstarted
 
-    def current_request(self):
+    def current_request(self) -> int | None:
         """Id of the oldest request this worker is still working on."""
         for request_id, pending in self.in_flight.items():
             if pending.state == ASSIGNED:
                 return request_id
         return None
 
-    def status(self, now):
+    def status(self, now: float) -> WorkerStatus:
         """A JSON-friendly summary for monitoring."""
         return {
             'index': self.index,
