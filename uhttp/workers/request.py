@@ -183,7 +183,7 @@ def encode_sse_event(data: Data = None, event: str | None = None,
 
 
 class _Log(Protocol):
-    def debug(self, msg: str, *args: object) -> None: ...
+    def debug(self, msg: str, /, *args: object) -> None: ...
 
 
 class _Answerer(Protocol):

@@ -399,9 +399,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
             content_type=content_type, remote_address=remote,
             context=context)
         request._channel_id = request_id
-        # (request.py's protocol names debug()'s first parameter `msg`, the
-        # Logger of log.py `message`: the same call, positionally)
-        request._worker = self  # type: ignore[assignment]
+        request._worker = self
         request._keep_alive = keep_alive
         self._current = request_id
         if not self._busy.is_set():
