@@ -9,6 +9,7 @@ PID only.
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -24,6 +25,30 @@ ROOT = os.path.dirname(TESTS)
 APPS = os.path.join(TESTS, 'apps')
 
 _LISTENING = re.compile(r'listening on https?://\S+:(\d+) \(pid (\d+)')
+
+
+# Ports handed out below the kernel's ephemeral range (32768 and up here):
+# a server bound to port 0 meanwhile can never be given the same one. The
+# lock port of a service (port + 10000) stays below that range too.
+FREE_PORTS = range(20000, 22768)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nobody listens on, nor on port + 10000."""
+    for _ in range(200):
+        port = random.choice(FREE_PORTS)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError('no free port found in %r' % (FREE_PORTS,))
+
+
+def _bindable(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(('127.0.0.1', port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message=None):

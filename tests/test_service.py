@@ -10,14 +10,14 @@ import os
 import pickle
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from conftest import APPS, ROOT, RecordingLog, pid_alive, wait_until
+from conftest import (
+    APPS, ROOT, RecordingLog, free_port, pid_alive, wait_until)
 from uhttp.workers.service import (
     Service, ServiceManager, ServiceUnavailable)
 
@@ -25,12 +25,6 @@ SERVER = os.path.join(APPS, 'service_server.py')
 CRASH = os.path.join(APPS, 'service_crash.py')
 RACER = os.path.join(APPS, 'service_racer.py')
 
-
-def free_port():
-    """A TCP port of 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def server_command(*extra):

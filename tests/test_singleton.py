@@ -10,14 +10,13 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from conftest import APPS, ROOT, RecordingLog, wait_until
+from conftest import APPS, ROOT, RecordingLog, free_port, wait_until
 from uhttp.workers.jobs import Job, JobRunner, run_job_runner
 from uhttp.workers.locks import FileLock, RedisLock, make_lock
 
@@ -25,11 +24,6 @@ RUNNER = os.path.join(APPS, 'singleton_runner.py')
 HOLDER = os.path.join(APPS, 'singleton_holder.py')
 TICK = 0.2      # singleton_jobs.TICK_INTERVAL
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def read_lines(path):
