@@ -36,6 +36,7 @@ TYPED_MODULES = [
     'uhttp.workers.metrics',
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
+    'uhttp.workers.framing',
 ]
 
 _PACKAGE = 'uhttp.workers'
