@@ -37,6 +37,7 @@ TYPED_MODULES = [
     'uhttp.workers.owned_services',
     'uhttp.workers.singleserver',
     'uhttp.workers.framing',
+    'uhttp.workers.static_http',
 ]
 
 _PACKAGE = 'uhttp.workers'
