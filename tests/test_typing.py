@@ -38,6 +38,7 @@ TYPED_MODULES = [
     'uhttp.workers.singleserver',
     'uhttp.workers.framing',
     'uhttp.workers.static_http',
+    'uhttp.workers.static',
 ]
 
 _PACKAGE = 'uhttp.workers'
