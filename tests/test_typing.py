@@ -39,6 +39,7 @@ TYPED_MODULES = [
     'uhttp.workers.framing',
     'uhttp.workers.static_http',
     'uhttp.workers.static',
+    'uhttp.workers.static_cache',
 ]
 
 _PACKAGE = 'uhttp.workers'
