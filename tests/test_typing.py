@@ -40,6 +40,7 @@ TYPED_MODULES = [
     'uhttp.workers.static_http',
     'uhttp.workers.static',
     'uhttp.workers.static_cache',
+    'uhttp.workers.connection',
 ]
 
 _PACKAGE = 'uhttp.workers'
