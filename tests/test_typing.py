@@ -41,6 +41,7 @@ TYPED_MODULES = [
     'uhttp.workers.static',
     'uhttp.workers.static_cache',
     'uhttp.workers.connection',
+    'uhttp.workers.unixsocket',
 ]
 
 _PACKAGE = 'uhttp.workers'
