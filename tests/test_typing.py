@@ -42,6 +42,7 @@ TYPED_MODULES = [
     'uhttp.workers.static_cache',
     'uhttp.workers.connection',
     'uhttp.workers.unixsocket',
+    'uhttp.workers.signals',
 ]
 
 _PACKAGE = 'uhttp.workers'
