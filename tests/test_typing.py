@@ -43,6 +43,7 @@ TYPED_MODULES = [
     'uhttp.workers.connection',
     'uhttp.workers.unixsocket',
     'uhttp.workers.signals',
+    'uhttp.workers.shutdown',
 ]
 
 _PACKAGE = 'uhttp.workers'
