@@ -44,6 +44,7 @@ TYPED_MODULES = [
     'uhttp.workers.unixsocket',
     'uhttp.workers.signals',
     'uhttp.workers.shutdown',
+    'uhttp.workers.systemd',
 ]
 
 _PACKAGE = 'uhttp.workers'
