@@ -45,6 +45,7 @@ TYPED_MODULES = [
     'uhttp.workers.signals',
     'uhttp.workers.shutdown',
     'uhttp.workers.systemd',
+    'uhttp.workers.upgrade',
 ]
 
 _PACKAGE = 'uhttp.workers'
