@@ -46,6 +46,7 @@ TYPED_MODULES = [
     'uhttp.workers.shutdown',
     'uhttp.workers.systemd',
     'uhttp.workers.upgrade',
+    'uhttp.workers.lifecycle',
 ]
 
 _PACKAGE = 'uhttp.workers'
