@@ -47,6 +47,7 @@ TYPED_MODULES = [
     'uhttp.workers.systemd',
     'uhttp.workers.upgrade',
     'uhttp.workers.lifecycle',
+    'uhttp.workers.dispatcher',
 ]
 
 _PACKAGE = 'uhttp.workers'

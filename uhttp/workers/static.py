@@ -28,11 +28,11 @@ import os
 import posixpath
 import stat
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypedDict
 
 from .framing import HeaderValue, ResponseError, encode_response
-from .static_http import (UNSATISFIABLE, RequestedRange, Validators,
-                          not_modified, requested_range)
+from .static_http import (UNSATISFIABLE, Validators, not_modified,
+                          requested_range)
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -388,7 +388,8 @@ class StaticBody:
         self.file = file
         if size is None:
             if data is None:
-                raise TypeError('StaticBody takes data, or a file and its size')
+                raise TypeError(
+                    'StaticBody takes data, or a file and its size')
             size = len(data)
         self.size = size
         self.validators = None if info is None else Validators(info)
