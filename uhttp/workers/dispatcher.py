@@ -422,8 +422,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         live = self._live_workers.get(handle.pool)
         if live is not None:
             live.discard(handle)
-        # (WorkerEvents' is not annotated yet)
-        super().worker_reaped(handle)  # type: ignore[no-untyped-call]
+        # (for as long as WorkerEvents is not annotated)
+        super().worker_reaped(  # type: ignore[no-untyped-call, unused-ignore]
+            handle)
 
     # -- public tools ---------------------------------------------------------
 
@@ -685,8 +686,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                     self._pid_file.create(
                         predecessor=self._daemon.launcher_pid)
             log_file = log_files.log_file_of(self._log_output)
-            self._privileges.give(log_file and log_file.path)
-            self._privileges.give(self._pid_file and self._pid_file.path)
+            self._privileges.give(
+                log_file.path if log_file is not None else None)
+            self._privileges.give(self._pid_file.path
+                                  if self._pid_file is not None else None)
             self._privileges.give(unix_path(self.address))
             self._privileges.drop()
         except (PrivilegeError, OSError) as err:
@@ -793,8 +796,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self._pipelined:
             self._serve_pipelined()
         if self._flush_needed:
-            # (WorkerEvents' is not annotated yet)
-            self._flush_workers()  # type: ignore[no-untyped-call]
+            # (for as long as WorkerEvents is not annotated)
+            self._flush_workers()  # type: ignore[no-untyped-call, unused-ignore]
+
         now = time.monotonic()
         if now >= self._pending.next_expiry:
             self._expire(now)
@@ -1437,9 +1441,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         # the dispatcher's own records: stdlib logger
         # uhttp.workers.dispatcher when logging is configured, else on_log()
         try:
+            exc_text: str | None = details.get('exc_text') \
+                if details else None
             self._log_router.route(
-                DISPATCHER_LOGGER, name, level, message,
-                details and details.get('exc_text'), details)
+                DISPATCHER_LOGGER, name, level, message, exc_text, details)
+
         except Exception as err:  # pylint: disable=broad-except
             self._log_output.write('dispatcher', 40,
                                    f'log handler raised {err!r}; record: '
