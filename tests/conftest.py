@@ -227,7 +227,8 @@ def pid_alive(pid):
     try:
         with open(f'/proc/{pid}/stat', encoding='ascii') as stat:
             return stat.read().split(')')[-1].split()[0] != 'Z'
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # (ProcessLookupError: it was reaped between the open and the read)
         return False
 
 

@@ -55,6 +55,18 @@ TYPED_MODULES = [
     'uhttp.workers.worker_events',
     'uhttp.workers.stackdump',
     'uhttp.workers.output_capture',
+    'uhttp.workers.framing',
+    'uhttp.workers.static_http',
+    'uhttp.workers.static',
+    'uhttp.workers.static_cache',
+    'uhttp.workers.connection',
+    'uhttp.workers.unixsocket',
+    'uhttp.workers.signals',
+    'uhttp.workers.shutdown',
+    'uhttp.workers.systemd',
+    'uhttp.workers.upgrade',
+    'uhttp.workers.lifecycle',
+    'uhttp.workers.dispatcher',
 ]
 
 _PACKAGE = 'uhttp.workers'

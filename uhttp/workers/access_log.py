@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from .connection import Connection
+from .framing import Body, Headers
 from .log import LOG_INFO, LineSink, LogRouter
 
 ACCESS_LOGGER = 'uhttp.workers.access'
@@ -256,12 +257,11 @@ class AccessLoggedConnection(Connection):
             if headers else None
         return super()._build_response_header(status, headers, cookies)
 
-    def respond_framed(self, status: int, headers: dict[str, Any] | None,
-                       body: bytes) -> None:
+    def respond_framed(self, status: int, headers: Headers | None,
+                       body: Body) -> None:
         self.access_status = status
         self.access_length = len(body)
-        super().respond_framed(  # type: ignore[no-untyped-call]
-            status, headers, body)
+        super().respond_framed(status, headers, body)
 
     def _log_access(self) -> None:
         status, self.access_status = self.access_status, None
@@ -276,7 +276,7 @@ class AccessLoggedConnection(Connection):
     def reset(self) -> None:
         if self.access_status is not None:
             self._log_access()
-        super().reset()  # type: ignore[no-untyped-call]
+        super().reset()
 
     def close(self) -> None:
         if self.access_status is not None:

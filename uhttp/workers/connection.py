@@ -17,14 +17,21 @@ request before its body is complete, send `100 Continue` for a body it will
 refuse, or block (the sockets are non-blocking, the listener included).
 """
 
+from __future__ import annotations
+
 import json
 import socket
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from uhttp import server as _server
 
 from . import http11
-from .framing import frame_response, http_date
+from .framing import Body, Headers, frame_response, http_date
+
+if TYPE_CHECKING:
+    from .access_log import AccessLog
 
 # per recv(): above one TLS record (16 KiB), so no decrypted bytes stay
 # behind in the TLS layer where select() cannot see them; and below the
@@ -35,16 +42,23 @@ _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 # 304, whose length would be that of the 200 (unknown here)
 _NO_LENGTH = frozenset((204, 304))
 
+# the query of a request as uhttp-server parses it: name -> value, None
+# for a name without '=', a list for a repeated name
+Query = dict[str, Any]
 
-def _parse_url(url):
+
+def _parse_url(url: str) -> tuple[str, Query | None]:
     """(path, query) as uhttp-server's parse_url() gives them; a plain
     path (the common case) needs no decoding."""
     if '%' in url or '+' in url or '?' in url:
-        return _server.parse_url(url.encode('ascii'))
+        parsed: tuple[str, Query | None] = _server.parse_url(
+            url.encode('ascii'))
+        return parsed
     return url, None
 
 
-class Connection(_server.HttpConnection):
+# uhttp-server ships no annotations: its HttpConnection is Any here
+class Connection(_server.HttpConnection):  # type: ignore[misc]
     """An `HttpConnection` that parses requests with `http11`.
 
     Only uhttp-server's non-event mode (`process_request()`) is supported.
@@ -53,19 +67,37 @@ class Connection(_server.HttpConnection):
     `http11.MAX_FIELDS`).
     """
 
-    def __init__(self, server, sock, addr, **kwargs):
+    # uhttp-server's, read and set here too (annotations only: its
+    # HttpConnection defines them; the others take the type of what this
+    # class assigns)
+    _buffer: bytearray
+    _method: str | None
+    _request_start: float | None
+    _data_loaded: bool
+    _expect_continue: bool
+    _is_streaming: bool
+    _response_started: bool
+    _response_keep_alive: bool
+
+
+    def __init__(self, server: Server, sock: socket.socket,
+                 addr: tuple[str, int | None], **kwargs: Any) -> None:
         super().__init__(server, sock, addr, **kwargs)
-        self._max_headers_length = kwargs.get(
+        self._max_headers_length: int = kwargs.get(
             'max_headers_length', http11.MAX_HEAD_SIZE)
-        self._max_header_fields = kwargs.get(
+        self._max_header_fields: int = kwargs.get(
             'max_header_fields', http11.MAX_FIELDS)
-        self._chunked = None     # the ChunkedDecoder of the body being read
-        self._json_body = None   # a JSON body not decoded yet
+        # the ChunkedDecoder of the body being read
+        self._chunked: http11.ChunkedDecoder | None = None
+        self._json_body: bytes | None = None   # a JSON body not decoded yet
         # kept by the dispatcher across the requests of this connection
         self.pool_client = False    # its last request went to a pool
-        self.client_address = None  # its address as workers see it
+        # its address as workers see it
+        self.client_address: str | None = None
 
-    def respond(self, data=None, status=200, headers=None, cookies=None):
+    def respond(self, data: Any = None, status: int = 200,
+                headers: dict[str, Any] | None = None,
+                cookies: Mapping[str, str | None] | None = None) -> None:
         """uhttp-server's `respond()`, with a Date field (unless `headers`
         has one), the Content-Length GET would send on the answer to a
         HEAD (the body itself is not sent), no Content-Type invented for an
@@ -90,7 +122,8 @@ class Connection(_server.HttpConnection):
                 data = None
         super().respond(data, status, headers, cookies)
 
-    def respond_framed(self, status, headers, body):
+    def respond_framed(self, status: int, headers: Headers | None,
+                       body: Body) -> None:
         """Answer with bytes built by `framing` (checked fields, Date,
         Content-Length; on a HEAD the length without the body) instead of
         uhttp-server's header builder: the cheaper path of answers the
@@ -113,25 +146,27 @@ class Connection(_server.HttpConnection):
             self.close()
 
     @property
-    def socket_address(self):
+    def socket_address(self) -> str:
         """`ip:port` of the peer; '' for a peer on a Unix-domain socket
         (it has no address: clients of a Unix socket are unnamed)."""
         if self._addr[1] is None:
             return ''
-        return super().socket_address
+        address: str = super().socket_address
+        return address
 
     @property
-    def is_loaded(self):
+    def is_loaded(self) -> bool:
         """True when a whole request (head and body) waits for its answer."""
-        return self._data_loaded and not self._response_started
+        loaded: bool = self._data_loaded and not self._response_started
+        return loaded
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the answered request (keep-alive); the buffer is kept."""
         super().reset()
         self._chunked = None
         self._json_body = None
 
-    def process_request(self):
+    def process_request(self) -> bool | None:
         """Read from the socket; True once a request is loaded, False while
         waiting for more bytes, None when the connection was refused or
         lost."""
@@ -163,7 +198,7 @@ class Connection(_server.HttpConnection):
 
     # -- the head -------------------------------------------------------------
 
-    def _read_head(self):
+    def _read_head(self) -> bool:
         """Parse what is buffered, read once if that is not a whole head."""
         head = self._parse_head()
         if head is None:
@@ -174,7 +209,7 @@ class Connection(_server.HttpConnection):
         self._start_request(head)
         return True
 
-    def _parse_head(self):
+    def _parse_head(self) -> http11.RequestHead | None:
         buffer = self._buffer
         if not buffer:
             return None
@@ -189,7 +224,7 @@ class Connection(_server.HttpConnection):
         del buffer[:offset]
         return head
 
-    def _start_request(self, head):
+    def _start_request(self, head: http11.RequestHead) -> None:
         if self._request_start is None:
             self._request_start = time.time()
         self._method = head.method
@@ -215,7 +250,7 @@ class Connection(_server.HttpConnection):
 
     # -- the body -------------------------------------------------------------
 
-    def _read_body(self):
+    def _read_body(self) -> bool:
         """Take the body from the buffer, reading once if it is not all
         there; True once it is complete."""
         if self._take_body():
@@ -228,9 +263,10 @@ class Connection(_server.HttpConnection):
         self._recv_to_buffer(len(self._buffer) + READ_SIZE)
         return self._take_body()
 
-    def _take_body(self):
+    def _take_body(self) -> bool:
         buffer = self._buffer
         decoder = self._chunked
+        body: bytes | bytearray
         if decoder is not None:
             used = decoder.feed(buffer)
             if used:
@@ -241,7 +277,7 @@ class Connection(_server.HttpConnection):
             body = decoder.body
             self._dechunked(len(body))
         else:
-            length = self._content_length
+            length: int = self._content_length
             if len(buffer) < length:
                 return False
             if len(buffer) == length:
@@ -252,7 +288,7 @@ class Connection(_server.HttpConnection):
         self._load_data(body)
         return True
 
-    def _dechunked(self, length):
+    def _dechunked(self, length: int) -> None:
         """Describe the decoded body as a Content-Length body (as a
         buffering proxy forwards it)."""
         self._headers.pop('transfer-encoding', None)
@@ -261,7 +297,7 @@ class Connection(_server.HttpConnection):
         self._headers['content-length'] = str(length)
         self._content_length = length
 
-    def _load_data(self, body):
+    def _load_data(self, body: bytes | bytearray) -> None:
         """`data` as uhttp-server gives it: a form or JSON body decoded,
         other bodies as raw bytes, no body as None."""
         if not body:
@@ -279,7 +315,7 @@ class Connection(_server.HttpConnection):
         self._data_loaded = True
 
     @property
-    def data(self):
+    def data(self) -> Any:
         """The body: a JSON or form body decoded, other bodies as bytes,
         None when empty. Raises HttpErrorWithResponse(400) for a JSON body
         that does not parse."""
@@ -293,7 +329,7 @@ class Connection(_server.HttpConnection):
                     400, 'Invalid JSON body') from err
         return self._data
 
-    def take_raw_json(self):
+    def take_raw_json(self) -> bytes | None:
         """The undecoded bytes of a JSON body (None when there is none, or
         when `data` decoded it already): for a worker to decode."""
         body, self._json_body = self._json_body, None
@@ -301,7 +337,7 @@ class Connection(_server.HttpConnection):
 
     # -- refusing -------------------------------------------------------------
 
-    def _refuse(self, status, reason):
+    def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` and close: nothing after a refused request is
         ever parsed, so the buffer goes."""
         # a HEAD refused before its head was parsed gets no body either
@@ -312,7 +348,7 @@ class Connection(_server.HttpConnection):
         self._chunked = None
         self._expect_continue = False
         self._data_loaded = False
-        phrase = _server.STATUS_CODES.get(status, '')
+        phrase: str = _server.STATUS_CODES.get(status, '')
         text = f'{status} {phrase}: {reason}' if reason else \
             f'{status} {phrase}'
         body = b'' if head else text.encode('utf-8')
@@ -321,7 +357,8 @@ class Connection(_server.HttpConnection):
             _server.CONTENT_TYPE: 'text/plain; charset=UTF-8'})
 
 
-class Server(_server.HttpServer):
+# uhttp-server ships no annotations: its HttpServer is Any here
+class Server(_server.HttpServer):  # type: ignore[misc]
     """An `HttpServer` whose connections are `Connection`s.
 
     The listening socket is non-blocking: a wake-up for a connection that
@@ -333,16 +370,18 @@ class Server(_server.HttpServer):
     Event mode is not supported.
     """
 
-    connection_class = Connection   # the access log sets its own
-    access_log = None
+    # the access log sets its own
+    connection_class: type[Connection] = Connection
+    access_log: AccessLog | None = None
 
-    def __init__(self, *args, event_mode=False, **kwargs):
+    def __init__(self, *args: Any, event_mode: bool = False,
+                 **kwargs: Any) -> None:
         if event_mode:
             raise ValueError('Server supports the non-event mode only')
         super().__init__(*args, **kwargs)
         self._socket.setblocking(False)
 
-    def _accept(self):
+    def _accept(self) -> None:
         try:
             sock, addr = self._socket.accept()
         except OSError:
@@ -368,7 +407,8 @@ class Server(_server.HttpServer):
         if not connection._register():
             connection.close()
 
-    def _make_room(self):
+    def _make_room(self) -> None:
+
         """Above max_waiting_clients the oldest connection goes (as in
         uhttp-server: 408 unless it is already answering)."""
         while len(self._waiting_connections) >= self._max_clients:

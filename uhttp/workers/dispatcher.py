@@ -16,6 +16,8 @@ worker), let a loaded request be parsed twice, or leave a client without an
 answer.
 """
 
+from __future__ import annotations
+
 import inspect
 import os
 import pickle
@@ -23,6 +25,8 @@ import resource
 import selectors
 import socket
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from uhttp import server as _server
 
@@ -32,7 +36,8 @@ from .admission import (
     ListenerGate, resume)
 from .connection import Connection, Server
 from .daemon import Daemon
-from .pending import ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending, PendingTable
+from .pending import (ASSIGNED, DEFERRED, QUEUED, STREAMING, Pending,
+                      PendingTable, State)
 from .descriptors import DescriptorWatch, WatchesDescriptors
 from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from . import access_log as _access_log
@@ -46,8 +51,8 @@ from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
 from .request import RejectRequest, encode_body
-from .routing import MethodNotAllowed, Router
-from .static import StaticFiles
+from .routing import MethodNotAllowed, ParamValue, Router
+from .static import StaticBody, StaticFiles, StaticMount, StaticResult
 from .static_cache import StaticCache
 from .systemd import Notifier, listen_sockets
 from .unixsocket import PREFIX as UNIX_PREFIX, UnixListener, unix_path
@@ -57,6 +62,26 @@ from .worker_events import (
     PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
     PENDING_TIMEOUT, PENDING_WORKER_DIED,
     WorkerEvents)
+
+if TYPE_CHECKING:
+    import logging
+    import ssl
+
+    from .access_log import AccessLog
+    from .jobs import Job
+    from .owned_services import JobLock
+    from .output_capture import WorkerOutput
+    from .pool import WorkerPool
+    from .request import Response
+    from .service import Service
+    from .worker import Worker
+    from .worker_events import Victim
+    from .worker_handle import WorkerHandle
+
+# an @sync route's handler, bound: (client, path_params)
+SyncHandler = Callable[[Connection, dict[str, ParamValue]], None]
+_F = TypeVar('_F', bound=Callable[..., Any])
+_D = TypeVar('_D', bound='Dispatcher')
 
 SELECT_TIMEOUT = 1.0
 SWEEP_INTERVAL = 1.0    # seconds between checks for vanished connections
@@ -71,7 +96,29 @@ _RETRY = {'content-type': 'application/json', 'retry-after': RETRY_AFTER}
 _CLOSE_RETRY = dict(_CLOSE, **{'retry-after': RETRY_AFTER})
 
 
-def sync(pattern, *methods):
+class JobsStatus(TypedDict):
+    """The job process in Dispatcher.status()."""
+
+    pid: int | None
+    alive: bool
+
+
+class DispatcherStatus(TypedDict):
+    """What Dispatcher.status() answers, for monitoring."""
+
+    state: str
+    pending: int
+    streams: int
+    parked: int
+    connections: int
+    buffered_bytes: int
+    # WorkerPool.status() of each pool
+    pools: list[Any]
+    services: list[messages.ServiceStatus]
+    jobs: JobsStatus | None
+
+
+def sync(pattern: str, *methods: str) -> Callable[[_F], _F]:
     """Serve `pattern` from a Dispatcher method `(self, client, path_params)`,
     in the dispatcher process, for `methods` (every method when none are
     given). The handler answers with `client.respond(data, status=,
@@ -79,21 +126,22 @@ def sync(pattern, *methods):
     serves every client."""
     methods = tuple(method.upper() for method in methods)
 
-    def decorate(func):
-        func._uhttp_sync = getattr(func, '_uhttp_sync', ()) + (
-            (pattern, methods),)
+    def decorate(func: _F) -> _F:
+        # (setattr: an attribute of a function, unknown to its type)
+        setattr(func, '_uhttp_sync', getattr(func, '_uhttp_sync', ()) + (
+            (pattern, methods),))
         return func
     return decorate
 
 
-def _listen_error(address, port, err):
+def _listen_error(address: str, port: int, err: OSError) -> str:
     """`cannot listen on 127.0.0.1:8080: address already in use`."""
     reason = err.strerror or str(err)
     return f'cannot listen on {_display_address(address, port)}: ' \
         f'{reason[:1].lower()}{reason[1:]}'
 
 
-def _display_address(address, port):
+def _display_address(address: str, port: int) -> str:
     """`127.0.0.1:8080`, `[::1]:8080` or `unix:/run/app.sock`."""
     if unix_path(address) is not None:
         return address
@@ -101,7 +149,7 @@ def _display_address(address, port):
     return f'{host}:{port}'
 
 
-def _own_options():
+def _own_options() -> list[str]:
     """The keyword options of Dispatcher itself (for 'did you mean')."""
     parameters = inspect.signature(Dispatcher.__init__).parameters.values()
     return [p.name for p in parameters
@@ -109,11 +157,12 @@ def _own_options():
             and p.name != 'self']
 
 
-def _error_body(status, message):
+def _error_body(status: int, message: str | None) -> bytes:
     return ('{"error": "%s"}' % message).encode('utf-8')
 
 
-def _raise_open_file_limit():
+def _raise_open_file_limit() -> int:
+
     """Use the hard limit of open files: each client costs a descriptor."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -139,21 +188,35 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     LOG_NAME = 'dispatcher'
 
-    def __init__(self, port=8080, address='0.0.0.0', pools=None,
-                 static_routes=None, shutdown_timeout=10, max_pending=1000,
-                 ssl_context=None, *, log_level=LOG_INFO,
-                 max_connections=10000, max_content_length=1024 * 1024,
-                 keep_alive_timeout=15, keep_alive_max_requests=1000,
-                 request_timeout=10, listen_backlog=1024,
-                 trusted_proxies=None, log_file=None, pid_file=None,
-                 metrics_route=None, services=None, jobs=None,
-                 job_lock=None, access_log=True, access_log_format='common',
-                 dump_stacks=True, log_rotate_size=None,
-                 log_rotate_age=None,
-                 log_rotate_backups=log_files.DEFAULT_BACKUPS,
-                 capture_output=True, user=None, group=None, umask=None,
-                 allow_root=False, daemon=False, daemon_chdir='/',
-                 **server_options):
+    def __init__(self, port: int = 8080, address: str = '0.0.0.0',
+                 pools: Iterable[WorkerPool] | None = None,
+                 static_routes: Mapping[str, StaticMount] | None = None,
+                 shutdown_timeout: float = 10, max_pending: int = 1000,
+                 ssl_context: ssl.SSLContext | None = None, *,
+                 log_level: int = LOG_INFO,
+                 max_connections: int = 10000,
+                 max_content_length: int = 1024 * 1024,
+                 keep_alive_timeout: float = 15,
+                 keep_alive_max_requests: int = 1000,
+                 request_timeout: float = 10, listen_backlog: int = 1024,
+                 trusted_proxies: Iterable[str] | None = None,
+                 log_file: str | None = None, pid_file: str | None = None,
+                 metrics_route: str | None = None,
+                 services: Iterable[Service] | None = None,
+                 jobs: Iterable[Job] | None = None,
+                 job_lock: JobLock | None = None,
+                 access_log: bool | str | logging.Logger | None = True,
+                 access_log_format: str = 'common',
+                 dump_stacks: bool = True,
+                 log_rotate_size: int | None = None,
+                 log_rotate_age: str | float | None = None,
+                 log_rotate_backups: int = log_files.DEFAULT_BACKUPS,
+                 capture_output: bool = True,
+                 user: str | int | None = None,
+                 group: str | int | None = None,
+                 umask: int | str | None = None,
+                 allow_root: bool = False, daemon: bool = False,
+                 daemon_chdir: str = '/', **server_options: Any) -> None:
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -168,7 +231,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.listen_backlog = listen_backlog
-        self._server_options = {
+        self._server_options: dict[str, Any] = {
             'max_content_length': max_content_length,
             'keep_alive_timeout': keep_alive_timeout,
             'keep_alive_max_requests': keep_alive_max_requests,
@@ -194,13 +257,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._daemon = Daemon(daemon_chdir) if daemon else None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
-        self._notifier = None
+        self._notifier: Notifier | None = None
         self._ready_notified = False
         self._successor = None
         self._former_successors = []
         self._predecessor = None
         self._next_watchdog = None
-        self._unix_listener = None  # the socket file we bound, if any
+        # the socket file we bound, if any
+        self._unix_listener: UnixListener | None = None
         self._log_router = LogRouter(self._on_log_safely,
                                      hooked=self._overrides('on_log'),
                                      line_sink=self._log_output.line_sink)
@@ -208,26 +272,28 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self.log.name = resolve_log_name(
             self.log, self.LOG_NAME, 'dispatcher', cls=type(self).__name__,
             pid=os.getpid())
-        self._access_log = _access_log.build(
+        self._access_log: AccessLog | None = _access_log.build(
             access_log, access_log_format, self._log_router,
             self._trusts_proxies)
-        self._connection_class = Connection
+        self._connection_class: type[Connection] = Connection
         self._sync_router = self._build_sync_router()
         self._pending = PendingTable()
         self._admission = Admission(max_pending, park_limit=listen_backlog)
-        self._gate = None
+        # set by _start(); None until then (which only status() and the
+        # checks of _close() see: the mechanisms run once it is set)
+        self._gate = None  # type: ignore[assignment]
         self._next_request_id = 1
-        self._flush_needed = set()
+        self._flush_needed: set[WorkerHandle] = set()
         self._pipelined = set()
-        self._selector = None
-        self._server = None
+        self._selector = None  # type: ignore[assignment]
+        self._server = None  # type: ignore[assignment]
         self._state = 'new'
         self.exit_status = 0    # non-zero: run() ends with SystemExit
         self._shutdown_started = None
         self._stop_deadline = None
         self._next_housekeeping = 0.0
         self._next_sweep = 0.0
-        self._accept_paused_until = None
+        self._accept_paused_until: float | None = None
         self._next_idle = 0.0
         self._signal_reader = None
         self._signal_writer = None
@@ -241,34 +307,37 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._has_static_hook = overrides('on_static_served')
         self._has_forward_hook = overrides('on_forward')
         self._died_takes_victims = _accepts_arguments(self.on_worker_died, 5)
-        self._worker_victims = {}   # worker handle -> its failed requests
+        # worker handle -> its failed requests
+        self._worker_victims: dict[
+            WorkerHandle, list[tuple[int, Victim]]] = {}
         # pool -> handles whose process runs (starting included), so that
         # a request can see in one look whether any worker may ever take it
-        self._live_workers = {}
+        self._live_workers: dict[WorkerPool, set[WorkerHandle]] = {}
         self._has_sync_check = overrides('do_check_sync')
         self._init_owned(services, jobs, job_lock)
         self._check_pools()
 
     # -- hooks for applications ---------------------------------------------
 
-    def do_check(self, client):
+    def do_check(self, client: Connection) -> None:
         """Authenticate a request bound for a worker pool (not static, not
         sync). Respond and/or raise RejectRequest to refuse it."""
 
-    def do_check_sync(self, client):
+    def do_check_sync(self, client: Connection) -> None:
         """Authenticate a request for an @sync route, called once a route
         matched and before its handler runs (static files and pool requests
         never come here). Respond and/or raise RejectRequest to refuse it:
         the handler then does not run, and the request is not passed on."""
 
-    def on_response(self, response, pending):
+    def on_response(self, response: Response, pending: Pending) -> None:
         """Called for each worker response to a client, as it is sent.
 
         `pending.client` is the client connection with its request,
         `pending.pool` the pool that answered. Runs in the loop: keep it
         short (queue follow-up work on a pool instead)."""
 
-    def on_request_accepted(self, request_id, client, pool):
+    def on_request_accepted(self, request_id: int, client: Connection,
+                            pool: WorkerPool) -> Any:
         """Called as a request is handed to `pool`, after do_check().
 
         For state of the dispatcher's own keyed by `request_id` (cleared in
@@ -278,20 +347,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         error is logged and the worker sees None."""
         return None
 
-    def on_pending_removed(self, request_id, pending, reason):
+    def on_pending_removed(self, request_id: int, pending: Pending,
+                           reason: str) -> None:
         """Called exactly once for each request of a client handed to a
         pool, after its client was answered (or left): `reason` is one of
         the PENDING_* constants. `pending.client` is the connection (it
         may already serve a next request), `pending.pool` the pool. An
         exception is logged."""
 
-    def on_static_served(self, client, file_path, status):
+    def on_static_served(self, client: Connection, file_path: str | None,
+                         status: int) -> None:
         """Called after a static mount answered with the file (its real
         path): 200, or 206 (a byte range), 304 (not modified), 416 (a range
         beyond the file); or 404 from an authoritative mount (the path it
         looked for). For access logs; an exception is logged."""
 
-    def on_forward(self, route, data):
+    def on_forward(self, route: str, data: Any) -> None:
         """A worker forwarded `data` to `route` (Worker.forward()).
 
         Overriding it replaces the routing of forwards: call
@@ -304,10 +375,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             return
         self.submit_internal(pool, 'POST', route, data, {})
 
-    def on_idle(self):
+    def on_idle(self) -> None:
         """Called from the loop about every SELECT_TIMEOUT seconds."""
 
-    def on_log(self, name, level, message):
+    def on_log(self, name: str, level: int, message: str) -> None:
         """Write one log record of the service to stderr or `log_file`.
 
         Overridden, it receives every record (workers' and access lines
@@ -316,44 +387,49 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         some, and only otherwise here."""
         self._log_output.write(name, level, message)
 
-    def on_worker_died(self, pool, worker_id, reason, exitcode, victims=()):
+    def on_worker_died(self, pool: WorkerPool, worker_id: int, reason: str,
+                       exitcode: int | None,
+                       victims: Sequence[tuple[int, Victim]] = ()) -> None:
         """A worker process ended unexpectedly (crash, kill, stuck).
 
         `victims`: the (request_id, pending) pairs of the requests it was
         running, already answered 502 (`pending.client` still holds the
         request). An override may leave `victims` out (4 arguments)."""
 
-    def on_reload(self):
+    def on_reload(self) -> Any:
         """Return new configuration for the workers (SIGHUP, reload()), or
         None to keep theirs."""
         return None
 
     # -- which workers live ---------------------------------------------------
 
-    def worker_started(self, pool, handle):
+    def worker_started(self, pool: WorkerPool, handle: WorkerHandle) -> None:
         """A worker process was started (the pool calls this)."""
         self._live_workers.setdefault(pool, set()).add(handle)
         super().worker_started(pool, handle)
 
-    def worker_output(self, handle):
+    def worker_output(self, handle: WorkerHandle) -> WorkerOutput | None:
         """The WorkerOutput capturing the stdout and stderr of the worker
         being started (the pool calls this), or None: it inherits ours."""
         if self._output is None:
             return None
-        return self._output.open(handle.name)
+        output: WorkerOutput = self._output.open(handle.name)
+        return output
 
-    def worker_reaped(self, handle):
+    def worker_reaped(self, handle: WorkerHandle) -> None:
         """A worker's exit status is known (the pool may restart it)."""
         # forgotten first: a restart inside the reaping counts it again
         live = self._live_workers.get(handle.pool)
         if live is not None:
             live.discard(handle)
-        super().worker_reaped(handle)
+        # (for as long as WorkerEvents is not annotated)
+        super().worker_reaped(  # type: ignore[no-untyped-call, unused-ignore]
+            handle)
 
     # -- public tools ---------------------------------------------------------
 
     @property
-    def url(self):
+    def url(self) -> str:
         """Where clients reach the service: `http://127.0.0.1:8080`,
         `https://[::1]:8443` or `unix:/run/app.sock`."""
         where = _display_address(self.address, self.port)
@@ -362,31 +438,31 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return f"{'https' if self.ssl_context else 'http'}://{where}"
 
     @property
-    def pools(self):
+    def pools(self) -> list[WorkerPool]:
         """The worker pools, in routing order."""
         return list(self._pools)
 
     @property
-    def is_running(self):
+    def is_running(self) -> bool:
         """True while the dispatcher serves (not starting or shutting down)."""
         return self._state == 'running'
 
     @property
-    def accepts_workers(self):
+    def accepts_workers(self) -> bool:
         """True while new worker processes may be started."""
         return self._state in ('new', 'running', 'draining')
 
     @property
-    def pending_count(self):
+    def pending_count(self) -> int:
         """Requests waiting for an answer from a pool."""
         return len(self._pending)
 
     @property
-    def stream_count(self):
+    def stream_count(self) -> int:
         """Streaming responses in progress."""
         return self._pending.stream_count
 
-    def status(self):
+    def status(self) -> DispatcherStatus:
         """Pools, pending requests and connections, for monitoring."""
         connections = self._server._waiting_connections \
             if self._server else ()  # pylint: disable=protected-access
@@ -405,7 +481,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if self._job_process else None,
         }
 
-    def restart_workers(self, graceful=True):
+    def restart_workers(self, graceful: bool = True) -> None:
         """Replace every worker of every pool with a fresh process (new code
         from disk). Graceful: one at a time per pool, each new worker ready
         before the old one stops; no request fails."""
@@ -414,7 +490,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         for pool in self._pools:
             pool.restart_workers(graceful)
 
-    def reload(self):
+    def reload(self) -> None:
         """Ask `on_reload()` for new configuration and send it to every
         worker's `on_config()` (workers started later get it too)."""
         try:
@@ -428,14 +504,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pool.send_config(config)
         self.log.info('configuration reloaded')
 
-    def stop(self, graceful=True):
+    def stop(self, graceful: bool = True) -> None:
         """Begin shutdown, as SIGTERM (graceful) or SIGQUIT would."""
         if graceful:
             self._begin_drain()
         else:
             self._stop_now()
 
-    def _find_pool(self, path):
+    def _find_pool(self, path: str) -> WorkerPool | None:
         """The pool that serves `path` (prefix match, then fallback)."""
         fallback = None
         for pool in self._pools:
@@ -448,11 +524,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     find_pool = _find_pool
 
-    def _overrides(self, name):
+    def _overrides(self, name: str) -> bool:
         """True when the class of this dispatcher overrides hook `name`."""
         return getattr(type(self), name) is not getattr(Dispatcher, name)
 
-    def _call_hook(self, name, *args):
+    def _call_hook(self, name: str, *args: object) -> Any:
         """Call hook `name`; an exception is logged, never raised."""
         try:
             return getattr(self, name)(*args)
@@ -460,26 +536,27 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self.log.exception('%s() raised', name)
             return None
 
-    def _removed(self, pending, reason):
+    def _removed(self, pending: Pending, reason: str) -> None:
         """Tell on_pending_removed() (if overridden) that a client's request
         left the pending table."""
         if self._has_removed_hook and pending.client is not None:
             self._call_hook('on_pending_removed', pending.request_id,
                             pending, reason)
 
-    def _descriptor_failed(self, fd, err):
+    def _descriptor_failed(self, fd: int, err: Exception) -> None:
         self.log.error('callback for fd %d raised %r', fd, err, exc_info=err)
 
     # -- set-up -----------------------------------------------------------------
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls: type[_D], *args: Any, **kwargs: Any) -> _D:
         # a misspelt option gets a suggestion, not Python's bare TypeError
         check_keywords(cls.__name__, cls.__init__, kwargs)
         return super().__new__(cls)
 
-    def _check_pools(self):
-        names = set()
-        claimed = {}    # route entry -> the pool that serves it
+    def _check_pools(self) -> None:
+        names: set[str] = set()
+        # route entry -> the pool that serves it
+        claimed: dict[str, WorkerPool] = {}
         fallbacks = 0
         for pool in self._pools:
             if pool.name in names:
@@ -499,10 +576,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                              'one receives requests')
         self._warn_unreachable_routes()
 
-    def _warn_unreachable_routes(self):
+    def _warn_unreachable_routes(self) -> None:
         """Warn of each @api route that no pool running its worker class
         reaches (a warning: the application may mean it)."""
-        by_class = {}
+        by_class: dict[type[Worker], list[WorkerPool]] = {}
         for pool in self._pools:
             by_class.setdefault(pool.worker_class, []).append(pool)
         for worker_class, pools in by_class.items():
@@ -513,18 +590,19 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                     'route %r of %s is never called: its pools serve only %s',
                     pattern, worker_class.__name__, '; '.join(
                         f'{pool.name!r}: '
-                        + (', '.join(map(repr, pool.routes)) or 'no route')
+                        + (', '.join(map(repr, pool.routes or ()))
+                           or 'no route')
                         for pool in pools))
 
-    def _build_sync_router(self):
-        router = Router()
+    def _build_sync_router(self) -> Router[SyncHandler] | None:
+        router: Router[SyncHandler] = Router()
         for klass in reversed(type(self).__mro__):
             for name, attr in vars(klass).items():
                 for pattern, methods in getattr(attr, '_uhttp_sync', ()):
                     router.add(pattern, methods, getattr(self, name))
         return router if len(router) else None
 
-    def _start(self):
+    def _start(self) -> None:
         try:
             self._privileges.resolve()   # an unknown name: stop before all
         except PrivilegeError as err:
@@ -546,8 +624,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         origin = 'inherited' if inherited is not None else None
         # with a socket handed over, bind a throwaway one (the port is taken)
         try:
-            if inherited is None and unix_path(self.address) is not None:
-                self._unix_listener = UnixListener(unix_path(self.address))
+            path = unix_path(self.address)
+            if inherited is None and path is not None:
+                self._unix_listener = UnixListener(path)
                 inherited = self._unix_listener.bind(self.listen_backlog)
             self._server = Server(
                 address='127.0.0.1' if inherited else self.address,
@@ -594,7 +673,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                       os.getpid(), count, '' if count == 1 else 's')
         set_title(f'dispatcher {_display_address(self.address, self.port)}')
 
-    def _become_service(self):
+    def _become_service(self) -> None:
         """Once bound, before any other process starts: detach from the
         terminal (daemon=True; the pid file then names the daemon), give
         the log and pid files to the user to run as, and become that user.
@@ -607,8 +686,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                     self._pid_file.create(
                         predecessor=self._daemon.launcher_pid)
             log_file = log_files.log_file_of(self._log_output)
-            self._privileges.give(log_file and log_file.path)
-            self._privileges.give(self._pid_file and self._pid_file.path)
+            self._privileges.give(
+                log_file.path if log_file is not None else None)
+            self._privileges.give(self._pid_file.path
+                                  if self._pid_file is not None else None)
             self._privileges.give(unix_path(self.address))
             self._privileges.drop()
         except (PrivilegeError, OSError) as err:
@@ -634,7 +715,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self._daemon is not None:
             self._daemon.started()
 
-    def _adopt_listener(self, sock, origin='inherited'):
+    def _adopt_listener(self, sock: socket.socket,
+                        origin: str | None = 'inherited') -> None:
         """Serve on a socket systemd or the previous dispatcher passed us
         (`origin` 'inherited'), or on our Unix socket (`origin` None),
         instead of the one uhttp-server bound.
@@ -658,19 +740,19 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                       'from the previous dispatcher'
                       if upgrade.predecessor_pid() else 'from systemd')
 
-    def _adopt_unix_address(self, path):
+    def _adopt_unix_address(self, path: str | bytes) -> None:
         """`address` of a Unix listener is `unix:<path>`; the file of one
         handed over by the previous dispatcher becomes ours to remove."""
         if isinstance(path, bytes):     # abstract namespace
             path = path.decode('utf-8', 'replace')
+        ours = unix_path(self.address)
         if self._unix_listener is None and upgrade.predecessor_pid() \
-                and unix_path(self.address) is not None \
-                and os.path.abspath(unix_path(self.address)) == path:
+                and ours is not None and os.path.abspath(ours) == path:
             self._unix_listener = UnixListener(path)
             self._unix_listener.adopt()
         self.address = UNIX_PREFIX + path
 
-    def _remove_unix_socket(self):
+    def _remove_unix_socket(self) -> None:
         """At exit: remove the socket file we bound, unless a successor
         (SIGUSR2) serves on it now."""
         if self._unix_listener is None:
@@ -681,7 +763,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- the loop -----------------------------------------------------------------
 
-    def run(self):
+    def run(self) -> None:
         """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop())."""
         refuse_to_run_in_worker()
         self._start()
@@ -697,7 +779,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self.exit_status:
             raise SystemExit(self.exit_status)
 
-    def _tick(self):
+    def _tick(self) -> None:
+        events: Sequence[tuple[selectors.SelectorKey, int]]
         try:
             events = self._selector.select(self._select_timeout())
         except InterruptedError:
@@ -713,14 +796,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self._pipelined:
             self._serve_pipelined()
         if self._flush_needed:
-            self._flush_workers()
+            # (for as long as WorkerEvents is not annotated)
+            self._flush_workers()  # type: ignore[no-untyped-call, unused-ignore]
+
         now = time.monotonic()
         if now >= self._pending.next_expiry:
             self._expire(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
 
-    def _accept(self, fileobj, mask):
+    def _accept(self, fileobj: object, mask: int) -> None:
         if self._gate.is_held(HOLD_CLOSED):
             return  # closed earlier in this loop turn (shutdown)
         connections = self._server._waiting_connections  # pylint: disable=protected-access
@@ -734,26 +819,27 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._gate.hold(HOLD_ACCEPT_FAILED)
             self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
 
-    def _resume_accepting(self, now):
+    def _resume_accepting(self, now: float) -> None:
         if self._accept_paused_until is None or \
                 now < self._accept_paused_until:
             return
         self._accept_paused_until = None
         self._gate.release(HOLD_ACCEPT_FAILED)
 
-    def _select_timeout(self):
+    def _select_timeout(self) -> float:
         if self._flush_needed or self._pipelined:
             return 0
         wake = min(self._next_idle, self._next_housekeeping_due(),
                    self._pending.next_expiry)
         return max(0.0, wake - time.monotonic())
 
-    def _next_housekeeping_due(self):
+    def _next_housekeeping_due(self) -> float:
         if self._state != 'running':
             return self._next_housekeeping
         return self._next_housekeeping + 0.4  # idle: 2 wake-ups a second
 
-    def _housekeeping(self, now):
+    def _housekeeping(self, now: float) -> None:
+
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
         self._log_output.flush()  # access lines wait no longer than this
         self._server.maintenance()  # idle and slow clients (its own pace)
@@ -779,7 +865,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- clients ------------------------------------------------------------------
 
-    def _on_connection_event(self, connection, fileobj, mask):
+    def _on_connection_event(self, connection: Connection, fileobj: object,
+                             mask: int) -> None:
         pending = connection.context
         if pending is None:
             if self._admission.closed and mask & selectors.EVENT_READ \
@@ -804,7 +891,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if mask & selectors.EVENT_READ:
                 self._probe_waiting_client(connection, pending)
 
-    def _probe_waiting_client(self, connection, pending):
+    def _probe_waiting_client(self, connection: Connection,
+                              pending: Pending) -> None:
         sock = connection.socket
         try:
             data = sock.recv(1, socket.MSG_PEEK)
@@ -827,7 +915,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         connection._interest = None  # pylint: disable=protected-access
         pending.read_paused = True
 
-    def _on_request(self, client):
+    def _on_request(self, client: Connection) -> None:
         try:
             self._route_request(client)
         except Exception:  # pylint: disable=broad-except
@@ -841,7 +929,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                              _error_body(500, 'Internal Server Error'))
         self._note_pipelined(client)
 
-    def _route_request(self, client):
+    def _route_request(self, client: Connection) -> None:
         if self._metrics is not None and client.path == self.metrics_route:
             body, content_type = self._metrics.render()
             self._answer(client, 200, {'content-type': content_type}, body)
@@ -862,13 +950,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     # uhttp-server parses one request per read: requests a client sent in
     # the same segment (pipelining) wait in the connection's buffer, and no
     # socket event will announce them. Serve them from the loop instead.
-    def _note_pipelined(self, connection):
+    def _note_pipelined(self, connection: Connection) -> None:
         if connection._buffer and connection.context is None \
                 and connection._method is None \
                 and connection.socket is not None:  # pylint: disable=protected-access
             self._pipelined.add(connection)
 
-    def _serve_pipelined(self):
+    def _serve_pipelined(self) -> None:
         connections, self._pipelined = self._pipelined, set()
         for connection in connections:
             if connection.context is not None or connection.socket is None \
@@ -888,7 +976,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- admission ----------------------------------------------------------------
 
-    def _answers_itself(self, connection):
+    def _answers_itself(self, connection: Connection) -> bool:
         """Whether the request waiting on an idle connection is one the
         dispatcher answers itself (static, @sync, metrics), judged from its
         request line, peeked at without reading it. Used only while the
@@ -933,17 +1021,20 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         except MethodNotAllowed:
             return self._find_pool(path) is None  # else the pool serves it
 
-    def _admission_changed(self):
+    def _admission_changed(self) -> None:
         """The number of pending requests changed: close or reopen."""
         admission = self._admission
         if not admission.closed and not admission.parked_count:
             if len(self._pending) < admission.max_pending:
                 return  # the common case, kept cheap
-        for connection in admission.update(len(self._pending), self._gate):
+        for parked in admission.update(len(self._pending), self._gate):
+            # (the dispatcher parks only its Connections)
+            connection = cast(Connection, parked)
             if resume(connection) and connection._buffer:  # pylint: disable=protected-access
                 self._pipelined.add(connection)
 
-    def _serve_static(self, client, result, body):
+    def _serve_static(self, client: Connection, result: StaticResult,
+                      body: StaticBody | None) -> None:
         # `body` (a 200's StaticBody) holds cached bytes or a file opened
         # without following symlinks: it is what gets sent, never the path
         # opened again; HEAD carries the length GET would send
@@ -953,7 +1044,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 405, dict(_JSON, allow='GET, HEAD'),
                          _error_body(405, 'Method Not Allowed'))
         elif result.status == 200:
-            headers = {'content-type': result.content_type}
+            # (a 200 has both)
+            assert body is not None and result.content_type is not None
+            headers: dict[str, framing.HeaderValue] = {
+                'content-type': result.content_type}
             if result.headers:
                 headers.update(result.headers)
             if self._state != 'running':
@@ -975,7 +1069,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._call_hook('on_static_served', client,
                                 result.file_path, 404)
 
-    def _run_sync(self, client):
+    def _run_sync(self, client: Connection) -> bool:
         try:
             found = self._sync_lookup(client.method, client.path)
         except MethodNotAllowed as err:
@@ -1019,22 +1113,25 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                          _error_body(500, 'Internal Server Error'))
         return True
 
-    def _sync_lookup(self, method, path):
+    def _sync_lookup(self, method: str, path: str
+                     ) -> tuple[SyncHandler, dict[str, ParamValue]] | None:
         """The @sync route of a request; a HEAD runs the GET route of a
         path whose routes do not take HEAD (RFC 9110 §9.3.2: the connection
         sends the GET answer's head, Content-Length included)."""
+        router = self._sync_router
+        assert router is not None   # (called only when there is one)
         try:
-            return self._sync_router.lookup(method, path)
+            return router.lookup(method, path)
         except MethodNotAllowed as err:
             if method != 'HEAD':
                 raise
             refused = err
         try:
-            return self._sync_router.lookup('GET', path)
+            return router.lookup('GET', path)
         except MethodNotAllowed:
             raise refused from None
 
-    def _submit(self, client, pool):
+    def _submit(self, client: Connection, pool: WorkerPool) -> None:
         # while handing over to a new dispatcher, keep serving the
         # connections already open (each answer then closes its connection)
         handover = self._state == 'draining' and self._successor is not None
@@ -1062,28 +1159,34 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._next_request_id = request_id + 1
         # pylint: disable=protected-access
         # (the connection's fields, read directly: this runs per request)
-        data = client.take_raw_json()   # decoded by the worker
+        data: Any = client.take_raw_json()   # decoded by the worker
         if data is None:
             data = client._data
             if data.__class__ is bytearray or data.__class__ is memoryview:
                 data = bytes(data) or None  # a raw body
+        # (its message is made below, once the hook gave its context)
         pending = self._pending.open(
-            request_id, client, pool, None, time.monotonic())
+            request_id, client, pool, None,  # type: ignore[arg-type]
+            time.monotonic())
         client.context = pending
         client.pool_client = True
         if self._access_log is not None:
             client.access_by, client.access_id = pool.name, request_id
         context = self._request_context(request_id, client, pool) \
             if self._has_accepted_hook else None
+        method = client._method
+        assert method is not None   # (the request is loaded)
         pending.message = messages.request(
-            request_id, client._method, client._path, client._query,
+            request_id, method, client._path, client._query,
+
             client._headers, data, self._client_address(client), False,
             client._should_keep_alive(), context)
         if len(self._pending) >= self.max_pending:
             self._admission_changed()
         pool.submit(pending)
 
-    def _request_context(self, request_id, client, pool):
+    def _request_context(self, request_id: int, client: Connection,
+                         pool: WorkerPool) -> Any:
         """What on_request_accepted() returned, for the worker's
         Request.context: None when the hook raised or its value cannot
         travel to a worker process (both logged)."""
@@ -1102,14 +1205,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             return None
         return context
 
-    def _client_address(self, client):
+    def _client_address(self, client: Connection) -> str:
         """The client's address as workers see it (request.remote_address):
         `ip:port` of the socket peer (`[ipv6]:port`, '' for a peer on a
         Unix-domain socket), computed once per connection; with
         trusted_proxies and a trusted peer that forwards, the IP of the
         client behind the proxies (read per request)."""
         if self._trusts_proxies:
-            forwarded = client.remote_address
+            forwarded: str = client.remote_address
             if forwarded != _server.unmap_ipv4(client.addr[0]):
                 return forwarded
         address = client.client_address
@@ -1117,7 +1220,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             address = client.client_address = client.socket_address
         return address
 
-    def _check(self, client, hook=None):
+    def _check(self, client: Connection,
+               hook: Callable[[Connection], None] | None = None) -> bool:
         """Run do_check (or `hook`): True if the request may go on."""
         hook = hook or self.do_check
         try:
@@ -1134,13 +1238,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             return False
         return not _answered(client)
 
-    def _new_request_id(self):
+    def _new_request_id(self) -> int:
         request_id = self._next_request_id
         self._next_request_id += 1
         return request_id
 
-    def submit_internal(self, pool, method, path, data, headers, query=None,
-                        to_all=False):
+    def submit_internal(self, pool: WorkerPool, method: str, path: str,
+                        data: Any, headers: dict[str, str],
+                        query: messages.Query = None,
+                        to_all: bool = False) -> None:
         """Run a request on `pool` whose answer is dropped (request_id=-1
         requests, forwards from workers); `to_all` runs it on every worker."""
         if pool.degraded or self._state not in ('running', 'draining'):
@@ -1148,7 +1254,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                              pool.name, method, path)
             return
 
-        def make_pending():
+        def make_pending() -> Pending:
             request_id = self._new_request_id()
             message = messages.request(
                 request_id, method, path, query, headers, data, None, to_all)
@@ -1160,7 +1266,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         else:
             pool.submit(make_pending())
 
-    def _answer(self, client, status, headers, body, owned=False):
+    def _answer(self, client: Connection, status: int,
+                headers: dict[str, Any], body: bytes,
+                owned: bool = False) -> None:
         """Send a complete response; never raises. A HEAD request gets the
         headers only, with the Content-Length of the body (the connection
         drops the body). `owned`: the headers dict is ours to give away
@@ -1180,7 +1288,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             else:
                 client.close()
 
-    def _send_answer(self, client, wire, keep_alive):
+    def _send_answer(self, client: Connection, wire: bytes,
+                     keep_alive: bool) -> None:
         """Write a complete answer a worker built (status line included):
         the dispatcher's whole share of a pool answer."""
         # pylint: disable=protected-access
@@ -1218,8 +1327,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             return
         self._note_pipelined(client)
 
-    def _answer_data(self, client, status, data):
-        headers = {}
+    def _answer_data(self, client: Connection, status: int,
+                     data: Any) -> None:
+        headers: dict[str, Any] = {}
         try:
             body = encode_body(data, headers)
         except TypeError as err:
@@ -1230,7 +1340,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- pending requests ---------------------------------------------------
 
-    def _complete(self, pending):
+    def _complete(self, pending: Pending) -> State:
         """End a request in the table (the client was dealt with) and watch
         its connection again. Returns the state it was in."""
         state = self._pending.finish(pending)
@@ -1242,7 +1352,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return state
 
     @staticmethod
-    def _resume_reading(pending):
+    def _resume_reading(pending: Pending) -> None:
         """Watch the client socket again if a pipelined request made us stop
         (see _probe_waiting_client) now that its answer is going out."""
         client = pending.client
@@ -1250,7 +1360,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pending.read_paused = False
             client._register()  # pylint: disable=protected-access
 
-    def _give_up(self, pending, status, message=None, reason=None):
+    def _give_up(self, pending: Pending, status: int | None,
+                 message: str | None = None,
+                 reason: str | None = None) -> None:
         """The dispatcher ends a request without its worker's answer
         (timeout, client gone, worker died, shutdown): its worker is told,
         and the client gets `status` (None: nothing, it is gone); then
@@ -1259,7 +1371,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if self._has_removed_hook:
             self._removed(pending, reason or _removal_reason(status))
 
-    def _end_without_answer(self, pending, status, message):
+    def _end_without_answer(self, pending: Pending, status: int | None,
+                            message: str | None) -> None:
         worker = pending.worker
         state = self._complete(pending)
         if worker is not None and not worker.exited:
@@ -1276,14 +1389,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             client.response_stream_end()
             return
         if self._metrics is not None:
-            self._metrics.answered(pending.pool.name, '', status,
+            # (the pool of a client's request is a WorkerPool)
+            pool = cast('WorkerPool', pending.pool)
+            self._metrics.answered(pool.name, '', status,
                                    time.monotonic() - pending.started)
         headers = _JSON
         if status == 503:
             headers = _CLOSE_RETRY if self._state != 'running' else _RETRY
         self._answer(client, status, headers, _error_body(status, message))
 
-    def _sweep_closed_clients(self):
+    def _sweep_closed_clients(self) -> None:
         """Forget requests whose connection is gone without an event (the
         HTTP server evicts the oldest connection when max_connections is
         reached, and closes it silently)."""
@@ -1292,17 +1407,18 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             if client is not None and client.socket is None:
                 self._client_left(pending)
 
-    def _client_left(self, pending):
+    def _client_left(self, pending: Pending) -> None:
         """The client of a pending request closed its connection."""
         self.log.debug('request %s: client left (%s)', pending.request_id,
                        pending.state)
         self._give_up(pending, None)
 
-    def _expire(self, now):
+    def _expire(self, now: float) -> None:
         """Requests past their deadline: 503 for one that never left the
         backlog (a retry is safe), 504 for one a worker had."""
         for pending in self._pending.expired(now):
-            pool = pending.pool
+            # (the pool of a client's request is a WorkerPool)
+            pool = cast('WorkerPool', pending.pool)
             if pending.state == QUEUED:
                 self.log.warning(
                     'request %s %s %s waited %ss for a worker of pool %s: '
@@ -1320,19 +1436,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     # -- logging -----------------------------------------------------------------
 
-    def _emit_log(self, name, level, message, details=None):
+    def _emit_log(self, name: str, level: int, message: str,
+                  details: dict[str, Any] | None = None) -> None:
         # the dispatcher's own records: stdlib logger
         # uhttp.workers.dispatcher when logging is configured, else on_log()
         try:
+            exc_text: str | None = details.get('exc_text') \
+                if details else None
             self._log_router.route(
-                DISPATCHER_LOGGER, name, level, message,
-                details and details.get('exc_text'), details)
+                DISPATCHER_LOGGER, name, level, message, exc_text, details)
+
         except Exception as err:  # pylint: disable=broad-except
             self._log_output.write('dispatcher', 40,
                                    f'log handler raised {err!r}; record: '
                                    f'[{name}] {message}')
 
-    def _on_log_safely(self, name, level, message):
+    def _on_log_safely(self, name: str, level: int, message: str) -> None:
         try:
             self.on_log(name, level, message)
         except Exception as err:  # pylint: disable=broad-except
@@ -1340,7 +1459,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                                    f'on_log() raised {err!r}; record: '
                                    f'[{name}] {message}')
 
-def _removal_reason(status):
+def _removal_reason(status: int | None) -> str:
     """The on_pending_removed() reason of a request the dispatcher ended
     with `status` (None: its client left)."""
     if status is None:
@@ -1354,7 +1473,7 @@ def _removal_reason(status):
     return PENDING_COMPLETED    # a 500 the dispatcher sent for its worker
 
 
-def _accepts_arguments(method, count):
+def _accepts_arguments(method: Callable[..., object], count: int) -> bool:
     """Whether the bound `method` can be called with `count` positional
     arguments (checked once, at start-up, not per call)."""
     try:
@@ -1366,7 +1485,8 @@ def _accepts_arguments(method, count):
     return True
 
 
-def _answered(client):
+def _answered(client: Connection) -> bool:
     """True once a response was started, or the connection is gone."""
     return client.socket is None or not client.is_loaded
+
 

@@ -52,12 +52,26 @@ Decisions (where the RFCs leave a choice):
   recomputed at most once per second.
 """
 
+from __future__ import annotations
+
 import re
+from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from time import time as _now
 
 from uhttp.server import STATUS_CODES
+
+# one value of a header field: str, int or float (checked when encoded)
+Scalar = str | int | float
+# a field's value: one, or several (a repeated field such as set-cookie)
+HeaderValue = Scalar | list[Scalar] | tuple[Scalar, ...]
+# the handler's header fields: name -> value (see the module docstring)
+Headers = Mapping[str, HeaderValue]
+# a streaming answer's cookies: name -> value; None deletes the cookie
+StreamCookies = Mapping[str, Scalar | None]
+# what a body may be given as (copied into bytes)
+Body = bytes | bytearray | memoryview
 
 # `type(x) is int/str/bytes` below are the fast paths, and exact on purpose:
 # 200.0 and True hash and compare like ints, subclasses take the slow path
@@ -70,9 +84,11 @@ class ResponseError(ValueError):
 
 # -- status lines ----------------------------------------------------------
 
-def _reasons():
+def _reasons() -> dict[int, str]:
     reasons = {int(status): status.phrase for status in HTTPStatus}
-    reasons.update(STATUS_CODES)  # uhttp-server's phrases, as sent until now
+    # uhttp-server's phrases, as sent until now
+    server_phrases: dict[int, str] = STATUS_CODES
+    reasons.update(server_phrases)
     return reasons
 
 
@@ -88,12 +104,12 @@ _STATUS_LINES = {
 _BODYLESS = frozenset((204, 205, 304))
 
 
-def reason_phrase(status):
+def reason_phrase(status: int) -> str:
     """The reason phrase sent for `status`, '' for a code without one."""
     return _REASONS.get(status, '')
 
 
-def _final_status(status):
+def _final_status(status: object) -> tuple[int, str]:
     """(code, status line) of an unusual status value, or ResponseError."""
     if isinstance(status, bool) or not isinstance(status, int):
         raise ResponseError(
@@ -128,7 +144,7 @@ _SPECIAL = {'date': _DATE, 'connection': _CONNECTION,
 
 # validated field names -> kind: names repeat from answer to answer, so
 # each is checked once. Bounded, so that generated names cannot grow it.
-_NAME_KINDS = {}
+_NAME_KINDS: dict[str, int] = {}
 _NAME_CACHE_MAX = 1024
 
 # flags _collect returns
@@ -139,7 +155,7 @@ _KEEP_ALIVE_LINE = 'connection: keep-alive\r\n'
 _CLOSE_LINE = 'connection: close\r\n'
 
 
-def _learn_name(name):
+def _learn_name(name: object) -> int:
     """Kind of a field name seen for the first time, or ResponseError."""
     if not isinstance(name, str):
         raise ResponseError(
@@ -154,7 +170,7 @@ def _learn_name(name):
     return kind
 
 
-def _check_text(name, value):
+def _check_text(name: str, value: str) -> None:
     """Refuse a str value holding a control character (CR/LF injection)."""
     found = _BAD_VALUE_CHAR(value)
     if found is not None:
@@ -163,7 +179,7 @@ def _check_text(name, value):
             f'character {found.group()!r}')
 
 
-def _scalar(name, value):
+def _scalar(name: str, value: object) -> str:
     """A checked str of one field value given as str, int or float."""
     if isinstance(value, str):
         value = str.__str__(value)  # a plain str, whatever the subclass
@@ -178,14 +194,15 @@ def _scalar(name, value):
     return str(float(value)) if isinstance(value, float) else str(int(value))
 
 
-def _values(name, value):
+def _values(name: str, value: object) -> list[str]:
     """Checked str values of a field: one, or several for a list/tuple."""
     if isinstance(value, (list, tuple)):
         return [_scalar(name, item) for item in value]
     return [_scalar(name, value)]
 
 
-def _special(kind, name, values, out):
+def _special(kind: int, name: str, values: list[str],
+             out: list[str]) -> int:
     """Handle a framing field of the handler; return _collect's flags."""
     if kind == _DATE:
         out.extend(f'{name}: {value}\r\n' for value in values)
@@ -201,7 +218,7 @@ def _special(kind, name, values, out):
     return 0  # content-length: dropped, the real length is sent
 
 
-def _collect(headers, out):
+def _collect(headers: Headers, out: list[str]) -> int:
     """Append the handler's checked header lines to `out`; return flags."""
     flags = 0
     kinds = _NAME_KINDS
@@ -234,7 +251,7 @@ _date_expires = 0.0
 _date_value = ''
 
 
-def _date_line():
+def _date_line() -> str:
     """The Date field of now (RFC 9110 §5.6.7 IMF-fixdate), once a second."""
     # pylint: disable-next=global-statement
     global _date, _date_value, _date_expires
@@ -247,7 +264,7 @@ def _date_line():
     return _date
 
 
-def http_date():
+def http_date() -> str:
     """The value of a Date field for now (IMF-fixdate, RFC 9110 §5.6.7),
     computed at most once per second: for answers built elsewhere than in
     this module (uhttp-server's respond() adds none)."""
@@ -258,7 +275,7 @@ def http_date():
 
 # -- body ------------------------------------------------------------------
 
-def _body_bytes(body):
+def _body_bytes(body: object) -> bytes:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body)
     raise ResponseError(
@@ -267,7 +284,9 @@ def _body_bytes(body):
 
 # -- complete answers ------------------------------------------------------
 
-def frame_response(status, headers, body, *, keep_alive, head_only=False):
+def frame_response(status: int, headers: Headers | None, body: Body, *,
+                   keep_alive: bool,
+                   head_only: bool = False) -> tuple[bytes, bool]:
     """Bytes of a complete answer, and whether the connection stays open.
 
     `status`: int 200..599. `headers`: dict of field name -> value (see the
@@ -282,7 +301,8 @@ def frame_response(status, headers, body, *, keep_alive, head_only=False):
     return _frame(status, headers, body, keep_alive, head_only)
 
 
-def encode_response(status, headers, body, *, keep_alive, head_only=False):
+def encode_response(status: int, headers: Headers | None, body: Body, *,
+                    keep_alive: bool, head_only: bool = False) -> bytes:
     """Bytes of a complete answer (see frame_response for the arguments).
 
     The connection stays open after it unless keep_alive is false or the
@@ -292,7 +312,8 @@ def encode_response(status, headers, body, *, keep_alive, head_only=False):
     return _frame(status, headers, body, keep_alive, head_only)[0]
 
 
-def _frame(status, headers, body, keep_alive, head_only):
+def _frame(status: int, headers: Headers | None, body: Body,
+           keep_alive: bool, head_only: bool) -> tuple[bytes, bool]:
     line = _STATUS_LINES.get(status) if type(status) is int else None
     if line is None:  # not a plain int 200..599: convert or refuse
         status, line = _final_status(status)
@@ -319,7 +340,7 @@ _KEEP_ALIVE_BYTES = _KEEP_ALIVE_LINE.encode()
 _CLOSE_BYTES = _CLOSE_LINE.encode()
 
 
-def with_close(data):
+def with_close(data: bytes) -> bytes:
     """The answer `data` (from this module) saying `connection: close`.
 
     For a caller that decides to close the connection after the bytes were
@@ -340,7 +361,7 @@ _STREAM_DEFAULTS = (('content-type', 'text/event-stream'),
                     ('cache-control', 'no-cache'))
 
 
-def _cookie_lines(cookies, out):
+def _cookie_lines(cookies: StreamCookies, out: list[str]) -> None:
     """set-cookie lines of a {name: value} dict; None deletes the cookie."""
     for name, value in cookies.items():
         if not isinstance(name, str) or not name or name.strip(_TCHARS):
@@ -351,7 +372,9 @@ def _cookie_lines(cookies, out):
         out.append(f'set-cookie: {name}={value}\r\n')
 
 
-def encode_stream_head(status, headers, cookies=None):
+def encode_stream_head(status: int, headers: Headers | None,
+                       cookies: StreamCookies | None = None) -> bytes:
+
     """Bytes of the head of a streaming answer; its body follows as is.
 
     Like uhttp-server's response_stream: no Content-Length, the stream ends

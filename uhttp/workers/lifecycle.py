@@ -11,10 +11,17 @@ Must never let a hook's exception reach the loop: it is logged with its
 traceback and the dispatcher goes on.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .shutdown import Shutdown, refuse_to_run_in_worker
 from .signals import HANDLED_SIGNALS, Signals
 from .systemd import Readiness
 from .upgrade import Upgrade
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
 
 __all__ = ['HANDLED_SIGNALS', 'Lifecycle', 'refuse_to_run_in_worker']
 
@@ -24,24 +31,26 @@ class Lifecycle(Signals, Readiness, Upgrade, Shutdown):
 
     _stop_hook_called = False
 
-    def on_start(self):
+    def on_start(self) -> None:
         """Called once in the dispatcher, when every worker of every pool
         (and every owned service) is first ready."""
 
-    def on_stop(self):
+    def on_stop(self) -> None:
         """Called once in the dispatcher at shutdown, after every worker has
         exited (owned services stop after it)."""
 
-    def before_fork(self, pool, worker_id):
+    def before_fork(self, pool: WorkerPool, worker_id: int) -> None:
         """Called in the dispatcher just before a worker process of `pool`
         with index `worker_id` starts (each start, restarts included)."""
 
-    def on_worker_recycle(self, pool, worker_id, reason):
+    def on_worker_recycle(self, pool: WorkerPool, worker_id: int,
+                          reason: str) -> None:
         """Called in the dispatcher when worker `worker_id` of `pool` is
         about to be replaced by a fresh process; `reason` is
         'max_requests', 'max_memory' or 'rolling_restart'."""
 
-    def lifecycle_hook(self, name, *args):
+    def lifecycle_hook(self, name: str, *args: object) -> None:
+
         """Call lifecycle hook `name` if the application overrides it; an
         exception is logged with its traceback, never raised."""
         hook = getattr(self, name)

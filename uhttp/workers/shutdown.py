@@ -10,18 +10,73 @@ Must never block the loop, or leave a worker process running after the
 dispatcher returns.
 """
 
+from __future__ import annotations
+
 import multiprocessing
+import selectors
 import sys
 import time
+from typing import TYPE_CHECKING, cast
 
 from .admission import HOLD_CLOSED, resume
 from .worker import EXIT_APP_ERROR
+
+if TYPE_CHECKING:
+    from .admission import Admission, ListenerGate
+    from .pending import Pending, PendingTable
+    from .connection import Connection, Server
+    from .log import Logger
+    from .pidfile import PidFile
+    from .pool import WorkerPool
+    from .systemd import Notifier
+    from .upgrade import Successor
 
 
 class Shutdown:
     """Drain, stop and clean up (mixed into Dispatcher)."""
 
-    def _begin_drain(self):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    shutdown_timeout: float
+    _state: str
+    _pools: list[WorkerPool]
+    _pending: PendingTable
+    _admission: Admission
+    _pipelined: set[Connection]
+    _successor: Successor | None
+    _stop_hook_called: bool
+    _owned_stop_deadline: float | None
+    _next_housekeeping: float
+    _pid_file: PidFile | None
+    _notifier: Notifier | None
+    # set by _start(), before any shutdown
+    _selector: selectors.BaseSelector
+    _server: Server
+    _gate: ListenerGate
+    # the shutdown's own (None until it begins)
+    _shutdown_started: float | None
+    _stop_deadline: float | None
+
+    if TYPE_CHECKING:
+        def _give_up_successor(self, why: str) -> None: ...
+
+        def _notify(self, message: str) -> None: ...
+
+        def _give_up(self, pending: Pending, status: int | None,
+                     message: str | None = None,
+                     reason: str | None = None) -> None: ...
+
+        def lifecycle_hook(self, name: str, *args: object) -> None: ...
+
+        def _stop_owned(self, deadline: float) -> None: ...
+
+        def _owned_stopped(self, now: float) -> bool: ...
+
+        def _close_owned(self) -> None: ...
+
+        def _restore_signals(self) -> None: ...
+
+    def _begin_drain(self) -> None:
         if self._state != 'running':
             return
         self._give_up_successor('this dispatcher is shutting down')
@@ -34,25 +89,29 @@ class Shutdown:
         self.log.info('draining %d pending requests (up to %ss)',
                       len(self._pending), self.shutdown_timeout)
 
-    def _close_listener(self):
+    def _close_listener(self) -> None:
         self._gate.hold(HOLD_CLOSED)
         try:
             self._server.socket.close()
         except OSError:
             pass
         # parked connections are read now: their requests get 503
-        for connection in self._admission.release_all():
+        for parked in self._admission.release_all():
+            # (the dispatcher parks only its Connections)
+            connection = cast('Connection', parked)
             if resume(connection) and connection._buffer:  # pylint: disable=protected-access
                 self._pipelined.add(connection)
 
-    def _drain_step(self, now):
-        deadline = self._shutdown_started + self.shutdown_timeout
+    def _drain_step(self, now: float) -> None:
+        started = self._shutdown_started
+        assert started is not None   # (set by _begin_drain)
+        deadline = started + self.shutdown_timeout
         if now < deadline and (self._pending or self._awaiting_first_request()):
             return
         self._fail_all_pending()
         self._stop_workers(now)
 
-    def _awaiting_first_request(self):
+    def _awaiting_first_request(self) -> bool:
         """While handing over to a new dispatcher: connections this one
         accepted whose first request has not arrived yet (their clients
         connected before the listener closed: they are served here)."""
@@ -62,14 +121,15 @@ class Shutdown:
                    and not connection._requests_count  # pylint: disable=protected-access
                    for connection in self._server._waiting_connections)  # pylint: disable=protected-access
 
-    def _fail_all_pending(self):
+    def _fail_all_pending(self) -> None:
         for pending in self._pending.all():
             self._give_up(pending, 503, 'Shutting down')
 
-    def _stop_workers(self, now):
+    def _stop_workers(self, now: float) -> None:
         self._state = 'stopping'
         started = self._shutdown_started or now
-        self._stop_deadline = max(started + self.shutdown_timeout, now + 1.0)
+        self._stop_deadline = stop_deadline = max(
+            started + self.shutdown_timeout, now + 1.0)
         for pool in self._pools:
             for handle in pool.workers:
                 handle.kill_deadline = None
@@ -78,34 +138,37 @@ class Shutdown:
                 if handle.stopping and not handle.exited:
                     # retiring ones too (recycled, rolled, resized away)
                     handle.kill_deadline = min(
-                        handle.kill_deadline or self._stop_deadline,
-                        self._stop_deadline)
+                        handle.kill_deadline or stop_deadline,
+                        stop_deadline)
 
-    def _stop_step(self, now):
+    def _stop_step(self, now: float) -> None:
+        stop_deadline = self._stop_deadline
+        # (set on entering 'stopping': _stop_workers, _stop_now)
+        assert stop_deadline is not None
         if not self._stop_hook_called and all(
                 pool.all_exited() for pool in self._pools):
             self._stop_hook_called = True
             self.lifecycle_hook('on_stop')
         if all(pool.all_exited() for pool in self._pools) and (
-                not self._unsent_output() or now >= self._stop_deadline):
+                not self._unsent_output() or now >= stop_deadline):
             # services last: workers may have used them while draining
             if self._owned_stop_deadline is None:
-                self._stop_owned(self._stop_deadline)
+                self._stop_owned(stop_deadline)
             if self._owned_stopped(now):
                 # clients that did not read their answers in time lose them
                 self._server.close()
                 self._state = 'stopped'
-        elif now >= self._stop_deadline + 2.0:
+        elif now >= stop_deadline + 2.0:
             self.log.error('shutdown overran; exiting with workers killed')
             for pool in self._pools:
                 pool.kill()
             self._stop_deadline = now  # the owned services go next
 
-    def _unsent_output(self):
+    def _unsent_output(self) -> bool:
         return any(conn.has_data_to_send
                    for conn in self._server._waiting_connections)  # pylint: disable=protected-access
 
-    def _stop_now(self):
+    def _stop_now(self) -> None:
         if self._state in ('stopping', 'stopped'):
             if self._state == 'stopping':
                 for pool in self._pools:
@@ -124,7 +187,7 @@ class Shutdown:
         self._stop_deadline = now + 1.0
         self._next_housekeeping = now
 
-    def _close(self):
+    def _close(self) -> None:
         self._give_up_successor('this dispatcher is shutting down')
         self._close_owned()
         for pool in self._pools:
@@ -149,7 +212,8 @@ class Shutdown:
 
 
 
-def refuse_to_run_in_worker():
+def refuse_to_run_in_worker() -> None:
+
     # A worker process imports the application's main module afresh (spawn).
     # If that module starts a dispatcher on import, every worker would try to
     # become a dispatcher: exit with a code that the pool knows not to retry

@@ -20,16 +20,22 @@ is the one the check approved, or none at all. Hidden files (``.name``) are
 served like any other file; do not put secrets in a static root.
 """
 
-import collections
+from __future__ import annotations
+
 import errno
 import mimetypes
 import os
 import posixpath
 import stat
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypedDict
 
-from .framing import ResponseError, encode_response
+from .framing import HeaderValue, ResponseError, encode_response
 from .static_http import (UNSATISFIABLE, Validators, not_modified,
                           requested_range)
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 __all__ = ['StaticBody', 'StaticFiles', 'StaticResult', 'open_inside']
 
@@ -64,8 +70,29 @@ _TEXT_APPLICATION_TYPES = frozenset({
 
 _DEFAULT_TYPE = 'application/octet-stream'
 
+# the extra response fields of a mount
+MountHeaders = dict[str, HeaderValue]
 
-def _content_type(name):
+
+class _MountPath(TypedDict):
+    path: str | os.PathLike[str]
+
+
+class MountOptions(_MountPath, total=False):
+    """A mount of static_routes given as a dict (the uhttp-workers 1.x
+    form): `path` (required), `headers`, `authoritative`."""
+
+    headers: Mapping[str, HeaderValue] | None
+    authoritative: bool
+
+
+# what static_routes maps a prefix to: a directory, or mount options
+StaticMount = str | os.PathLike[str] | MountOptions
+# (real root, headers or None, authoritative) of one mount
+_Mount = tuple[str, MountHeaders | None, bool]
+
+
+def _content_type(name: str) -> str:
     """Return the Content-Type for a file name (by extension)."""
     ext = posixpath.splitext(name)[1].lower()
     known = _WEB_TYPES.get(ext)
@@ -81,28 +108,32 @@ def _content_type(name):
     return guessed
 
 
-class StaticResult(collections.namedtuple(
-        'StaticResult', 'status file_path content_type size location root '
-        'headers authoritative',
-        defaults=(None, None, None, None, None, None, False))):
+class StaticResult(NamedTuple):
     """Outcome of :meth:`StaticFiles.lookup` for a path under a prefix:
     status, file_path (its real path), content_type, size, location (of a
     301), root (the real root it was found in), headers (the mount's extra
     response headers, or None) and authoritative (a 404 of this mount is
     the answer; otherwise the path goes on to the pools), immutable."""
 
-    __slots__ = ()
+    status: int
+    file_path: str | None = None
+    content_type: str | None = None
+    size: int | None = None
+    location: str | None = None
+    root: str | None = None
+    headers: MountHeaders | None = None
+    authoritative: bool = False
 
 
 _NOT_FOUND = StaticResult(404)
 
 
-def _is_inside(root, path):
+def _is_inside(root: str, path: str) -> bool:
     """True when real path ``path`` is ``root`` or below it."""
     return os.path.commonpath((root, path)) == root
 
 
-def _safe_segments(rest):
+def _safe_segments(rest: str) -> list[str] | None:
     """Split the part after the prefix; None if it must be refused."""
     if '\x00' in rest:
         return None
@@ -127,8 +158,9 @@ class StaticFiles:
     directory URL, so it is redirected to ``/static/``).
     """
 
-    def __init__(self, static_routes):
-        routes = {}
+    def __init__(self,
+                 static_routes: Mapping[str, StaticMount] | None) -> None:
+        routes: dict[str, _Mount] = {}
         for prefix, mount in (static_routes or {}).items():
             prefix = self._normalise_prefix(prefix)
             if prefix in routes:
@@ -138,7 +170,7 @@ class StaticFiles:
             routes.items(), key=lambda item: len(item[0]), reverse=True)
 
     @classmethod
-    def _mount(cls, prefix, mount):
+    def _mount(cls, prefix: str, mount: StaticMount) -> _Mount:
         """(real root, headers or None, authoritative) of one mount."""
         if not isinstance(mount, dict):
             return cls._resolve_root(mount), None, False
@@ -162,32 +194,32 @@ class StaticFiles:
                 bool(mount.get('authoritative', False)))
 
     @staticmethod
-    def _normalise_prefix(prefix):
+    def _normalise_prefix(prefix: object) -> str:
         if not isinstance(prefix, str) or not prefix.startswith('/'):
             raise ValueError(f"static prefix must start with '/': {prefix!r}")
         return prefix if prefix.endswith('/') else prefix + '/'
 
     @staticmethod
-    def _resolve_root(root):
+    def _resolve_root(root: str | os.PathLike[str]) -> str:
         real = os.path.realpath(os.path.expanduser(os.fspath(root)))
         if not os.path.isdir(real):
             raise ValueError(
                 f'static root {root!r} is not a directory (resolved: {real})')
         return real
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._routes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'StaticFiles({dict(self._routes)!r})'
 
     @property
-    def stems(self):
+    def stems(self) -> tuple[str, ...]:
         """A tuple of strings every path under a mount starts with (for a
         cheap `str.startswith` test before any lookup)."""
         return tuple(prefix[:-1] for prefix, _mount in self._routes)
 
-    def lookup(self, path):
+    def lookup(self, path: str) -> StaticResult | None:
         """Resolve an already percent-decoded request path.
 
         Returns None when no static prefix matches (routing continues
@@ -215,7 +247,7 @@ class StaticFiles:
             missed = result
         return missed
 
-    def _resolve(self, root, path, rest):
+    def _resolve(self, root: str, path: str, rest: str) -> StaticResult:
         segments = _safe_segments(rest)
         if segments is None:
             return _NOT_FOUND
@@ -233,7 +265,7 @@ class StaticFiles:
         name = segments[-1] if segments else real
         return self._file(root, real, info, name)
 
-    def _index(self, root, directory):
+    def _index(self, root: str, directory: str) -> StaticResult:
         real = os.path.realpath(os.path.join(directory, _INDEX))
         info = self._stat_inside(root, real)
         if info is None:
@@ -241,7 +273,7 @@ class StaticFiles:
         return self._file(root, real, info, _INDEX)
 
     @staticmethod
-    def _stat_inside(root, real):
+    def _stat_inside(root: str, real: str) -> os.stat_result | None:
         """os.stat of ``real`` if it lies inside ``root``, else None."""
         if not _is_inside(root, real):
             return None
@@ -251,7 +283,8 @@ class StaticFiles:
             return None
 
     @staticmethod
-    def _file(root, real, info, name):
+    def _file(root: str, real: str, info: os.stat_result,
+              name: str) -> StaticResult:
         """200 for a readable regular file; the URL name picks the type."""
         if not stat.S_ISREG(info.st_mode) or not os.access(real, os.R_OK):
             return _NOT_FOUND
@@ -271,7 +304,8 @@ _FILE_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
                | _CLOEXEC)
 
 
-def open_inside(root, file_path):
+def open_inside(root: str,
+                file_path: str) -> tuple[BinaryIO, os.stat_result]:
     """Open ``file_path``, a real path below the real directory ``root``,
     for reading, following no symlink on the way.
 
@@ -314,13 +348,13 @@ class _FileSpan:
 
     __slots__ = ('_file', '_left')
 
-    def __init__(self, handle, start, length):
+    def __init__(self, handle: BinaryIO, start: int, length: int) -> None:
         if start:
             handle.seek(start)
         self._file = handle
         self._left = length
 
-    def read(self, size):
+    def read(self, size: int) -> bytes:
         """Up to `size` bytes of the span, b'' once it is all read."""
         if self._left <= 0:
             return b''
@@ -328,7 +362,7 @@ class _FileSpan:
         self._left -= len(chunk)
         return chunk
 
-    def close(self):
+    def close(self) -> None:
         """Close the file."""
         self._file.close()
 
@@ -347,17 +381,25 @@ class StaticBody:
 
     __slots__ = ('data', 'file', 'size', 'validators')
 
-    def __init__(self, data=None, file=None, size=None, info=None):
+    def __init__(self, data: bytes | None = None,
+                 file: BinaryIO | None = None, size: int | None = None,
+                 info: os.stat_result | None = None) -> None:
         self.data = data
         self.file = file
-        self.size = len(data) if size is None else size
+        if size is None:
+            if data is None:
+                raise TypeError(
+                    'StaticBody takes data, or a file and its size')
+            size = len(data)
+        self.size = size
         self.validators = None if info is None else Validators(info)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = 'file' if self.file is not None else 'bytes'
         return f'<StaticBody {kind} {self.size}>'
 
-    def respond(self, client, headers, head_only=False):
+    def respond(self, client: Connection, headers: MountHeaders,
+                head_only: bool = False) -> int:
         """Answer a GET or HEAD on the uhttp-server connection ``client``;
         return the status sent.
 
@@ -382,7 +424,7 @@ class StaticBody:
         if head_only or 'range' not in wanted:
             return self._send(client, headers, head_only, None)
         span = requested_range(wanted, self.size, validators)
-        if span is UNSATISFIABLE:
+        if span == UNSATISFIABLE:
             self.close()
             headers.pop('content-type', None)
             headers['content-range'] = f'bytes */{self.size}'
@@ -390,7 +432,8 @@ class StaticBody:
             return 416
         return self._send(client, headers, False, span)
 
-    def _send(self, client, headers, head_only, span):
+    def _send(self, client: Connection, headers: MountHeaders,
+              head_only: bool, span: tuple[int, int] | None) -> int:
         """Send all of the file (``span`` None: 200) or the bytes
         [start, stop) of it (206)."""
         if span is None:
@@ -412,6 +455,9 @@ class StaticBody:
             client.respond(data=None, status=status, headers=headers)
             return status
         handle, self.file = self.file, None
+        # a body without data holds a file (see __init__)
+        assert handle is not None
+
         try:
             reader = _FileSpan(handle, start, length)
         except OSError:
@@ -423,8 +469,9 @@ class StaticBody:
         client._file_handle = reader  # pylint: disable=protected-access
         client.respond(data=None, status=status, headers=headers)
         return status
-    def close(self):
-        """Close the file, if any (a body not handed to a connection)."""
+    def close(self) -> None:
+        """Close the file, if any
+ (a body not handed to a connection)."""
         if self.file is not None:
             self.file.close()
             self.file = None

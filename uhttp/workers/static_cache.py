@@ -19,16 +19,24 @@ serve bytes it did not read through `open_inside`, or hold more than
 `max_total` bytes.
 """
 
+from __future__ import annotations
+
 import os
 import stat
 import time
 
-from .static import StaticBody, StaticResult, open_inside
+from .static import StaticBody, StaticFiles, StaticResult, open_inside
 
 SMALL_FILE = 256 * 1024
 
+# what lookup() answers for a static path: the result and, for a 200,
+# its body
+Found = tuple[StaticResult, StaticBody | None]
+# _identity() of a file
+_Identity = tuple[int, int, int, int, int]
 
-def _identity(info):
+
+def _identity(info: os.stat_result) -> _Identity:
     """What must not change for cached bytes to stay valid."""
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
             info.st_ctime_ns)
@@ -37,28 +45,31 @@ def _identity(info):
 class StaticCache:
     """Front of a StaticFiles: `lookup(path)` → (StaticResult, StaticBody|None)."""
 
-    def __init__(self, static_files, ttl=1.0, max_file=SMALL_FILE,
-                 max_total=32 * 1024 * 1024, max_entries=4096):
+    def __init__(self, static_files: StaticFiles, ttl: float = 1.0,
+                 max_file: int = SMALL_FILE, max_total: int = 32 * 1024 * 1024,
+                 max_entries: int = 4096) -> None:
         self._static = static_files
         self._ttl = ttl
         self._max_file = max_file
         self._max_total = max_total
         self._max_entries = max_entries
         self._stems = static_files.stems
-        self._resolved = {}     # url path -> (StaticResult, expires)
-        self._contents = {}     # file path -> (identity, StaticBody)
+        # url path -> (StaticResult, expires)
+        self._resolved: dict[str, tuple[StaticResult, float]] = {}
+        # file path -> (identity, StaticBody)
+        self._contents: dict[str, tuple[_Identity, StaticBody]] = {}
         self._total = 0
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._static)
 
-    def serves(self, path):
+    def serves(self, path: str) -> bool:
         """True when a static mount answers `path` (nothing is opened)."""
         result = self._resolve(path)
         return result is not None and (
             result.status != 404 or result.authoritative)
 
-    def lookup(self, path):
+    def lookup(self, path: str) -> Found | None:
         """None (not a static path, or one a mount that is not authoritative
         does not have: it goes on to the pools), or the result and, for a
         200, its body.
@@ -90,13 +101,13 @@ class StaticCache:
         return result, body
 
     @staticmethod
-    def _miss(result):
+    def _miss(result: StaticResult) -> Found | None:
         """A result that is not a 200, as lookup() returns it."""
         if result.status == 404 and not result.authoritative:
             return None
         return result, None
 
-    def _resolve(self, path):
+    def _resolve(self, path: str) -> StaticResult | None:
         if not path.startswith(self._stems):
             return None  # the common case of a dispatcher: not static
         now = time.monotonic()
@@ -110,19 +121,22 @@ class StaticCache:
             self._resolved[path] = (result, now + self._ttl)
         return result
 
-    def _body(self, result):
+    def _body(self, result: StaticResult) -> StaticBody | None:
         """The file's body, or None if it cannot be opened inside the root."""
-        entry = self._contents.get(result.file_path)
+        file_path, root = result.file_path, result.root
+        # (a 200, which names both)
+        assert file_path is not None and root is not None
+        entry = self._contents.get(file_path)
         if entry is not None:
             try:
-                info = os.lstat(result.file_path)
+                current: os.stat_result | None = os.lstat(file_path)
             except OSError:
-                info = None
-            if info is not None and stat.S_ISREG(info.st_mode) \
-                    and _identity(info) == entry[0]:
+                current = None
+            if current is not None and stat.S_ISREG(current.st_mode) \
+                    and _identity(current) == entry[0]:
                 return entry[1]
         try:
-            handle, info = open_inside(result.root, result.file_path)
+            handle, info = open_inside(root, file_path)
         except OSError:
             return None
         if info.st_size > self._max_file:
@@ -137,10 +151,11 @@ class StaticCache:
             # validators (ETag, Last-Modified) would name
             return StaticBody(data)
         body = StaticBody(data, info=info)
-        self._store(result.file_path, _identity(info), body)
+        self._store(file_path, _identity(info), body)
         return body
 
-    def _store(self, file_path, identity, body):
+    def _store(self, file_path: str, identity: _Identity,
+               body: StaticBody) -> None:
         old = self._contents.pop(file_path, None)
         if old is not None:
             self._total -= old[1].size
@@ -150,8 +165,11 @@ class StaticCache:
         self._contents[file_path] = (identity, body)
         self._total += body.size
 
-    def _forget(self, path, file_path):
+    def _forget(self, path: str, file_path: str | None) -> None:
         self._resolved.pop(path, None)
-        old = self._contents.pop(file_path, None)
+        # (a 200's file_path, never None)
+        old = self._contents.pop(file_path, None) \
+            if file_path is not None else None
+
         if old is not None:
             self._total -= old[1].size

@@ -20,13 +20,23 @@ answer anything itself. Decisions where the RFC leaves a choice:
   A `Range` that does not parse, or of another unit, is ignored (200).
 """
 
+from __future__ import annotations
+
+import os
 import re
+from collections.abc import Mapping
 from email.utils import formatdate, parsedate_tz, mktime_tz
+from typing import Final, Literal
 
 __all__ = ['UNSATISFIABLE', 'Validators', 'not_modified', 'requested_range']
 
 # requested_range() of a range that selects nothing of the file: 416
-UNSATISFIABLE = 'unsatisfiable'
+UNSATISFIABLE: Final = 'unsatisfiable'
+# what requested_range() answers: None (the whole file), (start, stop) of
+# one range, or UNSATISFIABLE
+RequestedRange = tuple[int, int] | Literal['unsatisfiable'] | None
+# request fields by lowercase name
+RequestHeaders = Mapping[str, str]
 
 _ENTITY_TAG = re.compile(r'(?:W/)?("[^"]*")')
 _BYTE_RANGE = re.compile(r'[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*\Z', re.ASCII)
@@ -40,7 +50,7 @@ class Validators:
 
     __slots__ = ('etag', 'mtime', 'last_modified', 'fields')
 
-    def __init__(self, info):
+    def __init__(self, info: os.stat_result) -> None:
         self.etag = (f'"{info.st_size:x}-{info.st_mtime_ns:x}'
                      f'-{info.st_ino:x}"')
         self.mtime = info.st_mtime_ns // 1_000_000_000
@@ -50,7 +60,7 @@ class Validators:
                        'accept-ranges': 'bytes'}
 
 
-def _http_date(value):
+def _http_date(value: str) -> int | None:
     """Seconds since the epoch of an HTTP-date (any of the three forms of
     RFC 9110 §5.6.7), or None when it is not one."""
     try:
@@ -60,7 +70,7 @@ def _http_date(value):
         return None
 
 
-def _tag_matches(field, etag):
+def _tag_matches(field: str, etag: str) -> bool:
     """Weak comparison (RFC 9110 §8.8.3.2) of `etag` with an
     If-None-Match value: `*` or a list of (possibly weak) entity tags."""
     if field.strip() == '*':
@@ -68,7 +78,8 @@ def _tag_matches(field, etag):
     return etag in _ENTITY_TAG.findall(field)
 
 
-def not_modified(request_headers, validators):
+def not_modified(request_headers: RequestHeaders,
+                 validators: Validators) -> bool:
     """True when a GET or HEAD with these (lowercase) request fields is to
     be answered 304: If-None-Match matches the ETag, or, only when there is
     no If-None-Match, the file was not modified after If-Modified-Since (an
@@ -79,11 +90,11 @@ def not_modified(request_headers, validators):
     since = request_headers.get('if-modified-since')
     if since is None:
         return False
-    since = _http_date(since)
-    return since is not None and validators.mtime <= since
+    since_time = _http_date(since)
+    return since_time is not None and validators.mtime <= since_time
 
 
-def _if_range_holds(field, validators):
+def _if_range_holds(field: str, validators: Validators) -> bool:
     """If-Range (RFC 9110 §13.1.5): a strong match of the ETag, or a date
     equal to Last-Modified; anything else (a weak tag) does not hold."""
     field = field.strip()
@@ -94,7 +105,7 @@ def _if_range_holds(field, validators):
     return _http_date(field) == validators.mtime
 
 
-def _byte_range(spec, size):
+def _byte_range(spec: str, size: int) -> RequestedRange:
     """(start, stop) of one byte-range-spec, UNSATISFIABLE, or None when
     it does not parse."""
     match = _BYTE_RANGE.match(spec)
@@ -119,7 +130,9 @@ def _byte_range(spec, size):
     return max(size - suffix, 0), size
 
 
-def requested_range(request_headers, size, validators):
+def requested_range(request_headers: RequestHeaders, size: int,
+                    validators: Validators) -> RequestedRange:
+
     """What a GET with these (lowercase) request fields asks of a file of
     `size` bytes: None for all of it (no Range, one that does not parse,
     several ranges, or an If-Range that no longer holds), (start, stop) of

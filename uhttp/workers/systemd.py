@@ -12,11 +12,24 @@ sent without waiting, and a failure to send is reported to the caller's log,
 never raised.
 """
 
+from __future__ import annotations
+
 import os
 import socket
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
 
 from . import upgrade
 from .admission import HOLD_PREDECESSOR
+
+if TYPE_CHECKING:
+    from .admission import ListenerGate
+    from .log import Logger
+    from .pidfile import PidFile
+    from .pool import WorkerPool
+
+# the process environment, or a stand-in for it
+Environ = MutableMapping[str, str]
 
 LISTEN_FDS_START = 3    # sd_listen_fds(3): passed sockets start at fd 3
 
@@ -24,12 +37,13 @@ LISTEN_FDS_START = 3    # sd_listen_fds(3): passed sockets start at fd 3
 class Notifier:
     """Sends sd_notify(3) messages when NOTIFY_SOCKET is set."""
 
-    def __init__(self, environ=None):
+    def __init__(self, environ: Environ | None = None) -> None:
         environ = os.environ if environ is None else environ
         address = environ.get('NOTIFY_SOCKET')
-        self.address = None
-        self.watchdog_interval = None
-        self._socket = None
+        # both set, or neither
+        self.address: str | None = None
+        self._socket: socket.socket | None = None
+        self.watchdog_interval: float | None = None
         if address:
             # '@name' names a socket in the abstract namespace
             self.address = '\0' + address[1:] if address.startswith('@') \
@@ -44,13 +58,13 @@ class Notifier:
             self.watchdog_interval = int(watchdog) / 2e6
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         """True when running under a systemd unit that listens."""
         return self._socket is not None
 
-    def notify(self, message):
+    def notify(self, message: str) -> OSError | None:
         """Send one notification (e.g. 'READY=1'); returns an error or None."""
-        if self._socket is None:
+        if self._socket is None or self.address is None:
             return None
         try:
             self._socket.sendto(message.encode('utf-8'), self.address)
@@ -58,14 +72,14 @@ class Notifier:
             return err
         return None
 
-    def close(self):
+    def close(self) -> None:
         """Close the notification socket."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
 
 
-def listen_sockets(environ=None):
+def listen_sockets(environ: Environ | None = None) -> list[socket.socket]:
     """Listening sockets systemd passed to this process (socket activation).
 
     Returns a list of socket objects (empty when none were passed to us).
@@ -90,7 +104,30 @@ def listen_sockets(environ=None):
 class Readiness:
     """First readiness and systemd notifications (mixed into Dispatcher)."""
 
-    def _readiness_step(self, now):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    port: int
+    _state: str
+    _pools: list[WorkerPool]
+    _predecessor: int | None
+    _pid_file: PidFile | None
+    # set by _start(), before the loop runs
+    _gate: ListenerGate
+    _notifier: Notifier | None
+    # the readiness's own
+    _ready_notified: bool
+    # set only with a notifier that has a watchdog_interval
+    _next_watchdog: float | None
+
+    if TYPE_CHECKING:
+        @property
+        def url(self) -> str: ...
+
+        def _services_settled(self) -> bool: ...
+
+        def lifecycle_hook(self, name: str, *args: object) -> None: ...
+
+    def _readiness_step(self, now: float) -> None:
         """Once every worker and service is up: tell systemd and the
         dispatcher we replace; then keep systemd's watchdog fed."""
         if not self._ready_notified and self._state == 'running' and all(
@@ -109,17 +146,21 @@ class Readiness:
                 self.log.info('ready: the previous dispatcher may go')
             self.lifecycle_hook('on_start')
         if self._next_watchdog is not None and now >= self._next_watchdog:
-            self._next_watchdog = now + self._notifier.watchdog_interval
+            notifier = self._notifier
+            assert notifier is not None and \
+                notifier.watchdog_interval is not None
+            self._next_watchdog = now + notifier.watchdog_interval
             self._notify('WATCHDOG=1')
 
-    def _log_ready(self):
+    def _log_ready(self) -> None:
         workers = sum(len(pool.workers) for pool in self._pools)
         pools = len(self._pools)
         self.log.info('ready: %d worker%s in %d pool%s on %s', workers,
                       '' if workers == 1 else 's', pools,
                       '' if pools == 1 else 's', self.url)
 
-    def _notify(self, message):
+    def _notify(self, message: str) -> None:
+
         error = self._notifier.notify(message) if self._notifier else None
         if error is not None:
             self.log.warning('systemd notification failed: %s', error)

@@ -7,6 +7,8 @@ remove a file it did not bind, nor block: the probe of an existing file is
 a non-blocking connect().
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import socket
@@ -15,14 +17,14 @@ import stat
 PREFIX = 'unix:'
 
 
-def unix_path(address):
+def unix_path(address: object) -> str | None:
     """The path of a `unix:/path` address, or None for an IP address."""
     if isinstance(address, str) and address.startswith(PREFIX):
         return address[len(PREFIX):]
     return None
 
 
-def _in_use(path):
+def _in_use(path: str) -> bool:
     """True when a process accepts connections on the socket file `path`."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
@@ -37,7 +39,7 @@ def _in_use(path):
     return True
 
 
-def _replace_stale(path):
+def _replace_stale(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -52,14 +54,15 @@ def _replace_stale(path):
 class UnixListener:
     """The listening socket on `path`: `bind()` it, `remove()` its file."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         if not path:
             raise ValueError("a Unix socket address needs a path: "
                              "'unix:/run/app.sock'")
         self.path = os.path.abspath(path)
-        self._identity = None   # (st_dev, st_ino) of the file we bound
+        # (st_dev, st_ino) of the file we bound
+        self._identity: tuple[int, int] | None = None
 
-    def bind(self, backlog):
+    def bind(self, backlog: int) -> socket.socket:
         """A non-blocking listening socket on the path (OSError if not)."""
         _replace_stale(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -74,7 +77,7 @@ class UnixListener:
         self._identity = (info.st_dev, info.st_ino)
         return sock
 
-    def remove(self):
+    def remove(self) -> None:
         """Remove the socket file if it is still the one we bound."""
         if self._identity is None:
             return
@@ -86,7 +89,8 @@ class UnixListener:
         except FileNotFoundError:
             pass
 
-    def adopt(self):
+    def adopt(self) -> None:
+
         """Take over the file of a socket inherited from the dispatcher we
         replace (SIGUSR2): it is ours to remove at exit from now on."""
         try:

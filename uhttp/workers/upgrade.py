@@ -12,18 +12,32 @@ successor until it is ready (then it asks for the drain) or gone (then it
 forgets it). It never drains or stops anything itself.
 """
 
+from __future__ import annotations
+
 import os
 import selectors
 import socket
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from .connection import Server
+    from .log import Logger
+
+# the process environment, or a stand-in for it
+Environ = MutableMapping[str, str]
 
 ENV_LISTEN_FD = 'UHTTP_WORKERS_LISTEN_FD'
 ENV_READY_FD = 'UHTTP_WORKERS_READY_FD'
 ENV_PREDECESSOR = 'UHTTP_WORKERS_PREDECESSOR'
 
 
-def start_successor(listener):
+def start_successor(
+        listener: socket.socket) -> tuple[subprocess.Popen[bytes], int]:
     """Start a new dispatcher process; return (Popen, ready pipe read fd)."""
     import subprocess  # pylint: disable=import-outside-toplevel
     reader, writer = os.pipe()
@@ -43,7 +57,8 @@ def start_successor(listener):
     return process, reader
 
 
-def inherited_listener(environ=None):
+def inherited_listener(
+        environ: Environ | None = None) -> socket.socket | None:
     """The listening socket a predecessor passed us, or None."""
     environ = os.environ if environ is None else environ
     value = environ.pop(ENV_LISTEN_FD, None)
@@ -54,14 +69,14 @@ def inherited_listener(environ=None):
     return socket.socket(fileno=fd)
 
 
-def predecessor_pid(environ=None):
+def predecessor_pid(environ: Environ | None = None) -> int | None:
     """Pid of the dispatcher we replace (its pid file is ours to take)."""
     environ = os.environ if environ is None else environ
     value = environ.get(ENV_PREDECESSOR)
     return int(value) if value and value.isdigit() else None
 
 
-def announce_ready(environ=None):
+def announce_ready(environ: Environ | None = None) -> bool:
     """Tell the predecessor we serve; returns False when there is none."""
     environ = os.environ if environ is None else environ
     value = environ.pop(ENV_READY_FD, None)
@@ -84,19 +99,23 @@ UPGRADE_TIMEOUT = 60.0  # seconds a successor has to become ready
 class Successor:
     """A new dispatcher started by SIGUSR2, from start to ready (or gone)."""
 
-    def __init__(self, process, reader, deadline):
+    def __init__(self, process: subprocess.Popen[bytes], reader: int,
+                 deadline: float) -> None:
         self.process = process
-        self.reader = reader
+        # the read end of the ready pipe; None once closed
+        self.reader: int | None = reader
         self.deadline = deadline
         self.ready = False
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         """The successor's process id."""
         return self.process.pid
 
-    def read_news(self):
+    def read_news(self) -> Literal['ready', 'gone'] | None:
         """'ready', 'gone' (it ended first), or None (nothing yet)."""
+        # (called while the pipe is open)
+        assert self.reader is not None
         try:
             news = os.read(self.reader, 64)
         except BlockingIOError:
@@ -106,18 +125,18 @@ class Successor:
             return 'ready'
         return 'gone'
 
-    def close_pipe(self):
+    def close_pipe(self) -> None:
         """Stop listening to the successor."""
         if self.reader is not None:
             os.close(self.reader)
             self.reader = None
 
-    def stop(self):
+    def stop(self) -> None:
         """Terminate a successor that will not take over."""
         if self.process.poll() is None:
             self.process.terminate()
 
-    def reaped(self):
+    def reaped(self) -> bool:
         """True once its exit status was collected (no zombie left)."""
         return self.process.poll() is not None
 
@@ -125,7 +144,21 @@ class Successor:
 class Upgrade:
     """SIGUSR2 and the successor's progress (mixed into Dispatcher)."""
 
-    def handle_usr2(self):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    _state: str
+    # set by _start(), before the loop runs
+    _selector: selectors.BaseSelector
+    _server: Server
+    # the upgrade's own
+    _successor: Successor | None
+    # successors given up, until their exit status is collected
+    _former_successors: list[Successor]
+
+    if TYPE_CHECKING:
+        def _begin_drain(self) -> None: ...
+
+    def handle_usr2(self) -> None:
         """SIGUSR2: start a new dispatcher (new code) on the same listening
         socket; this one drains and exits once the new one is ready."""
         if self._state != 'running' or self._successor is not None:
@@ -144,8 +177,10 @@ class Upgrade:
         self.log.info('SIGUSR2: started new dispatcher (pid %d); serving '
                       'until it is ready', process.pid)
 
-    def _on_successor_news(self, _fileobj, _mask):
+    def _on_successor_news(self, _fileobj: object, _mask: int) -> None:
+        # registered for the successor's pipe while it is the successor
         successor = self._successor
+        assert successor is not None and successor.reader is not None
         news = successor.read_news()
         if news is None:
             return
@@ -158,7 +193,7 @@ class Upgrade:
         else:
             self._give_up_successor('it ended before it was ready')
 
-    def _give_up_successor(self, why):
+    def _give_up_successor(self, why: str) -> None:
         """Stop a successor that will not take over; go on serving."""
         successor, self._successor = self._successor, None
         if successor is None or successor.ready:
@@ -172,7 +207,8 @@ class Upgrade:
         self.log.error('new dispatcher (pid %d) will not take over: %s',
                        successor.pid, why)
 
-    def _upgrade_step(self, now):
+    def _upgrade_step(self, now: float) -> None:
+
         successor = self._successor
         if successor is not None and not successor.ready \
                 and now >= successor.deadline:
