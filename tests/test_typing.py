@@ -23,6 +23,7 @@ except ImportError:  # Python 3.10: mypy depends on tomli there
     tomllib = None
 
 TYPED_MODULES = [
+    'uhttp.workers',
     'uhttp.workers.request',
     'uhttp.workers.routing',
     'uhttp.workers.messages',
@@ -134,5 +135,19 @@ def test_typed_modules_pass_mypy_strict():
         command += ['-m', module]
     result = subprocess.run(command, cwd=ROOT, capture_output=True,
                             text=True, timeout=170, check=False)
+    assert result.returncode == 0, (
+        f'{" ".join(command[1:])} reports:\n{result.stdout}{result.stderr}')
+
+
+def test_an_annotated_application_passes_mypy_strict():
+    # what a user's own type check sees: the public API's annotations
+    if importlib.util.find_spec('mypy') is None:
+        pytest.skip("mypy is not installed (pip install -e '.[typing]')")
+    command = [sys.executable, '-m', 'mypy', '--strict',
+               '--config-file', 'pyproject.toml', '--cache-dir', os.devnull,
+               os.path.join('tests', 'apps', 'typed_user_app.py')]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True,
+                            text=True, timeout=170, check=False,
+                            env=dict(os.environ, MYPYPATH=ROOT))
     assert result.returncode == 0, (
         f'{" ".join(command[1:])} reports:\n{result.stdout}{result.stderr}')
