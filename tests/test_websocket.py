@@ -229,7 +229,14 @@ def test_do_check_rejects_the_upgrade(start_server):
         connect(url(server, '/ws/echo'), additional_headers={'x-deny': '1'})
     assert refused.value.response.status_code == 403
     assert b'denied' in refused.value.response.body
+    # the worker's do_check runs too, before anything is upgraded
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url(server, '/ws/echo'),
+                additional_headers={'x-worker-deny': '1'})
+    assert refused.value.response.status_code == 401
+    assert b'worker says no' in refused.value.response.body
     assert ws_status(server)['open'] == 0
+    assert server.get('/status').json()['pending'] == 0
     # a path without a @ws route is no WebSocket: the worker answers 404
     with pytest.raises(InvalidStatus) as missing:
         connect(url(server, '/ws/nowhere'))

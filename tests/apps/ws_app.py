@@ -88,6 +88,12 @@ class WsWorker(_workers.Worker):
     def setup(self):
         self.closed = []
 
+    def do_check(self, request):
+        if request.headers.get('x-worker-deny'):
+            raise _workers.RejectRequest(
+                data={'error': 'worker says no', 'path': request.path},
+                status=401)
+
     @_workers.api('/api/closed', 'GET')
     def closed_list(self, request):
         return {'closed': self.closed, 'worker': self.worker_id}
