@@ -425,3 +425,23 @@ def test_collect_ws_routes_of_worker_and_handlers():
         ws('/x')(lambda conn: None)
     with pytest.raises(ValueError):
         ws('/bad/{1x}')
+
+
+def test_close_reason_is_cut_to_fit_and_codes_are_checked():
+    from uhttp.workers import messages
+    from uhttp.workers.websocket import WebSocketConnection, _cut_reason
+
+    assert len(_cut_reason('é' * 100).encode()) <= 123
+    assert _cut_reason('é' * 100) == 'é' * 61
+    sent = []
+
+    class FakeWorker:     # a unit test of the conn object alone
+        def _ws_out(self, message):
+            sent.append(message)
+
+    conn = WebSocketConnection(FakeWorker(), 7, '/p', {}, None, None, None)
+    conn.close(4000, 'x' * 200)
+    assert sent[-1][:3] == (messages.WS_CLOSE, 7, 4000) and len(sent[-1][3]) == 123
+    for code in (999, 1005, 1006, 1015, 2999, 5000):
+        with pytest.raises(ValueError):
+            conn.close(code)

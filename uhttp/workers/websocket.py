@@ -32,6 +32,17 @@ CLOSE_INTERNAL_ERROR = 1011     # the worker holding the connection died
 CLOSE_SERVICE_RESTART = 1012    # the worker was stopped (rolling restart)
 
 
+# RFC 6455 §7.4.1 codes an endpoint may put in a close frame
+_SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
+                             1011, 1012, 1013, 1014))
+
+
+def _cut_reason(reason):
+    """A close reason that fits a control frame (125 bytes with the code),
+    cut on a character boundary."""
+    return reason.encode('utf-8')[:123].decode('utf-8', 'ignore')
+
+
 def ws(pattern):
     """Serve WebSocket connections to `pattern` with the decorated class.
 
@@ -149,11 +160,16 @@ class WebSocketConnection:
         return True
 
     def close(self, code=CLOSE_NORMAL, reason=''):
-        """Close the connection with `code` and `reason` (on_close() runs
-        when the dispatcher confirms it ended)."""
+        """Close the connection with `code` (1000, 1001, 1003, 1007-1014,
+        or 3000-4999 for the application's own) and `reason` (at most 123
+        bytes of UTF-8; longer is cut). on_close() runs when the dispatcher
+        confirms it ended."""
+        code = int(code)
+        if not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
+            raise ValueError(f'{code} is not a close code a server may send')
         if self.open:
-            self._worker._ws_out(messages.ws_close(self.id, int(code),
-                                                   str(reason)))
+            self._worker._ws_out(messages.ws_close(
+                self.id, code, _cut_reason(str(reason))))
 
     def join(self, group):
         """Add this connection to broadcast `group` (any string)."""

@@ -36,7 +36,7 @@ from .routing import Router
 from .websocket import (
     CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
-    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, collect_ws_routes)
+    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, _cut_reason, collect_ws_routes)
 
 WS_SWEEP_INTERVAL = 0.5     # seconds between ping / idle checks
 # Bytes queued in the dispatcher for one worker above which the WebSocket
@@ -412,7 +412,7 @@ class WebSocketDispatch:
                  f'{link.bytes_in}B out={link.msgs_out}/{link.bytes_out}B')
         ws = link.ws
         if send_close and client.socket is not None:
-            ws.close(code, reason[:120])
+            ws.close(code, _cut_reason(reason))
         else:
             ws._unregister()  # pylint: disable=protected-access
             client.close()
