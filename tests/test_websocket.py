@@ -445,3 +445,25 @@ def test_close_reason_is_cut_to_fit_and_codes_are_checked():
     for code in (999, 1005, 1006, 1015, 2999, 5000):
         with pytest.raises(ValueError):
             conn.close(code)
+
+
+def test_websockets_count_against_max_connections(start_server):
+    # 16 is the smallest max_connections the dispatcher runs with
+    server = start_server('ws_app.py', ready_workers=2,
+                          env={'MAX_CONNECTIONS': '16'})
+    clients = []
+    try:
+        for _ in range(15):
+            clients.append(RawWs(server.port, '/ws/echo'))
+            assert clients[-1].text().startswith('hello')
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url(server, '/ws/echo'))
+        assert refused.value.response.status_code == 503
+        assert ws_status(server)['open'] == 15
+        clients.pop().close()
+        wait_until(lambda: ws_status(server)['open'] == 14)
+        with connect(url(server, '/ws/echo')) as client:
+            hello(client)
+    finally:
+        for client in clients:
+            client.close()
