@@ -120,18 +120,20 @@ def test_text_and_binary_echo(start_server):
     server = start_server('ws_app.py', ready_workers=2)
     with connect(url(server, '/ws/echo?x=1'),
                  user_agent_header='ws-test') as client:
-        hello(client)
+        conn_id = hello(client)[0]
         client.send('héllo')
         assert client.recv(timeout=10) == 'héllo'
         client.send(b'\x00\xffbinary')
         assert client.recv(timeout=10) == b'\x00\xffbinary'
+        client.send('mine')
+        assert client.recv(timeout=10) == str(conn_id)
         client.send('whoami')
         answer = client.recv(timeout=10)
         assert "path=/ws/echo query={'x': '1'} agent=ws-test" in answer
         assert 'remote=127.0.0.1:' in answer
     # one access line when it closed: messages and bytes both ways
     server.wait_log(r'"GET /ws/echo\?x=1 HTTP/1.1" 101 \d+ .* ws:\d+ '
-                    r'close=1000 in=3/\d+B out=4/\d+B')
+                    r'close=1000 in=4/\d+B out=5/\d+B')
 
 
 def test_fragmented_and_large_messages(start_server):

@@ -56,6 +56,9 @@ class Echo(_workers.WebSocketHandler):
             time.sleep(float(rest))
         elif command == 'count':
             conn.send(f'count {conn.state["count"]}')
+        elif command == 'mine':
+            conn.send(' '.join(str(i) for i in sorted(
+                self.worker.ws_connections)))
         elif command == 'len':
             conn.send(str(len(rest)))
         else:

@@ -201,7 +201,8 @@ class WebSocketWorker:
     @property
     def ws_connections(self):
         """The open WebSocket connections this worker holds, by id."""
-        return dict(self._ws_state()[1])
+        return {conn_id: entry[0]
+                for conn_id, entry in self._ws_state()[1].items()}
 
     def _ws_state(self):
         """(pattern -> (owner, name), open connections by id, handler
