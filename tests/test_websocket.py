@@ -188,7 +188,7 @@ def test_client_ping_gets_pong(start_server):
 
 def test_server_pings_and_drops_a_dead_peer(start_server):
     server = start_server('ws_app.py', ready_workers=1,
-                          env={'WS_PING': '1', 'WS_PONG': '1'})
+                          env={'WS_PING': '1', 'WS_PONG': '3'})
     # the websockets client answers pings: it stays
     with connect(url(server, '/ws/echo')) as alive:
         hello(alive)
