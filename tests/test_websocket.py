@@ -469,3 +469,39 @@ def test_websockets_count_against_max_connections(start_server):
     finally:
         for client in clients:
             client.close()
+
+
+def test_broadcast_without_group_reaches_the_whole_pool(start_server):
+    server = start_server('ws_app.py', ready_workers=2)
+    with connect(url(server, '/ws/echo')) as first, \
+            connect(url(server, '/ws/echo')) as second, \
+            connect(url(server, '/rooms/chat/green')) as room:
+        hello(first)
+        hello(second)
+        assert room.recv(timeout=10) == 'welcome green'
+        first.send('broadcast  to everyone')     # empty group: None
+        for client in (first, second, room):
+            assert client.recv(timeout=10) == 'to everyone'
+
+
+def test_fast_unmasking_matches_uhttp_server():
+    from uhttp import server as uhttp_server
+    from uhttp.workers.ws_dispatch import _close_payload, _fast_demask
+
+    class Buffered:
+        def __init__(self, data, mask, offset):
+            self._buffer = bytearray(data + b'next frame')
+            self._ws_frame_mask = mask
+            self._ws_frame_mask_offset = offset
+
+    for length in (0, 1, 3, 4, 5, 126, 65535, 65536, 100003):
+        for offset in range(4):
+            data, mask = os.urandom(length), os.urandom(4)
+            slow, fast = Buffered(data, mask, offset), \
+                Buffered(data, mask, offset)
+            expected = uhttp_server._WsFrameMixin._ws_demask(slow, length)
+            assert _fast_demask(fast, length) == expected
+            assert fast._buffer == slow._buffer == bytearray(b'next frame')
+            assert fast._ws_frame_mask_offset == slow._ws_frame_mask_offset
+    assert _close_payload(None) == (1005, '')
+    assert _close_payload(b'\x0f\xa0bye') == (4000, 'bye')
