@@ -431,10 +431,10 @@ def test_collect_ws_routes_of_worker_and_handlers():
 
 def test_close_reason_is_cut_to_fit_and_codes_are_checked():
     from uhttp.workers import messages
-    from uhttp.workers.websocket import WebSocketConnection, _cut_reason
+    from uhttp.workers.websocket import WebSocketConnection, cut_close_reason
 
-    assert len(_cut_reason('é' * 100).encode()) <= 123
-    assert _cut_reason('é' * 100) == 'é' * 61
+    assert len(cut_close_reason('é' * 100).encode()) <= 123
+    assert cut_close_reason('é' * 100) == 'é' * 61
     sent = []
 
     class FakeWorker:     # a unit test of the conn object alone
@@ -443,7 +443,8 @@ def test_close_reason_is_cut_to_fit_and_codes_are_checked():
 
     conn = WebSocketConnection(FakeWorker(), 7, '/p', {}, None, None, None)
     conn.close(4000, 'x' * 200)
-    assert sent[-1][:3] == (messages.WS_CLOSE, 7, 4000) and len(sent[-1][3]) == 123
+    assert sent[-1][:3] == (messages.WS_CLOSE, 7, 4000)
+    assert len(sent[-1][3]) == 123
     for code in (999, 1005, 1006, 1015, 2999, 5000):
         with pytest.raises(ValueError):
             conn.close(code)

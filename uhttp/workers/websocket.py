@@ -37,7 +37,7 @@ _SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
                              1011, 1012, 1013, 1014))
 
 
-def _cut_reason(reason):
+def cut_close_reason(reason):
     """A close reason that fits a control frame (125 bytes with the code),
     cut on a character boundary."""
     return reason.encode('utf-8')[:123].decode('utf-8', 'ignore')
@@ -169,7 +169,7 @@ class WebSocketConnection:
             raise ValueError(f'{code} is not a close code a server may send')
         if self.open:
             self._worker._ws_out(messages.ws_close(
-                self.id, code, _cut_reason(str(reason))))
+                self.id, code, cut_close_reason(str(reason))))
 
     def join(self, group):
         """Add this connection to broadcast `group` (any string)."""

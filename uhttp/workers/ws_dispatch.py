@@ -36,7 +36,7 @@ from .routing import Router
 from .websocket import (
     CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
-    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, _cut_reason, collect_ws_routes)
+    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, cut_close_reason, collect_ws_routes)
 
 WS_SWEEP_INTERVAL = 0.5     # seconds between ping / idle checks
 # Bytes queued in the dispatcher for one worker above which the WebSocket
@@ -106,7 +106,6 @@ class WebSocketDispatch:
         self._ws_by_pool = {}       # pool -> {WsLink}
         self._ws_groups = {}        # group name -> {WsLink}
         self._ws_routers = {}       # pool -> Router of its @ws patterns
-        self._ws_next_id = 1
         self._ws_next_sweep = 0.0
         self._ws_paused = {}        # worker handle -> {WsLink} not read
         self._ws_totals = {'opened': 0, 'messages_in': 0,
@@ -412,7 +411,7 @@ class WebSocketDispatch:
                  f'{link.bytes_in}B out={link.msgs_out}/{link.bytes_out}B')
         ws = link.ws
         if send_close and client.socket is not None:
-            ws.close(code, _cut_reason(reason))
+            ws.close(code, cut_close_reason(reason))
         else:
             ws._unregister()  # pylint: disable=protected-access
             client.close()
