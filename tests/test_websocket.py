@@ -506,3 +506,18 @@ def test_fast_unmasking_matches_uhttp_server():
             assert fast._ws_frame_mask_offset == slow._ws_frame_mask_offset
     assert _close_payload(None) == (1005, '')
     assert _close_payload(b'\x0f\xa0bye') == (4000, 'bye')
+
+
+def test_messages_keep_their_order_on_their_worker(start_server):
+    server = start_server('ws_app.py', ready_workers=2)
+    with connect(url(server, '/ws/echo')) as client:
+        pid = hello(client)[2]
+        for number in range(300):       # sent without waiting for answers
+            client.send(f'n{number}')
+            if number % 100 == 0:
+                client.send('whoami')
+        answers = [client.recv(timeout=10) for _ in range(303)]
+    numbers = [a for a in answers if not a.startswith('worker=')]
+    assert numbers == [f'n{number}' for number in range(300)]
+    pids = {a.split()[1] for a in answers if a.startswith('worker=')}
+    assert pids == {f'pid={pid}'}       # pinned: one worker served all
