@@ -58,6 +58,7 @@ from .systemd import Notifier, listen_sockets
 from .unixsocket import PREFIX as UNIX_PREFIX, UnixListener, unix_path
 from . import upgrade
 from .worker import collect_routes
+from .ws_dispatch import WebSocketDispatch
 from .worker_events import (
     PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
     PENDING_TIMEOUT, PENDING_WORKER_DIED,
@@ -176,7 +177,7 @@ def _raise_open_file_limit() -> int:
 
 
 class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
-                 WatchesDescriptors):
+                 WatchesDescriptors, WebSocketDispatch):
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
@@ -216,7 +217,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  group: str | int | None = None,
                  umask: int | str | None = None,
                  allow_root: bool = False, daemon: bool = False,
-                 daemon_chdir: str = '/', **server_options: Any) -> None:
+                 daemon_chdir: str = '/',
+                 ws_max_message_size: int = 1024 * 1024,
+                 ws_send_buffer: int = 1024 * 1024,
+                 ws_ping_interval: float | None = 20,
+                 ws_pong_timeout: float = 20,
+                 ws_idle_timeout: float | None = None,
+                 **server_options: Any) -> None:
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
         max_connections = aliased.get('max_connections', max_connections)
@@ -315,6 +322,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._live_workers: dict[WorkerPool, set[WorkerHandle]] = {}
         self._has_sync_check = overrides('do_check_sync')
         self._init_owned(services, jobs, job_lock)
+        self._ws_init(ws_max_message_size, ws_send_buffer, ws_ping_interval,
+                      ws_pong_timeout, ws_idle_timeout)
         self._check_pools()
 
     # -- hooks for applications ---------------------------------------------
@@ -473,6 +482,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             'parked': self._admission.parked_count,
             'connections': len(connections),
             'buffered_bytes': sum(c.send_buffer_size for c in connections),
+            'websockets': self.ws_status(),
             'pools': [pool.status() for pool in self._pools],
             'services': self._service_manager.status()
             if self._service_manager else [],
@@ -791,6 +801,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)
+            elif owner.__class__ is _server.WebSocket:
+                self._on_ws_event(owner, key.fileobj, mask)
             else:
                 owner(key.fileobj, mask)
         if self._pipelined:
@@ -847,6 +859,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pool.supervise(now)
         self._resume_accepting(now)
         self._supervise_owned(now)
+        self._ws_housekeeping(now)
         self._readiness_step(now)
         self._upgrade_step(now)
         if now >= self._next_sweep:
@@ -944,6 +957,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         pool = self._find_pool(client.path)
         if pool is None:
             self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
+            return
+        if self._ws_try_upgrade(client, pool):
             return
         self._submit(client, pool)
 

@@ -43,6 +43,7 @@ from .request import (
     normalize_headers, split_result)
 from .routing import MethodNotAllowed, RouteNotFound, Router, check_methods
 from .upgrade import ENV_READY_FD
+from .websocket import WebSocketWorker
 
 if TYPE_CHECKING:
     import socket
@@ -187,7 +188,7 @@ def build_router(
     return router
 
 
-class Worker(WatchesDescriptors, PrimaryWorker):
+class Worker(WatchesDescriptors, PrimaryWorker, WebSocketWorker):
     """Base class of an application's worker; runs in its own process.
 
     Override `setup()` to open what cannot cross a fork (database
@@ -606,7 +607,8 @@ class Worker(WatchesDescriptors, PrimaryWorker):
     def _cancel(self, request_id: int) -> None:
         """(Under the read lock.) Hand back a request not yet started."""
         for index, message in enumerate(self._inbox):
-            if message[0] == messages.REQUEST and message[1] == request_id:
+            if message[0] in messages.STARTS_WORK \
+                    and message[1] == request_id:
                 del self._inbox[index]
                 self.log.debug('request %s handed back unstarted',
                                request_id)
@@ -664,6 +666,8 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         elif kind == messages.SERVICES:
             self._service_states.clear()
             self._service_states.update(message[1])
+        elif kind in messages.WS_DISPATCHER_KINDS:
+            self._ws_message(message)
         else:
             self.log.error('unknown message kind %r', kind)
 
@@ -767,7 +771,7 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         with self._read_lock:
             unread, self._inbox = self._inbox, collections.deque()
         for message in unread:
-            if message[0] == messages.REQUEST:
+            if message[0] in messages.STARTS_WORK:
                 self._send(messages.returned(message[1]))
 
     def _announce_stop(self) -> None:
