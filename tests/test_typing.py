@@ -68,6 +68,7 @@ TYPED_MODULES = [
     'uhttp.workers.upgrade',
     'uhttp.workers.lifecycle',
     'uhttp.workers.dispatcher',
+    'uhttp.workers.websocket',
 ]
 
 _PACKAGE = 'uhttp.workers'
