@@ -69,6 +69,7 @@ TYPED_MODULES = [
     'uhttp.workers.lifecycle',
     'uhttp.workers.dispatcher',
     'uhttp.workers.websocket',
+    'uhttp.workers.ws_dispatch',
 ]
 
 _PACKAGE = 'uhttp.workers'
