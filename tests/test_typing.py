@@ -68,6 +68,8 @@ TYPED_MODULES = [
     'uhttp.workers.upgrade',
     'uhttp.workers.lifecycle',
     'uhttp.workers.dispatcher',
+    'uhttp.workers.websocket',
+    'uhttp.workers.ws_dispatch',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -113,6 +113,10 @@ class DispatcherStatus(TypedDict):
     parked: int
     connections: int
     buffered_bytes: int
+    # WebSocketDispatch.ws_status(): 'open', 'groups', 'paused',
+    # 'buffered_bytes', and the totals 'opened', 'messages_in',
+    # 'messages_out'
+    websockets: dict[str, int]
     # WorkerPool.status() of each pool
     pools: list[Any]
     services: list[messages.ServiceStatus]

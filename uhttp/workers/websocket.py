@@ -15,9 +15,18 @@ than any other answer does.
 
 from __future__ import annotations
 
+from collections.abc import Callable, ItemsView, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
 from . import messages
 from .request import RejectRequest, Request
 from .routing import compile_pattern
+
+if TYPE_CHECKING:
+    from .log import Logger
+    from .messages import Message
+    from .request import Cookies, Data, Result
+    from .worker import Worker
 
 # close codes of RFC 6455 §7.4.1 used by the framework
 CLOSE_NORMAL = 1000
@@ -36,14 +45,28 @@ CLOSE_SERVICE_RESTART = 1012    # the worker was stopped (rolling restart)
 _SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
                              1011, 1012, 1013, 1014))
 
+# a handler class (ws() still refuses anything else at run time)
+_C = TypeVar('_C', bound=type)
 
-def cut_close_reason(reason):
+# what send() and ws_broadcast() take: str (a text message) or bytes-like
+# (a binary one)
+WsData = str | bytes | bytearray | memoryview
+# one @ws route of a Worker class: (pattern, the ApiHandler class owning
+# it or None for the Worker's own, attribute name of the handler class)
+WsRoute = tuple[str, type | None, str]
+# an open connection of a worker: its conn object and its handler instance
+_Conns = dict[int, tuple['WebSocketConnection', object]]
+# WebSocketWorker's books: routes by pattern, open connections, handlers
+_Books = tuple[dict[str, tuple[type | None, str]], _Conns, dict[str, object]]
+
+
+def cut_close_reason(reason: str) -> str:
     """A close reason that fits a control frame (125 bytes with the code),
     cut on a character boundary."""
     return reason.encode('utf-8')[:123].decode('utf-8', 'ignore')
 
 
-def ws(pattern):
+def ws(pattern: str) -> Callable[[_C], _C]:
     """Serve WebSocket connections to `pattern` with the decorated class.
 
     Use it on a class nested in a Worker (or an ApiHandler, whose PATTERN
@@ -63,11 +86,12 @@ def ws(pattern):
     """
     compile_pattern(pattern)    # a bad pattern fails at import
 
-    def decorate(handler_class):
+    def decorate(handler_class: _C) -> _C:
         if not isinstance(handler_class, type):
             raise TypeError('@ws decorates a handler class (with on_open, '
                             f'on_message, on_close), not {handler_class!r}')
-        handler_class._uhttp_ws = pattern
+        # (setattr: an attribute of a class, unknown to its type)
+        setattr(handler_class, '_uhttp_ws', pattern)
         return handler_class
     return decorate
 
@@ -77,29 +101,31 @@ class WebSocketHandler:
     `self.worker`, does nothing on each event, and offers
     `ws_broadcast()`."""
 
-    def __init__(self, worker):
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    def on_open(self, conn):
+    def on_open(self, conn: WebSocketConnection) -> None:
         """A client connected; `conn` is its WebSocketConnection."""
 
-    def on_message(self, conn, data):
+    def on_message(self, conn: WebSocketConnection,
+                   data: str | bytes) -> None:
         """A whole message: str (text) or bytes (binary)."""
 
-    def on_close(self, conn, code, reason):
+    def on_close(self, conn: WebSocketConnection, code: int,
+                 reason: str) -> None:
         """The connection ended (called once per connection; the client
         closed, the handler closed it, or the dispatcher did)."""
 
-    def ws_broadcast(self, data, group=None):
+    def ws_broadcast(self, data: WsData, group: str | None = None) -> None:
         """See Worker.ws_broadcast()."""
         self.worker.ws_broadcast(data, group)
 
 
-def collect_ws_routes(worker_class):
+def collect_ws_routes(worker_class: type) -> list[WsRoute]:
     """(pattern, owner class or None, attribute name) of every @ws route of
     a Worker class: its own nested classes (owner None) and those of its
     HANDLERS (owner: the ApiHandler class; the pattern is prefixed)."""
-    routes = []
+    routes: list[WsRoute] = []
     for name, attr in _ws_attributes(worker_class):
         routes.append((attr._uhttp_ws, None, name))
     for handler_class in getattr(worker_class, 'HANDLERS', ()):
@@ -109,8 +135,9 @@ def collect_ws_routes(worker_class):
     return routes
 
 
-def _ws_attributes(cls):
-    found = {}
+def _ws_attributes(cls: type) -> ItemsView[str, Any]:
+    # (Any: attributes found by reflection, each with its `_uhttp_ws`)
+    found: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         for name, attr in vars(klass).items():
             if isinstance(attr, type) and '_uhttp_ws' in vars(attr):
@@ -134,8 +161,21 @@ class WebSocketConnection:
     __slots__ = ('id', 'path', 'path_params', 'headers', 'query',
                  'remote_address', 'open', 'state', '_worker')
 
-    def __init__(self, worker, conn_id, path, path_params, query, headers,
-                 remote_address):
+    id: int
+    path: str
+    path_params: dict[str, Any]
+    headers: dict[str, str]
+    query: dict[str, Any]
+    remote_address: str | None
+    open: bool
+    state: dict[str, Any]
+    _worker: WebSocketWorker
+
+    # pylint: disable-next=too-many-arguments
+    def __init__(self, worker: WebSocketWorker, conn_id: int, path: str,
+                 path_params: dict[str, Any], query: dict[str, Any] | None,
+                 headers: dict[str, str] | None,
+                 remote_address: str | None) -> None:
         self._worker = worker
         self.id = conn_id
         self.path = path
@@ -146,7 +186,7 @@ class WebSocketConnection:
         self.open = True
         self.state = {}
 
-    def send(self, data):
+    def send(self, data: WsData) -> bool:
         """Send one message: a str goes as a text frame, bytes as binary.
         Returns False (nothing sent) once the connection ended."""
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
@@ -159,7 +199,7 @@ class WebSocketConnection:
         self._worker._ws_out(messages.ws_send(self.id, data))
         return True
 
-    def close(self, code=CLOSE_NORMAL, reason=''):
+    def close(self, code: int = CLOSE_NORMAL, reason: str = '') -> None:
         """Close the connection with `code` (1000, 1001, 1003, 1007-1014,
         or 3000-4999 for the application's own) and `reason` (at most 123
         bytes of UTF-8; longer is cut). on_close() runs when the dispatcher
@@ -171,24 +211,57 @@ class WebSocketConnection:
             self._worker._ws_out(messages.ws_close(
                 self.id, code, cut_close_reason(str(reason))))
 
-    def join(self, group):
+    def join(self, group: str) -> None:
         """Add this connection to broadcast `group` (any string)."""
         if self.open:
             self._worker._ws_out(messages.ws_join(self.id, str(group)))
 
-    def leave(self, group):
+    def leave(self, group: str) -> None:
         """Take this connection out of broadcast `group`."""
         if self.open:
             self._worker._ws_out(messages.ws_leave(self.id, str(group)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'<WebSocketConnection {self.id} {self.path}>'
 
 
 class WebSocketWorker:
     """The worker side of WebSocket routes (mixed into Worker)."""
 
-    def ws_broadcast(self, data, group=None):
+    # the Worker's, used here (annotations only: nothing is defined)
+    log: Logger
+    _current: int | None
+    _stopping: bool
+    _accepting: bool
+
+    if TYPE_CHECKING:
+        # pylint: disable=missing-function-docstring,too-many-arguments
+        def do_check(self, request: Request) -> Any: ...
+
+        def _handler_failed(self, request: Request,
+                            err: Exception) -> Any: ...
+
+        def _announce_stop(self) -> None: ...
+
+        def _send(self, message: Message) -> None: ...
+
+        def _hold(self, message: Message, now: bool = False) -> None: ...
+
+        def _split(self, request: Request, result: object) -> Result: ...
+
+        # (with the three below: what a Request answers through)
+        def _send_response(self, request: Request, data: Data, status: int,
+                           headers: Mapping[str, Any] | None,
+                           cookies: Cookies | None = None) -> bool: ...
+
+        def _start_stream(self, request: Request, headers: dict[str, str],
+                          cookies: Cookies | None) -> bool: ...
+
+        def _send_stream(self, request: Request, body: bytes) -> bool: ...
+
+        def _end_stream(self, request: Request) -> bool: ...
+
+    def ws_broadcast(self, data: WsData, group: str | None = None) -> None:
         """Send `data` (str: text, bytes: binary) to every connection that
         joined `group`, whichever worker holds it; with group None, to
         every WebSocket connection of this worker's pool. One message
@@ -199,15 +272,15 @@ class WebSocketWorker:
             None if group is None else str(group), data))
 
     @property
-    def ws_connections(self):
+    def ws_connections(self) -> dict[int, WebSocketConnection]:
         """The open WebSocket connections this worker holds, by id."""
         return {conn_id: entry[0]
                 for conn_id, entry in self._ws_state()[1].items()}
 
-    def _ws_state(self):
+    def _ws_state(self) -> _Books:
         """(pattern -> (owner, name), open connections by id, handler
         instances by pattern), made on first use."""
-        state = self.__dict__.get('_ws_books')
+        state: _Books | None = self.__dict__.get('_ws_books')
         if state is None:
             routes = {pattern: (owner, name)
                       for pattern, owner, name in collect_ws_routes(
@@ -215,11 +288,11 @@ class WebSocketWorker:
             state = self.__dict__['_ws_books'] = (routes, {}, {})
         return state
 
-    def _ws_out(self, message):
+    def _ws_out(self, message: Message) -> None:
         # held like answers: many sends of one loop turn are one write
         self._hold(message, now=self._current is not None)
 
-    def _ws_handler(self, pattern):
+    def _ws_handler(self, pattern: str) -> object | None:
         """The handler instance of the @ws route `pattern` (the dispatcher
         matched the path), made on first use; None for an unknown one."""
         routes, _, handlers = self._ws_state()
@@ -230,7 +303,7 @@ class WebSocketWorker:
             handler = handlers[pattern] = cls(self)
         return handler
 
-    def _ws_message(self, message):
+    def _ws_message(self, message: Message) -> None:
         """One WS_* message from the dispatcher, in channel order."""
         kind = message[0]
         conns = self._ws_state()[1]
@@ -247,7 +320,7 @@ class WebSocketWorker:
                 self._ws_call(entry[1], 'on_close', entry[0], message[2],
                               message[3])
 
-    def _ws_open(self, message, conns):
+    def _ws_open(self, message: Message, conns: _Conns) -> None:
         """An upgrade request: do_check() as for any request; refused, it
         is answered as HTTP; accepted, WS_ACCEPT goes first, then whatever
         on_open() sends."""
@@ -278,7 +351,7 @@ class WebSocketWorker:
         conns[request_id] = (conn, handler)
         self._ws_call(handler, 'on_open', conn)
 
-    def _ws_check(self, request):
+    def _ws_check(self, request: Request) -> Any:
         """do_check() of an upgrade request: None to accept it, else the
         answer that refuses it."""
         try:
@@ -288,7 +361,8 @@ class WebSocketWorker:
         except Exception as err:  # pylint: disable=broad-except
             return self._handler_failed(request, err)
 
-    def _ws_call(self, handler, name, conn, *args):
+    def _ws_call(self, handler: object, name: str,
+                 conn: WebSocketConnection, *args: object) -> None:
         method = getattr(handler, name, None)
         if method is None:
             return

@@ -146,6 +146,12 @@ class WorkerEvents:
 
         def _find_pool(self, path: str) -> WorkerPool | None: ...
 
+        # WebSocketDispatch's
+        def _ws_worker_gone(self, handle: WorkerHandle) -> None: ...
+
+        def _on_ws_worker_message(self, handle: WorkerHandle,
+                                  message: Message) -> None: ...
+
     def watch_worker(self, handle: WorkerHandle) -> None:
         """Register a started worker's channel and exit sentinel."""
         assert handle.channel is not None and handle.process is not None

@@ -23,8 +23,13 @@ Must never: block, read a socket for a closed link, let a socket leave the
 dispatcher, or keep an unbounded amount of output for one client.
 """
 
+from __future__ import annotations
+
+import selectors
 import time
 import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from uhttp import server as _server
 
@@ -38,13 +43,21 @@ from .websocket import (
     CLOSE_INVALID_DATA, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
     CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, cut_close_reason, collect_ws_routes)
 
+if TYPE_CHECKING:
+    from .access_log import AccessLog
+    from .connection import Connection, Server
+    from .log import Logger
+    from .messages import Message
+    from .pending import Pending, PendingTable, State
+    from .pool import WorkerPool
+    from .worker_handle import WorkerHandle
+
 WS_SWEEP_INTERVAL = 0.5     # seconds between ping / idle checks
 # Bytes queued in the dispatcher for one worker above which the WebSocket
 # clients pinned to it are not read (TCP then slows them down) until the
 # worker has caught up to half of it: a client faster than its handler
 # must not grow the dispatcher's memory.
 WS_INBOUND_LIMIT = 4 * 1024 * 1024
-_NO_ROUTES = object()
 _JSON = {'content-type': 'application/json'}
 _RETRY = {'content-type': 'application/json', 'retry-after': '1',
           'connection': 'close'}
@@ -61,7 +74,25 @@ class WsLink:
                  'last_message', 'ping_sent', 'msgs_in', 'msgs_out',
                  'bytes_in', 'bytes_out', 'ended')
 
-    def __init__(self, link_id, ws, client, pool, handle, now):
+    id: int
+    # uhttp-server's WebSocket (no annotations there)
+    ws: Any
+    client: Connection
+    pool: WorkerPool
+    handle: WorkerHandle
+    groups: set[str]
+    opened: float
+    last_message: float
+    ping_sent: float | None
+    msgs_in: int
+    msgs_out: int
+    bytes_in: int
+    bytes_out: int
+    ended: bool
+
+    # pylint: disable-next=too-many-arguments
+    def __init__(self, link_id: int, ws: Any, client: Connection,
+                 pool: WorkerPool, handle: WorkerHandle, now: float) -> None:
         self.id = link_id
         self.ws = ws
         self.client = client
@@ -76,11 +107,11 @@ class WsLink:
         self.ended = False
 
 
-def _error_body(message):
+def _error_body(message: str) -> bytes:
     return ('{"error": "%s"}' % message).encode('utf-8')
 
 
-def _close_payload(payload):
+def _close_payload(payload: bytes | None) -> tuple[int, str]:
     """(code, reason) of a client's close frame payload."""
     if not payload or len(payload) < 2:
         return CLOSE_NO_STATUS, ''
@@ -91,8 +122,53 @@ def _close_payload(payload):
 class WebSocketDispatch:
     """WebSocket connections of the dispatcher (mixed into Dispatcher)."""
 
-    def _ws_init(self, max_message_size, send_buffer, ping_interval,
-                 pong_timeout, idle_timeout):
+    # the Dispatcher's, used here (annotations only: nothing is defined)
+    log: Logger
+    max_pending: int
+    max_connections: int
+    _state: str
+    _pending: PendingTable
+    _access_log: AccessLog | None
+    # pool -> handles whose process runs
+    _live_workers: dict[WorkerPool, set[WorkerHandle]]
+    _has_check: bool
+    _has_accepted_hook: bool
+    _has_removed_hook: bool
+    # set by _start(), before any client comes
+    _selector: selectors.BaseSelector
+    _server: Server
+
+    if TYPE_CHECKING:
+        # pylint: disable=missing-function-docstring,too-many-arguments
+        def _answer(self, client: Connection, status: int,
+                    headers: dict[str, Any], body: bytes,
+                    owned: bool = False) -> None: ...
+
+        def _check(self, client: Connection,
+                   hook: Callable[[Connection], None] | None = None,
+                   ) -> bool: ...
+
+        def _new_request_id(self) -> int: ...
+
+        def _request_context(self, request_id: int, client: Connection,
+                             pool: WorkerPool) -> Any: ...
+
+        def _client_address(self, client: Connection) -> str: ...
+
+        def _admission_changed(self) -> None: ...
+
+        def _give_up(self, pending: Pending, status: int | None,
+                     message: str | None = None,
+                     reason: str | None = None) -> None: ...
+
+        def _complete(self, pending: Pending) -> State: ...
+
+        def _removed(self, pending: Pending, reason: str) -> None: ...
+
+    # pylint: disable-next=too-many-arguments
+    def _ws_init(self, max_message_size: int, send_buffer: int,
+                 ping_interval: float | None, pong_timeout: float,
+                 idle_timeout: float | None) -> None:
         if max_message_size <= 0 or send_buffer <= 0:
             raise ValueError('ws_max_message_size and ws_send_buffer must '
                              'be positive')
@@ -101,24 +177,26 @@ class WebSocketDispatch:
         self.ws_ping_interval = ping_interval
         self.ws_pong_timeout = pong_timeout
         self.ws_idle_timeout = idle_timeout
-        self._ws_links = {}         # id -> WsLink
-        self._ws_by_worker = {}     # worker handle -> {WsLink}
-        self._ws_by_pool = {}       # pool -> {WsLink}
-        self._ws_groups = {}        # group name -> {WsLink}
-        self._ws_routers = {}       # pool -> Router of its @ws patterns
+        self._ws_links: dict[int, WsLink] = {}
+        self._ws_by_worker: dict[WorkerHandle, set[WsLink]] = {}
+        self._ws_by_pool: dict[WorkerPool, set[WsLink]] = {}
+        self._ws_groups: dict[str, set[WsLink]] = {}    # by group name
+        # pool -> Router of its @ws patterns (None: it has none)
+        self._ws_routers: dict[WorkerPool, Router[str] | None] = {}
         self._ws_next_sweep = 0.0
-        self._ws_paused = {}        # worker handle -> {WsLink} not read
+        # worker handle -> its links not read
+        self._ws_paused: dict[WorkerHandle, set[WsLink]] = {}
         self._ws_totals = {'opened': 0, 'messages_in': 0,
                            'messages_out': 0}
 
     # -- what others read ---------------------------------------------------
 
     @property
-    def ws_count(self):
+    def ws_count(self) -> int:
         """Open WebSocket connections."""
         return len(self._ws_links)
 
-    def ws_status(self):
+    def ws_status(self) -> dict[str, int]:
         """Counts for status(): open connections, buffered output bytes,
         groups, totals."""
         return dict(
@@ -130,7 +208,7 @@ class WebSocketDispatch:
 
     # -- the upgrade ---------------------------------------------------------
 
-    def _ws_try_upgrade(self, client, pool):
+    def _ws_try_upgrade(self, client: Connection, pool: WorkerPool) -> bool:
         """Take `client`'s request if it upgrades to a @ws route of `pool`
         (it is answered here: 101, or an error); False for any other."""
         headers = client._headers  # pylint: disable=protected-access
@@ -145,16 +223,17 @@ class WebSocketDispatch:
         self._ws_upgrade(client, pool, found[0], found[1])
         return True
 
-    def _ws_router(self, pool):
-        router = self._ws_routers.get(pool, _NO_ROUTES)
-        if router is _NO_ROUTES:
-            router = Router()
-            for pattern, _, _ in collect_ws_routes(pool.worker_class):
-                router.add(pattern, ('GET',), pattern)
-            router = self._ws_routers[pool] = router if len(router) else None
-        return router
+    def _ws_router(self, pool: WorkerPool) -> Router[str] | None:
+        if pool in self._ws_routers:
+            return self._ws_routers[pool]
+        router: Router[str] = Router()
+        for pattern, _, _ in collect_ws_routes(pool.worker_class):
+            router.add(pattern, ('GET',), pattern)
+        found = self._ws_routers[pool] = router if len(router) else None
+        return found
 
-    def _ws_upgrade(self, client, pool, pattern, params):
+    def _ws_upgrade(self, client: Connection, pool: WorkerPool, pattern: str,
+                    params: dict[str, Any]) -> None:
         """Hand an upgrade request to the pool like any request (do_check
         here, then in the worker that takes it); it is upgraded when that
         worker accepts it (WS_ACCEPT), which pins the connection there."""
@@ -172,8 +251,10 @@ class WebSocketDispatch:
             self._answer(client, 503, _RETRY, _error_body('Too Busy'))
             return
         request_id = self._new_request_id()
-        pending = self._pending.open(request_id, client, pool, None,
-                                     time.monotonic())
+        # (its message is made below, once the hook gave its context)
+        pending = self._pending.open(
+            request_id, client, pool, None,  # type: ignore[arg-type]
+            time.monotonic())
         client.context = pending
         client.pool_client = True
         if self._access_log is not None:
@@ -189,7 +270,7 @@ class WebSocketDispatch:
             self._admission_changed()
         pool.submit(pending)
 
-    def _ws_accepted(self, handle, request_id):
+    def _ws_accepted(self, handle: WorkerHandle, request_id: int) -> None:
         """The worker ran do_check() and accepts the upgrade: 101, and the
         connection is pinned to it. A client gone meanwhile (or answered
         504) is reported to the worker as closed."""
@@ -221,7 +302,9 @@ class WebSocketDispatch:
             self._ws_open(ws, client, pool, handle, request_id)
         pool.pump(handle)
 
-    def _ws_open(self, ws, client, pool, handle, link_id):
+    # pylint: disable-next=too-many-arguments
+    def _ws_open(self, ws: Any, client: Connection, pool: WorkerPool,
+                 handle: WorkerHandle, link_id: int) -> None:
         # pylint: disable=protected-access
         # (limits of this connection only: the HTTP ones do not fit)
         client._max_ws_message_length = self.ws_max_message_size
@@ -238,7 +321,7 @@ class WebSocketDispatch:
             # frames that came with the upgrade request: no event says so
             self._ws_drain(link)
 
-    def _ws_room_changed(self):
+    def _ws_room_changed(self) -> None:
         """WebSockets count against max_connections: the HTTP server gets
         what they leave."""
         # pylint: disable=protected-access
@@ -247,7 +330,7 @@ class WebSocketDispatch:
 
     # -- frames from clients -------------------------------------------------
 
-    def _on_ws_event(self, ws, fileobj, mask):
+    def _on_ws_event(self, ws: Any, fileobj: object, mask: int) -> None:
         """A selector event on a WebSocket's socket."""
         link = getattr(ws, 'uhttp_link', None)
         if link is None or link.ended:
@@ -258,14 +341,14 @@ class WebSocketDispatch:
         if not link.ended and ws.is_closed:
             self._ws_end(link, CLOSE_ABNORMAL, 'connection lost')
 
-    def _ws_drain(self, link):
+    def _ws_drain(self, link: WsLink) -> None:
         """Every event already in the receive buffer (one read may carry
         many frames; the selector will not report them again)."""
         ws = link.ws
         while not link.ended and not ws.is_closed and ws.next():
             self._ws_on_frame(link)
 
-    def _ws_on_frame(self, link):
+    def _ws_on_frame(self, link: WsLink) -> None:
         ws = link.ws
         event = ws.event
         if event == _server.EVENT_WS_MESSAGE:
@@ -284,10 +367,12 @@ class WebSocketDispatch:
                 self._ws_end(link, code, reason)
         # EVENT_WS_PING: uhttp-server sent the pong
 
-    def _ws_on_message(self, link, data, is_text):
+    def _ws_on_message(self, link: WsLink, payload: bytes,
+                       is_text: bool) -> None:
+        data: str | bytes = payload
         if is_text:
             try:
-                data = data.decode('utf-8')
+                data = payload.decode('utf-8')
             except UnicodeDecodeError:
                 self._ws_end(link, CLOSE_INVALID_DATA, 'invalid UTF-8',
                              send_close=True)
@@ -302,7 +387,7 @@ class WebSocketDispatch:
             link.ws.pause_reading()
             self._ws_paused.setdefault(handle, set()).add(link)
 
-    def _ws_resume_paused(self):
+    def _ws_resume_paused(self) -> None:
         """Read again the clients of workers that caught up."""
         for handle in list(self._ws_paused):
             if _queued_bytes(handle) > WS_INBOUND_LIMIT // 2:
@@ -314,7 +399,8 @@ class WebSocketDispatch:
 
     # -- messages from workers -----------------------------------------------
 
-    def _on_ws_worker_message(self, handle, message):
+    def _on_ws_worker_message(self, handle: WorkerHandle,
+                              message: Message) -> None:
         """A WS_* message from a worker."""
         kind = message[0]
         if kind == messages.WS_ACCEPT:
@@ -337,15 +423,19 @@ class WebSocketDispatch:
             self._ws_leave(link, message[2])
 
     @staticmethod
-    def _ws_frame(data):
+    def _ws_frame(data: str | bytes) -> bytes:
         # pylint: disable=protected-access
         # (uhttp-server's own framing: one frame built, written N times)
+        frame: bytes
         if isinstance(data, str):
-            return _server._ws_build_frame(_server.WS_OPCODE_TEXT,
-                                           data.encode('utf-8'))
-        return _server._ws_build_frame(_server.WS_OPCODE_BINARY, data)
+            frame = _server._ws_build_frame(_server.WS_OPCODE_TEXT,
+                                            data.encode('utf-8'))
+        else:
+            frame = _server._ws_build_frame(_server.WS_OPCODE_BINARY, data)
+        return frame
 
-    def _ws_broadcast(self, handle, group, data):
+    def _ws_broadcast(self, handle: WorkerHandle, group: str | None,
+                      data: str | bytes) -> None:
         members = self._ws_by_pool.get(handle.pool, ()) if group is None \
             else self._ws_groups.get(group, ())
         if not members:
@@ -354,7 +444,8 @@ class WebSocketDispatch:
         for link in list(members):
             self._ws_write(link, frame)
 
-    def _ws_write(self, link, frame, message=True):
+    def _ws_write(self, link: WsLink, frame: bytes,
+                  message: bool = True) -> None:
         """Queue one frame; a client whose send buffer is full (it does not
         read) is dropped with 1008 instead of buffering without bound."""
         client = link.client
@@ -379,7 +470,7 @@ class WebSocketDispatch:
             link.bytes_out += len(frame)
             self._ws_totals['messages_out'] += 1
 
-    def _ws_leave(self, link, group):
+    def _ws_leave(self, link: WsLink, group: str) -> None:
         link.groups.discard(group)
         members = self._ws_groups.get(group)
         if members is not None:
@@ -389,7 +480,8 @@ class WebSocketDispatch:
 
     # -- the end -----------------------------------------------------------
 
-    def _ws_end(self, link, code, reason, send_close=False):
+    def _ws_end(self, link: WsLink, code: int, reason: str,
+                send_close: bool = False) -> None:
         """End a connection, once: close the socket (after a close frame
         when `send_close`), forget it, tell its worker and the logs."""
         if link.ended:
@@ -421,7 +513,7 @@ class WebSocketDispatch:
             link.pool.send_to(handle, messages.ws_closed(link.id, code,
                                                          reason))
 
-    def _ws_worker_gone(self, handle):
+    def _ws_worker_gone(self, handle: WorkerHandle) -> None:
         """A worker ended: its connections close, 1012 when it was stopped
         on purpose (restart, recycle: clients reconnect to a sibling), 1011
         when it died, 1001 when the service shuts down."""
@@ -440,11 +532,11 @@ class WebSocketDispatch:
         for link in list(links):
             self._ws_end(link, code, reason, send_close=True)
 
-    def _ws_close_all(self, code, reason):
+    def _ws_close_all(self, code: int, reason: str) -> None:
         for link in list(self._ws_links.values()):
             self._ws_end(link, code, reason, send_close=True)
 
-    def _ws_housekeeping(self, now):
+    def _ws_housekeeping(self, now: float) -> None:
         """Close every WebSocket once shutting down; ping quiet peers and
         drop those that never answer; close idle ones."""
         if self._ws_paused:
@@ -459,7 +551,7 @@ class WebSocketDispatch:
         for link in list(self._ws_links.values()):
             self._ws_check(link, now, wall)
 
-    def _ws_check(self, link, now, wall):
+    def _ws_check(self, link: WsLink, now: float, wall: float) -> None:
         client = link.client
         if client.socket is None:
             self._ws_end(link, CLOSE_ABNORMAL, 'connection lost')
@@ -490,7 +582,7 @@ class WebSocketDispatch:
                 _server.WS_OPCODE_PING, b''), message=False)
 
 
-def _queued_bytes(handle):
+def _queued_bytes(handle: WorkerHandle) -> int:
     """Bytes the dispatcher holds for a worker, not yet in its channel."""
     channel = handle.channel
     if channel is None or channel.closed:
@@ -498,7 +590,7 @@ def _queued_bytes(handle):
     return len(channel._outbox)  # pylint: disable=protected-access
 
 
-def _fast_demask(connection, length):
+def _fast_demask(connection: Connection, length: int) -> bytes:
     """uhttp-server's `_ws_demask`, one XOR of two big integers instead of
     a Python loop per byte: unmasking is the dispatcher's whole per-byte
     cost of a client's message (ten times and more faster on 64 KiB)."""
