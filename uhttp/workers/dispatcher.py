@@ -1183,16 +1183,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             data = client._data
             if data.__class__ is bytearray or data.__class__ is memoryview:
                 data = bytes(data) or None  # a raw body
-        # (its message is made below, once the hook gave its context)
-        pending = self._pending.open(
-            request_id, client, pool, None,  # type: ignore[arg-type]
-            time.monotonic())
-        client.context = pending
-        client.pool_client = True
-        if self._access_log is not None:
-            client.access_by, client.access_id = pool.name, request_id
-        context = self._request_context(request_id, client, pool) \
-            if self._has_accepted_hook else None
+        pending, context = self._open_pending(request_id, client, pool)
         method = client._method
         assert method is not None   # (the request is loaded)
         pending.message = messages.request(
@@ -1203,6 +1194,22 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if len(self._pending) >= self.max_pending:
             self._admission_changed()
         pool.submit(pending)
+
+    def _open_pending(self, request_id: int, client: Connection,
+                      pool: WorkerPool) -> tuple[Pending, Any]:
+        """Enter a client's request for `pool` in the pending table; returns
+        it and what on_request_accepted() gave (the caller then makes its
+        message, which carries that context)."""
+        pending = self._pending.open(
+            request_id, client, pool, None,  # type: ignore[arg-type]
+            time.monotonic())
+        client.context = pending
+        client.pool_client = True
+        if self._access_log is not None:
+            client.access_by, client.access_id = pool.name, request_id
+        context = self._request_context(request_id, client, pool) \
+            if self._has_accepted_hook else None
+        return pending, context
 
     def _request_context(self, request_id: int, client: Connection,
                          pool: WorkerPool) -> Any:

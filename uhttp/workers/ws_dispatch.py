@@ -150,8 +150,8 @@ class WebSocketDispatch:
 
         def _new_request_id(self) -> int: ...
 
-        def _request_context(self, request_id: int, client: Connection,
-                             pool: WorkerPool) -> Any: ...
+        def _open_pending(self, request_id: int, client: Connection,
+                          pool: WorkerPool) -> tuple[Pending, Any]: ...
 
         def _client_address(self, client: Connection) -> str: ...
 
@@ -251,16 +251,7 @@ class WebSocketDispatch:
             self._answer(client, 503, _RETRY, _error_body('Too Busy'))
             return
         request_id = self._new_request_id()
-        # (its message is made below, once the hook gave its context)
-        pending = self._pending.open(
-            request_id, client, pool, None,  # type: ignore[arg-type]
-            time.monotonic())
-        client.context = pending
-        client.pool_client = True
-        if self._access_log is not None:
-            client.access_by, client.access_id = pool.name, request_id
-        context = self._request_context(request_id, client, pool) \
-            if self._has_accepted_hook else None
+        pending, context = self._open_pending(request_id, client, pool)
         # pylint: disable=protected-access
         pending.message = messages.ws_open(
             request_id, client.path, client._query, dict(client._headers),
