@@ -70,6 +70,7 @@ TYPED_MODULES = [
     'uhttp.workers.dispatcher',
     'uhttp.workers.websocket',
     'uhttp.workers.ws_dispatch',
+    'uhttp.workers.settings',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -13,14 +13,29 @@ of option names; `NOT_CLI` names the constructor keywords that are left to
 the application on purpose, so that a test can tell forgotten from omitted.
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
+import importlib
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .log import LEVEL_NAMES
 from .options import near_miss
 from .pidfile import PidFile
 from .privileges import parse_umask
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+# The value of one option: its type is the option's `kind`, known only at
+# run time (bool, int, float, str, list of str, ...), and it is handed on
+# as a keyword or an attribute of the Dispatcher, so it stays Any here.
+Value: TypeAlias = Any
+# {option name: value}, as the sources give them
+Values: TypeAlias = dict[str, Value]
 
 ENV_PREFIX = 'UHTTP_WORKERS_'
 # set by the reloader in the environment of the server it runs
@@ -42,7 +57,7 @@ class SettingError(ValueError):
 
 # -- types: how text (CLI, env) and TOML values become option values ------
 
-def _parse_bool(text):
+def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ('1', 'true', 'yes', 'on'):
         return True
@@ -51,11 +66,11 @@ def _parse_bool(text):
     raise ValueError(f'{text!r} is not a boolean (true/false, 1/0, yes/no)')
 
 
-def _parse_list(text):
+def _parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(',') if part.strip()]
 
 
-def _parse_level(text):
+def _parse_level(text: object) -> int:
     value = str(text).strip().lower()
     if value in _LEVELS:
         return _LEVELS[value]
@@ -65,7 +80,7 @@ def _parse_level(text):
                      + ', '.join(_LEVELS) + ')')
 
 
-def _toml_list(value):
+def _toml_list(value: object) -> list[str]:
     if isinstance(value, str):
         return _parse_list(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -73,8 +88,8 @@ def _toml_list(value):
     raise ValueError(f'{value!r} is not a list of strings')
 
 
-def _toml_typed(*types):
-    def check(value):
+def _toml_typed(*types: type) -> Callable[[object], Value]:
+    def check(value: object) -> Value:
         if isinstance(value, bool) and bool not in types:
             raise ValueError(f'{value!r} is not a {types[0].__name__}')
         if not isinstance(value, types):
@@ -83,7 +98,7 @@ def _toml_typed(*types):
     return check
 
 
-def _toml_level(value):
+def _toml_level(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -91,7 +106,7 @@ def _toml_level(value):
     raise ValueError(f'{value!r} is not a log level')
 
 
-def _parse_age(text):
+def _parse_age(text: str) -> float | str:
     """'daily', 'hourly', ... as given; a number as seconds."""
     try:
         return float(text)
@@ -99,13 +114,13 @@ def _parse_age(text):
         return text.strip()
 
 
-def _toml_age(value):
+def _toml_age(value: object) -> str | int | float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f'{value!r} is not a name or a number of seconds')
     return value
 
 
-def _toml_umask(value):
+def _toml_umask(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f'{value!r} is not an octal umask')
     return parse_umask(value)
@@ -116,11 +131,11 @@ class Kind:
     """A type of option: `parse` reads CLI and env text, `from_toml` checks
     a TOML value, `doc` names it in the reference."""
     doc: str
-    parse: object
-    from_toml: object
+    parse: Callable[[str], Value]
+    from_toml: Callable[[object], Value]
 
 
-KINDS = {
+KINDS: dict[str, Kind] = {
     'int': Kind('integer', int, _toml_typed(int)),
     'float': Kind('number', float, lambda v: float(_toml_typed(int, float)(v))),
     'str': Kind('string', str, _toml_typed(str)),
@@ -138,7 +153,7 @@ KINDS = {
 
 # -- how a value reaches the application -----------------------------------
 
-def parse_bind(text):
+def parse_bind(text: str) -> tuple[str, int | None]:
     """(address, port) of `host:port`, `[v6]:port`, `:port` (every IPv4
     interface) or `unix:/path` (port None: a Unix-domain socket)."""
     text = text.strip()
@@ -164,30 +179,32 @@ def parse_bind(text):
     return host or '0.0.0.0', int(port)
 
 
-def _bind_keywords(value):
+def _bind_keywords(value: str) -> dict[str, str | int]:
     address, port = parse_bind(value)
     return {'address': address} if port is None else \
         {'address': address, 'port': port}
 
 
-def _set_attribute(dispatcher, name, value):
+def _set_attribute(dispatcher: Dispatcher, name: str, value: Value) -> None:
     setattr(dispatcher, name, value)
 
 
-def _set_server_option(dispatcher, name, value):
+def _set_server_option(dispatcher: Dispatcher, name: str,
+                       value: Value) -> None:
     # read when run() builds the HTTP server, so still in time
     dispatcher._server_options[name] = value  # pylint: disable=protected-access
 
 
-def _set_log_level(dispatcher, _name, value):
+def _set_log_level(dispatcher: Dispatcher, _name: str, value: int) -> None:
     dispatcher.log.level = value
 
 
-def _set_pid_file(dispatcher, _name, value):
+def _set_pid_file(dispatcher: Dispatcher, _name: str,
+                  value: str | None) -> None:
     dispatcher._pid_file = PidFile(value) if value else None  # pylint: disable=protected-access
 
 
-def _set_bind(dispatcher, _name, value):
+def _set_bind(dispatcher: Dispatcher, _name: str, value: str) -> None:
     for name, item in _bind_keywords(value).items():
         setattr(dispatcher, name, item)
 
@@ -204,34 +221,34 @@ class Setting:
     its `--no-` form."""
     name: str
     kind: str
-    default: object
+    default: Value
     help: str
     target: str = 'dispatcher'
-    flag: str = None
-    metavar: str = None
-    on_instance: object = None
-    to_keywords: object = None
+    flag: str | None = None
+    metavar: str | None = None
+    on_instance: Callable[[Dispatcher, str, Value], None] | None = None
+    to_keywords: Callable[[Value], dict[str, Value]] | None = None
     env: bool = True
     toml: bool = True
     negatable: bool = True
     group: str = 'Server'
 
     @property
-    def cli_flag(self):
+    def cli_flag(self) -> str:
         """The long option, `--max-pending` for `max_pending`."""
         return self.flag or '--' + self.name.replace('_', '-')
 
     @property
-    def env_name(self):
+    def env_name(self) -> str | None:
         """`UHTTP_WORKERS_MAX_PENDING`, or None when env cannot set it."""
         return ENV_PREFIX + self.name.upper() if self.env else None
 
     @property
-    def toml_key(self):
+    def toml_key(self) -> str | None:
         """The key in a --config file, or None."""
         return self.name if self.toml else None
 
-    def keywords(self, value):
+    def keywords(self, value: Value) -> dict[str, Value]:
         """The Dispatcher keywords this value stands for ({} for none)."""
         if self.to_keywords is not None:
             return self.to_keywords(value)
@@ -377,7 +394,7 @@ BY_ENV = {s.env_name: s for s in SETTINGS if s.env_name}
 BY_TOML = {s.toml_key: s for s in SETTINGS if s.toml_key}
 
 # Constructor keywords the command line leaves to the application, and why.
-NOT_CLI = {
+NOT_CLI: dict[str, dict[str, str]] = {
     'Dispatcher': {
         'port': 'set with bind',
         'address': 'set with bind',
@@ -406,7 +423,7 @@ NOT_CLI = {
 
 # -- reading the sources -------------------------------------------------------
 
-def convert(setting, text, where):
+def convert(setting: Setting, text: str, where: str) -> Value:
     """The value of `setting` from CLI or env text; SettingError if bad."""
     try:
         return KINDS[setting.kind].parse(text)
@@ -414,12 +431,12 @@ def convert(setting, text, where):
         raise SettingError(f'{where}: {err}') from None
 
 
-def from_environ(environ):
+def from_environ(environ: Mapping[str, str]) -> Values:
     """{name: value} of the UHTTP_WORKERS_* variables in `environ`.
 
     A name that is a near miss of an option's is an error; other unknown
     names are left alone (other programs may use the prefix)."""
-    values = {}
+    values: Values = {}
     for key, text in environ.items():
         if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV:
             continue
@@ -436,29 +453,32 @@ def from_environ(environ):
     return values
 
 
-def read_toml(path):
+def read_toml(path: str) -> dict[str, Any]:
     """The parsed TOML file at `path` (tomllib, or tomli on Python 3.10)."""
+    # imported by name: a type check for Python 3.10 knows no tomllib, and
+    # tomli may not be installed where it runs
     try:
-        import tomllib  # pylint: disable=import-outside-toplevel
+        tomllib = importlib.import_module('tomllib')
     except ImportError:
         try:
-            import tomli as tomllib  # pylint: disable=import-outside-toplevel
+            tomllib = importlib.import_module('tomli')
         except ImportError:
             raise SettingError(
                 f'{path}: reading TOML needs Python 3.11+ or the tomli '
                 'package on Python 3.10 (pip install tomli)') from None
     try:
         with open(path, 'rb') as handle:
-            return tomllib.load(handle)
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
     except OSError as err:
         raise SettingError(f'{path}: {err.strerror}') from None
     except tomllib.TOMLDecodeError as err:
         raise SettingError(f'{path}: {err}') from None
 
 
-def from_toml(data, path):
+def from_toml(data: Mapping[str, object], path: str) -> Values:
     """{name: value} of a parsed TOML table; unknown keys are errors."""
-    values = {}
+    values: Values = {}
     for key, value in data.items():
         setting = BY_TOML.get(key)
         if setting is None:
@@ -472,16 +492,16 @@ def from_toml(data, path):
     return values
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option to an argparse parser, by group. Nothing has an
     argparse default: an option not given is absent from the namespace."""
-    groups = {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for setting in SETTINGS:
         group = groups.get(setting.group)
         if group is None:
             group = groups[setting.group] = parser.add_argument_group(
                 setting.group)
-        options = {'dest': setting.name, 'default': argparse.SUPPRESS,
+        options: dict[str, Any] = {'dest': setting.name, 'default': argparse.SUPPRESS,
                    'help': setting.help}
         if setting.kind == 'bool':
             options['action'] = argparse.BooleanOptionalAction \
@@ -494,10 +514,10 @@ def add_arguments(parser):
         group.add_argument(setting.cli_flag, **options)
 
 
-def _argparse_type(setting):
+def _argparse_type(setting: Setting) -> Callable[[str], Value]:
     parse = KINDS[setting.kind].parse
 
-    def convert_text(text):
+    def convert_text(text: str) -> Value:
         try:
             return parse(text)
         except ValueError as err:
@@ -508,11 +528,11 @@ def _argparse_type(setting):
 
 # -- the reference ---------------------------------------------------------------
 
-def _cell(value):
+def _cell(value: str | None) -> str:
     return '—' if value is None else f'`{value}`'
 
 
-def _default(setting):
+def _default(setting: Setting) -> str:
     value = setting.default
     if setting.kind == 'level' and value in LEVEL_NAMES:
         return f'`{LEVEL_NAMES[value].lower()}`'
@@ -523,7 +543,7 @@ def _default(setting):
     return '—' if value is None else f'`{value}`'
 
 
-def _flag(setting):
+def _flag(setting: Setting) -> str:
     if setting.kind == 'bool' and setting.negatable:
         return f'`{setting.cli_flag}` / `--no-{setting.cli_flag[2:]}`'
     if setting.kind == 'bool':
@@ -531,7 +551,7 @@ def _flag(setting):
     return f'`{setting.cli_flag} {setting.metavar or setting.kind.upper()}`'
 
 
-def markdown():
+def markdown() -> str:
     """The configuration reference, in Markdown."""
     lines = [
         '# Configuration reference',
@@ -552,7 +572,7 @@ def markdown():
         "near miss of a known one is an error that says 'did you mean'.",
         '',
     ]
-    groups = []
+    groups: list[str] = []
     for setting in SETTINGS:
         if setting.group not in groups:
             groups.append(setting.group)
@@ -577,7 +597,7 @@ def markdown():
               'These constructor keywords have no option: the application '
               'sets them.', '']
     for owner, names in NOT_CLI.items():
-        reasons = {}
+        reasons: dict[str, list[str]] = {}
         for name, why in names.items():
             reasons.setdefault(why, []).append(f'`{name}`')
         lines.append(f'- `{owner}`: ' + '; '.join(
@@ -586,7 +606,7 @@ def markdown():
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """`python -m uhttp.workers.settings --markdown [--output FILE]`."""
     parser = argparse.ArgumentParser(
         prog='python -m uhttp.workers.settings',
