@@ -71,6 +71,8 @@ TYPED_MODULES = [
     'uhttp.workers.websocket',
     'uhttp.workers.ws_dispatch',
     'uhttp.workers.settings',
+    'uhttp.workers.cli',
+    'uhttp.workers.reloader',
 ]
 
 _PACKAGE = 'uhttp.workers'

@@ -10,50 +10,60 @@ application's own value stands), or turn a programming error of the
 application into a one-line message (only configuration errors are).
 """
 
+from __future__ import annotations
+
 import argparse
 import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
 from . import settings
 from .dispatcher import Dispatcher
-from .settings import BY_NAME, SettingError
+from .settings import BY_NAME, Setting, SettingError, Value, Values
 from .worker import collect_routes
 
 PROG = 'uhttp-workers'
 # exit status of a configuration error (argparse uses 2 for usage errors)
 EXIT_CONFIG = 1
 
+# one row of the --check-config table: kind, pool, prefix, pattern,
+# methods, handler, workers
+Row = tuple[str, str, str, str, str, str, str]
+
 
 class Config:
     """The options given by some source, each with where it came from."""
 
-    def __init__(self, app):
+    def __init__(self, app: str) -> None:
         self.app = app
-        self.values = {}
-        self.sources = {}
+        self.values: Values = {}
+        # where each value came from: a flag, a variable, 'file: key'
+        self.sources: dict[str, str | None] = {}
 
-    def update(self, values, source):
+    def update(self, values: Mapping[str, Value],
+               source: Callable[[str], str | None]) -> None:
         """Take `values` ({name: value}); `source(name)` says where from."""
         for name, value in values.items():
             self.values[name] = value
             self.sources[name] = source(name)
 
-    def get(self, name):
+    def get(self, name: str) -> Value:
         """The value of option `name`: given, else its default."""
         if name in self.values:
             return self.values[name]
         return BY_NAME[name].default
 
-    def for_dispatcher(self):
+    def for_dispatcher(self) -> list[tuple[Setting, Value]]:
         """(setting, value) of every given option that reaches the
         Dispatcher (as keywords, or applied to an instance)."""
         return [(BY_NAME[name], value) for name, value in self.values.items()
                 if BY_NAME[name].keywords(value)]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser, generated from settings.SETTINGS."""
     parser = argparse.ArgumentParser(
         prog=PROG, description='Run a uhttp.workers Dispatcher.',
@@ -68,7 +78,7 @@ def build_parser():
     return parser
 
 
-def resolve(args, environ):
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """The Config of parsed `args` and `environ`, TOML file included."""
     config = Config(args.app)
     given = {name: value for name, value in vars(args).items()
@@ -84,7 +94,7 @@ def resolve(args, environ):
     return config
 
 
-def _check_dispatcher_accepts(config):
+def _check_dispatcher_accepts(config: Config) -> None:
     """An option for a Dispatcher keyword this version lacks is an error
     (not silently dropped)."""
     accepted = inspect.signature(Dispatcher.__init__).parameters
@@ -98,7 +108,7 @@ def _check_dispatcher_accepts(config):
 
 # -- the application ------------------------------------------------------------
 
-def import_target(spec, app_dir):
+def import_target(spec: str, app_dir: str) -> object:
     """The object `module:name` names, importing from `app_dir` first."""
     module_name, sep, attribute = spec.partition(':')
     if not sep or not module_name or not attribute:
@@ -114,7 +124,7 @@ def import_target(spec, app_dir):
             raise   # the module was found; something it imports was not
         raise SettingError(f'cannot import {module_name!r} '
                            f'(looked in {path} and sys.path)') from None
-    target = module
+    target: object = module
     for part in attribute.split('.'):
         try:
             target = getattr(target, part)
@@ -124,7 +134,7 @@ def import_target(spec, app_dir):
     return target
 
 
-def build(config):
+def build(config: Config) -> Dispatcher:
     """The Dispatcher of `config`, with every given option applied."""
     target = import_target(config.app, config.get('app_dir'))
     if config.get('factory'):
@@ -137,7 +147,7 @@ def build(config):
                                'Dispatcher')
         _apply_to_instance(dispatcher, config)
     elif isinstance(target, type) and issubclass(target, Dispatcher):
-        keywords = {}
+        keywords: Values = {}
         for setting, value in config.for_dispatcher():
             keywords.update(setting.keywords(value))
         dispatcher = target(**keywords)
@@ -152,7 +162,7 @@ def build(config):
     return dispatcher
 
 
-def _apply_to_instance(dispatcher, config):
+def _apply_to_instance(dispatcher: Dispatcher, config: Config) -> None:
     for setting, value in config.for_dispatcher():
         if setting.on_instance is None:
             raise SettingError(
@@ -163,7 +173,7 @@ def _apply_to_instance(dispatcher, config):
         setting.on_instance(dispatcher, setting.name, value)
 
 
-def _apply_workers(dispatcher, config):
+def _apply_workers(dispatcher: Dispatcher, config: Config) -> None:
     count = config.get('workers')
     if count is None:
         return
@@ -177,10 +187,10 @@ def _apply_workers(dispatcher, config):
 
 # -- --check-config -------------------------------------------------------------
 
-def route_rows(dispatcher):
+def route_rows(dispatcher: Dispatcher) -> list[Row]:
     """Rows (kind, pool, prefix, pattern, methods, handler, worker class)
     of every pool route, @sync route and static mount."""
-    rows = []
+    rows: list[Row] = []
     for pool in dispatcher.pools:
         prefixes = ', '.join(pool.routes) if pool.routes is not None \
             else '(fallback)'
@@ -201,9 +211,10 @@ def route_rows(dispatcher):
     return rows
 
 
-def sync_routes(dispatcher_class):
+def sync_routes(dispatcher_class: type[Dispatcher]
+                ) -> list[tuple[str, tuple[str, ...], str]]:
     """(pattern, methods, method name) of every @sync route of a class."""
-    routes = []
+    routes: list[tuple[str, tuple[str, ...], str]] = []
     for klass in reversed(dispatcher_class.__mro__):
         for name, attribute in vars(klass).items():
             for pattern, methods in getattr(attribute, '_uhttp_sync', ()):
@@ -211,7 +222,7 @@ def sync_routes(dispatcher_class):
     return routes
 
 
-def routes_table(dispatcher):
+def routes_table(dispatcher: Dispatcher) -> str:
     """The routes of `dispatcher` as an aligned text table."""
     header = ('KIND', 'POOL', 'PREFIX', 'PATTERN', 'METHODS', 'HANDLER',
               'WORKERS')
@@ -222,7 +233,7 @@ def routes_table(dispatcher):
         .rstrip() for row in rows)
 
 
-def check_config(dispatcher, config, out):
+def check_config(dispatcher: Dispatcher, config: Config, out: TextIO) -> None:
     """Print what `dispatcher` would serve, and where."""
     address = dispatcher.address
     where = address if address.startswith('unix:') else \
@@ -238,7 +249,8 @@ def check_config(dispatcher, config, out):
 
 # -- entry point ------------------------------------------------------------------
 
-def main(argv=None, environ=None):
+def main(argv: Sequence[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -260,7 +272,7 @@ def main(argv=None, environ=None):
     return 0
 
 
-def _one_line(err):
+def _one_line(err: BaseException) -> str:
     text = ' '.join(str(err).split())
     if isinstance(err, SettingError):
         return text

@@ -13,20 +13,42 @@ reloader), restart the child for a file that does not compile, or signal
 any process but its own child.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .settings import RELOADER_ENV
+
+if TYPE_CHECKING:
+    from .cli import Config
 
 POLL_INTERVAL = 0.5     # seconds between two scans of the polling watcher
 STOP_GRACE = 5.0        # seconds beyond the shutdown timeout before SIGKILL
 
+# (mtime in ns, size) of a file, as the polling watcher compares them
+Stamp = tuple[int, int]
 
-def log(message):
+
+class Watcher(Protocol):
+    """What the reloader asks of a watcher (PollingWatcher,
+    WatchfilesWatcher)."""
+
+    name: str
+
+    def changes(self) -> set[str]:
+        """Paths changed since the last call; waits a little when none
+        did."""
+
+
+def log(message: str) -> None:
     """One line on stderr, where the child's log goes too."""
     sys.stderr.write(f'uhttp-workers --reload: {message}\n')
     sys.stderr.flush()
@@ -36,15 +58,16 @@ class FileFilter:
     """Which paths are watched: a name matching an `include` glob, under
     no directory and with no name matching an `exclude` glob."""
 
-    def __init__(self, include, exclude):
+    def __init__(self, include: Iterable[str],
+                 exclude: Iterable[str]) -> None:
         self.include = list(include)
         self.exclude = list(exclude)
 
-    def excluded(self, name):
+    def excluded(self, name: str) -> bool:
         """True for a file or directory name never watched."""
         return any(fnmatch.fnmatch(name, glob) for glob in self.exclude)
 
-    def __call__(self, path):
+    def __call__(self, path: str) -> bool:
         parts = os.path.normpath(path).split(os.sep)
         if any(self.excluded(part) for part in parts[1:] if part):
             return False
@@ -57,14 +80,15 @@ class PollingWatcher:
 
     name = 'stat polling'
 
-    def __init__(self, directories, file_filter, stop):
+    def __init__(self, directories: Sequence[str], file_filter: FileFilter,
+                 stop: threading.Event) -> None:
         self.directories = directories
         self.filter = file_filter
         self.stop = stop
         self._seen = self._scan()
 
-    def _scan(self):
-        state = {}
+    def _scan(self) -> dict[str, Stamp]:
+        state: dict[str, Stamp] = {}
         for directory in self.directories:
             for root, dirs, files in os.walk(directory):
                 dirs[:] = [d for d in dirs if not self.filter.excluded(d)]
@@ -79,7 +103,7 @@ class PollingWatcher:
                     state[path] = (info.st_mtime_ns, info.st_size)
         return state
 
-    def changes(self):
+    def changes(self) -> set[str]:
         """Paths created, changed or removed since the last call; waits up
         to POLL_INTERVAL (less when stopped)."""
         self.stop.wait(POLL_INTERVAL)
@@ -96,14 +120,17 @@ class WatchfilesWatcher:
 
     name = 'watchfiles'
 
-    def __init__(self, directories, file_filter, stop):
+    def __init__(self, directories: Sequence[str],
+                 file_filter: Callable[[str], bool],
+                 stop: threading.Event) -> None:
         import watchfiles  # pylint: disable=import-outside-toplevel
-        self._events = watchfiles.watch(
+        # sets of (watchfiles.Change, path)
+        self._events: Iterator[set[tuple[Any, str]]] = watchfiles.watch(
             *directories, watch_filter=lambda _change, path: file_filter(path),
             stop_event=stop, yield_on_timeout=True, debounce=200,
             rust_timeout=int(POLL_INTERVAL * 1000), raise_interrupt=False)
 
-    def changes(self):
+    def changes(self) -> set[str]:
         """Paths changed since the last call; waits up to POLL_INTERVAL."""
         try:
             return {path for _change, path in next(self._events)}
@@ -111,7 +138,9 @@ class WatchfilesWatcher:
             return set()
 
 
-def make_watcher(directories, file_filter, stop, force_polling=False):
+def make_watcher(directories: Sequence[str], file_filter: FileFilter,
+                 stop: threading.Event,
+                 force_polling: bool = False) -> Watcher:
     """watchfiles when it can be imported (and polling is not forced)."""
     if not force_polling:
         try:
@@ -121,7 +150,7 @@ def make_watcher(directories, file_filter, stop, force_polling=False):
     return PollingWatcher(directories, file_filter, stop)
 
 
-def compile_error(path):
+def compile_error(path: str) -> str | None:
     """The one-paragraph error of a Python file that does not compile, or
     None (also for files that are not Python or no longer exist)."""
     if not path.endswith('.py'):
@@ -144,16 +173,18 @@ def compile_error(path):
 class Reloader:
     """The parent process: one child server at a time."""
 
-    def __init__(self, command, watcher, stop, stop_timeout):
+    def __init__(self, command: Sequence[str], watcher: Watcher,
+                 stop: threading.Event, stop_timeout: float) -> None:
         self.command = command
         self.watcher = watcher
         self.stop = stop
         self.stop_timeout = stop_timeout
-        self.child = None
-        self.broken = {}    # path -> the error already printed for it
-        self._signal = None
+        self.child: subprocess.Popen[bytes] | None = None
+        # path -> (the error already printed for it, the file's stamp then)
+        self.broken: dict[str, tuple[str, Stamp | None]] = {}
+        self._signal: int | None = None
 
-    def start_child(self):
+    def start_child(self) -> None:
         """Start a fresh server process."""
         env = dict(os.environ, **{RELOADER_ENV: str(os.getpid())})
         # a session of its own: a terminal's ^C reaches the reloader only,
@@ -161,7 +192,7 @@ class Reloader:
         self.child = subprocess.Popen(  # pylint: disable=consider-using-with
             self.command, env=env, start_new_session=True)
 
-    def stop_child(self, signum=signal.SIGTERM):
+    def stop_child(self, signum: int = signal.SIGTERM) -> None:
         """Signal the child and wait for it; SIGKILL if it overstays."""
         child, self.child = self.child, None
         if child is None or child.poll() is not None:
@@ -175,12 +206,12 @@ class Reloader:
             child.kill()
             child.wait()
 
-    def on_signal(self, signum, _frame):
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         """SIGINT/SIGTERM: stop watching; the loop stops the child."""
         self._signal = signum
         self.stop.set()
 
-    def compiles(self, changed):
+    def compiles(self, changed: Iterable[str]) -> bool:
         """False while a watched Python file does not compile; each error
         is printed once per version of its file."""
         ok = True
@@ -196,10 +227,10 @@ class Reloader:
                     'the code it has')
         return ok
 
-    def loop(self):
+    def loop(self) -> int:
         """Watch and restart until a signal; returns the exit status."""
         self.start_child()
-        exited = None
+        exited: int | None = None
         while not self.stop.is_set():
             changed = self.watcher.changes()
             if self.stop.is_set():
@@ -222,7 +253,7 @@ class Reloader:
         return status
 
 
-def _stamp(path):
+def _stamp(path: str) -> Stamp | None:
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -230,7 +261,7 @@ def _stamp(path):
     return info.st_mtime_ns, info.st_size
 
 
-def run(config, argv):
+def run(config: Config, argv: Sequence[str]) -> int:
     """Run `python -m uhttp.workers ARGV` under the reloader (from cli)."""
     directories = [os.path.abspath(d) for d in
                    (config.get('reload_dir') or [config.get('app_dir')])]
