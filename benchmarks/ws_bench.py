@@ -51,8 +51,9 @@ TITLES = {'self': 'uhttp.workers (this checkout)',
           'uvicorn': 'uvicorn (raw ASGI, websockets)'}
 
 
-def ensure_driver():
-    """Re-run this script under an interpreter that has `websockets`."""
+def ensure_driver(argv):
+    """Re-run this script with `argv` under an interpreter that has
+    `websockets`, when the running one has not."""
     try:
         import websockets.asyncio.client  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
         return
@@ -60,7 +61,7 @@ def ensure_driver():
         pass
     python = run.ensure_venv('ws-driver', ['websockets>=13'], DRIVER_CHECK)
     run.log(f'websockets is not importable here: re-running under {python}')
-    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+    os.execv(python, [python, os.path.abspath(__file__), *argv])
 
 
 def percentile(values, fraction):
@@ -380,8 +381,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    ensure_driver()
+    ensure_driver(argv)
     import websockets  # pylint: disable=import-outside-toplevel
     python_self = run.self_python()
     python_uvicorn = None
@@ -404,8 +406,7 @@ def main(argv=None):
     finally:
         for server in servers:
             server.stop()
-    write({'command': 'python benchmarks/ws_bench.py '
-           + ' '.join(sys.argv[1:] if argv is None else argv),
+    write({'command': ' '.join(['python benchmarks/ws_bench.py', *argv]),
            'nproc': os.cpu_count(), 'python': sys.version.split()[0],
            'commit': run.git_state(), 'versions': '; '.join(versions),
            'args': vars(args), 'titles': {s.key: s.title for s in servers},
