@@ -16,10 +16,12 @@ from .log import (
 from .pool import CTL_CONFIG, CTL_DISCONNECT, CTL_STOP, WorkerPool
 from .request import DEFERRED, RejectRequest, Request, Response
 from .worker import ApiHandler, Worker, api
+from .websocket import WebSocketConnection, WebSocketHandler, ws
 
 __all__ = [
     'Dispatcher', 'Worker', 'WorkerPool', 'ApiHandler', 'Request',
-    'Response', 'api', 'sync', 'RejectRequest', 'DEFERRED', 'Logger',
+    'Response', 'api', 'sync', 'ws', 'WebSocketHandler',
+    'WebSocketConnection', 'RejectRequest', 'DEFERRED', 'Logger',
     'log_to_logging', 'Service', 'ServiceManager', 'ServiceError',
     'ServiceUnavailable', 'FileLock', 'WorkerLock', 'RedisLock', 'Job',
     'JobRunner',

@@ -53,6 +53,7 @@ from .systemd import Notifier, listen_sockets
 from .unixsocket import PREFIX as UNIX_PREFIX, UnixListener, unix_path
 from . import upgrade
 from .worker import collect_routes
+from .ws_dispatch import WebSocketDispatch
 from .worker_events import (
     PENDING_COMPLETED, PENDING_DISCONNECTED, PENDING_SHUTDOWN,
     PENDING_TIMEOUT, PENDING_WORKER_DIED,
@@ -127,7 +128,7 @@ def _raise_open_file_limit():
 
 
 class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
-                 WatchesDescriptors):
+                 WatchesDescriptors, WebSocketDispatch):
     """The front process: accepts clients, routes requests, supervises pools.
 
     Subclass it to add @sync routes and hooks (`do_check`, `on_response`,
@@ -153,6 +154,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  log_rotate_backups=log_files.DEFAULT_BACKUPS,
                  capture_output=True, user=None, group=None, umask=None,
                  allow_root=False, daemon=False, daemon_chdir='/',
+                 ws_max_message_size=1024 * 1024,
+                 ws_send_buffer=1024 * 1024, ws_ping_interval=20,
+                 ws_pong_timeout=20, ws_idle_timeout=None,
                  **server_options):
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
@@ -247,6 +251,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._live_workers = {}
         self._has_sync_check = overrides('do_check_sync')
         self._init_owned(services, jobs, job_lock)
+        self._ws_init(ws_max_message_size, ws_send_buffer, ws_ping_interval,
+                      ws_pong_timeout, ws_idle_timeout)
         self._check_pools()
 
     # -- hooks for applications ---------------------------------------------
@@ -397,6 +403,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             'parked': self._admission.parked_count,
             'connections': len(connections),
             'buffered_bytes': sum(c.send_buffer_size for c in connections),
+            'websockets': self.ws_status(),
             'pools': [pool.status() for pool in self._pools],
             'services': self._service_manager.status()
             if self._service_manager else [],
@@ -708,6 +715,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._on_connection_event(owner, key.fileobj, mask)
             elif owner is self._server:
                 self._accept(key.fileobj, mask)
+            elif owner.__class__ is _server.WebSocket:
+                self._on_ws_event(owner, key.fileobj, mask)
             else:
                 owner(key.fileobj, mask)
         if self._pipelined:
@@ -761,6 +770,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             pool.supervise(now)
         self._resume_accepting(now)
         self._supervise_owned(now)
+        self._ws_housekeeping(now)
         self._readiness_step(now)
         self._upgrade_step(now)
         if now >= self._next_sweep:
@@ -856,6 +866,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         pool = self._find_pool(client.path)
         if pool is None:
             self._answer(client, 404, _JSON, _error_body(404, 'Not Found'))
+            return
+        if self._ws_try_upgrade(client, pool):
             return
         self._submit(client, pool)
 

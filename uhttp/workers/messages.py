@@ -169,3 +169,64 @@ def forward(method: str, path: str, data: Data, headers: dict[str, str],
     """A fire-and-forget request from a worker to whichever pool routes it:
     to one of its workers, or to every one (`to_all`)."""
     return (FORWARD, method, path, data, headers, to_all)
+
+
+# -- WebSocket connections (see websocket.py and ws_dispatch.py) --------------
+# dispatcher -> worker
+WS_OPEN: Final = 40        # (WS_OPEN, conn_id, pattern, path, path_params, query, headers, remote_address)
+WS_MESSAGE: Final = 41     # (WS_MESSAGE, conn_id, data)  str: a text message, bytes: binary
+WS_CLOSED: Final = 42      # (WS_CLOSED, conn_id, code, reason)  the connection ended
+# worker -> dispatcher
+WS_SEND: Final = 50        # (WS_SEND, conn_id, data)
+WS_CLOSE: Final = 51       # (WS_CLOSE, conn_id, code, reason)
+WS_JOIN: Final = 52        # (WS_JOIN, conn_id, group)
+WS_LEAVE: Final = 53       # (WS_LEAVE, conn_id, group)
+WS_BROADCAST: Final = 54   # (WS_BROADCAST, group, data)  group None: the whole pool
+
+WS_WORKER_KINDS: Final = frozenset(
+    (WS_SEND, WS_CLOSE, WS_JOIN, WS_LEAVE, WS_BROADCAST))
+WS_DISPATCHER_KINDS: Final = frozenset((WS_OPEN, WS_MESSAGE, WS_CLOSED))
+
+
+def ws_open(conn_id: int, pattern: str, path: str,
+            path_params: dict[str, Any], query: Query,
+            headers: dict[str, str], remote_address: str | None) -> Message:
+    """A WebSocket connection was accepted for the @ws route `pattern`."""
+    return (WS_OPEN, conn_id, pattern, path, path_params, query, headers,
+            remote_address)
+
+
+def ws_message(conn_id: int, data: str | bytes) -> Message:
+    """One whole message a client sent (str: text, bytes: binary)."""
+    return (WS_MESSAGE, conn_id, data)
+
+
+def ws_closed(conn_id: int, code: int, reason: str) -> Message:
+    """A WebSocket connection ended, with this close code and reason."""
+    return (WS_CLOSED, conn_id, code, reason)
+
+
+def ws_send(conn_id: int, data: str | bytes) -> Message:
+    """Send one message to a WebSocket client (str: text, bytes: binary)."""
+    return (WS_SEND, conn_id, data)
+
+
+def ws_close(conn_id: int, code: int, reason: str) -> Message:
+    """Close a WebSocket connection with `code` and `reason`."""
+    return (WS_CLOSE, conn_id, code, reason)
+
+
+def ws_join(conn_id: int, group: str) -> Message:
+    """Add a connection to a broadcast group (kept by the dispatcher)."""
+    return (WS_JOIN, conn_id, group)
+
+
+def ws_leave(conn_id: int, group: str) -> Message:
+    """Take a connection out of a broadcast group."""
+    return (WS_LEAVE, conn_id, group)
+
+
+def ws_broadcast(group: str | None, data: str | bytes) -> Message:
+    """Send `data` to every connection of `group` (None: every WebSocket
+    connection of the sender's pool); the dispatcher fans it out."""
+    return (WS_BROADCAST, group, data)

@@ -37,6 +37,7 @@ from .request import (
     normalize_headers, split_result)
 from .routing import MethodNotAllowed, RouteNotFound, Router, check_methods
 from .upgrade import ENV_READY_FD
+from .websocket import WebSocketWorker
 
 # Named exit codes, so the dispatcher can tell why a worker ended.
 EXIT_OK = 0
@@ -147,7 +148,7 @@ def build_router(worker_class, bind=None):
     return router
 
 
-class Worker(WatchesDescriptors, PrimaryWorker):
+class Worker(WatchesDescriptors, PrimaryWorker, WebSocketWorker):
     """Base class of an application's worker; runs in its own process.
 
     Override `setup()` to open what cannot cross a fork (database
@@ -605,6 +606,8 @@ class Worker(WatchesDescriptors, PrimaryWorker):
         elif kind == messages.SERVICES:
             self._service_states.clear()
             self._service_states.update(message[1])
+        elif kind in messages.WS_DISPATCHER_KINDS:
+            self._ws_message(message)
         else:
             self.log.error('unknown message kind %r', kind)
 

@@ -145,6 +145,7 @@ class WorkerEvents:
             pass
         handle.channel.close()
         self._flush_needed.discard(handle)
+        self._ws_worker_gone(handle)
         orphans, unstarted = handle.split_orphans(handle.take_all_back())
         handle.lost = len(orphans)
         # on_worker_died() gets them once the exit status is known
@@ -273,6 +274,8 @@ class WorkerEvents:
             self._on_returned(handle, message[1])
         elif kind == messages.FORWARD:
             self._on_forward(message)
+        elif kind in messages.WS_WORKER_KINDS:
+            self._on_ws_worker_message(handle, message)
         else:
             self.log.error('worker %s sent an unknown message kind %r',
                            handle.name, kind)
