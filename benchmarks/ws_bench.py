@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """WebSocket benchmark: uhttp.workers (this checkout) against uvicorn.
 
-    python benchmarks/ws_bench.py            echo 5 s x 3 rounds, 50 fan-outs
+    python benchmarks/ws_bench.py            echo 5 s x 3 rounds, 100 fan-outs
     python benchmarks/ws_bench.py --quick    echo 2 s x 1 round, 20 fan-outs
 
 Two measurements, on both servers in the same run (2 workers each, default
@@ -30,6 +30,7 @@ benchmarks/results/ws_latest.md and ws_latest.json.
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -65,11 +66,13 @@ def ensure_driver(argv):
 
 
 def percentile(values, fraction):
-    """The value at `fraction` of the sorted values (nearest rank)."""
+    """The nearest-rank percentile: the smallest value with at least
+    `fraction` of the values at or below it (p99 of 100 values is the
+    99th, of 50 the largest)."""
     ordered = sorted(values)
     if not ordered:
         return None
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 # -- the load ------------------------------------------------------------------
@@ -217,10 +220,21 @@ async def fanout_load(port, listeners, repeats, per_worker_trigger):
             await asyncio.sleep(0.02)
     finally:
         await fan.close()
-    return {'listeners': listeners, 'workers_seen': len(workers),
-            'triggers': len(fan.triggers), 'repeats': len(times),
-            'incomplete': incomplete,
-            'p50_ms': percentile(times, 0.5), 'p99_ms': percentile(times, 0.99),
+    return {'workers_seen': len(workers), 'triggers': len(fan.triggers),
+            'times_ms': times, 'incomplete': incomplete}
+
+
+def fanout_summary(parts):
+    """One fan-out result from the parts measured in each round."""
+    errors = [part['error'] for part in parts if 'error' in part]
+    times = [ms for part in parts for ms in part.get('times_ms', ())]
+    return {'repeats': len(times), 'errors': errors,
+            'triggers': max((part.get('triggers', 0) for part in parts),
+                            default=0),
+            'incomplete': [n for part in parts
+                           for n in part.get('incomplete', ())],
+            'p50_ms': percentile(times, 0.5),
+            'p99_ms': percentile(times, 0.99),
             'max_ms': max(times) if times else None}
 
 
@@ -250,31 +264,51 @@ def make_servers(python_self, python_uvicorn):
     return servers
 
 
+def rotated(servers, round_index):
+    """The servers in the order of this round."""
+    shift = round_index % len(servers)
+    return servers[shift:] + servers[:shift]
+
+
 def measure(servers, args):
-    """{key: {'echo': [per round], 'fanout': result}}; order rotated."""
-    results = {server.key: {'echo': [], 'fanout': None} for server in servers}
+    """{key: {'echo': [per round], 'fanout': summary}}. Each round runs
+    the echo, then a share of the broadcasts, on every server in turn; the
+    order is rotated every round."""
+    results = {server.key: {'echo': [], 'fanout': []} for server in servers}
     for round_index in range(args.rounds):
-        order = servers[round_index % len(servers):] + \
-            servers[:round_index % len(servers)]
-        for server in order:
+        for server in rotated(servers, round_index):
             run.log(f'round {round_index + 1}: echo on {server.key}')
-            cpu0 = server.cpu_ticks()[0]
-            result = asyncio.run(echo_load(server.port, args.connections,
-                                           args.seconds))
-            result['server_cpu_us_per_rt'] = (
-                (server.cpu_ticks()[0] - cpu0) / run.CLK_TCK * 1e6
-                / max(1, result['round_trips']))
-            results[server.key]['echo'].append(result)
-    for server in servers:
-        run.log(f'fan-out on {server.key}: {args.listeners} listeners, '
-                f'{args.repeats} broadcasts')
-        try:
-            results[server.key]['fanout'] = asyncio.run(fanout_load(
-                server.port, args.listeners, args.repeats,
-                per_worker_trigger=server.kind == 'uvicorn'))
-        except (OSError, RuntimeError, asyncio.TimeoutError) as err:
-            results[server.key]['fanout'] = {'error': repr(err)}
+            results[server.key]['echo'].append(echo_round(server, args))
+        repeats = math.ceil(args.repeats / args.rounds)
+        for server in rotated(servers, round_index):
+            run.log(f'round {round_index + 1}: fan-out on {server.key}, '
+                    f'{args.listeners} listeners, {repeats} broadcasts')
+            results[server.key]['fanout'].append(fanout_round(
+                server, args.listeners, repeats))
+    for result in results.values():
+        result['fanout'] = fanout_summary(result['fanout'])
     return results
+
+
+def echo_round(server, args):
+    """One echo run, with the server tree's CPU per round trip."""
+    cpu0 = server.cpu_ticks()[0]
+    result = asyncio.run(echo_load(server.port, args.connections,
+                                   args.seconds))
+    result['server_cpu_us_per_rt'] = (
+        (server.cpu_ticks()[0] - cpu0) / run.CLK_TCK * 1e6
+        / max(1, result['round_trips']))
+    return result
+
+
+def fanout_round(server, listeners, repeats):
+    """One fan-out run, or {'error': ...} when it could not be made."""
+    try:
+        return asyncio.run(fanout_load(
+            server.port, listeners, repeats,
+            per_worker_trigger=server.kind == 'uvicorn'))
+    except (OSError, RuntimeError, asyncio.TimeoutError) as err:
+        return {'error': repr(err)}
 
 
 # -- report --------------------------------------------------------------------
@@ -314,23 +348,21 @@ def render(report):
             f'{_fmt(_median(rows, "driver_cpu_share"), 2)} | '
             f'{sum(row["error_count"] for row in rows)} |')
     lines += ['', f'### Fan-out: one broadcast to {args["listeners"]} '
-              f'connections, {args["repeats"]} repeats (time until the '
+              f'connections, over {args["rounds"]} rounds (time until the '
               'last listener has it)', '',
-              '| server | p50 ms | p99 ms | max ms | triggers | '
-              'incomplete |', '|---|---:|---:|---:|---:|---:|']
+              '| server | broadcasts | p50 ms | p99 ms | max ms | triggers | '
+              'incomplete | failed runs |',
+              '|---|---:|---:|---:|---:|---:|---:|---|']
     for key, title in report['titles'].items():
-        fan = res[key]['fanout'] or {}
-        if 'error' in fan:
-            lines.append(f'| {title} | {fan["error"]} | | | | |')
-            continue
-        lines.append(f'| {title} | {_fmt(fan.get("p50_ms"), 1)} | '
-                     f'{_fmt(fan.get("p99_ms"), 1)} | '
-                     f'{_fmt(fan.get("max_ms"), 1)} | '
-                     f'{fan.get("triggers")} | '
-                     f'{len(fan.get("incomplete", []))} |')
+        fan = res[key]['fanout']
+        lines.append(f'| {title} | {fan["repeats"]} | '
+                     f'{_fmt(fan["p50_ms"], 1)} | {_fmt(fan["p99_ms"], 1)} | '
+                     f'{_fmt(fan["max_ms"], 1)} | {fan["triggers"]} | '
+                     f'{len(fan["incomplete"])} | '
+                     f'{"; ".join(fan["errors"]) or 0} |')
     if 'uvicorn' in res:
         mine, theirs = res['self'], res['uvicorn']
-        fan_mine, fan_theirs = mine['fanout'] or {}, theirs['fanout'] or {}
+        fan_mine, fan_theirs = mine['fanout'], theirs['fanout']
         lines += ['', '### Ratios (this checkout ÷ uvicorn)', '',
                   '| echo round trips/s (>1 better) | echo p99 (<1 better) '
                   '| fan-out p50 (<1 better) | fan-out p99 (<1 better) |',
@@ -365,13 +397,13 @@ def parse_args(argv=None):
     parser.add_argument('--listeners', type=int, default=1000,
                         help='fan-out connections (default 1000)')
     parser.add_argument('--repeats', type=int,
-                        help='broadcasts measured (default 50, 20 quick)')
+                        help='broadcasts measured (default 100, 20 quick)')
     parser.add_argument('--no-uvicorn', action='store_true',
                         help='measure this checkout alone')
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2 if args.quick else 5)
-    args.repeats = args.repeats or (20 if args.quick else 50)
+    args.repeats = args.repeats or (20 if args.quick else 100)
     # every loop is bounded: at most 10 minutes of echo in all
     if args.rounds * args.seconds > 600 or args.listeners > 5000 \
             or args.repeats > 1000:
