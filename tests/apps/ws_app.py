@@ -20,7 +20,6 @@ ENV = os.environ
 
 class Echo(_workers.WebSocketHandler):
     def on_open(self, conn):
-        conn.state['opened'] = True
         conn.send(f'hello {conn.id} worker={self.worker.worker_id} '
                   f'pid={os.getpid()}')
 
@@ -56,6 +55,8 @@ class Echo(_workers.WebSocketHandler):
 
     def on_close(self, conn, code, reason):
         self.worker.closed.append((conn.id, code, reason))
+        # the tests watch closes from another connection
+        self.ws_broadcast(f'closed {conn.id} {code} {reason}', 'watchers')
 
 
 class Rooms(_workers.ApiHandler):

@@ -47,6 +47,9 @@ class MetricsSource(Protocol):
     def pending_count(self) -> int:
         """Requests waiting for a worker answer."""
 
+    def ws_status(self) -> dict[str, int]:
+        """WebSocket counts: 'open', 'messages_in', 'messages_out'."""
+
     @property
     def stream_count(self) -> int:
         """Streaming responses in progress."""
@@ -152,6 +155,20 @@ class _Collector:
             alive.add_metric([pool.name], pool.workers_alive)
             degraded.add_metric([pool.name], int(pool.degraded))
         yield from (pending, streams, queue, alive, degraded)
+        yield from self._websockets()
+
+    def _websockets(self) -> Iterator[_Family]:
+        core, counts = self._core, self._dispatcher.ws_status()
+        open_now = core.GaugeMetricFamily(
+            'uhttp_websocket_connections', 'Open WebSocket connections')
+        open_now.add_metric([], counts['open'])
+        messages = core.CounterMetricFamily(
+            'uhttp_websocket_messages', 'WebSocket messages, by direction '
+            '(in: from clients, out: to clients, a broadcast counting once '
+            'per connection)', labels=['direction'])
+        messages.add_metric(['in'], counts['messages_in'])
+        messages.add_metric(['out'], counts['messages_out'])
+        yield from (open_now, messages)
 
 
 class Metrics:

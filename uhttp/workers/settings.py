@@ -287,6 +287,22 @@ SETTINGS = (
     S('metrics_route', 'str', None,
       'path of the Prometheus metrics route, e.g. /metrics',
       metavar='PATH'),
+    # -- WebSocket ----------------------------------------------------------------
+    S('ws_max_message_size', 'int', 1024 * 1024,
+      'largest WebSocket message a client may send, in bytes (above: '
+      'close 1009)', group='WebSocket'),
+    S('ws_send_buffer', 'int', 1024 * 1024,
+      'bytes the dispatcher buffers for one WebSocket client that does not '
+      'read; above, it is dropped (1008)', group='WebSocket'),
+    S('ws_ping_interval', 'float', 20,
+      'seconds of silence from a WebSocket client before a ping (0: never)',
+      group='WebSocket'),
+    S('ws_pong_timeout', 'float', 20,
+      'seconds a WebSocket client has to answer a ping before it is dropped',
+      group='WebSocket'),
+    S('ws_idle_timeout', 'float', None,
+      'close a WebSocket after this many seconds without a message either '
+      'way (default: never)', group='WebSocket'),
     # -- workers ----------------------------------------------------------------
     S('workers', 'int', None,
       'num_workers of every pool that does not set it (default 1)',

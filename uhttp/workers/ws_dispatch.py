@@ -322,6 +322,7 @@ class WebSocketDispatch:
             return
         link.ws._update_interest()  # pylint: disable=protected-access
         if message:
+            link.last_message = time.monotonic()
             link.msgs_out += 1
             link.bytes_out += len(frame)
             self._ws_totals['messages_out'] += 1
