@@ -95,6 +95,7 @@ async def _connect_many(url, count):
 
 
 async def _close_all(sockets):
+    """Close the connections; one that fails to close stops nothing."""
     await asyncio.gather(*(sock.close() for sock in sockets),
                          return_exceptions=True)
 
@@ -149,6 +150,8 @@ class FanOut:
         self.readers = []
 
     async def open(self):
+        """Connect the listeners, then the trigger(s); start reading.
+        Returns the worker PIDs the listeners were greeted by."""
         self.listeners = await _connect_many(f'{self.base}/ws/fan',
                                              self.count)
         workers = set()
@@ -200,6 +203,7 @@ class FanOut:
         return self.arrivals[-1] - started, self.count
 
     async def close(self):
+        """Close every connection and wait for the readers to end."""
         await _close_all(self.triggers + self.listeners)
         await asyncio.gather(*self.readers, return_exceptions=True)
 
