@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -352,3 +353,68 @@ def test_rolling_restart_closes_1012(start_server):
         hello(client)
         client.send('after restart')
         assert client.recv(timeout=10) == 'after restart'
+
+
+def test_a_client_faster_than_its_handler_is_paused_not_buffered(
+        start_server):
+    server = start_server('ws_app.py', ready_workers=1)
+    with connect(url(server, '/ws/echo'), max_queue=None) as client:
+        hello(client)
+        client.send('sleep 6')     # its handler is busy for a while
+        block = b'z' * 65536
+
+        def flood():
+            # 24 MiB: six times what the dispatcher queues for one worker;
+            # these sends block once the dispatcher stops reading
+            for _ in range(384):
+                client.send(block)
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        # the dispatcher stopped reading it (TCP holds the rest back)
+        wait_until(lambda: ws_status(server)['paused'] == 1, timeout=20)
+        sender.join(40)
+        assert not sender.is_alive()
+        # and it read again once the worker caught up: nothing was lost
+        client.send('count')
+        assert client.recv(timeout=30) == 'count 386'
+        assert ws_status(server)['paused'] == 0
+
+
+def test_idle_connection_is_closed(start_server):
+    server = start_server('ws_app.py', ready_workers=1,
+                          env={'WS_IDLE': '1'})
+    with connect(url(server, '/ws/echo')) as client:
+        hello(client)
+        assert close_code(client) == (1000, 'idle timeout')
+    wait_until(lambda: ws_status(server)['open'] == 0)
+
+
+def test_collect_ws_routes_of_worker_and_handlers():
+    from uhttp.workers.websocket import collect_ws_routes, ws
+    import uhttp.workers as _workers
+
+    class Handler(_workers.ApiHandler):
+        PATTERN = '/h'
+
+        @ws('/feed/{name}')
+        class Feed(_workers.WebSocketHandler):
+            pass
+
+    class App(_workers.Worker):
+        HANDLERS = [Handler]
+
+        @ws('/own')
+        class Own:
+            pass
+
+    class Child(App):
+        Own = None     # overridden: no longer a route
+
+    assert sorted(collect_ws_routes(App), key=str) == sorted(
+        [('/own', None, 'Own'), ('/h/feed/{name}', Handler, 'Feed')],
+        key=str)
+    assert collect_ws_routes(Child) == [('/h/feed/{name}', Handler, 'Feed')]
+    with pytest.raises(TypeError):
+        ws('/x')(lambda conn: None)
+    with pytest.raises(ValueError):
+        ws('/bad/{1x}')

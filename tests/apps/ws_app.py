@@ -12,6 +12,7 @@ is sent to the room.
 
 import os
 import sys
+import time
 
 import uhttp.workers as _workers
 
@@ -24,8 +25,10 @@ class Echo(_workers.WebSocketHandler):
                   f'pid={os.getpid()}')
 
     def on_message(self, conn, data):
+        conn.state['count'] = conn.state.get('count', 0) + 1
         if isinstance(data, bytes):
-            conn.send(data)
+            if not conn.state.get('quiet'):
+                conn.send(data)
             return
         command, _, rest = data.partition(' ')
         if command == 'close':
@@ -48,6 +51,11 @@ class Echo(_workers.WebSocketHandler):
         elif command == 'broadcast':
             group, _, text = rest.partition(' ')
             self.ws_broadcast(text, group or None)
+        elif command == 'sleep':
+            conn.state['quiet'] = True   # binary messages are only counted
+            time.sleep(float(rest))
+        elif command == 'count':
+            conn.send(f'count {conn.state["count"]}')
         elif command == 'len':
             conn.send(str(len(rest)))
         else:

@@ -189,30 +189,29 @@ class WebSocketWorker:
         return dict(self._ws_state()[1])
 
     def _ws_state(self):
-        """(route router, open connections) made on first use."""
+        """(pattern -> (owner, name), open connections by id, handler
+        instances by pattern), made on first use."""
         state = self.__dict__.get('_ws_books')
         if state is None:
-            from .routing import Router  # pylint: disable=import-outside-toplevel
-            router = Router()
-            for pattern, owner, name in collect_ws_routes(type(self)):
-                router.add(pattern, ('GET',), (owner, name))
-            state = self.__dict__['_ws_books'] = (router, {}, {})
+            routes = {pattern: (owner, name)
+                      for pattern, owner, name in collect_ws_routes(
+                          type(self))}
+            state = self.__dict__['_ws_books'] = (routes, {}, {})
         return state
 
     def _ws_out(self, message):
         # held like answers: many sends of one loop turn are one write
         self._hold(message, now=self._current is not None)
 
-    def _ws_handler(self, pattern, path):
-        router, _, handlers = self._ws_state()
-        found = router.lookup('GET', path)
-        if found is None:
-            return None
-        (owner, name), _ = found
-        handler = handlers.get((owner, name))
-        if handler is None:
+    def _ws_handler(self, pattern):
+        """The handler instance of the @ws route `pattern` (the dispatcher
+        matched the path), made on first use; None for an unknown one."""
+        routes, _, handlers = self._ws_state()
+        handler = handlers.get(pattern)
+        if handler is None and pattern in routes:
+            owner, name = routes[pattern]
             cls = getattr(owner or type(self), name)
-            handler = handlers[(owner, name)] = cls(self)
+            handler = handlers[pattern] = cls(self)
         return handler
 
     def _ws_message(self, message):
@@ -222,9 +221,9 @@ class WebSocketWorker:
         if kind == messages.WS_OPEN:
             (_, conn_id, pattern, path, params, query, headers,
              remote) = message
-            handler = self._ws_handler(pattern, path)
-            if handler is None:
-                self.log.error('no @ws handler for %s', path)
+            handler = self._ws_handler(pattern)
+            if handler is None:     # the dispatcher runs other code
+                self.log.error('no @ws handler for %s', pattern)
                 self._ws_out(messages.ws_close(conn_id, 1011, ''))
                 return
             conn = WebSocketConnection(self, conn_id, path, params, query,
