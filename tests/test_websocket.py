@@ -120,18 +120,20 @@ def test_text_and_binary_echo(start_server):
     server = start_server('ws_app.py', ready_workers=2)
     with connect(url(server, '/ws/echo?x=1'),
                  user_agent_header='ws-test') as client:
-        hello(client)
+        conn_id = hello(client)[0]
         client.send('héllo')
         assert client.recv(timeout=10) == 'héllo'
         client.send(b'\x00\xffbinary')
         assert client.recv(timeout=10) == b'\x00\xffbinary'
+        client.send('mine')
+        assert client.recv(timeout=10) == str(conn_id)
         client.send('whoami')
         answer = client.recv(timeout=10)
         assert "path=/ws/echo query={'x': '1'} agent=ws-test" in answer
         assert 'remote=127.0.0.1:' in answer
     # one access line when it closed: messages and bytes both ways
     server.wait_log(r'"GET /ws/echo\?x=1 HTTP/1.1" 101 \d+ .* ws:\d+ '
-                    r'close=1000 in=3/\d+B out=4/\d+B')
+                    r'close=1000 in=4/\d+B out=5/\d+B')
 
 
 def test_fragmented_and_large_messages(start_server):
@@ -186,7 +188,7 @@ def test_client_ping_gets_pong(start_server):
 
 def test_server_pings_and_drops_a_dead_peer(start_server):
     server = start_server('ws_app.py', ready_workers=1,
-                          env={'WS_PING': '1', 'WS_PONG': '1'})
+                          env={'WS_PING': '1', 'WS_PONG': '3'})
     # the websockets client answers pings: it stays
     with connect(url(server, '/ws/echo')) as alive:
         hello(alive)
@@ -229,7 +231,14 @@ def test_do_check_rejects_the_upgrade(start_server):
         connect(url(server, '/ws/echo'), additional_headers={'x-deny': '1'})
     assert refused.value.response.status_code == 403
     assert b'denied' in refused.value.response.body
+    # the worker's do_check runs too, before anything is upgraded
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url(server, '/ws/echo'),
+                additional_headers={'x-worker-deny': '1'})
+    assert refused.value.response.status_code == 401
+    assert b'worker says no' in refused.value.response.body
     assert ws_status(server)['open'] == 0
+    assert server.get('/status').json()['pending'] == 0
     # a path without a @ws route is no WebSocket: the worker answers 404
     with pytest.raises(InvalidStatus) as missing:
         connect(url(server, '/ws/nowhere'))
@@ -418,3 +427,97 @@ def test_collect_ws_routes_of_worker_and_handlers():
         ws('/x')(lambda conn: None)
     with pytest.raises(ValueError):
         ws('/bad/{1x}')
+
+
+def test_close_reason_is_cut_to_fit_and_codes_are_checked():
+    from uhttp.workers import messages
+    from uhttp.workers.websocket import WebSocketConnection, cut_close_reason
+
+    assert len(cut_close_reason('é' * 100).encode()) <= 123
+    assert cut_close_reason('é' * 100) == 'é' * 61
+    sent = []
+
+    class FakeWorker:     # a unit test of the conn object alone
+        def _ws_out(self, message):
+            sent.append(message)
+
+    conn = WebSocketConnection(FakeWorker(), 7, '/p', {}, None, None, None)
+    conn.close(4000, 'x' * 200)
+    assert sent[-1][:3] == (messages.WS_CLOSE, 7, 4000)
+    assert len(sent[-1][3]) == 123
+    for code in (999, 1005, 1006, 1015, 2999, 5000):
+        with pytest.raises(ValueError):
+            conn.close(code)
+
+
+def test_websockets_count_against_max_connections(start_server):
+    # 16 is the smallest max_connections the dispatcher runs with
+    server = start_server('ws_app.py', ready_workers=2,
+                          env={'MAX_CONNECTIONS': '16'})
+    clients = []
+    try:
+        for _ in range(15):
+            clients.append(RawWs(server.port, '/ws/echo'))
+            assert clients[-1].text().startswith('hello')
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url(server, '/ws/echo'))
+        assert refused.value.response.status_code == 503
+        assert ws_status(server)['open'] == 15
+        clients.pop().close()
+        wait_until(lambda: ws_status(server)['open'] == 14)
+        with connect(url(server, '/ws/echo')) as client:
+            hello(client)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_broadcast_without_group_reaches_the_whole_pool(start_server):
+    server = start_server('ws_app.py', ready_workers=2)
+    with connect(url(server, '/ws/echo')) as first, \
+            connect(url(server, '/ws/echo')) as second, \
+            connect(url(server, '/rooms/chat/green')) as room:
+        hello(first)
+        hello(second)
+        assert room.recv(timeout=10) == 'welcome green'
+        first.send('broadcast  to everyone')     # empty group: None
+        for client in (first, second, room):
+            assert client.recv(timeout=10) == 'to everyone'
+
+
+def test_fast_unmasking_matches_uhttp_server():
+    from uhttp import server as uhttp_server
+    from uhttp.workers.ws_dispatch import _close_payload, _fast_demask
+
+    class Buffered:
+        def __init__(self, data, mask, offset):
+            self._buffer = bytearray(data + b'next frame')
+            self._ws_frame_mask = mask
+            self._ws_frame_mask_offset = offset
+
+    for length in (0, 1, 3, 4, 5, 126, 65535, 65536, 100003):
+        for offset in range(4):
+            data, mask = os.urandom(length), os.urandom(4)
+            slow, fast = Buffered(data, mask, offset), \
+                Buffered(data, mask, offset)
+            expected = uhttp_server._WsFrameMixin._ws_demask(slow, length)
+            assert _fast_demask(fast, length) == expected
+            assert fast._buffer == slow._buffer == bytearray(b'next frame')
+            assert fast._ws_frame_mask_offset == slow._ws_frame_mask_offset
+    assert _close_payload(None) == (1005, '')
+    assert _close_payload(b'\x0f\xa0bye') == (4000, 'bye')
+
+
+def test_messages_keep_their_order_on_their_worker(start_server):
+    server = start_server('ws_app.py', ready_workers=2)
+    with connect(url(server, '/ws/echo')) as client:
+        pid = hello(client)[2]
+        for number in range(300):       # sent without waiting for answers
+            client.send(f'n{number}')
+            if number % 100 == 0:
+                client.send('whoami')
+        answers = [client.recv(timeout=10) for _ in range(303)]
+    numbers = [a for a in answers if not a.startswith('worker=')]
+    assert numbers == [f'n{number}' for number in range(300)]
+    pids = {a.split()[1] for a in answers if a.startswith('worker=')}
+    assert pids == {f'pid={pid}'}       # pinned: one worker served all

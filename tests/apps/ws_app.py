@@ -56,6 +56,9 @@ class Echo(_workers.WebSocketHandler):
             time.sleep(float(rest))
         elif command == 'count':
             conn.send(f'count {conn.state["count"]}')
+        elif command == 'mine':
+            conn.send(' '.join(str(i) for i in sorted(
+                self.worker.ws_connections)))
         elif command == 'len':
             conn.send(str(len(rest)))
         else:
@@ -87,6 +90,12 @@ class WsWorker(_workers.Worker):
 
     def setup(self):
         self.closed = []
+
+    def do_check(self, request):
+        if request.headers.get('x-worker-deny'):
+            raise _workers.RejectRequest(
+                data={'error': 'worker says no', 'path': request.path},
+                status=401)
 
     @_workers.api('/api/closed', 'GET')
     def closed_list(self, request):

@@ -173,7 +173,7 @@ def forward(method: str, path: str, data: Data, headers: dict[str, str],
 
 # -- WebSocket connections (see websocket.py and ws_dispatch.py) --------------
 # dispatcher -> worker
-WS_OPEN: Final = 40        # (WS_OPEN, conn_id, pattern, path, path_params, query, headers, remote_address)
+WS_OPEN: Final = 40        # (WS_OPEN, request_id, method, path, query, headers, None, remote_address, False, keep_alive, context, pattern, path_params)
 WS_MESSAGE: Final = 41     # (WS_MESSAGE, conn_id, data)  str: a text message, bytes: binary
 WS_CLOSED: Final = 42      # (WS_CLOSED, conn_id, code, reason)  the connection ended
 # worker -> dispatcher
@@ -182,18 +182,31 @@ WS_CLOSE: Final = 51       # (WS_CLOSE, conn_id, code, reason)
 WS_JOIN: Final = 52        # (WS_JOIN, conn_id, group)
 WS_LEAVE: Final = 53       # (WS_LEAVE, conn_id, group)
 WS_BROADCAST: Final = 54   # (WS_BROADCAST, group, data)  group None: the whole pool
+WS_ACCEPT: Final = 55      # (WS_ACCEPT, request_id)  do_check passed: upgrade it
 
 WS_WORKER_KINDS: Final = frozenset(
-    (WS_SEND, WS_CLOSE, WS_JOIN, WS_LEAVE, WS_BROADCAST))
+    (WS_SEND, WS_CLOSE, WS_JOIN, WS_LEAVE, WS_BROADCAST, WS_ACCEPT))
+# the kinds that start work a worker may hand back unstarted
+STARTS_WORK: Final = frozenset((REQUEST, WS_OPEN))
 WS_DISPATCHER_KINDS: Final = frozenset((WS_OPEN, WS_MESSAGE, WS_CLOSED))
 
 
-def ws_open(conn_id: int, pattern: str, path: str,
-            path_params: dict[str, Any], query: Query,
-            headers: dict[str, str], remote_address: str | None) -> Message:
-    """A WebSocket connection was accepted for the @ws route `pattern`."""
-    return (WS_OPEN, conn_id, pattern, path, path_params, query, headers,
-            remote_address)
+def ws_open(request_id: int, path: str, query: Query,
+            headers: dict[str, str], remote_address: str | None,
+            keep_alive: bool, context: Any, pattern: str,
+            path_params: dict[str, Any]) -> Message:
+    """An upgrade request for the @ws route `pattern`: the worker runs
+    do_check() and answers WS_ACCEPT (the request id becomes the
+    connection id) or a RESPONSE (refused, no upgrade). Its first items
+    are laid out as a REQUEST's."""
+    return (WS_OPEN, request_id, 'GET', path, query, headers, None,
+            remote_address, False, keep_alive, context, pattern,
+            path_params)
+
+
+def ws_accept(request_id: int) -> Message:
+    """The worker accepts the upgrade request `request_id`."""
+    return (WS_ACCEPT, request_id)
 
 
 def ws_message(conn_id: int, data: str | bytes) -> Message:

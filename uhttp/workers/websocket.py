@@ -15,9 +15,8 @@ than any other answer does.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import messages
+from .request import RejectRequest, Request
 from .routing import compile_pattern
 
 # close codes of RFC 6455 §7.4.1 used by the framework
@@ -31,6 +30,17 @@ CLOSE_POLICY = 1008             # the client does not read what it is sent
 CLOSE_TOO_BIG = 1009            # a message above ws_max_message_size
 CLOSE_INTERNAL_ERROR = 1011     # the worker holding the connection died
 CLOSE_SERVICE_RESTART = 1012    # the worker was stopped (rolling restart)
+
+
+# RFC 6455 §7.4.1 codes an endpoint may put in a close frame
+_SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
+                             1011, 1012, 1013, 1014))
+
+
+def cut_close_reason(reason):
+    """A close reason that fits a control frame (125 bytes with the code),
+    cut on a character boundary."""
+    return reason.encode('utf-8')[:123].decode('utf-8', 'ignore')
 
 
 def ws(pattern):
@@ -150,11 +160,16 @@ class WebSocketConnection:
         return True
 
     def close(self, code=CLOSE_NORMAL, reason=''):
-        """Close the connection with `code` and `reason` (on_close() runs
-        when the dispatcher confirms it ended)."""
+        """Close the connection with `code` (1000, 1001, 1003, 1007-1014,
+        or 3000-4999 for the application's own) and `reason` (at most 123
+        bytes of UTF-8; longer is cut). on_close() runs when the dispatcher
+        confirms it ended."""
+        code = int(code)
+        if not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
+            raise ValueError(f'{code} is not a close code a server may send')
         if self.open:
-            self._worker._ws_out(messages.ws_close(self.id, int(code),
-                                                   str(reason)))
+            self._worker._ws_out(messages.ws_close(
+                self.id, code, cut_close_reason(str(reason))))
 
     def join(self, group):
         """Add this connection to broadcast `group` (any string)."""
@@ -186,7 +201,8 @@ class WebSocketWorker:
     @property
     def ws_connections(self):
         """The open WebSocket connections this worker holds, by id."""
-        return dict(self._ws_state()[1])
+        return {conn_id: entry[0]
+                for conn_id, entry in self._ws_state()[1].items()}
 
     def _ws_state(self):
         """(pattern -> (owner, name), open connections by id, handler
@@ -219,17 +235,7 @@ class WebSocketWorker:
         kind = message[0]
         conns = self._ws_state()[1]
         if kind == messages.WS_OPEN:
-            (_, conn_id, pattern, path, params, query, headers,
-             remote) = message
-            handler = self._ws_handler(pattern)
-            if handler is None:     # the dispatcher runs other code
-                self.log.error('no @ws handler for %s', pattern)
-                self._ws_out(messages.ws_close(conn_id, 1011, ''))
-                return
-            conn = WebSocketConnection(self, conn_id, path, params, query,
-                                       headers, remote)
-            conns[conn_id] = (conn, handler)
-            self._ws_call(handler, 'on_open', conn)
+            self._ws_open(message, conns)
         elif kind == messages.WS_MESSAGE:
             entry = conns.get(message[1])
             if entry is not None:
@@ -240,6 +246,47 @@ class WebSocketWorker:
                 entry[0].open = False
                 self._ws_call(entry[1], 'on_close', entry[0], message[2],
                               message[3])
+
+    def _ws_open(self, message, conns):
+        """An upgrade request: do_check() as for any request; refused, it
+        is answered as HTTP; accepted, WS_ACCEPT goes first, then whatever
+        on_open() sends."""
+        (_, request_id, method, path, query, headers, _, remote, _,
+         keep_alive, context, pattern, params) = message
+        if self._stopping or not self._accepting:
+            if self._stopping:
+                self._announce_stop()   # before the request goes back
+            self._send(messages.returned(request_id))
+            return
+        request = Request(request_id, method, path, query=query,
+                          headers=headers, content_type='',
+                          remote_address=remote, context=context,
+                          path_params=params)
+        request._channel_id = request_id
+        request._worker = self
+        request._keep_alive = keep_alive
+        request._route = pattern
+        handler = self._ws_handler(pattern)
+        refused = self._ws_check(request) if handler is not None else (
+            {'error': 'Not Found'}, 404)   # the dispatcher runs other code
+        if refused is not None:
+            self._send_response(request, *self._split(request, refused))
+            return
+        self._ws_out(messages.ws_accept(request_id))
+        conn = WebSocketConnection(self, request_id, path, params, query,
+                                   headers, remote)
+        conns[request_id] = (conn, handler)
+        self._ws_call(handler, 'on_open', conn)
+
+    def _ws_check(self, request):
+        """do_check() of an upgrade request: None to accept it, else the
+        answer that refuses it."""
+        try:
+            return self.do_check(request)
+        except RejectRequest as err:
+            return err.data, err.status
+        except Exception as err:  # pylint: disable=broad-except
+            return self._handler_failed(request, err)
 
     def _ws_call(self, handler, name, conn, *args):
         method = getattr(handler, name, None)

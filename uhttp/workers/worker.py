@@ -549,7 +549,8 @@ class Worker(WatchesDescriptors, PrimaryWorker, WebSocketWorker):
     def _cancel(self, request_id):
         """(Under the read lock.) Hand back a request not yet started."""
         for index, message in enumerate(self._inbox):
-            if message[0] == messages.REQUEST and message[1] == request_id:
+            if message[0] in messages.STARTS_WORK \
+                    and message[1] == request_id:
                 del self._inbox[index]
                 self.log.debug('request %s handed back unstarted',
                                request_id)
@@ -708,7 +709,7 @@ class Worker(WatchesDescriptors, PrimaryWorker, WebSocketWorker):
         with self._read_lock:
             unread, self._inbox = self._inbox, collections.deque()
         for message in unread:
-            if message[0] == messages.REQUEST:
+            if message[0] in messages.STARTS_WORK:
                 self._send(messages.returned(message[1]))
 
     def _announce_stop(self):

@@ -1,8 +1,9 @@
 """The dispatcher's side of WebSocket routes: sockets, pinning, groups.
 
 A mixin of Dispatcher. An upgrade request for a @ws route of a pool passes
-do_check(), is pinned to one live worker of the pool (the one holding the
-fewest WebSockets, then the least busy), and is switched to the WebSocket
+the dispatcher's do_check(), goes to the pool like any request (the
+pending table, the least busy worker), passes the worker's do_check(), and
+once that worker accepts it, is pinned to it and switched to the WebSocket
 protocol by uhttp-server, which then parses frames, answers pings and
 echoes close frames. This module turns whole messages into WS_MESSAGE for
 the pinned worker (in the order they came) and the worker's WS_SEND,
@@ -29,11 +30,13 @@ from uhttp import server as _server
 
 from . import messages
 from .log import printable
+from .pending import DONE
+from .worker_events import PENDING_COMPLETED
 from .routing import Router
 from .websocket import (
     CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
-    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, collect_ws_routes)
+    CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, cut_close_reason, collect_ws_routes)
 
 WS_SWEEP_INTERVAL = 0.5     # seconds between ping / idle checks
 # Bytes queued in the dispatcher for one worker above which the WebSocket
@@ -103,7 +106,6 @@ class WebSocketDispatch:
         self._ws_by_pool = {}       # pool -> {WsLink}
         self._ws_groups = {}        # group name -> {WsLink}
         self._ws_routers = {}       # pool -> Router of its @ws patterns
-        self._ws_next_id = 1
         self._ws_next_sweep = 0.0
         self._ws_paused = {}        # worker handle -> {WsLink} not read
         self._ws_totals = {'opened': 0, 'messages_in': 0,
@@ -153,51 +155,78 @@ class WebSocketDispatch:
         return router
 
     def _ws_upgrade(self, client, pool, pattern, params):
+        """Hand an upgrade request to the pool like any request (do_check
+        here, then in the worker that takes it); it is upgraded when that
+        worker accepts it (WS_ACCEPT), which pins the connection there."""
         if self._state != 'running':
             self._answer(client, 503, _RETRY, _error_body('Shutting down'))
             return
         if self._has_check and not self._check(client):
             return
-        handle = None if pool.degraded else self._ws_pick_worker(pool)
-        if handle is None:
+        if pool.degraded or not self._live_workers.get(pool):
             self._answer(client, 503, _RETRY,
                          _error_body('No Workers Available'))
             return
-        if len(self._ws_links) + 1 >= self.max_connections:
-            self._answer(client, 503, _RETRY,
-                         _error_body('Too Many Connections'))
+        if len(self._pending) >= self.max_pending \
+                or len(self._ws_links) + 1 >= self.max_connections:
+            self._answer(client, 503, _RETRY, _error_body('Too Busy'))
             return
+        request_id = self._new_request_id()
+        pending = self._pending.open(request_id, client, pool, None,
+                                     time.monotonic())
+        client.context = pending
+        client.pool_client = True
+        if self._access_log is not None:
+            client.access_by, client.access_id = pool.name, request_id
+        context = self._request_context(request_id, client, pool) \
+            if self._has_accepted_hook else None
+        # pylint: disable=protected-access
+        pending.message = messages.ws_open(
+            request_id, client.path, client._query, dict(client._headers),
+            self._client_address(client), client._should_keep_alive(),
+            context, pattern, params)
+        if len(self._pending) >= self.max_pending:
+            self._admission_changed()
+        pool.submit(pending)
+
+    def _ws_accepted(self, handle, request_id):
+        """The worker ran do_check() and accepts the upgrade: 101, and the
+        connection is pinned to it. A client gone meanwhile (or answered
+        504) is reported to the worker as closed."""
+        pool = handle.pool
+        pending = handle.in_flight.get(request_id)
+        if pending is not None:
+            handle.forget(pending)
+        client = pending.client if pending is not None else None
+        if pending is None or pending.state == DONE or client is None \
+                or client.socket is None:
+            if pending is not None and pending.state != DONE:
+                self._give_up(pending, None)
+            pool.send_to(handle, messages.ws_closed(
+                request_id, CLOSE_ABNORMAL, 'client left'))
+            pool.pump(handle)
+            return
+        self._complete(pending)
+        if self._has_removed_hook:
+            self._removed(pending, PENDING_COMPLETED)
         try:
             ws = client.accept_websocket(selector=self._selector)
-        except _server.HttpErrorWithResponse as err:
-            self._answer(client, err.status, _JSON, _error_body(
+        except (_server.HttpError, OSError) as err:
+            status = getattr(err, 'status', 400)
+            self._answer(client, status, _JSON, _error_body(
                 str(err).partition(': ')[2] or 'Bad Request'))
-            return
-        except (_server.HttpError, OSError):
-            client.close()
-            return
-        self._ws_open(ws, client, pool, handle, pattern, params)
+            pool.send_to(handle, messages.ws_closed(
+                request_id, CLOSE_ABNORMAL, 'upgrade failed'))
+        else:
+            self._ws_open(ws, client, pool, handle, request_id)
+        pool.pump(handle)
 
-    def _ws_pick_worker(self, pool):
-        """The live worker of `pool` holding the fewest WebSockets (then
-        the fewest requests), or None."""
-        best, best_key = None, None
-        for handle in pool.workers:
-            if not handle.takes_requests:
-                continue
-            key = (len(self._ws_by_worker.get(handle, ())), handle.active)
-            if best is None or key < best_key:
-                best, best_key = handle, key
-        return best
-
-    def _ws_open(self, ws, client, pool, handle, pattern, params):
+    def _ws_open(self, ws, client, pool, handle, link_id):
         # pylint: disable=protected-access
         # (limits of this connection only: the HTTP ones do not fit)
         client._max_ws_message_length = self.ws_max_message_size
         client._max_send_buffer_size = self.ws_send_buffer
         client._ws_demask = types.MethodType(_fast_demask, client)
-        link_id = self._ws_next_id
-        self._ws_next_id = link_id + 1
         link = WsLink(link_id, ws, client, pool, handle, time.monotonic())
         ws.uhttp_link = link
         self._ws_links[link_id] = link
@@ -205,9 +234,6 @@ class WebSocketDispatch:
         self._ws_by_pool.setdefault(pool, set()).add(link)
         self._ws_totals['opened'] += 1
         self._ws_room_changed()
-        pool.send_to(handle, messages.ws_open(
-            link_id, pattern, client.path, params, client._query,
-            dict(client._headers), self._client_address(client)))
         if client._buffer:
             # frames that came with the upgrade request: no event says so
             self._ws_drain(link)
@@ -291,6 +317,9 @@ class WebSocketDispatch:
     def _on_ws_worker_message(self, handle, message):
         """A WS_* message from a worker."""
         kind = message[0]
+        if kind == messages.WS_ACCEPT:
+            self._ws_accepted(handle, message[1])
+            return
         if kind == messages.WS_BROADCAST:
             self._ws_broadcast(handle, message[1], message[2])
             return
@@ -382,7 +411,7 @@ class WebSocketDispatch:
                  f'{link.bytes_in}B out={link.msgs_out}/{link.bytes_out}B')
         ws = link.ws
         if send_close and client.socket is not None:
-            ws.close(code, reason[:120])
+            ws.close(code, cut_close_reason(reason))
         else:
             ws._unregister()  # pylint: disable=protected-access
             client.close()
