@@ -8,6 +8,7 @@
                                         repository as one more server
     python benchmarks/run.py --profile  cProfile of the dispatcher and a worker
                                         during a c=32 run on the pool route
+    python benchmarks/run.py --ws       the WebSocket benchmark (ws_bench.py)
 
 Peers, each in its own virtual environment under benchmarks/.venvs/ (created
 on first use, reused afterwards):
@@ -1877,7 +1878,14 @@ def main():
                         help='also measure this commit of the repository '
                         '(any git revision: a hash, a branch, HEAD~1) as '
                         'one more server, in the same rounds')
+    parser.add_argument('--ws', action='store_true',
+                        help='the WebSocket benchmark instead (ws_bench.py: '
+                        'echo and fan-out against uvicorn; with --quick, '
+                        'its quick run)')
     args = parser.parse_args()
+    if args.ws:
+        import ws_bench  # pylint: disable=import-outside-toplevel
+        return ws_bench.main(['--quick'] if args.quick else [])
     if args.profile and args.baseline:
         parser.error('--baseline measures in the rounds; --profile has none')
     if args.profile:

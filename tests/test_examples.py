@@ -1,6 +1,10 @@
 """Every example starts as `python examples/NAME.py` and answers a real request."""
 
+import json
 import os
+import time
+
+import pytest
 
 from conftest import ROOT
 
@@ -113,3 +117,49 @@ def test_singleton_service(start_server, tmp_path):
     helper = helpers.pop()
     wait_until(lambda: not pid_alive(helper), 10,
                message='the helper outlived the service')
+
+
+def _receive_until(connection, wanted, timeout=10.0):
+    """The first JSON message for which `wanted(message)` is true; the
+    ones before it are skipped (announcements of other joins)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, 'the expected WebSocket message never came'
+        message = json.loads(connection.recv(timeout=left))
+        if wanted(message):
+            return message
+
+
+def test_ws_chat(start_server):
+    from websockets.exceptions import ConnectionClosed  # pylint: disable=import-outside-toplevel
+    from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
+    server = start_server(example('ws_chat.py'), ready_workers=2)
+    page = server.get('/static/ws_chat.html')
+    assert page.status == 200 and b'new WebSocket(' in page.body
+    assert server.get('/').headers['location'] == '/static/ws_chat.html'
+    base = f'ws://127.0.0.1:{server.port}/ws/chat'
+
+    def joined(name):
+        return lambda m: (m['from'], m['text']) == ('server', f'{name} joined')
+
+    with connect(f'{base}/lobby?name=ada') as ada, \
+            connect(f'{base}/lobby?name=bob') as bob, \
+            connect(f'{base}/other?name=carol') as carol:
+        _receive_until(ada, joined('ada'))
+        _receive_until(ada, joined('bob'))    # bob is in the group now
+        _receive_until(carol, joined('carol'))
+        ada.send('hello')
+        heard = _receive_until(bob, lambda m: m['from'] != 'server')
+        assert (heard['from'], heard['text'], heard['room']) == (
+            'ada', 'hello', 'lobby')
+        # bob has ada's message, so it went out; carol, in another room,
+        # gets her own message first: the lobby's never reached her
+        carol.send('ping')
+        first = _receive_until(carol, lambda m: m['from'] != 'server')
+        assert (first['from'], first['text'], first['room']) == (
+            'carol', 'ping', 'other')
+    with connect(f'{base}/bad.room?name=eve') as eve:
+        with pytest.raises(ConnectionClosed) as closed:
+            eve.recv(timeout=10)
+    assert closed.value.rcvd.code == 1008
