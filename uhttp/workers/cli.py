@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -90,20 +89,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         config.update(data, lambda name: f'{path}: {name}')
     config.update(env_values, lambda name: BY_NAME[name].env_name)
     config.update(given, lambda name: BY_NAME[name].cli_flag)
-    _check_dispatcher_accepts(config)
     return config
-
-
-def _check_dispatcher_accepts(config: Config) -> None:
-    """An option for a Dispatcher keyword this version lacks is an error
-    (not silently dropped)."""
-    accepted = inspect.signature(Dispatcher.__init__).parameters
-    for setting, value in config.for_dispatcher():
-        for keyword in setting.keywords(value):
-            if keyword not in accepted:
-                raise SettingError(
-                    f'{config.sources[setting.name]}: this version of '
-                    f'Dispatcher has no {keyword!r} option')
 
 
 # -- the application ------------------------------------------------------------
