@@ -227,6 +227,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                  ws_ping_interval: float | None = 20,
                  ws_pong_timeout: float = 20,
                  ws_idle_timeout: float | None = None,
+                 dispatchers: int = 1,
                  **server_options: Any) -> None:
         passed, aliased = server_keywords(
             type(self).__name__, _own_options(), server_options)
@@ -266,6 +267,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             raise ValueError('daemon=True needs log_file= (a path): a '
                              'daemon has no terminal to write its log to')
         self._daemon = Daemon(daemon_chdir) if daemon else None
+        if dispatchers < 1:
+            raise ValueError(f'dispatchers must be 1 or more, not '
+                             f'{dispatchers}')
+        # > 1: run() supervises that many dispatcher processes (supervisor)
+        self.dispatchers = dispatchers
+        # set in each of them: its number, and the socket to serve on
+        self._dispatcher_index: int | None = None
+        self._given_listener: socket.socket | None = None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier: Notifier | None = None
@@ -633,9 +642,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._selector = selectors.DefaultSelector()
         if self._output is not None:
             self._output.attach(self._selector)
-        inherited = upgrade.inherited_listener() or next(
-            iter(listen_sockets()), None)
+        inherited = self._given_listener or upgrade.inherited_listener() \
+            or next(iter(listen_sockets()), None)
         origin = 'inherited' if inherited is not None else None
+        if self._given_listener is not None:
+            origin = 'supervisor'
         # with a socket handed over, bind a throwaway one (the port is taken)
         try:
             path = unix_path(self.address)
@@ -679,7 +690,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         now = time.monotonic()
         self._next_idle = now + SELECT_TIMEOUT
         self._descriptors.attach(self._selector)
-        self._start_owned()
+        if not self._dispatcher_index:   # once per host: dispatcher 0
+            self._start_owned()
         for pool in self._pools:
             pool.start(self)
         count = len(self._pools)
@@ -750,6 +762,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self.address = sock.getsockname()[0]
         if origin is None:
             return
+        if origin == 'supervisor':
+            self.log.info('dispatcher %s serving on the supervisor\'s '
+                          'listening socket', self._dispatcher_index)
+            return
         self.log.info('serving on an inherited listening socket (%s)',
                       'from the previous dispatcher'
                       if upgrade.predecessor_pid() else 'from systemd')
@@ -778,8 +794,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     # -- the loop -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop())."""
+        """Serve until shut down (SIGTERM, SIGINT, SIGQUIT or stop()).
+
+        With `dispatchers` > 1 this process becomes the supervisor of that
+        many dispatcher processes (see `supervisor`)."""
         refuse_to_run_in_worker()
+        if self.dispatchers > 1 and self._dispatcher_index is None:
+            from .supervisor import Supervisor  # pylint: disable=import-outside-toplevel
+            Supervisor(self).run()
+            return
         self._start()
         try:
             while self._state != 'stopped':
@@ -792,6 +815,15 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._log_output.flush()   # access lines still buffered
         if self.exit_status:
             raise SystemExit(self.exit_status)
+
+    def serve_supervised(self, index: int,
+                         listener: socket.socket | None) -> None:
+        """In a process the supervisor forked: serve as dispatcher `index`
+        on the supervisor's `listener`. Only dispatcher 0 starts the owned
+        services and jobs."""
+        self._dispatcher_index = index
+        self._given_listener = listener
+        self.run()
 
     def _tick(self) -> None:
         events: Sequence[tuple[selectors.SelectorKey, int]]

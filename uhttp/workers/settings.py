@@ -283,6 +283,10 @@ SETTINGS = (
       'overload'),
     S('max_connections', 'int', 10000, 'open client connections at most',
       on_instance=_set_attribute),
+    S('dispatchers', 'int', 1,
+      'dispatcher processes sharing the listening socket, each with its '
+      'own pools; above 1 a supervisor process runs them',
+      on_instance=_set_attribute),
     S('max_pending', 'int', 1000,
       'pool requests the dispatcher holds at most'),
     S('max_content_length', 'int', 1024 * 1024,

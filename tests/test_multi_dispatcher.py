@@ -1,0 +1,194 @@
+"""Several dispatchers per host (`dispatchers=N`, `--dispatchers N`).
+
+Real processes: a supervisor forks N dispatchers that serve on the socket
+it bound. Both take connections; a SIGKILLed one is replaced; SIGTERM stops
+them all gracefully; owned services and run-once jobs run once per host; a
+bind error stays one line and exit status 1.
+"""
+
+import os
+import re
+import signal
+import socket
+import threading
+
+import pytest
+
+from conftest import APPS, Server, free_port, pid_alive, wait_until
+from test_cli import CliServer, cli_env
+
+APP = os.path.join(APPS, 'multi_app.py')
+STARTED = re.compile(r'dispatcher (\d+) started \(pid (\d+)\)')
+
+
+def dispatcher_pids(server):
+    """{index: pid} of the dispatchers the supervisor started last."""
+    pids = {}
+    for line in server.log.splitlines():
+        match = STARTED.search(line)
+        if match:
+            pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def children_of(pid):
+    """PIDs of the live children of `pid` (from /proc)."""
+    path = f'/proc/{pid}/task/{pid}/children'
+    if not os.path.exists(path):
+        pytest.skip('this kernel does not list /proc children')
+    with open(path, encoding='ascii') as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def seen_dispatchers(server, wanted, path='/pid', key='pid'):
+    """Send fresh requests until the dispatchers of `wanted` pids all
+    answered; every answer must be a 200 of one of them."""
+    seen = set()
+
+    def all_seen():
+        result = server.get(path)
+        assert result.status == 200, result
+        pid = result.json()[key]
+        assert pid in wanted, (pid, wanted)
+        seen.add(pid)
+        return seen >= set(wanted)
+    wait_until(all_seen, 20, interval=0,
+               message=f'not every dispatcher answered: {seen} of {wanted}')
+    return seen
+
+
+@pytest.fixture
+def multi():
+    servers = []
+
+    def start(env=None, ready_workers=2):
+        server = Server(APP, env=env)
+        servers.append(server)
+        server.start(ready_workers)
+        wait_until(lambda: server.count_log('listening on') >= 2, 20)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_two_dispatchers_share_the_connections(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+    assert sorted(pids) == [0, 1]
+    assert server.pid not in pids.values()
+    assert set(children_of(server.pid)) == set(pids.values())
+    seen_dispatchers(server, set(pids.values()))
+    # the pool route: each dispatcher's own worker answers
+    seen_dispatchers(server, set(pids.values()), '/api/where', 'dispatcher')
+
+
+def test_a_killed_dispatcher_is_replaced(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+    victim = pids[1]
+    victim_workers = children_of(victim)
+    assert victim_workers
+    os.kill(victim, signal.SIGKILL)
+    server.wait_log(r'dispatcher 1 killed by signal 9; restarting it')
+    # the survivor answers meanwhile: the listening socket stays open
+    for _ in range(10):
+        assert server.get('/pid').json()['pid'] == pids[0]
+    wait_until(lambda: dispatcher_pids(server)[1] != victim, 20)
+    replacement = dispatcher_pids(server)[1]
+    wait_until(lambda: all(not pid_alive(pid) for pid in victim_workers),
+               20, message='the dead dispatcher\'s workers stayed')
+    seen_dispatchers(server, {pids[0], replacement})
+    seen_dispatchers(server, {pids[0], replacement}, '/api/where',
+                     'dispatcher')
+    assert set(children_of(server.pid)) == {pids[0], replacement}
+
+
+def test_sigterm_stops_every_dispatcher_after_in_flight_requests(
+        multi, tmp_path):
+    started = tmp_path / 'started'
+    started.touch()
+    server = multi(env={'WORKERS': '2', 'STARTED_FILE': str(started)},
+                   ready_workers=4)
+    pids = dispatcher_pids(server)
+    results = []
+
+    def call():
+        results.append(server.get('/api/sleep/1500', timeout=30))
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(started.read_text().split()) == 3, 20)
+    server.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert [r.status for r in results] == [200, 200, 200]
+    assert server.wait_exit() == 0
+    assert all(not pid_alive(pid) for pid in pids.values())
+    assert server.count_log(r'dispatcher \d exited with status 0') == 2
+
+
+def test_sigquit_stops_every_dispatcher_at_once(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+    server.signal(signal.SIGQUIT)
+    assert server.wait_exit() == 0
+    assert all(not pid_alive(pid) for pid in pids.values())
+
+
+def test_services_and_run_once_jobs_run_once_per_host(multi, tmp_path):
+    job_file = tmp_path / 'job'
+    starts = tmp_path / 'service-starts'
+    server = multi(env={'JOB_FILE': str(job_file),
+                        'SERVICE_PORT': str(free_port()),
+                        'SERVICE_STARTS': str(starts)})
+    pids = dispatcher_pids(server)
+    # the workers of both dispatchers reach the one service
+    seen_dispatchers(server, set(pids.values()), '/api/helper', 'dispatcher')
+    wait_until(job_file.exists, 20)
+    assert len(job_file.read_text().split()) == 1
+    assert len(starts.read_text().split()) == 1
+    assert server.count_log(r'job process started') == 1
+    assert len({server.get('/api/helper').json()['service']
+                for _ in range(6)}) == 1
+
+
+def test_a_bind_error_is_one_line_and_exit_1():
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(APP, env={'PORT': str(port)})
+        try:
+            code = server.wait_exit()
+        finally:
+            server.stop()
+    assert code == 1
+    assert server.log.splitlines() == [
+        f'cannot listen on 127.0.0.1:{port}: address already in use']
+
+
+def test_the_command_line_option(tmp_path):
+    pid_file = tmp_path / 'app.pid'
+    server = CliServer('cli_app:CliDispatcher', '--bind', '127.0.0.1:0',
+                       '--dispatchers', '2', '--pid', str(pid_file),
+                       env=cli_env())
+    try:
+        server.start()
+        wait_until(lambda: server.count_log('listening on') >= 2, 20)
+        pids = set(dispatcher_pids(server).values())
+        assert len(pids) == 2
+        assert int(pid_file.read_text()) == server.pid
+        seen = set()
+
+        def both():
+            seen.add(server.get('/api/hello').json()['pid'])
+            return len(seen) >= 2
+        # one worker per dispatcher at least: two different workers answer
+        wait_until(both, 20, interval=0)
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
+        assert not pid_file.exists()
+    finally:
+        server.stop()
