@@ -6,6 +6,7 @@ them all gracefully; owned services and run-once jobs run once per host; a
 bind error stays one line and exit status 1.
 """
 
+import http.client
 import os
 import re
 import signal
@@ -192,3 +193,31 @@ def test_the_command_line_option(tmp_path):
         assert not pid_file.exists()
     finally:
         server.stop()
+
+
+def test_clients_of_a_killed_dispatcher_see_a_closed_connection(
+        multi, tmp_path):
+    started = tmp_path / 'started'
+    started.touch()
+    server = multi(env={'STARTED_FILE': str(started)})
+    outcome = []
+
+    def call():
+        try:
+            outcome.append(server.get('/api/sleep/20000', timeout=30))
+        except (ConnectionError, http.client.HTTPException) as err:
+            outcome.append(err)
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_until(lambda: started.read_text().strip(), 20)
+    worker = int(started.read_text().split()[0])
+    owner = [pid for pid in dispatcher_pids(server).values()
+             if worker in children_of(pid)]
+    assert len(owner) == 1
+    os.kill(owner[0], signal.SIGKILL)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], (ConnectionError, http.client.HTTPException))
+    # the host still answers on the survivor, then on both
+    assert server.get('/pid').status == 200
