@@ -15,6 +15,8 @@ import threading
 
 import pytest
 
+from uhttp.workers.supervisor import MAX_DELAY, restart_delay
+
 from conftest import APPS, Server, free_port, pid_alive, wait_until
 from test_cli import CliServer, cli_env
 
@@ -221,3 +223,8 @@ def test_clients_of_a_killed_dispatcher_see_a_closed_connection(
     assert isinstance(outcome[0], (ConnectionError, http.client.HTTPException))
     # the host still answers on the survivor, then on both
     assert server.get('/pid').status == 200
+
+
+def test_the_restart_back_off_doubles_up_to_its_cap():
+    assert [restart_delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert restart_delay(50) == MAX_DELAY

@@ -60,6 +60,7 @@ TYPED_MODULES = [
     'uhttp.workers.output_capture',
     'uhttp.workers.framing',
     'uhttp.workers.static_http',
+    'uhttp.workers.supervisor',
     'uhttp.workers.static',
     'uhttp.workers.static_cache',
     'uhttp.workers.connection',

@@ -50,12 +50,15 @@ STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 HEALTHY_AFTER = 10.0
+# a signal mask, as pthread_sigmask() returns it
+_Mask = set[int | signal.Signals]
 
 
 def restart_delay(young_deaths: int) -> float:
     """Seconds to wait before restarting a dispatcher that died young
     `young_deaths` times in a row (1 for the first)."""
-    return min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, young_deaths - 1))
+    return float(min(MAX_DELAY,
+                     FIRST_DELAY * 2 ** max(0, young_deaths - 1)))
 
 
 class _Slot:
@@ -136,7 +139,7 @@ class Supervisor:
 
     # -- children -----------------------------------------------------------------
 
-    def _fork(self, slot: _Slot, old_mask: set[signal.Signals]) -> None:
+    def _fork(self, slot: _Slot, old_mask: _Mask) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -152,8 +155,9 @@ class Supervisor:
     def _running(self) -> bool:
         return any(slot.pid is not None for slot in self._slots)
 
-    def _wait_once(self, old_mask: set[signal.Signals]) -> None:
+    def _wait_once(self, old_mask: _Mask) -> None:
         timeout = self._next_restart_in()
+        info: signal.struct_siginfo | None
         if timeout is None:
             info = signal.sigwaitinfo(WAITED)
         else:
@@ -218,7 +222,7 @@ class Supervisor:
         self.log.error('dispatcher %d %s; restarting it in %.1fs',
                        slot.index, how, delay)
 
-    def _restart_due(self, old_mask: set[signal.Signals]) -> None:
+    def _restart_due(self, old_mask: _Mask) -> None:
         if self._stopping:
             return
         now = time.monotonic()
