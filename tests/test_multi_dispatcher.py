@@ -228,3 +228,12 @@ def test_clients_of_a_killed_dispatcher_see_a_closed_connection(
 def test_the_restart_back_off_doubles_up_to_its_cap():
     assert [restart_delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
     assert restart_delay(50) == MAX_DELAY
+
+
+def test_a_killed_supervisor_takes_its_dispatchers_along(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+    os.kill(server.pid, signal.SIGKILL)
+    assert server.wait_exit() == -signal.SIGKILL
+    wait_until(lambda: all(not pid_alive(pid) for pid in pids.values()), 20,
+               message='dispatchers outlived their supervisor')

@@ -16,7 +16,9 @@ dispatcher, and the supervisor exits 0 once all have exited; SIGHUP, SIGTTIN,
 SIGTTOU and SIGUSR1 are forwarded to each (each dispatcher restarts its own
 workers on SIGHUP). SIGUSR2 (replacing the dispatcher) is not supported here
 and is ignored with a warning; so is daemon=True (refused at start). A dispatcher that dies otherwise is
-restarted after a back-off that grows while it keeps dying young.
+restarted after a back-off that grows while it keeps dying young. A
+supervisor that is killed outright takes its dispatchers with it (they get
+SIGTERM from the kernel and stop gracefully).
 
 The supervisor owns only the listening socket, the pid file and the list of
 its children. It must never serve a request, start a worker, or poll: it
@@ -33,6 +35,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
+from .process_group import set_parent_death_signal
 from .proctitle import set_title
 from .systemd import listen_sockets
 from .unixsocket import UnixListener, unix_path
@@ -94,9 +97,18 @@ class Supervisor:
         """Serve with N dispatchers until every one has exited after a
         stop signal."""
         self._bind()
-        if self._pid_file is not None:
-            self._pid_file.create()
-        set_title(f'supervisor of {len(self._slots)} dispatchers')
+        try:
+            if self._pid_file is not None:
+                self._pid_file.create()
+            set_title(f'supervisor of {len(self._slots)} dispatchers')
+            self._supervise()
+        finally:
+            self._close()
+        self.log.info('supervisor (pid %d): every dispatcher has exited',
+                      os.getpid())
+
+    def _supervise(self) -> None:
+        # blocked, the signals wait for sigtimedwait(): no handler, no race
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
         try:
             for slot in self._slots:
@@ -107,9 +119,6 @@ class Supervisor:
                 self._wait_once(old_mask)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            self._close()
-        self.log.info('supervisor (pid %d): every dispatcher has exited',
-                      os.getpid())
 
     # -- binding ------------------------------------------------------------------
 
@@ -142,8 +151,14 @@ class Supervisor:
     def _fork(self, slot: _Slot, old_mask: _Mask) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
+            # a supervisor killed outright leaves no dispatcher behind: each
+            # gets SIGTERM and stops gracefully
+            set_parent_death_signal(signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(0)  # pylint: disable=protected-access
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             _serve_as_dispatcher(self._dispatcher, slot.index,
                                  self._listener)
