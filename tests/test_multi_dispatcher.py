@@ -237,3 +237,17 @@ def test_a_killed_supervisor_takes_its_dispatchers_along(multi):
     assert server.wait_exit() == -signal.SIGKILL
     wait_until(lambda: all(not pid_alive(pid) for pid in pids.values()), 20,
                message='dispatchers outlived their supervisor')
+
+
+def test_sighup_and_sigttin_reach_every_dispatcher(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+    first_workers = [w for pid in pids.values() for w in children_of(pid)]
+    assert len(first_workers) == 2
+    server.signal(signal.SIGTTIN)   # one more worker in each dispatcher
+    wait_until(lambda: server.count_log(r'resized to 2 workers') == 2, 20)
+    server.signal(signal.SIGHUP)    # each restarts its own workers
+    wait_until(lambda: server.count_log(r'rolling restart done') == 2, 30)
+    wait_until(lambda: all(not pid_alive(w) for w in first_workers), 20)
+    seen_dispatchers(server, set(pids.values()), '/api/where', 'dispatcher')
+    assert server.proc.poll() is None
