@@ -6,11 +6,13 @@ logs it, and the harness reads it from the log. Processes are stopped by
 PID only.
 """
 
+import contextlib
 import http.client
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +51,43 @@ def _bindable(port):
         except OSError:
             return False
     return True
+
+
+@contextlib.contextmanager
+def running_redis(directory, why='redis-server is not installed'):
+    """A real redis-server on a free 127.0.0.1 port, its data in
+    `directory`: yields (url, client); skips the test (with `why`) when
+    redis-server or the redis package is missing."""
+    binary = shutil.which('redis-server')
+    if binary is None:
+        pytest.skip(why)
+    redis = pytest.importorskip(
+        'redis',
+        reason='the redis package is not installed (pip install redis)')
+    port = free_port()
+    server = subprocess.Popen(  # pylint: disable=consider-using-with
+        [binary, '--port', str(port), '--bind', '127.0.0.1', '--save', '',
+         '--appendonly', 'no', '--dir', str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host='127.0.0.1', port=port)
+
+    def answers():
+        assert server.poll() is None, 'redis-server exited'
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+    try:
+        wait_until(answers, 10, interval=0.05)
+        yield f'redis://127.0.0.1:{port}/0', client
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message=None):

@@ -9,15 +9,13 @@ is_primary_worker() into a file of RECORD_DIR.
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import uuid
 
 import pytest
 
-from conftest import APPS, Server, pid_alive, wait_until
+from conftest import APPS, Server, pid_alive, running_redis, wait_until
 from uhttp.workers import Worker
 from uhttp.workers.locks import FileLock
 from uhttp.workers.primary import primary_lock_path
@@ -227,35 +225,11 @@ def test_worker_lock_is_the_file_lock():
 
 @pytest.fixture
 def redis_url(tmp_path):
-    """A real redis-server on a free 127.0.0.1 port."""
-    binary = shutil.which('redis-server')
-    if binary is None:
-        pytest.skip('redis-server is not installed: the service-wide primary '
-                    'needs a Redis server to test against')
-    redis = pytest.importorskip(
-        'redis', reason='the redis package is not installed (pip install '
-        'redis)')
-    from test_service import free_port  # pylint: disable=import-outside-toplevel
-    port = free_port()
-    server = subprocess.Popen(  # pylint: disable=consider-using-with
-        [binary, '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-         '--appendonly', 'no', '--dir', str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host='127.0.0.1', port=port)
-
-    def answers():
-        assert server.poll() is None, 'redis-server exited'
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
-    try:
-        wait_until(answers, 10, interval=0.05)
-        yield f'redis://127.0.0.1:{port}/0', client
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(10)
+    """A real redis-server on a free 127.0.0.1 port: (url, client)."""
+    with running_redis(tmp_path, 'redis-server is not installed: the '
+                       'service-wide primary needs a Redis server to test '
+                       'against') as server:
+        yield server
 
 
 def test_service_scope_one_primary_across_dispatchers_and_failover(

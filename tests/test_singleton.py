@@ -8,7 +8,6 @@ Every process a test starts is stopped by PID at its end.
 import multiprocessing
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,8 @@ import threading
 
 import pytest
 
-from conftest import APPS, ROOT, RecordingLog, free_port, wait_until
+from conftest import (
+    APPS, ROOT, RecordingLog, running_redis, wait_until)
 from uhttp.workers.jobs import Job, JobRunner, run_job_runner
 from uhttp.workers.locks import FileLock, RedisLock, make_lock
 
@@ -241,32 +241,8 @@ def test_jobs_locks_and_specs_pickle(tmp_path, monkeypatch):
 @pytest.fixture(scope='module')
 def redis_url(tmp_path_factory):
     """A real redis-server on a free 127.0.0.1 port, for this module."""
-    binary = shutil.which('redis-server')
-    if binary is None:
-        pytest.skip('redis-server is not installed')
-    redis = pytest.importorskip(
-        'redis',
-        reason='the redis package is not installed (pip install redis)')
-    port = free_port()
-    directory = tmp_path_factory.mktemp('redis')
-    server = subprocess.Popen(  # pylint: disable=consider-using-with
-        [binary, '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-         '--appendonly', 'no', '--dir', str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host='127.0.0.1', port=port)
-
-    def answers():
-        assert server.poll() is None, 'redis-server exited'
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
-    try:
-        wait_until(answers, 10, interval=0.05)
-        yield f'redis://127.0.0.1:{port}/0'
-    finally:
-        client.close()
-        stop_process(server)
+    with running_redis(tmp_path_factory.mktemp('redis')) as (url, _client):
+        yield url
 
 
 def test_redis_lock_exclusion_renewal_and_tokens(redis_url):
