@@ -76,6 +76,7 @@ TYPED_MODULES = [
     'uhttp.workers.settings',
     'uhttp.workers.cli',
     'uhttp.workers.reloader',
+    'uhttp.workers.remote_protocol',
     'uhttp.workers.__main__',
 ]
 
