@@ -42,3 +42,11 @@ def test_a_malformed_entry_is_a_protocol_error():
 def test_entry_age_uses_the_server_clock_of_the_entry_id():
     assert rp.entry_age_ms(b'1700000000000-3', 1700000000250) == 250
     assert rp.entry_age_ms('1700000000000-0', 1700000000000) == 0
+
+
+def test_heartbeat_and_lost_round_trip():
+    value = rp.encode_heartbeat('h1', 42, workers=4, busy=1, handled=9)
+    assert rp.decode_heartbeat(value) == {
+        'host': 'h1', 'pid': 42, 'workers': 4, 'busy': 1, 'handled': 9}
+    assert rp.decode_reply(rp.encode_reply('c', rp.lost(3, 'died'))) == (
+        'c', (rp.LOST, 3, 'died'))

@@ -18,6 +18,9 @@ The keys of a remote pool called NAME:
   messages a local worker would send over its channel (RESPONSE, or
   STREAM_START / STREAM_DATA / STREAM_END, DEFERRED, KEEP_ALIVE).
 - ``uhttp:NAME:consumers``: a set of the consumer names ever announced.
+  A consumer is one `uhttp-workers worker` process, which reads for all
+  of its local worker processes (so it asks for at most as many entries
+  as it has idle workers).
 - ``uhttp:NAME:alive:CONSUMER``: a worker's heartbeat, a JSON object
   (`encode_heartbeat`) set with a time to live of `ALIVE_TTL_MS`. The key
   is there exactly while the worker is alive; expiry is measured by the
@@ -57,6 +60,9 @@ REPLY_STREAM_MAXLEN: Final = 100_000  # approximate trim of reply streams
 # worker -> dispatcher, remote pools only: the entry was acknowledged and
 # its handler is about to run on `consumer`
 STARTED: Final = 60         # (STARTED, request_id, consumer)
+# worker -> dispatcher, remote pools only: the request was started but its
+# worker process ended before it answered (the dispatcher answers 502)
+LOST: Final = 61            # (LOST, request_id, reason)
 
 # field names of a request entry and of a reply entry
 FIELD_DISPATCHER: Final = b'd'  # request: the dispatcher_id to answer
@@ -94,6 +100,12 @@ def alive_key(pool: str, consumer: str) -> str:
 def started(request_id: int, consumer: str) -> Message:
     """The reply a worker adds when it acknowledged a request."""
     return (STARTED, request_id, consumer)
+
+
+def lost(request_id: int, reason: str) -> Message:
+    """The reply a remote host adds when the worker process running a
+    started request ended without answering it."""
+    return (LOST, request_id, reason)
 
 
 def encode_request(dispatcher_id: str, message: Message,
@@ -146,11 +158,13 @@ def entry_age_ms(entry_id: bytes | str, server_time_ms: int) -> int:
     return server_time_ms - int(entry_id.split('-', 1)[0])
 
 
-def encode_heartbeat(host: str, pid: int, handled: int,
-                     current: int | None) -> bytes:
-    """The value of a consumer's alive key."""
-    return json.dumps({'host': host, 'pid': pid, 'handled': handled,
-                       'current': current}).encode()
+def encode_heartbeat(host: str, pid: int, workers: int, busy: int,
+                     handled: int) -> bytes:
+    """The value of a consumer's alive key: the host and pid of the
+    process that reads the stream, how many worker processes it has
+    running and busy, and how many requests they answered."""
+    return json.dumps({'host': host, 'pid': pid, 'workers': workers,
+                       'busy': busy, 'handled': handled}).encode()
 
 
 def decode_heartbeat(value: bytes) -> dict[str, Any]:
