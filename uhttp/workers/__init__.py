@@ -14,12 +14,13 @@ from .log import (
     LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_LEVEL_NAMES,
     LOG_WARNING, MSG_LOG, Logger, log_to_logging)
 from .pool import CTL_CONFIG, CTL_DISCONNECT, CTL_STOP, WorkerPool
+from .remote_pool import RemotePool
 from .request import DEFERRED, RejectRequest, Request, Response
 from .worker import ApiHandler, Worker, api
 from .websocket import WebSocketConnection, WebSocketHandler, ws
 
 __all__ = [
-    'Dispatcher', 'Worker', 'WorkerPool', 'ApiHandler', 'Request',
+    'Dispatcher', 'Worker', 'WorkerPool', 'RemotePool', 'ApiHandler', 'Request',
     'Response', 'api', 'sync', 'ws', 'WebSocketHandler',
     'WebSocketConnection', 'RejectRequest', 'DEFERRED', 'Logger',
     'log_to_logging', 'Service', 'ServiceManager', 'ServiceError',

@@ -50,6 +50,7 @@ from .privileges import PrivilegeError, Privileges
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
+from .remote_pool import RemotePool
 from .request import RejectRequest, encode_body
 from .routing import MethodNotAllowed, ParamValue, Router
 from .static import StaticBody, StaticFiles, StaticMount, StaticResult
@@ -194,7 +195,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     LOG_NAME = 'dispatcher'
 
     def __init__(self, port: int = 8080, address: str = '0.0.0.0',
-                 pools: Iterable[WorkerPool] | None = None,
+                 pools: Iterable[WorkerPool | RemotePool] | None = None,
                  static_routes: Mapping[str, StaticMount] | None = None,
                  shutdown_timeout: float = 10, max_pending: int = 1000,
                  ssl_context: ssl.SSLContext | None = None, *,
@@ -235,7 +236,9 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         listen_backlog = aliased.get('listen_backlog', listen_backlog)
         self.port = port
         self.address = address
-        self._pools = list(pools or [])
+        # a RemotePool offers what the dispatcher calls on a pool, with
+        # meanings of its own (see remote_pool.py): typed as a WorkerPool
+        self._pools = cast('list[WorkerPool]', list(pools or []))
         self._static = StaticCache(StaticFiles(static_routes or {}))
         self._has_static = bool(static_routes)
         self.shutdown_timeout = shutdown_timeout
@@ -604,7 +607,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         reaches (a warning: the application may mean it)."""
         by_class: dict[type[Worker], list[WorkerPool]] = {}
         for pool in self._pools:
-            by_class.setdefault(pool.worker_class, []).append(pool)
+            if pool.worker_class is not None:   # (a RemotePool may have none)
+                by_class.setdefault(pool.worker_class, []).append(pool)
         for worker_class, pools in by_class.items():
             for pattern, _, _, _ in collect_routes(worker_class):
                 if any(pool.matcher.can_reach(pattern) for pool in pools):
@@ -1196,10 +1200,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 503, _RETRY,
                          _error_body(503, 'Service Unavailable'))
             return
-        if not self._live_workers.get(pool):
+        if not self._has_workers(pool):
             # no process runs or starts (ended for good, or a start failed
-            # and waits for its retry): a queued request would only wait
-            # for its 504
+            # and waits for its retry), or no remote host has a live
+            # worker: a queued request would only wait for its 504
             self._answer(client, 503, _RETRY,
                          _error_body(503, 'No Workers Available'))
             return
@@ -1226,6 +1230,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         if len(self._pending) >= self.max_pending:
             self._admission_changed()
         pool.submit(pending)
+
+    def _has_workers(self, pool: WorkerPool) -> bool:
+        """Whether any worker may ever take a request of `pool`: a local
+        process that runs or starts, or for a remote pool a remote worker
+        whose heartbeat is live."""
+        if pool.__class__ is RemotePool:
+            return pool.workers_alive > 0
+        return bool(self._live_workers.get(pool))
 
     def _open_pending(self, request_id: int, client: Connection,
                       pool: WorkerPool) -> tuple[Pending, Any]:

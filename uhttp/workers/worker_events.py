@@ -15,7 +15,7 @@ from __future__ import annotations
 import selectors
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from uhttp import server as _server
 
@@ -354,7 +354,7 @@ class WorkerEvents:
         elif kind == messages.DEFERRED:
             self._on_deferred(handle, message[1])
         elif kind == messages.KEEP_ALIVE:
-            self._on_keep_alive(message[1])
+            self.keep_alive_pending(message[1])
         elif kind in (messages.STREAM_START, messages.STREAM_DATA,
                       messages.STREAM_END):
             self._on_stream_message(handle, message)
@@ -399,7 +399,7 @@ class WorkerEvents:
 
     def _on_response_message(self, handle: WorkerHandle,
                              message: Message) -> None:
-        _, request_id, status, wire, keep_alive, route = message
+        request_id = message[1]
         pool = handle.pool
         pending = handle.in_flight.get(request_id)
         if pending is None:
@@ -407,12 +407,23 @@ class WorkerEvents:
             pool.pump(handle)
             return
         handle.forget(pending)
+        if pending.state != DONE and pending.client is not None:
+            self.answer_pending(pending, message, handle.name)
+        pool.pump(handle)
+
+    def answer_pending(self, pending: Pending, message: Message,
+                       by: str) -> None:
+        """Send a worker's RESPONSE `message` to the client of `pending`
+        (not done yet, with a client), from a local worker or a remote
+        one: the request leaves the table, metrics and on_response() see
+        it, the access log names `by`, the connection stays open or not
+        as the answer says; then on_pending_removed()."""
+        _, request_id, status, wire, keep_alive, route = message
         client = pending.client
-        if pending.state == DONE or client is None:
-            pool.pump(handle)
-            return
         self._complete(pending)
         if self._metrics is not None:
+            # (the pool of a client's request has a name)
+            pool = cast('WorkerPool', pending.pool)
             self._metrics.answered(pool.name, route, status,
                                    time.monotonic() - pending.started)
         if self._has_response_hook:
@@ -427,11 +438,22 @@ class WorkerEvents:
             if self._access_log is not None:
                 # the body is what follows the head the worker built
                 client.note(status, len(wire) - wire.find(b'\r\n\r\n') - 4,
-                            handle.name, request_id)
+                            by, request_id)
             self._send_answer(client, wire, keep_alive)
         if self._has_removed_hook:
             self._removed(pending, PENDING_COMPLETED)
-        pool.pump(handle)
+
+    def fail_pending(self, pending: Pending, status: int | None,
+                     message: str | None = None,
+                     reason: str | None = None) -> None:
+        """End `pending` without its worker's answer: its client gets
+        `status` with `message` (None: nothing), on_pending_removed()
+        hears `reason` (by default, from `status`)."""
+        self._give_up(pending, status, message, reason)
+
+    def keep_alive_pending(self, request_ids: Iterable[int]) -> None:
+        """Push the deadline of these assigned or deferred requests."""
+        self._pending.keep_alive(request_ids, time.monotonic())
 
     def _on_deferred(self, handle: WorkerHandle, request_id: int) -> None:
         pool = handle.pool
@@ -446,9 +468,6 @@ class WorkerEvents:
             pool.drop(handle, pending)
         pool.pump(handle)
 
-    def _on_keep_alive(self, request_ids: Iterable[int]) -> None:
-        self._pending.keep_alive(request_ids, time.monotonic())
-
     def _on_stream_message(self, handle: WorkerHandle,
                            message: Message) -> None:
         kind, request_id = message[0], message[1]
@@ -460,29 +479,41 @@ class WorkerEvents:
             elif pending is not None:
                 handle.forget(pending)
             return
+        if kind == messages.STREAM_START:
+            handle.release(pending)
+        elif kind == messages.STREAM_END:
+            handle.forget(pending)
+        self.relay_stream(pending, message, handle.name)
+        if kind == messages.STREAM_START:
+            handle.pool.pump(handle)
+
+    def relay_stream(self, pending: Pending, message: Message,
+                     by: str) -> None:
+        """Pass a STREAM_START, STREAM_DATA or STREAM_END `message` of a
+        worker (local or remote) to the client of `pending` (not done yet,
+        with a client); the access log names `by`."""
+        kind = message[0]
         client = pending.client
         if kind == messages.STREAM_START:
-            self._start_stream(handle, pending, message)
+            self._start_stream(pending, message, by)
         elif kind == messages.STREAM_DATA:
             if not client.send_chunk(message[2]):
                 self._client_left(pending)
         else:
-            handle.forget(pending)
             self._complete(pending)
             client.response_stream_end()
             if self._has_removed_hook:
                 self._removed(pending, PENDING_STREAM_CLOSED)
 
-    def _start_stream(self, handle: WorkerHandle, pending: Pending,
-                      message: Message) -> None:
+    def _start_stream(self, pending: Pending, message: Message,
+                      by: str) -> None:
         _, request_id, _status, headers, cookies = message
-        handle.release(pending)
         self._pending.start_stream(pending)
         self._admission_changed()
         client = pending.client
         self._resume_reading(pending)
         if self._access_log is not None:
-            client.access_by, client.access_id = handle.name, request_id
+            client.access_by, client.access_id = by, request_id
         try:
             started = client.response_stream(headers=headers, cookies=cookies)
         except _server.HttpError as err:
@@ -494,7 +525,6 @@ class WorkerEvents:
             started = True
         if not started:
             self._client_left(pending)
-        handle.pool.pump(handle)
 
     def _on_returned(self, handle: WorkerHandle, request_id: int) -> None:
         pool = handle.pool

@@ -36,6 +36,7 @@ from uhttp import server as _server
 from . import messages
 from .log import printable
 from .pending import DONE
+from .remote_pool import RemotePool
 from .worker_events import PENDING_COMPLETED
 from .routing import Router
 from .websocket import (
@@ -129,8 +130,6 @@ class WebSocketDispatch:
     _state: str
     _pending: PendingTable
     _access_log: AccessLog | None
-    # pool -> handles whose process runs
-    _live_workers: dict[WorkerPool, set[WorkerHandle]]
     _has_check: bool
     _has_accepted_hook: bool
     _has_removed_hook: bool
@@ -149,6 +148,8 @@ class WebSocketDispatch:
                    ) -> bool: ...
 
         def _new_request_id(self) -> int: ...
+
+        def _has_workers(self, pool: WorkerPool) -> bool: ...
 
         def _open_pending(self, request_id: int, client: Connection,
                           pool: WorkerPool) -> tuple[Pending, Any]: ...
@@ -227,7 +228,9 @@ class WebSocketDispatch:
         if pool in self._ws_routers:
             return self._ws_routers[pool]
         router: Router[str] = Router()
-        for pattern, _, _ in collect_ws_routes(pool.worker_class):
+        # a remote pool carries plain requests only: no WebSocket upgrade
+        for pattern, _, _ in () if isinstance(pool, RemotePool) \
+                else collect_ws_routes(pool.worker_class):
             router.add(pattern, ('GET',), pattern)
         found = self._ws_routers[pool] = router if len(router) else None
         return found
@@ -242,7 +245,7 @@ class WebSocketDispatch:
             return
         if self._has_check and not self._check(client):
             return
-        if pool.degraded or not self._live_workers.get(pool):
+        if pool.degraded or not self._has_workers(pool):
             self._answer(client, 503, _RETRY,
                          _error_body('No Workers Available'))
             return

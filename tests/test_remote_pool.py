@@ -1,0 +1,476 @@
+"""RemotePool: a real dispatcher, a real redis-server, the remote side
+played by the test (a redis-py client reads the request stream as a
+consumer of the group and writes STARTED / RESPONSE / LOST / stream frames
+to the dispatcher's reply stream, and keeps an alive key).
+
+The app (tests/apps/remote_dispatcher_app.py) has a RemotePool 'remote' on
+/remote/** and a local WorkerPool 'local' on /local/**.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from conftest import free_port, running_redis, wait_until
+from uhttp.workers import RemotePool, framing, messages
+from uhttp.workers import remote_protocol as proto
+
+redis_package = pytest.importorskip(
+    'redis', reason='the redis package is not installed (pip install redis)')
+
+APP = 'remote_dispatcher_app.py'
+POOL = 'remote'
+
+
+class FakeRemote:
+    """The remote side of pool POOL, as the protocol describes it: one
+    consumer with an alive key renewed every HEARTBEAT_INTERVAL, reading
+    entries with XREADGROUP and acknowledging them with STARTED in one
+    MULTI/EXEC."""
+
+    def __init__(self, client, consumer='host-a-1', workers=2,
+                 ttl_ms=proto.ALIVE_TTL_MS):
+        self.client = client
+        self.consumer = consumer
+        self.workers = workers
+        self.ttl_ms = ttl_ms
+        self.handled = 0
+        self._stopped = threading.Event()
+        self._thread = None
+
+    # -- heartbeat --------------------------------------------------------
+
+    def beat(self):
+        """One heartbeat now."""
+        self.client.sadd(proto.consumers_set(POOL), self.consumer)
+        self.client.set(
+            proto.alive_key(POOL, self.consumer),
+            proto.encode_heartbeat('test-host', os.getpid(), self.workers, 0,
+                                   self.handled), px=self.ttl_ms)
+
+    def start_beating(self):
+        """Renew the alive key from a thread until stop_beating()."""
+        self.beat()
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._beat_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat_loop(self):
+        while not self._stopped.wait(proto.HEARTBEAT_INTERVAL):
+            try:
+                self.beat()
+            except redis_package.ConnectionError:
+                pass    # Redis stopped on purpose: beat again once it is back
+
+    def stop_beating(self):
+        """As a SIGKILLed host: no more heartbeats, the key expires."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # -- requests ---------------------------------------------------------
+
+    def take(self, timeout=10.0):
+        """(entry_id, dispatcher_id, timeout_ms, message) of the next
+        request entry."""
+        found = wait_until(lambda: self.client.xreadgroup(
+            proto.GROUP, self.consumer, {proto.requests_stream(POOL): '>'},
+            count=1, block=200), timeout, message='no request entry came')
+        entry_id, fields = found[0][1][0]
+        return (entry_id, *proto.decode_request(fields))
+
+    def started(self, entry_id, dispatcher_id, request_id):
+        """Acknowledge the entry and say STARTED, atomically."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xack(proto.requests_stream(POOL), proto.GROUP, entry_id)
+        pipe.xadd(proto.replies_stream(POOL, dispatcher_id),
+                  proto.encode_reply(self.consumer, proto.started(
+                      request_id, self.consumer)))
+        pipe.execute()
+
+    def send(self, dispatcher_id, message):
+        """Add one reply message to the dispatcher's reply stream."""
+        self.client.xadd(proto.replies_stream(POOL, dispatcher_id),
+                         proto.encode_reply(self.consumer, message))
+
+    def respond(self, dispatcher_id, message, data, status=200):
+        """Answer the REQUEST `message` with JSON `data`."""
+        request_id, keep_alive = message[1], message[9]
+        wire, keep_alive = framing.frame_response(
+            status, {'content-type': 'application/json'},
+            json.dumps(data).encode(), keep_alive=keep_alive)
+        self.handled += 1
+        self.send(dispatcher_id, messages.response(
+            request_id, status, wire, keep_alive, '/remote/echo'))
+
+    def serve_one(self, data_of=None, timeout=10.0):
+        """Take one entry, start it and answer it (JSON: what it got)."""
+        entry_id, dispatcher_id, _, message = self.take(timeout)
+        self.started(entry_id, dispatcher_id, message[1])
+        data = data_of(message) if data_of else {
+            'request_id': message[1], 'method': message[2],
+            'path': message[3], 'data': _text(message[6]),
+            'context': message[10]}
+        self.respond(dispatcher_id, message, data)
+        return message
+
+
+def _text(data):
+    return data.decode() if isinstance(data, bytes) else data
+
+
+def in_thread(function, *args):
+    """Run `function(*args)` in a thread; returns a callable that waits
+    for its result (or raises what it raised)."""
+    box = {}
+
+    def run():
+        try:
+            box['value'] = function(*args)
+        except BaseException as err:  # pylint: disable=broad-except
+            box['error'] = err
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result(timeout=20.0):
+        thread.join(timeout)
+        assert not thread.is_alive(), 'still running'
+        if 'error' in box:
+            raise box['error']
+        return box['value']
+    return result
+
+
+@pytest.fixture
+def redis_env(tmp_path):
+    """(url, client) of a fresh redis-server."""
+    with running_redis(tmp_path, 'redis-server is not installed: remote '
+                       'pools need one to be tested') as found:
+        yield found
+
+
+def start_app(start_server, url, **env):
+    server = start_server(APP, env=dict({'REDIS_URL': url}, **env),
+                          ready_workers=1)
+    server.wait_log(r'pool remote: Redis answers')
+    return server
+
+
+def remote_pool_status(server):
+    pools = server.get('/monitor').json()['pools']
+    return next(pool for pool in pools if pool['name'] == POOL)
+
+
+def wait_live(server, count):
+    """Until the dispatcher saw `count` live remote workers."""
+    wait_until(lambda: remote_pool_status(server)['alive_count'] == count,
+               15, message=lambda: f'not {count} live remote workers: '
+               f'{remote_pool_status(server)}')
+
+
+# -- construction ---------------------------------------------------------------
+
+def test_remote_pool_needs_a_name_or_a_worker_class():
+    with pytest.raises(ValueError, match='name='):
+        RemotePool(routes=['/r/**'], redis_url='redis://127.0.0.1:1/0')
+
+    class Billing:   # (only its name is used)
+        pass
+    pool = RemotePool(routes=['/r/**'], redis_url='redis://127.0.0.1:1/0',
+                      worker_class=Billing)
+    assert pool.name == 'Billing'
+    secret = RemotePool(routes=None, redis_url='redis://u:pw@10.0.0.1:6380/2',
+                        name='x')
+    assert secret.where == 'redis://10.0.0.1:6380/2'   # no password in logs
+
+
+# -- answers ------------------------------------------------------------------
+
+def test_get_and_post_come_back_on_a_kept_alive_connection(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    wait_live(server, 2)
+    connection = http.client.HTTPConnection('127.0.0.1', server.port,
+                                            timeout=10)
+    try:
+        def get():
+            connection.request('GET', '/remote/echo?x=1')
+            response = connection.getresponse()
+            return response.status, response.getheader('connection'), \
+                json.loads(response.read())
+        pending = in_thread(get)
+        message = remote.serve_one()
+        status, keep, body = pending()
+        assert status == 200 and keep == 'keep-alive'
+        assert body['method'] == 'GET' and body['path'] == '/remote/echo'
+        assert body['request_id'] == message[1]
+        assert body['context'] == {'accepted': message[1]}
+
+        def post():
+            connection.request('POST', '/remote/echo',
+                               body=json.dumps({'n': 7}).encode(),
+                               headers={'content-type': 'application/json'})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        pending = in_thread(post)
+        remote.serve_one()
+        status, body = pending()   # the same connection: it was kept open
+        assert status == 200
+        assert body['method'] == 'POST' and json.loads(body['data']) == {
+            'n': 7}
+    finally:
+        connection.close()
+        remote.stop_beating()
+    server.wait_log(r'"GET /remote/echo\?x=1 HTTP/1.1" 200 .* host-a-1 ')
+    server.wait_log(r'"POST /remote/echo HTTP/1.1" 200 .* host-a-1 ')
+    assert server.get('/local/echo').status == 200
+
+
+def test_no_live_remote_worker_answers_503_at_once_and_sends_nothing(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    result = server.get('/remote/echo')
+    assert result.status == 503
+    assert result.headers['retry-after'] == '1'
+    assert result.json() == {'error': 'No Workers Available'}
+    assert client.xlen(proto.requests_stream(POOL)) == 0
+
+
+def test_timeout_answers_504_and_the_late_answer_is_dropped(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url, TIMEOUT='1')
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, timeout_ms, message = remote.take()
+        assert timeout_ms == 1000
+        remote.started(entry_id, dispatcher_id, message[1])
+        assert pending().status == 504
+        server.wait_log(r'request %d GET /remote/echo timed out' % message[1])
+        remote.respond(dispatcher_id, message, {'late': True})
+        # the next request gets its own answer, never the late one
+        pending = in_thread(server.get, '/remote/echo')
+        second = remote.serve_one()
+        result = pending()
+        assert result.status == 200
+        assert result.json()['request_id'] == second[1] != message[1]
+    finally:
+        remote.stop_beating()
+
+
+def test_started_request_of_a_host_that_stops_beating_gets_502_once(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client, ttl_ms=1500).start_beating()
+    wait_live(server, 2)
+    pending = in_thread(server.get, '/remote/echo')
+    entry_id, dispatcher_id, _, message = remote.take()
+    remote.started(entry_id, dispatcher_id, message[1])
+    remote.stop_beating()      # as if SIGKILLed: its alive key expires
+    result = pending()
+    assert result.status == 502
+    assert result.json() == {'error': 'Worker Died'}
+    server.wait_log(r'request %d GET /remote/echo lost: remote worker '
+                    r'host-a-1 stopped heart-beating' % message[1])
+    # never re-sent: acknowledged, nothing left for another consumer
+    stream = proto.requests_stream(POOL)
+    assert client.xlen(stream) == 1
+    assert client.xpending(stream, proto.GROUP)['pending'] == 0
+    assert not client.xreadgroup(proto.GROUP, 'host-b-1', {stream: '>'},
+                                 count=10)
+    wait_live(server, 0)
+    assert server.get('/remote/echo').status == 503
+
+
+def test_lost_answers_502(redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        remote.started(entry_id, dispatcher_id, message[1])
+        remote.send(dispatcher_id, proto.lost(message[1], 'worker 3 killed'))
+        result = pending()
+        assert result.status == 502
+        server.wait_log(r'request %d GET /remote/echo lost: remote worker '
+                        r'host-a-1: .*worker 3 killed' % message[1])
+        # the pool goes on serving
+        pending = in_thread(server.get, '/remote/echo')
+        remote.serve_one()
+        assert pending().status == 200
+    finally:
+        remote.stop_beating()
+
+
+def test_a_context_json_cannot_carry_gets_500_saying_why(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        result = server.get('/remote/echo', headers={'x-context': 'set'})
+        assert result.status == 500
+        server.wait_log(r'request \d+ GET /remote/echo cannot go to remote '
+                        r'pool remote: .*set is not JSON serializable')
+        assert client.xlen(proto.requests_stream(POOL)) == 0
+    finally:
+        remote.stop_beating()
+
+
+def test_a_streamed_answer_is_relayed(redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        request_id = message[1]
+        remote.started(entry_id, dispatcher_id, request_id)
+        remote.send(dispatcher_id, messages.stream_start(
+            request_id, 200, {'content-type': 'text/plain'}, None))
+        for part in (b'one ', b'two ', b'three'):
+            remote.send(dispatcher_id, messages.stream_data(request_id, part))
+        remote.send(dispatcher_id, messages.stream_end(request_id))
+        result = pending()
+        assert result.status == 200
+        assert result.headers['content-type'] == 'text/plain'
+        assert result.body == b'one two three'
+    finally:
+        remote.stop_beating()
+
+
+def test_status_and_metrics_show_live_remote_workers(redis_env,
+                                                      start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    first = FakeRemote(client, 'host-a-1', workers=3).start_beating()
+    second = FakeRemote(client, 'host-b-1', workers=2).start_beating()
+    try:
+        wait_live(server, 5)
+        status = remote_pool_status(server)
+        assert status['remote'] is True and status['redis'] == 'up'
+        assert not status['degraded']
+        assert [(h['consumer'], h['host'], h['workers'])
+                for h in status['hosts']] == [
+            ('host-a-1', 'test-host', 3), ('host-b-1', 'test-host', 2)]
+        metrics = server.get('/metrics').body.decode()
+        assert 'uhttp_workers_alive{pool="remote"} 5.0' in metrics
+        assert 'uhttp_pool_degraded{pool="remote"} 0.0' in metrics
+        server.wait_log(r'pool remote: remote worker host-b-1 \(host '
+                        r'test-host, pid \d+\) is alive with 2 workers')
+    finally:
+        first.stop_beating()
+        second.stop_beating()
+
+
+def test_graceful_stop_waits_for_a_started_request(redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        remote.started(entry_id, dispatcher_id, message[1])
+        replies = proto.replies_stream(POOL, dispatcher_id)
+        server.signal(signal.SIGTERM)
+        server.wait_log(r'draining 1 pending requests')
+        remote.respond(dispatcher_id, message, {'finished': True})
+        result = pending()
+        assert result.status == 200 and result.json() == {'finished': True}
+        assert result.headers['connection'] == 'close'
+        assert server.wait_exit() == 0
+        # the dispatcher's reply stream went with it
+        assert client.exists(replies) == 0
+    finally:
+        remote.stop_beating()
+
+
+# -- losing Redis -------------------------------------------------------------
+
+class RedisProcess:
+    """A redis-server that the test stops and starts again on one port."""
+
+    def __init__(self, directory):
+        self.binary = shutil.which('redis-server')
+        if self.binary is None:
+            pytest.skip('redis-server is not installed: remote pools need '
+                        'one to be tested')
+        self.redis = pytest.importorskip('redis')
+        self.directory = directory
+        self.port = free_port()
+        self.url = f'redis://127.0.0.1:{self.port}/0'
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [self.binary, '--port', str(self.port), '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--dir', str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.redis.Redis(host='127.0.0.1', port=self.port)
+
+        def answers():
+            assert self.proc.poll() is None, 'redis-server exited'
+            try:
+                return client.ping()
+            except self.redis.ConnectionError:
+                return False
+        wait_until(answers, 10, interval=0.05)
+        return client
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def test_losing_redis_degrades_that_pool_only_until_it_is_back(
+        tmp_path, start_server):
+    redis = RedisProcess(tmp_path)
+    client = redis.start()
+    try:
+        server = start_app(start_server, redis.url)
+        remote = FakeRemote(client).start_beating()
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        remote.started(entry_id, dispatcher_id, message[1])
+
+        redis.stop()
+        result = pending()
+        assert result.status == 502     # in flight when Redis went away
+        server.wait_log(r'pool remote: Redis unreachable .*1 requests in '
+                        r'flight fail with 502')
+        refused = server.get('/remote/echo')
+        assert refused.status == 503 and 'retry-after' in refused.headers
+        assert server.get('/local/echo').status == 200
+        assert remote_pool_status(server)['redis'] == 'down'
+
+        redis.start()   # the same port, empty: the group is made again
+        wait_live(server, 2)    # (the fake's heartbeats reach it again)
+        assert remote_pool_status(server)['degraded'] is False
+        pending = in_thread(server.get, '/remote/echo')
+        remote.serve_one()
+        assert pending().status == 200
+        remote.stop_beating()
+        assert server.proc.poll() is None   # never restarted
+    finally:
+        redis.stop()
+
