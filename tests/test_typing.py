@@ -77,6 +77,9 @@ TYPED_MODULES = [
     'uhttp.workers.cli',
     'uhttp.workers.reloader',
     'uhttp.workers.remote_protocol',
+    'uhttp.workers.remote_pool',
+    'uhttp.workers.remote_bridge',
+    'uhttp.workers.wake_pipe',
     'uhttp.workers.__main__',
 ]
 

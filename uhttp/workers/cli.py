@@ -21,6 +21,7 @@ from typing import TextIO
 
 from . import settings
 from .dispatcher import Dispatcher
+from .remote_pool import is_remote
 from .settings import BY_NAME, Setting, SettingError, Value, Values
 from .worker import collect_routes
 
@@ -180,6 +181,9 @@ def route_rows(dispatcher: Dispatcher) -> list[Row]:
     for pool in dispatcher.pools:
         prefixes = ', '.join(pool.routes) if pool.routes is not None \
             else '(fallback)'
+        if is_remote(pool):     # its routes are served on other hosts
+            rows.append(('remote', pool.name, prefixes, '', '', '', ''))
+            continue
         worker = f'{pool.worker_class.__name__} x{pool.num_workers}'
         for pattern, methods, handler_class, name in collect_routes(
                 pool.worker_class):

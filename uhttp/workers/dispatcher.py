@@ -50,7 +50,7 @@ from .privileges import PrivilegeError, Privileges
 from .owned_services import OwnedServices
 from .pidfile import PidFile
 from .proctitle import set_title
-from .remote_pool import RemotePool
+from .remote_pool import RemotePool, is_remote
 from .request import RejectRequest, encode_body
 from .routing import MethodNotAllowed, ParamValue, Router
 from .static import StaticBody, StaticFiles, StaticMount, StaticResult
@@ -607,7 +607,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         reaches (a warning: the application may mean it)."""
         by_class: dict[type[Worker], list[WorkerPool]] = {}
         for pool in self._pools:
-            if pool.worker_class is not None:   # (a RemotePool may have none)
+            if not is_remote(pool):     # (its hosts load their own class)
                 by_class.setdefault(pool.worker_class, []).append(pool)
         for worker_class, pools in by_class.items():
             for pattern, _, _, _ in collect_routes(worker_class):
@@ -1235,7 +1235,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Whether any worker may ever take a request of `pool`: a local
         process that runs or starts, or for a remote pool a remote worker
         whose heartbeat is live."""
-        if pool.__class__ is RemotePool:
+        if is_remote(pool):
             return pool.workers_alive > 0
         return bool(self._live_workers.get(pool))
 

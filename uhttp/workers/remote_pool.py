@@ -467,6 +467,12 @@ class RemotePool:
         self._started_on.pop(request_id, None)
 
 
+def is_remote(pool: object) -> bool:
+    """True for a RemotePool (the dispatcher holds its pools as
+    WorkerPools: a remote pool offers what it calls on them)."""
+    return pool.__class__ is RemotePool
+
+
 def _count(beat: dict[str, Any], key: str) -> int:
     value = beat.get(key)
     return value if isinstance(value, int) else 0

@@ -36,7 +36,7 @@ from uhttp import server as _server
 from . import messages
 from .log import printable
 from .pending import DONE
-from .remote_pool import RemotePool
+from .remote_pool import is_remote
 from .worker_events import PENDING_COMPLETED
 from .routing import Router
 from .websocket import (
@@ -229,7 +229,7 @@ class WebSocketDispatch:
             return self._ws_routers[pool]
         router: Router[str] = Router()
         # a remote pool carries plain requests only: no WebSocket upgrade
-        for pattern, _, _ in () if isinstance(pool, RemotePool) \
+        for pattern, _, _ in () if is_remote(pool) \
                 else collect_ws_routes(pool.worker_class):
             router.add(pattern, ('GET',), pattern)
         found = self._ws_routers[pool] = router if len(router) else None
