@@ -41,6 +41,7 @@ class FakeRemote:
         self.workers = workers
         self.ttl_ms = ttl_ms
         self.handled = 0
+        self.last_dispatcher = None   # whose request serve_one() took
         self._stopped = threading.Event()
         self._thread = None
 
@@ -113,6 +114,7 @@ class FakeRemote:
     def serve_one(self, data_of=None, timeout=10.0):
         """Take one entry, start it and answer it (JSON: what it got)."""
         entry_id, dispatcher_id, _, message = self.take(timeout)
+        self.last_dispatcher = dispatcher_id
         self.started(entry_id, dispatcher_id, message[1])
         data = data_of(message) if data_of else {
             'request_id': message[1], 'method': message[2],
@@ -378,6 +380,34 @@ def test_status_and_metrics_show_live_remote_workers(redis_env,
     finally:
         first.stop_beating()
         second.stop_beating()
+
+
+def test_several_dispatchers_each_get_their_own_answers(redis_env,
+                                                        start_server):
+    url, client = redis_env
+    server = start_app(start_server, url, DISPATCHERS='2')
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_until(lambda: server.count_log(
+            r'pool remote: remote worker host-a-1 .*is alive') >= 2, 15)
+        # one reply stream (and request id sequence) per dispatcher process
+        seen = set()
+        wait_until(lambda: seen.add(remote_pool_status(server)[
+            'dispatcher_id']) or len(seen) == 2, 15,
+            message=lambda: f'dispatcher ids seen: {seen}')
+        pending = [in_thread(server.get, f'/remote/echo?n={number}')
+                   for number in range(8)]
+        served = set()
+        for _ in pending:
+            remote.serve_one(lambda message: {'query': message[4]})
+            served.add(remote.last_dispatcher)
+        for number, result in enumerate(pending):
+            answer = result()
+            assert answer.status == 200
+            assert answer.json() == {'query': {'n': str(number)}}
+        assert served <= seen
+    finally:
+        remote.stop_beating()
 
 
 def test_graceful_stop_waits_for_a_started_request(redis_env, start_server):

@@ -8,7 +8,7 @@ metrics. A request with `x-context: set` gets a context that pickles but
 JSON cannot carry (a set).
 
 Settings: PORT, ADDRESS, REDIS_URL, POOL_NAME, TIMEOUT (the remote pool's,
-seconds), SHUTDOWN_TIMEOUT.
+seconds), SHUTDOWN_TIMEOUT, DISPATCHERS (default 1).
 """
 
 import os
@@ -52,6 +52,7 @@ def main():
         address=ENV.get('ADDRESS', '127.0.0.1'),
         shutdown_timeout=float(ENV.get('SHUTDOWN_TIMEOUT', '10')),
         metrics_route='/metrics',
+        dispatchers=int(ENV.get('DISPATCHERS', '1')),
         pools=[
             _workers.RemotePool(
                 routes=['/remote/**'], redis_url=ENV['REDIS_URL'],

@@ -170,14 +170,16 @@ class RemoteBridge:
         # longer than the XREAD block, or a quiet stream reads as a failure
         client = self._client(redis, proto.HEARTBEAT_INTERVAL + 10.0)
         last_id = b'0-0'
-        connected = False
+        connected = made_once = False
         next_poll = 0.0
         try:
             while not self._stopping:
                 try:
                     if not connected:
-                        self._create_group(client, redis)
-                        connected, next_poll = True, 0.0
+                        self._create_group(client, redis,
+                                           first=not made_once)
+                        connected = made_once = True
+                        next_poll = 0.0
                     now = time.monotonic()
                     if now >= next_poll:
                         self._poll(client, last_id)
@@ -196,12 +198,16 @@ class RemoteBridge:
         finally:
             client.close()
 
-    def _create_group(self, client: Any, redis: ModuleType) -> None:
-        """The consumer group of the request stream (a restarted Redis may
-        have lost it: made again at each connection)."""
+    def _create_group(self, client: Any, redis: ModuleType,
+                      first: bool) -> None:
+        """The consumer group of the request stream, made again at each
+        connection (a restarted Redis may have lost it). The first time it
+        starts at the stream's end (entries of an earlier life are not
+        ours to run); made again, from the start: entries added meanwhile
+        were never delivered, so delivering them runs nothing twice."""
         try:
-            client.xgroup_create(self._requests, proto.GROUP, id='$',
-                                 mkstream=True)
+            client.xgroup_create(self._requests, proto.GROUP,
+                                 id='$' if first else '0', mkstream=True)
         except redis.ResponseError as err:
             if 'BUSYGROUP' not in str(err):
                 raise

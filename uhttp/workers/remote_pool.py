@@ -111,6 +111,8 @@ class RemotePoolStatus(TypedDict):
 
     name: str
     remote: bool
+    # this dispatcher process's id (its reply stream's last part)
+    dispatcher_id: str
     degraded: bool
     redis: str
     alive_count: int
@@ -162,7 +164,9 @@ class RemotePool:
         # no local process: what the dispatcher counts and stops is empty
         self.num_workers = 0
         self.workers: list[WorkerHandle] = []
-        self.dispatcher_id = uuid.uuid4().hex
+        # this dispatcher process's, made by start(): with dispatchers=N
+        # each forked dispatcher has its own reply stream and request ids
+        self.dispatcher_id = ''
         # True until Redis first answers, and while it does not
         self.degraded = True
         self.config: Any = None
@@ -228,6 +232,7 @@ class RemotePool:
              'busy': _count(beat, 'busy'), 'handled': _count(beat, 'handled')}
             for consumer, beat in sorted(self._heartbeats.items())]
         return {'name': self.name, 'remote': True,
+                'dispatcher_id': self.dispatcher_id,
                 'degraded': self.degraded, 'redis': self._redis_state,
                 'alive_count': self.workers_alive, 'parked_count': 0,
                 'queue_size': self.queue_size,
@@ -240,6 +245,7 @@ class RemotePool:
         """Watch the wake-up pipe in the dispatcher's loop and start the
         bridge's threads."""
         self._host = dispatcher
+        self.dispatcher_id = uuid.uuid4().hex
         self._wake = WakePipe()
         dispatcher.register_reader(self._wake.fileno(), self._on_wake)
         self._bridge = RemoteBridge(
