@@ -319,6 +319,34 @@ def test_lost_answers_502(redis_env, start_server):
         remote.stop_beating()
 
 
+def test_a_malformed_reply_is_logged_and_its_request_gets_502(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        remote.started(entry_id, dispatcher_id, message[1])
+        replies = proto.replies_stream(POOL, dispatcher_id)
+        client.xadd(replies, {b'c': b'host-a-1', b'm': b'not json'})
+        # an answer whose wire bytes are text, not bytes
+        remote.send(dispatcher_id, messages.response(
+            message[1], 200, 'HTTP/1.1 200 OK\r\n\r\n', True, ''))
+        result = pending()
+        assert result.status == 502
+        server.wait_log(r'pool remote: a reply from Redis was dropped: '
+                        r'malformed')
+        server.wait_log(r'pool remote: malformed answer from remote worker '
+                        r'host-a-1 to request %d' % message[1])
+        pending = in_thread(server.get, '/remote/echo')
+        remote.serve_one()
+        assert pending().status == 200
+    finally:
+        remote.stop_beating()
+
+
 def test_a_context_json_cannot_carry_gets_500_saying_why(
         redis_env, start_server):
     url, client = redis_env

@@ -13,7 +13,8 @@ What a client of a remote pool is promised, as for a local pool:
 
 - a request runs at most once: once a remote worker said STARTED, the
   request is never sent again; if that worker's heartbeat key expires (its
-  host died) or its host reports it LOST, the client gets 502;
+  host died) or its host reports it LOST, the client gets 502 (the
+  dispatcher's on_worker_died() is not called: no local worker died);
 - no answer within `timeout` seconds: 504 (a late answer is dropped);
 - no remote worker alive (no heartbeat key): 503 at once, nothing sent;
 - Redis unreachable: this pool answers 503 at once (`degraded`), the
@@ -323,7 +324,9 @@ class RemotePool:
             self._host.fail_pending(pending, 500, 'Internal Server Error')
             return
         pending.state = ASSIGNED
-        self._in_flight[pending.request_id] = pending
+        if pending.client is not None:
+            # (an internal request's answer goes nowhere: not tracked)
+            self._in_flight[pending.request_id] = pending
         assert self._bridge is not None   # (started before any request)
         self._bridge.send(pending.request_id, fields)
 
@@ -357,11 +360,11 @@ class RemotePool:
             kind = event[0]
             if kind == REPLIES:
                 for consumer, message in event[1]:
-                    self._on_reply(consumer, message)
+                    self._safely(self._on_reply, consumer, message)
             elif kind == HEARTBEATS:
-                self._on_heartbeats(event[1])
+                self._safely(self._on_heartbeats, event[1])
             elif kind == DOWN:
-                self._on_down(event[1])
+                self._safely(self._on_down, event[1])
             elif kind == BAD_REPLY:
                 self._host.log.error('pool %s: a reply from Redis was '
                                      'dropped: %s', self.name, event[1])
@@ -369,13 +372,24 @@ class RemotePool:
                 self._host.log.critical(
                     'pool %s: thread %s ended on an error; the pool answers '
                     '503 from now on:\n%s', self.name, event[1], event[2])
-                self._on_down(f'thread {event[1]} failed')
+                self._safely(self._on_down, f'thread {event[1]} failed')
                 self._redis_state = 'failed'
+
+    def _safely(self, handler: Callable[..., None], *args: Any) -> None:
+        # one bad reply must not hold up the events behind it
+        try:
+            handler(*args)
+        except Exception:  # pylint: disable=broad-except
+            self._host.log.exception('pool %s: %s failed on %.200r',
+                                     self.name, handler.__name__, args)
 
     def _on_reply(self, consumer: str, message: Message) -> None:
         kind = message[0]
         if kind == messages.KEEP_ALIVE:
-            self._host.keep_alive_pending(message[1])
+            # (only this pool's requests: ids are the dispatcher's)
+            self._host.keep_alive_pending(
+                request_id for request_id in message[1]
+                if request_id in self._in_flight)
             return
         request_id = message[1] if len(message) > 1 else None
         pending = self._in_flight.get(request_id) \
