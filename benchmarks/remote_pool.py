@@ -18,7 +18,7 @@ the dispatcher and the Redis transport only (no worker process behind
 it): the table says which side ran.
 
 Run:  python benchmarks/remote_pool.py [--requests 1000] [--clients 16]
-      [--duration 3] [--workers 1]
+      [--duration 3] [--workers 1] [--stand-in-side]
 """
 
 import argparse
@@ -171,12 +171,15 @@ def throughput(port, path, clients, duration):
     return rate, int(errors.group(1)) if errors else 0
 
 
-def remote_command(redis_url):
+def remote_command(redis_url, workers, stand_in_only):
     """The remote side to start, and its label."""
-    if importlib.util.find_spec('uhttp.workers.remote_worker') is not None:
+    if not stand_in_only and importlib.util.find_spec(
+            'uhttp.workers.remote_worker') is not None:
         return ([sys.executable, '-m', 'uhttp.workers', 'worker',
-                 'benchmarks.remote_pool:ItemWorker', '--redis', redis_url],
-                'uhttp-workers worker')
+                 'remote_pool:ItemWorker', '--redis', redis_url,
+                 '--pool', POOL, '--workers', str(workers),
+                 '--app-dir', os.path.join(ROOT, 'benchmarks')],
+                f'uhttp-workers worker, {workers} worker(s)')
     return ([sys.executable, __file__, '--stand-in', redis_url],
             'stand-in consumer (no worker process)')
 
@@ -187,6 +190,9 @@ def main():
     parser.add_argument('--clients', type=int, default=16)
     parser.add_argument('--duration', type=int, default=3)
     parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--stand-in-side', action='store_true',
+                        help='use the stand-in consumer even when '
+                        'uhttp-workers worker exists')
     parser.add_argument('--serve', nargs=3, metavar=('PORT', 'URL', 'N'))
     parser.add_argument('--stand-in', metavar='URL')
     args = parser.parse_args()
@@ -212,7 +218,8 @@ def main():
                 [sys.executable, __file__, '--serve', str(port), redis_url,
                  str(args.workers)], cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            command, label = remote_command(redis_url)
+            command, label = remote_command(redis_url, args.workers,
+                                            args.stand_in_side)
             processes.append(subprocess.Popen(command, cwd=ROOT,
                                               stdout=subprocess.DEVNULL))
             wait_for(lambda: answers(port, '/local/item/1'), 30, 'local pool')

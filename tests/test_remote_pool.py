@@ -8,16 +8,20 @@ The app (tests/apps/remote_dispatcher_app.py) has a RemotePool 'remote' on
 """
 
 import http.client
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 
 import pytest
 
-from conftest import free_port, running_redis, wait_until
+from conftest import APPS, free_port, running_redis, wait_until
 from uhttp.workers import RemotePool, framing, messages
 from uhttp.workers import remote_protocol as proto
 
@@ -161,7 +165,7 @@ def redis_env(tmp_path):
 def start_app(start_server, url, **env):
     server = start_server(APP, env=dict({'REDIS_URL': url}, **env),
                           ready_workers=1)
-    server.wait_log(r'pool remote: Redis answers')
+    server.wait_log(r'pool %s: Redis answers' % env.get('POOL_NAME', POOL))
     return server
 
 
@@ -532,3 +536,146 @@ def test_losing_redis_degrades_that_pool_only_until_it_is_back(
     finally:
         redis.stop()
 
+
+
+# -- with real remote hosts (uhttp-workers worker) ----------------------------
+
+REMOTE_ROUTES = '/echo /body /wait /crash /stream'
+HOST_POOL = 'hosted'
+
+
+def _has_remote_worker():
+    return importlib.util.find_spec('uhttp.workers.remote_worker') is not None
+
+
+needs_hosts = pytest.mark.skipif(
+    not _has_remote_worker(),
+    reason='uhttp.workers.remote_worker (uhttp-workers worker) is not part '
+    'of this installation')
+
+
+class Host:
+    """One `uhttp-workers worker remote_app:RemoteApp` process."""
+
+    def __init__(self, url, workers, log_path):
+        self.log_path = log_path
+        environ = {key: value for key, value in os.environ.items()
+                   if not key.startswith('UHTTP_WORKERS_')}
+        with open(log_path, 'wb') as log:
+            self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+                [sys.executable, '-m', 'uhttp.workers', 'worker',
+                 'remote_app:RemoteApp', '--redis', url, '--pool', HOST_POOL,
+                 '--workers', str(workers), '--app-dir', APPS],
+                stdout=subprocess.DEVNULL, stderr=log, env=environ)
+        self.pid = self.process.pid
+        self.consumer = f'{socket.gethostname()}:{self.pid}'
+
+    def log(self):
+        with open(self.log_path, encoding='utf-8', errors='replace') as log:
+            return log.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """start(url, workers) -> a started Host; each is stopped at the end."""
+    started = []
+
+    def start(url, workers=2):
+        host = Host(url, workers, tmp_path / f'host-{len(started)}.log')
+        started.append(host)
+        return host
+    yield start
+    for host in started:
+        host.stop()
+
+
+def start_hosted(start_server, url, **env):
+    server = start_app(start_server, url, POOL_NAME=HOST_POOL,
+                       REMOTE_ROUTES=REMOTE_ROUTES, **env)
+    return server
+
+
+def hosted_status(server):
+    pools = server.get('/monitor').json()['pools']
+    return next(pool for pool in pools if pool['name'] == HOST_POOL)
+
+
+def wait_hosted(server, count):
+    wait_until(lambda: hosted_status(server)['alive_count'] == count, 30,
+               message=lambda: f'not {count} live remote workers: '
+               f'{hosted_status(server)}')
+
+
+@needs_hosts
+def test_real_hosts_answer_get_post_and_streams(redis_env, start_server,
+                                                hosts):
+    url, _ = redis_env
+    server = start_hosted(start_server, url)
+    host = hosts(url, workers=2)
+    wait_hosted(server, 2)
+    status = hosted_status(server)
+    assert [(h['consumer'], h['workers']) for h in status['hosts']] == [
+        (host.consumer, 2)]
+    answer = server.get('/echo?a=1')
+    assert answer.status == 200
+    assert answer.json()['pool'] == HOST_POOL
+    assert answer.json()['query'] == {'a': '1'}
+    posted = server.request('POST', '/body', body={'x': [1, 2]})
+    assert posted.status == 200
+    assert posted.json() == {'body': {'x': [1, 2]}, 'type': 'json'}
+    streamed = server.get('/stream?n=3')
+    assert streamed.status == 200
+    assert [json.loads(line) for line in streamed.body.splitlines()] == [
+        {'n': 0}, {'n': 1}, {'n': 2}]
+    server.wait_log(r'"GET /echo\?a=1 HTTP/1.1" 200 .* %s ' % re.escape(
+        host.consumer))
+    metrics = server.get('/metrics').body.decode()
+    assert f'uhttp_workers_alive{{pool="{HOST_POOL}"}} 2.0' in metrics
+    assert server.get('/local/echo').status == 200
+
+
+@needs_hosts
+def test_real_host_worker_dying_mid_request_gives_502(
+        redis_env, start_server, hosts):
+    url, _ = redis_env
+    server = start_hosted(start_server, url)
+    hosts(url, workers=1)
+    wait_hosted(server, 1)
+    assert server.get('/crash').status == 502
+    server.wait_log(r'request \d+ GET /crash lost: remote worker ')
+    # its host restarts the worker: the pool serves again
+    wait_until(lambda: server.get('/echo').status == 200, 30)
+
+
+@needs_hosts
+def test_real_host_sigkilled_with_a_started_request_gives_502_never_rerun(
+        redis_env, start_server, hosts, tmp_path):
+    url, client = redis_env
+    server = start_hosted(start_server, url)
+    host = hosts(url, workers=1)
+    wait_hosted(server, 1)
+    flag = tmp_path / 'never'
+    pending = in_thread(server.get, f'/wait?flag={flag}')
+    wait_until(lambda: client.xpending(proto.requests_stream(HOST_POOL),
+                                       proto.GROUP)['pending'] == 0
+               and client.xlen(proto.requests_stream(HOST_POOL)) == 1, 15)
+    os.kill(host.pid, signal.SIGKILL)
+    result = pending()
+    assert result.status == 502
+    server.wait_log(r'request \d+ GET /wait lost: remote worker '
+                    r'%s stopped heart-beating' % re.escape(host.consumer))
+    # a new host does not run it again: nothing is left to deliver
+    second = hosts(url, workers=1)
+    wait_hosted(server, 1)
+    assert server.get('/echo').status == 200
+    assert 'GET /wait' not in second.log()
+    assert client.xlen(proto.requests_stream(HOST_POOL)) == 2

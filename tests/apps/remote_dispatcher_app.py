@@ -7,8 +7,12 @@ GET /monitor answers Dispatcher.status(); /metrics serves the Prometheus
 metrics. A request with `x-context: set` gets a context that pickles but
 JSON cannot carry (a set).
 
-Settings: PORT, ADDRESS, REDIS_URL, POOL_NAME, TIMEOUT (the remote pool's,
-seconds), SHUTDOWN_TIMEOUT, DISPATCHERS (default 1).
+Settings: PORT, ADDRESS, REDIS_URL, POOL_NAME, REMOTE_ROUTES (the remote
+pool's routes, space-separated; default /remote/**), TIMEOUT (the remote
+pool's, seconds), SHUTDOWN_TIMEOUT, DISPATCHERS (default 1).
+
+With REMOTE_ROUTES naming the routes of tests/apps/remote_app.py, real
+remote hosts (`uhttp-workers worker remote_app:RemoteApp`) serve them.
 """
 
 import os
@@ -55,7 +59,8 @@ def main():
         dispatchers=int(ENV.get('DISPATCHERS', '1')),
         pools=[
             _workers.RemotePool(
-                routes=['/remote/**'], redis_url=ENV['REDIS_URL'],
+                routes=ENV.get('REMOTE_ROUTES', '/remote/**').split(),
+                redis_url=ENV['REDIS_URL'],
                 name=ENV.get('POOL_NAME', 'remote'), worker_class=Echo,
                 timeout=float(ENV.get('TIMEOUT', '30'))),
             _workers.WorkerPool(Echo, num_workers=1, routes=['/local/**'],
