@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import pytest
 from conftest import APPS, free_port, running_redis, wait_until
 from uhttp.workers import RemotePool, framing, messages
 from uhttp.workers import remote_protocol as proto
+from uhttp.workers.wake_pipe import WakePipe
 
 redis_package = pytest.importorskip(
     'redis', reason='the redis package is not installed (pip install redis)')
@@ -197,6 +199,29 @@ def test_remote_pool_needs_a_name_or_a_worker_class():
     assert secret.where == 'redis://10.0.0.1:6380/2'   # no password in logs
 
 
+def test_wake_pipe_wakes_a_selector_from_another_thread():
+    with selectors.DefaultSelector() as selector:
+        pipe = WakePipe()
+        selector.register(pipe.fileno(), selectors.EVENT_READ)
+        assert selector.select(0) == []
+        threads = [threading.Thread(target=pipe.wake) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert len(selector.select(5)) == 1
+        pipe.drain()
+        assert selector.select(0) == []     # drained: quiet again
+        for _ in range(100_000):   # more than a pipe holds: never blocks
+            pipe.wake()
+        pipe.drain()
+        assert selector.select(0) == []
+        selector.unregister(pipe.fileno())
+        pipe.close()
+        pipe.wake()     # after close: nothing, no error
+        pipe.close()
+
+
 # -- answers ------------------------------------------------------------------
 
 def test_get_and_post_come_back_on_a_kept_alive_connection(
@@ -299,6 +324,30 @@ def test_started_request_of_a_host_that_stops_beating_gets_502_once(
                                  count=10)
     wait_live(server, 0)
     assert server.get('/remote/echo').status == 503
+
+
+def test_a_client_that_leaves_is_forgotten_and_its_answer_dropped(
+        redis_env, start_server):
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        with socket.create_connection(('127.0.0.1', server.port)) as sock:
+            sock.sendall(b'GET /remote/echo HTTP/1.1\r\nHost: x\r\n\r\n')
+            entry_id, dispatcher_id, _, message = remote.take()
+            remote.started(entry_id, dispatcher_id, message[1])
+        # the dispatcher notices, and the pool forgets the request
+        wait_until(lambda: remote_pool_status(server)['pending'] == 0
+                   and server.get('/monitor').json()['pending'] == 0, 15)
+        remote.respond(dispatcher_id, message, {'too': 'late'})
+        pending = in_thread(server.get, '/remote/echo')
+        second = remote.serve_one()
+        result = pending()
+        assert result.status == 200
+        assert result.json()['request_id'] == second[1]
+    finally:
+        remote.stop_beating()
 
 
 def test_lost_answers_502(redis_env, start_server):
