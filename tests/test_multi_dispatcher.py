@@ -7,14 +7,18 @@ bind error stays one line and exit status 1.
 """
 
 import http.client
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from uhttp.workers.supervisor import MAX_DELAY, restart_delay
 
@@ -394,3 +398,71 @@ def test_sighup_replaces_dispatcher_0_with_its_services_after_it(
     # reach it
     wait_until(lambda: len(starts.read_text().split()) == 2, 20)
     seen_dispatchers(server, set(new.values()), '/api/helper', 'dispatcher')
+
+
+def test_status_reports_the_whole_host(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+
+    def host_view():
+        status = server.get('/status').json()
+        # every snapshot is written within a second of a dispatcher's start
+        if len(status.get('dispatchers', ())) == 2:
+            return status
+        return None
+    for _ in range(2):   # ask both dispatchers (new connections)
+        status = wait_until(host_view, 20)
+        assert status['pid'] in pids.values()
+        assert {(d['index'], d['pid']) for d in status['dispatchers']} == \
+            set(pids.items())
+        assert all(d['state'] == 'running' and d['workers'] == 1
+                   for d in status['dispatchers'])
+        [pool] = status['pools']
+        assert pool['name'] == 'MultiWorker' and pool['alive_count'] == 2
+        assert sorted(w['dispatcher'] for w in pool['workers']) == [0, 1]
+    seen_dispatchers(server, set(pids.values()), '/status')
+
+
+def test_a_dead_dispatchers_snapshot_is_ignored(tmp_path):
+    from uhttp.workers import host_status  # pylint: disable=import-outside-toplevel
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    live = host_status.HostReport(str(tmp_path), 1)
+    live.write(0.0, 'running', {'status': {'state': 'running', 'pending': 3}})
+    record = {'pid': gone.pid, 'index': 0, 'status': {'pending': 5}}
+    (tmp_path / f'dispatcher-{gone.pid}.json').write_text(json.dumps(record))
+    (tmp_path / 'dispatcher-1.json').write_text('{half a fi')  # skipped
+    found = host_status.read_snapshots(str(tmp_path))
+    assert [r['pid'] for r in found] == [os.getpid()]
+    merged = host_status.merge_status(
+        {'state': 'running', 'pending': 1, 'pools': []}, 0, found)
+    assert merged['pending'] == 4
+    assert [d['index'] for d in merged['dispatchers']] == [0, 1]
+
+
+def test_metrics_count_the_requests_of_every_dispatcher(multi):
+    server = multi(env={'METRICS': '1'})
+    pids = dispatcher_pids(server)
+    sent, answered_by = 0, set()
+    while sent < 200 or len(answered_by) < 2:
+        assert sent < 2000, answered_by   # new connections reach both
+        result = server.get('/api/where')
+        assert result.status == 200
+        answered_by.add(result.json()['dispatcher'])
+        sent += 1
+    assert answered_by == set(pids.values())
+
+    def total(name, **labels):
+        found = 0
+        for family in text_string_to_metric_families(
+                server.get('/metrics').body.decode()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()):
+                    found += sample.value
+        return found
+    # the other dispatcher's figures are at most a second old
+    wait_until(lambda: total('uhttp_requests_total', status='200') == sent,
+               20, message=lambda: f'{total("uhttp_requests_total")} != {sent}')
+    assert total('uhttp_request_duration_seconds_count') == sent
+    assert total('uhttp_workers_alive', pool='MultiWorker') == 2
