@@ -289,7 +289,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._host: HostReport | None = None
         # asked by the supervisor to hand over to its replacement (SIGUSR2)
         self._retiring = False
-        self._told_supervisor_ready = False
+        self._supervisor_pid: int | None = None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier: Notifier | None = None
@@ -849,6 +849,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         Only dispatcher 0 starts the owned services and jobs."""
         self._dispatcher_index = index
         self._given_listener = listener
+        self._supervisor_pid = os.getppid()
         if run_dir is not None:
             self._host = HostReport(run_dir, index)
             self._privileges.give(run_dir)
@@ -860,12 +861,13 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Housekeeping of a supervised dispatcher: tell the supervisor
         once when ready (SIGUSR2: it may retire the one this replaces), and
         keep this dispatcher's snapshot fresh."""
+        if self._ready_notified and self._supervisor_pid is not None:
+            # (a supervisor gone leaves another parent: it is not told)
+            if os.getppid() == self._supervisor_pid:
+                os.kill(self._supervisor_pid, signal.SIGUSR2)
+            self._supervisor_pid = None   # told once
         host = self._host
-        assert host is not None   # (called only when supervised)
-        if self._ready_notified and not self._told_supervisor_ready:
-            self._told_supervisor_ready = True
-            os.kill(os.getppid(), signal.SIGUSR2)
-        if not host.due(now, self._state):
+        if host is None or not host.due(now, self._state):
             return
         snapshot: dict[str, Any] = {'status': self._own_status()}
         if self._metrics is not None:
@@ -975,7 +977,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._ws_housekeeping(now)
         self._readiness_step(now)
         self._upgrade_step(now)
-        if self._host is not None:
+        if self._dispatcher_index is not None:
             self._supervised_step(now)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL

@@ -336,10 +336,12 @@ class Supervisor:
         if roll is not None and sender == roll.new_pid \
                 and roll.phase in ('starting', 'restarting'):
             self._replacement_ready(roll)
-        elif sender not in [slot.pid for slot in self._slots]:
+        elif sender not in [slot.pid for slot in self._slots] \
+                and sender not in self._strays:
             self.log.warning('SIGUSR2 ignored: send SIGHUP to replace the '
                              'dispatchers one at a time')
-        # else: a restarted dispatcher's note; nobody waits for it
+        # else: the note of a dispatcher nobody waits for (restarted after
+        # a crash, or a replacement given up)
 
     def _replacement_ready(self, roll: _Roll) -> None:
         slot = roll.slot
