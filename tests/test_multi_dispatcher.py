@@ -406,8 +406,10 @@ def test_status_reports_the_whole_host(multi):
 
     def host_view():
         status = server.get('/status').json()
-        # every snapshot is written within a second of a dispatcher's start
-        if len(status.get('dispatchers', ())) == 2:
+        # a snapshot is up to a second old: the other dispatcher's may
+        # still be one from before its workers ran
+        if len(status.get('dispatchers', ())) == 2 and all(
+                d['workers'] == 1 for d in status['dispatchers']):
             return status
         return None
     for _ in range(2):   # ask both dispatchers (new connections)
@@ -415,8 +417,7 @@ def test_status_reports_the_whole_host(multi):
         assert status['pid'] in pids.values()
         assert {(d['index'], d['pid']) for d in status['dispatchers']} == \
             set(pids.items())
-        assert all(d['state'] == 'running' and d['workers'] == 1
-                   for d in status['dispatchers'])
+        assert all(d['state'] == 'running' for d in status['dispatchers'])
         [pool] = status['pools']
         assert pool['name'] == 'MultiWorker' and pool['alive_count'] == 2
         assert sorted(w['dispatcher'] for w in pool['workers']) == [0, 1]
@@ -461,8 +462,11 @@ def test_metrics_count_the_requests_of_every_dispatcher(multi):
                         sample.labels.get(k) == v for k, v in labels.items()):
                     found += sample.value
         return found
-    # the other dispatcher's figures are at most a second old
+    # the other dispatcher's figures are up to a second old, and each
+    # scrape may reach either dispatcher: every check polls
     wait_until(lambda: total('uhttp_requests_total', status='200') == sent,
                20, message=lambda: f'{total("uhttp_requests_total")} != {sent}')
-    assert total('uhttp_request_duration_seconds_count') == sent
-    assert total('uhttp_workers_alive', pool='MultiWorker') == 2
+    wait_until(lambda: total('uhttp_request_duration_seconds_count') == sent,
+               20)
+    wait_until(lambda: total('uhttp_workers_alive', pool='MultiWorker') == 2,
+               20)
