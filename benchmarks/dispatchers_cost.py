@@ -1,16 +1,23 @@
-"""Several dispatchers per host: pool-route throughput and the CPU of the
-whole process tree per request, with `dispatchers=1` and `dispatchers=N`.
+"""Several dispatchers per host: pool-route throughput, the CPU of the
+dispatchers per request and that of the whole process tree, with
+`dispatchers` = 1, 2, 4 (--dispatchers).
 
 Starts a tiny app (one pool route, `GET /api/item/{id}` returning
 {"id": id}) as a real process tree, warms it up, runs
-`wrk -t1 -c64 -d3s` against it and reads the CPU time of every process of
-the tree (supervisor, dispatchers, workers) from /proc before and after.
-The settings alternate run by run so that a slow moment of a shared machine
-does not favour one of them. The total of workers is the same for each
-setting (--workers, split evenly between the dispatchers).
+`wrk -t1 -c64 -d3s` against it and reads the CPU time (utime + stime) of
+the processes from /proc before and after: the dispatchers (the app process
+itself for N=1, the supervisor's children otherwise) and the whole tree
+(supervisor, dispatchers, workers). The settings rotate run by run so that
+a slow moment of a shared machine does not favour one of them. The total of
+workers is the same for each setting (--workers, split evenly between the
+dispatchers, at least one each).
 
-Run:  python benchmarks/dispatchers_cost.py [--runs 3] [--dispatchers 2]
-      [--workers 2] [--duration 3]
+The dispatchers' CPU per request is what caps a host: N dispatchers serve
+at most N * 1e6 / (µs per request) pool requests a second, given cores for
+them and for their workers; the table prints that ceiling per dispatcher.
+
+Run:  python benchmarks/dispatchers_cost.py [--runs 3] [--dispatchers 1,2,4]
+      [--workers 4] [--duration 3]
 The app alone:  python benchmarks/dispatchers_cost.py --serve PORT N WORKERS
 """
 
@@ -87,10 +94,22 @@ def wait_ready(port, timeout=20):
     raise RuntimeError('the app did not answer')
 
 
-def wrk(port, duration):
+def dispatcher_pids(app_pid, dispatchers):
+    """The dispatcher processes of the app: itself, or its children."""
+    if dispatchers == 1:
+        return [app_pid]
+    with open(f'/proc/{app_pid}/task/{app_pid}/children',
+              encoding='ascii') as handle:
+        children = [int(child) for child in handle.read().split()]
+    if len(children) != dispatchers:
+        raise RuntimeError(f'{len(children)} dispatchers, not {dispatchers}')
+    return children
+
+
+def wrk(port, duration, threads=1, connections=64):
     """(2xx responses, seconds) of one wrk run."""
     out = subprocess.run(
-        ['wrk', '-t1', '-c64', f'-d{duration}s',
+        ['wrk', f'-t{threads}', f'-c{connections}', f'-d{duration}s',
          f'http://127.0.0.1:{port}/api/item/1'],
         capture_output=True, text=True, check=True).stdout
     total = int(re.search(r'(\d+) requests in', out).group(1))
@@ -99,50 +118,80 @@ def wrk(port, duration):
 
 
 def one_run(port, dispatchers, workers, duration):
-    """(2xx/s, tree CPU µs per request) of one setting."""
+    """(2xx/s, dispatchers' CPU µs per request, tree CPU µs per request)
+    of one setting."""
     app = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, __file__, '--serve', str(port), str(dispatchers),
-         str(workers // dispatchers)])
+         str(max(1, workers // dispatchers))])
     try:
         wait_ready(port)
+        # the supervisor logs nothing at LOG_WARNING: wait for every
+        # dispatcher to be forked, then warm up
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                fronts = dispatcher_pids(app.pid, dispatchers)
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         wrk(port, 1)   # warm-up
         pids = tree(app.pid)
-        before = cpu_seconds(pids)
+        before, before_fronts = cpu_seconds(pids), cpu_seconds(fronts)
         good, seconds = wrk(port, duration)
         used = cpu_seconds(pids) - before
-        return good / seconds, used / max(good, 1) * 1e6
+        used_fronts = cpu_seconds(fronts) - before_fronts
+        per = max(good, 1)
+        return good / seconds, used_fronts / per * 1e6, used / per * 1e6
     finally:
         app.terminate()
         app.wait(20)
 
 
+def median(values):
+    """The middle value (the upper one of an even count)."""
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
 def main():
-    """Alternate the settings, print each run and the medians."""
+    """Rotate the settings, print each run and the medians."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--serve', nargs=3, type=int,
                         metavar=('PORT', 'N', 'WORKERS'))
     parser.add_argument('--runs', type=int, default=3)
-    parser.add_argument('--dispatchers', type=int, default=2)
-    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--dispatchers', default='1,2,4',
+                        help='the settings, comma-separated')
+    parser.add_argument('--workers', type=int, default=4)
     parser.add_argument('--duration', type=int, default=3)
     parser.add_argument('--port', type=int, default=18095)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve)
         return
-    settings = (1, args.dispatchers)
+    settings = [int(n) for n in args.dispatchers.split(',')]
     results = {n: [] for n in settings}
     for run in range(args.runs):
-        for n in settings if run % 2 == 0 else reversed(settings):
-            rate, cpu = one_run(args.port, n, args.workers, args.duration)
-            results[n].append((rate, cpu))
+        shift = run % len(settings)
+        for n in settings[shift:] + settings[:shift]:
+            rate, front, whole = one_run(args.port, n, args.workers,
+                                         args.duration)
+            results[n].append((rate, front, whole))
             print(f'run {run + 1} dispatchers={n}: {rate:8.0f} 2xx/s, '
-                  f'{cpu:6.1f} µs CPU/request (whole tree)', flush=True)
+                  f'{front:6.1f} µs dispatcher CPU/request, {whole:6.1f} µs '
+                  f'tree CPU/request', flush=True)
+    print(f'\nmedians of {args.runs} runs, {args.workers} workers in all, '
+          f'wrk -t1 -c64 -d{args.duration}s, {os.cpu_count()} cores:')
+    print('| dispatchers | 2xx/s | dispatcher CPU µs/request | '
+          'tree CPU µs/request | ceiling per dispatcher (req/s) |')
+    print('|---|---|---|---|---|')
     for n in settings:
-        rates = sorted(r for r, _ in results[n])
-        cpus = sorted(c for _, c in results[n])
-        print(f'median dispatchers={n}: {rates[len(rates) // 2]:8.0f} 2xx/s, '
-              f'{cpus[len(cpus) // 2]:6.1f} µs CPU/request')
+        rate = median(r for r, _, _ in results[n])
+        front = median(f for _, f, _ in results[n])
+        whole = median(w for _, _, w in results[n])
+        print(f'| {n} | {rate:.0f} | {front:.1f} | {whole:.1f} | '
+              f'{1e6 / max(front, 0.1):.0f} |')
 
 
 if __name__ == '__main__':

@@ -7,13 +7,18 @@ bind error stays one line and exit status 1.
 """
 
 import http.client
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from uhttp.workers.supervisor import MAX_DELAY, restart_delay
 
@@ -239,15 +244,229 @@ def test_a_killed_supervisor_takes_its_dispatchers_along(multi):
                message='dispatchers outlived their supervisor')
 
 
-def test_sighup_and_sigttin_reach_every_dispatcher(multi):
+def test_sigttin_reaches_every_dispatcher(multi):
     server = multi()
     pids = dispatcher_pids(server)
-    first_workers = [w for pid in pids.values() for w in children_of(pid)]
-    assert len(first_workers) == 2
+    assert len([w for pid in pids.values() for w in children_of(pid)]) == 2
     server.signal(signal.SIGTTIN)   # one more worker in each dispatcher
     wait_until(lambda: server.count_log(r'resized to 2 workers') == 2, 20)
-    server.signal(signal.SIGHUP)    # each restarts its own workers
-    wait_until(lambda: server.count_log(r'rolling restart done') == 2, 30)
-    wait_until(lambda: all(not pid_alive(w) for w in first_workers), 20)
+    wait_until(lambda: all(len(children_of(pid)) == 2
+                           for pid in pids.values()), 20)
     seen_dispatchers(server, set(pids.values()), '/api/where', 'dispatcher')
-    assert server.proc.poll() is None
+
+
+class Load:
+    """A client thread sending GET `path` until stopped (bounded in count
+    and time), on new connections or on one kept-alive connection; keeps
+    every status, or the error instead.
+
+    On a kept-alive connection the server may close an idle connection
+    just as the next request leaves (RFC 9112 §9.6): like any HTTP client
+    it then sends that GET again on a new connection once, counted in
+    `retried`, not as a failure."""
+
+    def __init__(self, server, path, keep_alive, limit=50_000, seconds=60):
+        self.server, self.path, self.keep_alive = server, path, keep_alive
+        self.limit, self.deadline = limit, time.monotonic() + seconds
+        self.results, self.retried, self.closed_by_server = [], 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _more(self):
+        return not self._stop.is_set() and len(self.results) < self.limit \
+            and time.monotonic() < self.deadline
+
+    def _run(self):
+        if not self.keep_alive:
+            while self._more():
+                try:
+                    self.results.append(self.server.get(self.path).status)
+                except Exception as err:  # pylint: disable=broad-except
+                    self.results.append(repr(err))
+            return
+        connection, used = None, 0
+        while self._more():
+            if connection is None:
+                connection, used = http.client.HTTPConnection(
+                    '127.0.0.1', self.server.port, timeout=10), 0
+            try:
+                connection.request('GET', self.path)
+                response = connection.getresponse()
+                response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError,
+                    BrokenPipeError) as err:
+                connection.close()
+                connection = None
+                if used:
+                    self.retried += 1   # sent again on a new connection
+                else:
+                    self.results.append(repr(err))
+                continue
+            except Exception as err:  # pylint: disable=broad-except
+                self.results.append(repr(err))
+                connection.close()
+                connection = None
+                continue
+            used += 1
+            self.results.append(response.status)
+            if response.will_close:
+                self.closed_by_server += 1
+                connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(30)
+        return self.results
+
+
+def test_sighup_replaces_every_dispatcher_without_a_failed_request(multi):
+    server = multi()
+    old = dispatcher_pids(server)
+    old_workers = [w for pid in old.values() for w in children_of(pid)]
+    loads = [Load(server, '/api/where', keep_alive=False),
+             Load(server, '/api/where', keep_alive=True)]
+    try:
+        wait_until(lambda: all(len(load.results) >= 20 for load in loads), 20)
+        server.signal(signal.SIGHUP)
+        server.wait_log(r'replacing the 2 dispatchers one at a time')
+        server.signal(signal.SIGHUP)   # during the roll: ignored
+        server.wait_log(r'SIGHUP ignored: a rolling restart of the '
+                        r'dispatchers is under way')
+        server.wait_log(r'rolling restart of the dispatchers done', 60)
+        counts = [len(load.results) for load in loads]
+        wait_until(lambda: all(len(load.results) >= count + 20
+                               for load, count in zip(loads, counts)), 20)
+    finally:
+        results = [load.stop() for load in loads]
+    for load, statuses in zip(loads, results):
+        failures = [r for r in statuses if r != 200]
+        assert statuses and not failures, (load.keep_alive, failures[:5])
+    # the kept-alive connection was handed over: closed after an answer
+    assert loads[1].closed_by_server >= 1
+    new = dispatcher_pids(server)
+    assert sorted(new) == [0, 1]
+    assert not set(new.values()) & set(old.values())
+    assert set(children_of(server.pid)) == set(new.values())
+    wait_until(lambda: not any(pid_alive(pid) for pid in
+                               list(old.values()) + old_workers), 20)
+    seen_dispatchers(server, set(new.values()), '/api/where', 'dispatcher')
+    assert server.count_log(r'restarting it in') == 0
+
+
+def test_a_replacement_that_fails_keeps_the_old_dispatcher(multi, tmp_path):
+    fail = tmp_path / 'fail'
+    server = multi(env={'FAIL_FILE': str(fail)})
+    old = dispatcher_pids(server)
+    fail.touch()   # the replacement's worker cannot start: it exits
+    server.signal(signal.SIGHUP)
+    server.wait_log(r'dispatcher 0: its replacement \(pid \d+\) exited with '
+                    r'status \d+ before it was ready; keeping pid '
+                    rf'{old[0]}; rolling restart stopped', 60)
+    wait_until(lambda: set(children_of(server.pid)) == set(old.values()), 20)
+    seen_dispatchers(server, set(old.values()), '/api/where', 'dispatcher')
+    fail.unlink()   # a later SIGHUP goes through
+    server.signal(signal.SIGHUP)
+    server.wait_log(r'rolling restart of the dispatchers done', 60)
+    assert not set(children_of(server.pid)) & set(old.values())
+
+
+def test_sighup_replaces_dispatcher_0_with_its_services_after_it(
+        multi, tmp_path):
+    starts = tmp_path / 'service-starts'
+    server = multi(env={'SERVICE_PORT': str(free_port()),
+                        'SERVICE_STARTS': str(starts)})
+    old = dispatcher_pids(server)
+    wait_until(lambda: starts.exists() and starts.read_text().strip(), 20)
+    load = Load(server, '/pid', keep_alive=False)
+    try:
+        wait_until(lambda: len(load.results) >= 20, 20)
+        server.signal(signal.SIGHUP)
+        server.wait_log(r'dispatcher 0 \(pid \d+\) hands over its services')
+        server.wait_log(r'rolling restart of the dispatchers done', 60)
+        count = len(load.results)
+        wait_until(lambda: len(load.results) >= count + 20, 20)
+    finally:
+        results = load.stop()
+    assert set(results) == {200}, [r for r in results if r != 200][:5]
+    new = dispatcher_pids(server)
+    assert not set(new.values()) & set(old.values())
+    # the new dispatcher 0 started the service again: the workers of both
+    # reach it
+    wait_until(lambda: len(starts.read_text().split()) == 2, 20)
+    seen_dispatchers(server, set(new.values()), '/api/helper', 'dispatcher')
+
+
+def test_status_reports_the_whole_host(multi):
+    server = multi()
+    pids = dispatcher_pids(server)
+
+    def host_view():
+        status = server.get('/status').json()
+        # a snapshot is up to a second old: the other dispatcher's may
+        # still be one from before its workers ran
+        if len(status.get('dispatchers', ())) == 2 and all(
+                d['workers'] == 1 for d in status['dispatchers']):
+            return status
+        return None
+    for _ in range(2):   # ask both dispatchers (new connections)
+        status = wait_until(host_view, 20)
+        assert status['pid'] in pids.values()
+        assert {(d['index'], d['pid']) for d in status['dispatchers']} == \
+            set(pids.items())
+        assert all(d['state'] == 'running' for d in status['dispatchers'])
+        [pool] = status['pools']
+        assert pool['name'] == 'MultiWorker' and pool['alive_count'] == 2
+        assert sorted(w['dispatcher'] for w in pool['workers']) == [0, 1]
+    seen_dispatchers(server, set(pids.values()), '/status')
+
+
+def test_a_dead_dispatchers_snapshot_is_ignored(tmp_path):
+    from uhttp.workers import host_status  # pylint: disable=import-outside-toplevel
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    live = host_status.HostReport(str(tmp_path), 1)
+    live.write(0.0, 'running', {'status': {'state': 'running', 'pending': 3}})
+    record = {'pid': gone.pid, 'index': 0, 'status': {'pending': 5}}
+    (tmp_path / f'dispatcher-{gone.pid}.json').write_text(json.dumps(record))
+    (tmp_path / 'dispatcher-1.json').write_text('{half a fi')  # skipped
+    found = host_status.read_snapshots(str(tmp_path))
+    assert [r['pid'] for r in found] == [os.getpid()]
+    merged = host_status.merge_status(
+        {'state': 'running', 'pending': 1, 'pools': []}, 0, found)
+    assert merged['pending'] == 4
+    assert [d['index'] for d in merged['dispatchers']] == [0, 1]
+
+
+def test_metrics_count_the_requests_of_every_dispatcher(multi):
+    server = multi(env={'METRICS': '1'})
+    pids = dispatcher_pids(server)
+    sent, answered_by = 0, set()
+    while sent < 200 or len(answered_by) < 2:
+        assert sent < 2000, answered_by   # new connections reach both
+        result = server.get('/api/where')
+        assert result.status == 200
+        answered_by.add(result.json()['dispatcher'])
+        sent += 1
+    assert answered_by == set(pids.values())
+
+    def total(name, **labels):
+        found = 0
+        for family in text_string_to_metric_families(
+                server.get('/metrics').body.decode()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()):
+                    found += sample.value
+        return found
+    # the other dispatcher's figures are up to a second old, and each
+    # scrape may reach either dispatcher: every check polls
+    wait_until(lambda: total('uhttp_requests_total', status='200') == sent,
+               20, message=lambda: f'{total("uhttp_requests_total")} != {sent}')
+    wait_until(lambda: total('uhttp_request_duration_seconds_count') == sent,
+               20)
+    wait_until(lambda: total('uhttp_workers_alive', pool='MultiWorker') == 2,
+               20)

@@ -61,6 +61,7 @@ TYPED_MODULES = [
     'uhttp.workers.framing',
     'uhttp.workers.static_http',
     'uhttp.workers.supervisor',
+    'uhttp.workers.host_status',
     'uhttp.workers.static',
     'uhttp.workers.static_cache',
     'uhttp.workers.connection',

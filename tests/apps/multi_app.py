@@ -4,7 +4,8 @@ Settings: PORT, ADDRESS, DISPATCHERS (default 2), WORKERS (per dispatcher,
 default 1), JOB_FILE (a run-once job appends its pid), SERVICE_PORT and
 SERVICE_STARTS (an owned helper service; its server appends its pid at each
 start), STARTED_FILE (each /api/sleep request appends a line when it
-begins).
+begins), FAIL_FILE (while it exists, a new worker's setup() fails),
+METRICS (serve /metrics).
 
 Routes: GET /pid (@sync: the dispatcher's pid), GET /api/where (a worker's
 pid and its dispatcher's), GET /api/sleep/{ms} (holds a worker), GET
@@ -38,6 +39,10 @@ def record_once():
 
 
 class MultiWorker(_workers.Worker):
+    def setup(self):
+        if os.path.exists(ENV.get('FAIL_FILE', '')):
+            raise RuntimeError('FAIL_FILE exists: this worker will not start')
+
     @_workers.api('/api/where', 'GET')
     def where(self, request):
         return {'worker': os.getpid(), 'dispatcher': os.getppid()}
@@ -65,6 +70,10 @@ class MultiDispatcher(_workers.Dispatcher):
     def pid(self, client, path_params):
         client.respond({'pid': os.getpid()})
 
+    @_workers.sync('/status')
+    def host_status(self, client, path_params):
+        client.respond(dict(self.status(), pid=os.getpid()))
+
 
 def main():
     MultiDispatcher(
@@ -77,6 +86,7 @@ def main():
         if ENV.get('JOB_FILE') else None,
         pid_file=ENV.get('PID_FILE'),
         shutdown_timeout=10,
+        metrics_route='/metrics' if ENV.get('METRICS') else None,
         pools=[_workers.WorkerPool(
             MultiWorker, num_workers=int(ENV.get('WORKERS', '1')),
             routes=['/api/**'], heartbeat_interval=0.2)],

@@ -23,6 +23,7 @@ import os
 import pickle
 import resource
 import selectors
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from uhttp import server as _server
 
-from . import framing, log_files, messages
+from . import framing, host_status, log_files, messages
 from .admission import (
     HOLD_ACCEPT_FAILED, HOLD_CLOSED, HOLD_PREDECESSOR, Admission,
     ListenerGate, resume)
@@ -43,7 +44,8 @@ from .lifecycle import Lifecycle, refuse_to_run_in_worker
 from . import access_log as _access_log
 from .log import (DISPATCHER_LOGGER, LOG_INFO, DetailedLogger, LogRouter,
                   printable, resolve_log_name)
-from .metrics import Metrics
+from .host_status import HostReport
+from .metrics import Metrics, Snapshot
 from .options import check_keywords, server_keywords
 from .output_capture import OutputCapture
 from .privileges import PrivilegeError, Privileges
@@ -105,8 +107,8 @@ class JobsStatus(TypedDict):
     alive: bool
 
 
-class DispatcherStatus(TypedDict):
-    """What Dispatcher.status() answers, for monitoring."""
+class _OneDispatcherStatus(TypedDict):
+    """The keys of Dispatcher.status() in every case."""
 
     state: str
     pending: int
@@ -122,6 +124,14 @@ class DispatcherStatus(TypedDict):
     pools: list[Any]
     services: list[messages.ServiceStatus]
     jobs: JobsStatus | None
+
+
+class DispatcherStatus(_OneDispatcherStatus, total=False):
+    """What Dispatcher.status() answers, for monitoring. With several
+    dispatchers per host the counts are the host's (see host_status), and
+    `dispatchers` lists each dispatcher's own."""
+
+    dispatchers: list[dict[str, Any]]
 
 
 def sync(pattern: str, *methods: str) -> Callable[[_F], _F]:
@@ -278,6 +288,11 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         # set in each of them: its number, and the socket to serve on
         self._dispatcher_index: int | None = None
         self._given_listener: socket.socket | None = None
+        # ... and its side of the supervisor's run directory (host_status)
+        self._host: HostReport | None = None
+        # asked by the supervisor to hand over to its replacement (SIGUSR2)
+        self._retiring = False
+        self._supervisor_pid: int | None = None
         self.metrics_route = metrics_route
         self._metrics = Metrics(self) if metrics_route else None
         self._notifier: Notifier | None = None
@@ -488,7 +503,16 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         return self._pending.stream_count
 
     def status(self) -> DispatcherStatus:
-        """Pools, pending requests and connections, for monitoring."""
+        """Pools, pending requests and connections, for monitoring; with
+        several dispatchers per host, those of the whole host."""
+        own = self._own_status()
+        if self._host is None:
+            return own
+        merged = host_status.merge_status(own, self._host.index,
+                                          self._host.others())
+        return cast(DispatcherStatus, merged)
+
+    def _own_status(self) -> DispatcherStatus:
         connections = self._server._waiting_connections \
             if self._server else ()  # pylint: disable=protected-access
         return {
@@ -816,18 +840,73 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 self._output.close()
             self._close()
             self._remove_unix_socket()
+            if self._host is not None:
+                self._host.remove()
             self._log_output.flush()   # access lines still buffered
         if self.exit_status:
             raise SystemExit(self.exit_status)
 
-    def serve_supervised(self, index: int,
-                         listener: socket.socket | None) -> None:
+    def serve_supervised(self, index: int, listener: socket.socket | None,
+                         run_dir: str | None = None) -> None:
         """In a process the supervisor forked: serve as dispatcher `index`
-        on the supervisor's `listener`. Only dispatcher 0 starts the owned
-        services and jobs."""
+        on the supervisor's `listener`, writing snapshots into `run_dir`.
+        Only dispatcher 0 starts the owned services and jobs."""
         self._dispatcher_index = index
         self._given_listener = listener
+        self._supervisor_pid = os.getppid()
+        if run_dir is not None:
+            self._host = HostReport(run_dir, index)
+            self._privileges.give(run_dir)
+            if self._metrics is not None:
+                self._metrics.peers = self._peer_metrics
         self.run()
+
+    def _supervised_step(self, now: float) -> None:
+        """Housekeeping of a supervised dispatcher: tell the supervisor
+        once when ready (SIGUSR2: it may retire the one this replaces), and
+        keep this dispatcher's snapshot fresh."""
+        if self._ready_notified and self._supervisor_pid is not None:
+            # (a supervisor gone leaves another parent: it is not told)
+            if os.getppid() == self._supervisor_pid:
+                os.kill(self._supervisor_pid, signal.SIGUSR2)
+            self._supervisor_pid = None   # told once
+        host = self._host
+        if host is None or not host.due(now, self._state):
+            return
+        snapshot: dict[str, Any] = {'status': self._own_status()}
+        if self._metrics is not None:
+            snapshot['metrics'] = self._metrics.snapshot()
+        try:
+            host.write(now, self._state, snapshot)
+        except OSError as err:
+            self.log.error('cannot write the status snapshot %s: %s; '
+                           'status() and metrics of the host go without '
+                           'this dispatcher', host.path, err)
+            self._host = None
+
+    def _peer_metrics(self) -> list[Snapshot]:
+        # the other dispatchers' metric snapshots (metrics.Metrics.peers)
+        if self._host is None:
+            return []
+        return [record['metrics'] for record in self._host.others()
+                if isinstance(record.get('metrics'), dict)]
+
+    def handle_usr2(self) -> None:
+        """SIGUSR2: start a new dispatcher on the same socket (see
+        upgrade); under a supervisor, its replacement is ready: hand over
+        (serve the connections open, close each after its answer) and exit."""
+        if self._dispatcher_index is None:
+            super().handle_usr2()
+            return
+        self.log.info('dispatcher %d: replaced, handing over and exiting',
+                      self._dispatcher_index)
+        self._retiring = True
+        self._begin_drain()
+
+    def _handing_over(self) -> bool:
+        """True while another dispatcher takes this one's place (SIGUSR2):
+        the connections open here are still served while it drains."""
+        return self._successor is not None or self._retiring
 
     def _tick(self) -> None:
         events: Sequence[tuple[selectors.SelectorKey, int]]
@@ -902,6 +981,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         self._ws_housekeeping(now)
         self._readiness_step(now)
         self._upgrade_step(now)
+        if self._dispatcher_index is not None:
+            self._supervised_step(now)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._sweep_closed_clients()
@@ -1189,7 +1270,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
     def _submit(self, client: Connection, pool: WorkerPool) -> None:
         # while handing over to a new dispatcher, keep serving the
         # connections already open (each answer then closes its connection)
-        handover = self._state == 'draining' and self._successor is not None
+        handover = self._state == 'draining' and self._handing_over()
         if self._state != 'running' and not handover:
             self._answer(client, 503, _CLOSE_RETRY,
                          _error_body(503, 'Shutting down'))

@@ -6,6 +6,25 @@ is on). Everything becomes Prometheus metric families only when the route
 is scraped, through a collector of the optional `prometheus_client` package
 (`pip install uhttp-workers[ops]`), which also writes the text format; this
 module never writes the format by hand.
+
+Several dispatchers per host (`dispatchers=N`): every dispatcher writes a
+`Snapshot` of its figures into the supervisor's run directory once a second
+(see host_status), and the scraped one adds the live snapshots of the
+others to its own: counters and histograms summed, gauges summed (requests
+pending, queue depth, workers alive, open streams and WebSockets are host
+totals), `uhttp_pool_degraded` 1 if any dispatcher's copy of the pool is.
+So one scrape of any dispatcher shows the host, its own figures live and
+the others' at most a second old. A dispatcher that exits takes its counts
+along: the host totals then drop, which Prometheus' rate() reads as a
+counter reset.
+
+prometheus_client's own multiprocess mode was not used: it needs
+PROMETHEUS_MULTIPROC_DIR set before the library is imported, an mmap'ed
+file per process written on every increment (the hot path stays a dict
+addition here), and `mark_process_dead` bookkeeping; and our gauges are
+read from live objects at scrape time, which its file-backed gauges cannot
+do. One small JSON file per dispatcher, rewritten once a second, keeps the
+counting as cheap as with one dispatcher.
 """
 
 from __future__ import annotations
@@ -13,8 +32,8 @@ from __future__ import annotations
 import bisect
 import importlib
 import types
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypedDict
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -90,57 +109,110 @@ class _Latency:
         self.total += seconds
         self.count += 1
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        """[(upper bound text, cumulative count)] as Prometheus wants it."""
-        running = 0
-        result: list[tuple[str, int]] = []
-        for bound, count in zip(LATENCY_BUCKETS + (float('inf'),),
-                                self.buckets):
-            running += count
-            result.append(('+Inf' if bound == float('inf') else repr(bound),
-                           running))
-        return result
+
+
+def _cumulative(buckets: list[int]) -> list[tuple[str, int]]:
+    """[(upper bound text, cumulative count)] as Prometheus wants it, from
+    a count per bucket (+Inf last)."""
+    running = 0
+    result: list[tuple[str, int]] = []
+    for bound, count in zip(LATENCY_BUCKETS + (float('inf'),), buckets):
+        running += count
+        result.append(('+Inf' if bound == float('inf') else repr(bound),
+                       running))
+    return result
+
+
+class Snapshot(TypedDict):
+    """Every count and gauge of one dispatcher (or of a host, summed), as
+    plain JSON-friendly lists: what a dispatcher writes into the run
+    directory of several dispatchers, and what the collector renders."""
+
+    # [pool, route, status, count]
+    requests: list[list[Any]]
+    # [pool, count per bucket (+Inf last), sum of seconds, count]
+    latency: list[list[Any]]
+    # [pool, reason, count]
+    exits: list[list[Any]]
+    pending: int
+    streams: int
+    # [pool, queue depth, workers alive, degraded (0 or 1)]
+    pools: list[list[Any]]
+    # 'open', 'messages_in', 'messages_out'
+    ws: dict[str, int]
+
+
+def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
+    """The host's figures: counters, histograms and gauges summed over
+    `snapshots` (one per dispatcher), but `degraded`, which is 1 when any
+    dispatcher's copy of the pool answers 503."""
+    requests: dict[tuple[Any, ...], int] = {}
+    exits: dict[tuple[Any, ...], int] = {}
+    latency: dict[str, list[Any]] = {}
+    pools: dict[str, list[Any]] = {}
+    ws: dict[str, int] = {'open': 0, 'messages_in': 0, 'messages_out': 0}
+    for snap in snapshots:
+        for *labels, count in snap['requests']:
+            requests[tuple(labels)] = requests.get(tuple(labels), 0) + count
+        for *labels, count in snap['exits']:
+            exits[tuple(labels)] = exits.get(tuple(labels), 0) + count
+        for pool, buckets, total, count in snap['latency']:
+            into = latency.setdefault(
+                pool, [pool, [0] * (len(LATENCY_BUCKETS) + 1), 0.0, 0])
+            into[1] = [a + b for a, b in zip(into[1], buckets)]
+            into[2] += total
+            into[3] += count
+        for name, queue, alive, degraded in snap['pools']:
+            into = pools.setdefault(name, [name, 0, 0, 0])
+            into[1] += queue
+            into[2] += alive
+            into[3] = max(into[3], degraded)
+        for key in ws:
+            ws[key] += snap['ws'].get(key, 0)
+    return {'requests': [[*k, v] for k, v in requests.items()],
+            'latency': list(latency.values()),
+            'exits': [[*k, v] for k, v in exits.items()],
+            'pending': sum(s['pending'] for s in snapshots),
+            'streams': sum(s['streams'] for s in snapshots),
+            'pools': list(pools.values()), 'ws': ws}
 
 
 class _Collector:
     """prometheus_client collector: turns the counts into families."""
 
-    def __init__(self, metrics: Metrics, dispatcher: MetricsSource,
-                 core: types.ModuleType) -> None:
+    def __init__(self, metrics: Metrics, core: types.ModuleType) -> None:
         self._metrics = metrics
-        self._dispatcher = dispatcher
         self._core = core
 
     def collect(self) -> Iterator[_Family]:
         """Yield every metric family (prometheus_client collector API)."""
-        core, metrics = self._core, self._metrics
+        core, counts = self._core, self._metrics.host_snapshot()
         requests = core.CounterMetricFamily(
             'uhttp_requests', 'Requests answered for worker pools',
             labels=['pool', 'route', 'status'])
-        for (pool, route, status), count in metrics.requests.items():
+        for pool, route, status, count in counts['requests']:
             requests.add_metric([pool, route, str(status)], count)
         latency = core.HistogramMetricFamily(
             'uhttp_request_duration_seconds',
             'Time from a loaded request to its answer', labels=['pool'])
-        for pool, histogram in metrics.latency.items():
-            latency.add_metric([pool], histogram.cumulative(),
-                               sum_value=histogram.total)
+        for pool, buckets, total, _count in counts['latency']:
+            latency.add_metric([pool], _cumulative(buckets), sum_value=total)
         restarts = core.CounterMetricFamily(
             'uhttp_worker_restarts', 'Worker exits, by reason',
             labels=['pool', 'reason'])
-        for (pool, reason), count in metrics.exits.items():
+        for pool, reason, count in counts['exits']:
             restarts.add_metric([pool, reason], count)
         yield from (requests, latency, restarts)
-        yield from self._gauges()
+        yield from self._gauges(counts)
 
-    def _gauges(self) -> Iterator[_Family]:
-        core, dispatcher = self._core, self._dispatcher
+    def _gauges(self, counts: Snapshot) -> Iterator[_Family]:
+        core = self._core
         pending = core.GaugeMetricFamily(
             'uhttp_pending_requests', 'Requests waiting for a worker answer')
-        pending.add_metric([], dispatcher.pending_count)
+        pending.add_metric([], counts['pending'])
         streams = core.GaugeMetricFamily(
             'uhttp_open_streams', 'Streaming responses in progress')
-        streams.add_metric([], dispatcher.stream_count)
+        streams.add_metric([], counts['streams'])
         queue = core.GaugeMetricFamily(
             'uhttp_pool_queue_depth', 'Requests in a pool backlog',
             labels=['pool'])
@@ -150,15 +222,15 @@ class _Collector:
         degraded = core.GaugeMetricFamily(
             'uhttp_pool_degraded', '1 while a pool answers 503',
             labels=['pool'])
-        for pool in dispatcher.pools:
-            queue.add_metric([pool.name], pool.queue_size)
-            alive.add_metric([pool.name], pool.workers_alive)
-            degraded.add_metric([pool.name], int(pool.degraded))
+        for name, queue_size, workers_alive, is_degraded in counts['pools']:
+            queue.add_metric([name], queue_size)
+            alive.add_metric([name], workers_alive)
+            degraded.add_metric([name], is_degraded)
         yield from (pending, streams, queue, alive, degraded)
-        yield from self._websockets()
+        yield from self._websockets(counts['ws'])
 
-    def _websockets(self) -> Iterator[_Family]:
-        core, counts = self._core, self._dispatcher.ws_status()
+    def _websockets(self, counts: dict[str, int]) -> Iterator[_Family]:
+        core = self._core
         open_now = core.GaugeMetricFamily(
             'uhttp_websocket_connections', 'Open WebSocket connections')
         open_now.add_metric([], counts['open'])
@@ -182,9 +254,12 @@ class Metrics:
         self.latency: dict[str, _Latency] = {}
         # (pool, reason) -> count
         self.exits: dict[tuple[str, str], int] = {}
+        self._dispatcher = dispatcher
+        # with several dispatchers: returns the other live dispatchers'
+        # snapshots, summed into every scrape (None: this one alone)
+        self.peers: Callable[[], list[Snapshot]] | None = None
         self.registry = prometheus.CollectorRegistry()
-        self.registry.register(
-            _Collector(self, dispatcher, prometheus.core))
+        self.registry.register(_Collector(self, prometheus.core))
 
     def answered(self, pool_name: str, route: str, status: int,
                  seconds: float) -> None:
@@ -200,6 +275,31 @@ class Metrics:
         """Count a worker exit (crash, stuck, recycle, …)."""
         key = (pool_name, reason)
         self.exits[key] = self.exits.get(key, 0) + 1
+
+    def snapshot(self) -> Snapshot:
+        """This dispatcher's counts and gauges, as plain lists."""
+        dispatcher = self._dispatcher
+        counts = dispatcher.ws_status()
+        return {
+            'requests': [[*key, count]
+                         for key, count in self.requests.items()],
+            'latency': [[pool, list(h.buckets), h.total, h.count]
+                        for pool, h in self.latency.items()],
+            'exits': [[*key, count] for key, count in self.exits.items()],
+            'pending': dispatcher.pending_count,
+            'streams': dispatcher.stream_count,
+            'pools': [[pool.name, pool.queue_size, pool.workers_alive,
+                       int(pool.degraded)] for pool in dispatcher.pools],
+            'ws': {key: counts[key]
+                   for key in ('open', 'messages_in', 'messages_out')}}
+
+    def host_snapshot(self) -> Snapshot:
+        """What a scrape shows: this dispatcher's live figures, plus those
+        of the other dispatchers of the host when there are several."""
+        own = self.snapshot()
+        if self.peers is None:
+            return own
+        return merge_snapshots([own] + self.peers())
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format: (body bytes, content type)."""

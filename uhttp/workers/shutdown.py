@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, cast
 from .admission import HOLD_CLOSED, resume
 from .worker import EXIT_APP_ERROR
 
+# seconds: while handing over, a kept-alive connection that was active this
+# recently is still waited for (its client is likely sending more)
+HANDOVER_IDLE = 1.0
+
 if TYPE_CHECKING:
     from .admission import Admission, ListenerGate
     from .pending import Pending, PendingTable
@@ -58,6 +62,8 @@ class Shutdown:
     _stop_deadline: float | None
 
     if TYPE_CHECKING:
+        def _handing_over(self) -> bool: ...
+
         def _give_up_successor(self, why: str) -> None: ...
 
         def _notify(self, message: str) -> None: ...
@@ -109,17 +115,33 @@ class Shutdown:
         if now < deadline and (self._pending or self._awaiting_first_request()):
             return
         self._fail_all_pending()
+        if self._handing_over():
+            self._close_idle_connections()
         self._stop_workers(now)
 
     def _awaiting_first_request(self) -> bool:
         """While handing over to a new dispatcher: connections this one
         accepted whose first request has not arrived yet (their clients
-        connected before the listener closed: they are served here)."""
-        if self._successor is None:
+        connected before the listener closed: they are served here), and
+        kept-alive ones active within HANDOVER_IDLE seconds (their next
+        request is served here too, and its answer closes them)."""
+        if not self._handing_over():
             return False
+        recent = time.time() - HANDOVER_IDLE
+        # pylint: disable=protected-access
         return any(connection.socket is not None
-                   and not connection._requests_count  # pylint: disable=protected-access
-                   for connection in self._server._waiting_connections)  # pylint: disable=protected-access
+                   and (not connection._requests_count
+                        or connection._last_activity > recent)
+                   for connection in self._server._waiting_connections)
+
+    def _close_idle_connections(self) -> None:
+        """End of a hand-over: close the connections with nothing to send
+        before the workers stop, so that a client's next request on one
+        meets a closed connection (to retry elsewhere), never a 503."""
+        for connection in list(self._server._waiting_connections):  # pylint: disable=protected-access
+            if connection.socket is not None and connection.context is None \
+                    and not connection.has_data_to_send:
+                connection.close()
 
     def _fail_all_pending(self) -> None:
         for pending in self._pending.all():

@@ -12,29 +12,47 @@ the job process (a restarted dispatcher 0 starts them again); the workers of
 the other dispatchers reach the services by their health checks.
 
 Signals: SIGTERM/SIGINT (graceful) and SIGQUIT (immediate) go to every
-dispatcher, and the supervisor exits 0 once all have exited; SIGHUP, SIGTTIN,
-SIGTTOU and SIGUSR1 are forwarded to each (each dispatcher restarts its own
-workers on SIGHUP). SIGUSR2 (replacing the dispatcher) is not supported here
-and is ignored with a warning; so is daemon=True (refused at start). A dispatcher that dies otherwise is
+dispatcher, and the supervisor exits 0 once all have exited; SIGTTIN,
+SIGTTOU and SIGUSR1 are forwarded to each. SIGHUP replaces the dispatchers
+one at a time (a rolling restart, `_Roll`): for each slot a new dispatcher
+starts on the same socket with fresh workers; once it is ready (it sends the
+supervisor SIGUSR2) the old one gets SIGUSR2, which tells it to hand over:
+it stops accepting, serves the requests of the connections it has open
+(closing each after its answer) and exits; then the next slot. A
+replacement that exits or is not ready in time is stopped, the old
+dispatcher keeps serving and the roll ends there. Dispatcher 0, when it runs
+owned services or jobs, is stopped before its replacement starts (two would
+fight over the services' ports); the other dispatchers serve meanwhile. A
+SIGHUP during a roll is ignored with a warning. SIGUSR2 sent to the
+supervisor by anyone but a replacement is ignored with a warning;
+daemon=True is refused at start. A dispatcher that dies otherwise is
 restarted after a back-off that grows while it keeps dying young. A
 supervisor that is killed outright takes its dispatchers with it (they get
 SIGTERM from the kernel and stop gracefully).
 
-The supervisor owns only the listening socket, the pid file and the list of
-its children. It must never serve a request, start a worker, or poll: it
-sleeps in sigtimedwait() until a signal or a child's exit wakes it.
+The supervisor also creates the run directory where each dispatcher writes
+its status and metrics snapshot (see host_status), removes a dead
+dispatcher's snapshot, and removes the directory when it exits.
+
+The supervisor owns only the listening socket, the pid file, the run
+directory and the list of its children. It must never serve a request,
+start a worker, or poll: it sleeps in sigtimedwait() until a signal, a
+child's exit or its next deadline wakes it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from typing import TYPE_CHECKING
 
+from .host_status import snapshot_path
 from .process_group import set_parent_death_signal
 from .proctitle import set_title
 from .systemd import listen_sockets
@@ -53,6 +71,11 @@ STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 HEALTHY_AFTER = 10.0
+# seconds a replacement has to become ready during a rolling restart
+READY_TIMEOUT = 60.0
+# seconds a replaced dispatcher has to exit, past its shutdown_timeout,
+# before SIGKILL
+RETIRE_GRACE = 10.0
 # a signal mask, as pthread_sigmask() returns it
 _Mask = set[int | signal.Signals]
 
@@ -75,6 +98,34 @@ class _Slot:
         self.restart_at: float | None = None
 
 
+class _Roll:
+    """A rolling restart of the dispatchers (SIGHUP), one slot at a time.
+
+    `phase` of the current slot:
+    'starting'   its replacement (`new_pid`) runs, not ready yet;
+    'retiring'   the replacement took the slot, the old one (`old_pid`)
+                 hands over and exits;
+    'vacating'   (dispatcher 0 with services or jobs) the old one exits
+                 before its replacement starts;
+    'restarting' (after 'vacating') the replacement holds the slot and is
+                 not ready yet.
+    """
+
+    def __init__(self, todo: list[int]) -> None:
+        self.todo = todo
+        self.slot: _Slot | None = None
+        self.phase = ''
+        self.new_pid: int | None = None
+        self.old_pid: int | None = None
+        self.deadline: float | None = None
+
+    def pids(self) -> list[int]:
+        """The processes of the roll that are not in a slot."""
+        return [pid for pid in (self.new_pid, self.old_pid)
+                if pid is not None
+                and (self.slot is None or pid != self.slot.pid)]
+
+
 class Supervisor:
     """Binds once, forks `dispatcher.dispatchers` dispatchers, keeps them."""
 
@@ -85,6 +136,12 @@ class Supervisor:
         self._listener: socket.socket | None = None
         self._unix_listener: UnixListener | None = None
         self._stopping = False
+        self._roll: _Roll | None = None
+        # dispatchers out of any slot that must still exit (a replacement
+        # given up, a roll cut short by a stop signal)
+        self._strays: set[int] = set()
+        self._run_dir: str | None = None
+        self._old_mask: _Mask = set()
         if dispatcher._daemon is not None:  # pylint: disable=protected-access
             raise SystemExit('daemon=True is not supported with several '
                              'dispatchers yet: run the supervisor under a '
@@ -98,6 +155,7 @@ class Supervisor:
         stop signal."""
         self._bind()
         try:
+            self._run_dir = tempfile.mkdtemp(prefix='uhttp-workers-')
             if self._pid_file is not None:
                 self._pid_file.create()
             set_title(f'supervisor of {len(self._slots)} dispatchers')
@@ -109,14 +167,15 @@ class Supervisor:
 
     def _supervise(self) -> None:
         # blocked, the signals wait for sigtimedwait(): no handler, no race
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        old_mask = self._old_mask = signal.pthread_sigmask(
+            signal.SIG_BLOCK, WAITED)
         try:
             for slot in self._slots:
-                self._fork(slot, old_mask)
+                self._fork(slot)
             self.log.info('supervisor (pid %d) started %d dispatchers',
                           os.getpid(), len(self._slots))
             while not self._stopping or self._running():
-                self._wait_once(old_mask)
+                self._wait_once()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
@@ -148,7 +207,13 @@ class Supervisor:
 
     # -- children -----------------------------------------------------------------
 
-    def _fork(self, slot: _Slot, old_mask: _Mask) -> None:
+    def _fork(self, slot: _Slot) -> None:
+        slot.pid = self._fork_dispatcher(slot.index)
+        slot.started = time.monotonic()
+        slot.restart_at = None
+
+    def _fork_dispatcher(self, index: int) -> int:
+        """Start dispatcher number `index`; its pid."""
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
@@ -159,55 +224,197 @@ class Supervisor:
             set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != parent:
                 os._exit(0)  # pylint: disable=protected-access
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _serve_as_dispatcher(self._dispatcher, slot.index,
-                                 self._listener)
-        slot.pid = pid
-        slot.started = time.monotonic()
-        slot.restart_at = None
-        self.log.info('dispatcher %d started (pid %d)', slot.index, pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+            _serve_as_dispatcher(self._dispatcher, index, self._listener,
+                                 self._run_dir)
+        self.log.info('dispatcher %d started (pid %d)', index, pid)
+        return pid
 
     def _running(self) -> bool:
-        return any(slot.pid is not None for slot in self._slots)
+        return bool(self._strays) or any(
+            slot.pid is not None for slot in self._slots)
 
-    def _wait_once(self, old_mask: _Mask) -> None:
-        timeout = self._next_restart_in()
+    def _wait_once(self) -> None:
+        timeout = self._next_wake_in()
         info: signal.struct_siginfo | None
         if timeout is None:
             info = signal.sigwaitinfo(WAITED)
         else:
             info = signal.sigtimedwait(WAITED, timeout)
         if info is not None:
-            self._on_signal(signal.Signals(info.si_signo))
+            self._on_signal(signal.Signals(info.si_signo), info.si_pid)
         self._reap()
-        self._restart_due(old_mask)
+        self._roll_deadline()
+        self._restart_due()
 
-    def _next_restart_in(self) -> float | None:
+    def _next_wake_in(self) -> float | None:
         due = [slot.restart_at for slot in self._slots
                if slot.restart_at is not None]
+        if self._roll is not None and self._roll.deadline is not None:
+            due.append(self._roll.deadline)
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
 
-    def _on_signal(self, signum: signal.Signals) -> None:
+    def _on_signal(self, signum: signal.Signals, sender: int) -> None:
         if signum == signal.SIGCHLD:
             return   # reaped by the caller
         if signum == signal.SIGUSR2:
-            self.log.warning('SIGUSR2 ignored: replacing the dispatchers '
-                             'is not supported with several dispatchers')
+            self._on_ready_note(sender)
+            return
+        if signum == signal.SIGHUP:
+            self._begin_roll()
             return
         if signum in STOPPING:
             self._stopping = True
             for slot in self._slots:
                 slot.restart_at = None
+            if self._roll is not None:
+                self._strays.update(self._roll.pids())
+                self._roll = None
+                self.log.warning('supervisor: rolling restart cut short')
             self.log.info('supervisor: %s, stopping every dispatcher',
                           signum.name)
-        elif signum == signal.SIGHUP:
-            self.log.info('supervisor: SIGHUP, each dispatcher restarts its '
-                          'workers')
+            for pid in self._strays:
+                _kill(pid, signum)
         for slot in self._slots:
             if slot.pid is not None:
                 _kill(slot.pid, signum)
+
+    # -- rolling restart (SIGHUP) -------------------------------------------------
+
+    def _begin_roll(self) -> None:
+        if self._stopping:
+            return
+        if self._roll is not None:
+            self.log.warning('SIGHUP ignored: a rolling restart of the '
+                             'dispatchers is under way')
+            return
+        self.log.info('supervisor: SIGHUP, replacing the %d dispatchers '
+                      'one at a time', len(self._slots))
+        self._roll = _Roll([slot.index for slot in self._slots])
+        self._roll_next()
+
+    def _roll_next(self) -> None:
+        """Begin the next slot of the roll, or end it."""
+        roll = self._roll
+        assert roll is not None
+        roll.new_pid = roll.old_pid = roll.deadline = None
+        while roll.todo:
+            slot = roll.slot = self._slots[roll.todo.pop(0)]
+            if slot.pid is None:
+                continue   # dead, restarted fresh by its back-off anyway
+            now = time.monotonic()
+            if slot.index == 0 and self._owns_services():
+                roll.phase, roll.old_pid = 'vacating', slot.pid
+                roll.deadline = now + self._retire_timeout()
+                slot.pid = None   # its exit must not count as a death
+                self.log.info('dispatcher 0 (pid %d) hands over its '
+                              'services: stopping it before its replacement '
+                              'starts', roll.old_pid)
+                _kill(roll.old_pid, signal.SIGUSR2)
+                return
+            roll.phase, roll.deadline = 'starting', now + READY_TIMEOUT
+            roll.new_pid = self._fork_dispatcher(slot.index)
+            return
+        self._roll = None
+        self.log.info('rolling restart of the dispatchers done')
+
+    def _owns_services(self) -> bool:
+        # dispatcher 0 runs them (see Dispatcher._start)
+        dispatcher = self._dispatcher
+        return bool(dispatcher._services  # pylint: disable=protected-access
+                    or dispatcher._jobs)  # pylint: disable=protected-access
+
+    def _retire_timeout(self) -> float:
+        return float(self._dispatcher.shutdown_timeout) + RETIRE_GRACE
+
+    def _on_ready_note(self, sender: int) -> None:
+        """SIGUSR2: from a replacement, it is ready; from anyone else, an
+        operator's (replacing the supervisor is not supported)."""
+        roll = self._roll
+        if roll is not None and sender == roll.new_pid \
+                and roll.phase in ('starting', 'restarting'):
+            self._replacement_ready(roll)
+        elif sender not in [slot.pid for slot in self._slots] \
+                and sender not in self._strays:
+            self.log.warning('SIGUSR2 ignored: send SIGHUP to replace the '
+                             'dispatchers one at a time')
+        # else: the note of a dispatcher nobody waits for (restarted after
+        # a crash, or a replacement given up)
+
+    def _replacement_ready(self, roll: _Roll) -> None:
+        slot = roll.slot
+        assert slot is not None and roll.new_pid is not None
+        self.log.info('dispatcher %d: replacement (pid %d) is ready',
+                      slot.index, roll.new_pid)
+        if roll.phase == 'restarting':
+            self._roll_next()
+            return
+        old, slot.pid = slot.pid, roll.new_pid
+        slot.started, slot.young_deaths = time.monotonic(), 0
+        slot.restart_at = None
+        if old is None:   # the old one died meanwhile
+            self._roll_next()
+            return
+        roll.phase, roll.old_pid = 'retiring', old
+        roll.deadline = time.monotonic() + self._retire_timeout()
+        _kill(old, signal.SIGUSR2)
+
+    def _roll_exit(self, roll: _Roll, pid: int, how: str) -> None:
+        """A process of the roll outside any slot exited."""
+        slot = roll.slot
+        assert slot is not None
+        if pid == roll.old_pid:
+            self.log.info('dispatcher %d (pid %d) replaced: %s', slot.index,
+                          pid, how)
+            if roll.phase == 'vacating':
+                self._fork(slot)
+                roll.phase, roll.new_pid = 'restarting', slot.pid
+                roll.old_pid = None
+                roll.deadline = time.monotonic() + READY_TIMEOUT
+            else:
+                self._roll_next()
+            return
+        # the replacement ('starting') ended before it was ready
+        self._give_up_roll(f'its replacement (pid {pid}) {how} before it '
+                           'was ready')
+
+    def _give_up_roll(self, why: str) -> None:
+        roll = self._roll
+        assert roll is not None and roll.slot is not None
+        slot = roll.slot
+        self._roll = None
+        kept = f'keeping pid {slot.pid}' if slot.pid is not None \
+            else 'it is restarted'
+        self.log.error('dispatcher %d: %s; %s; rolling restart stopped',
+                       slot.index, why, kept)
+        if slot.pid is None and slot.restart_at is None:
+            self._schedule_restart(slot)
+
+    def _roll_deadline(self) -> None:
+        roll = self._roll
+        if roll is None or roll.deadline is None or \
+                time.monotonic() < roll.deadline:
+            return
+        slot = roll.slot
+        assert slot is not None
+        if roll.phase == 'starting':
+            assert roll.new_pid is not None
+            self._strays.add(roll.new_pid)
+            _kill(roll.new_pid, signal.SIGTERM)
+            self._give_up_roll(f'its replacement (pid {roll.new_pid}) was '
+                               f'not ready within {READY_TIMEOUT:.0f}s')
+        elif roll.phase == 'restarting':
+            self._give_up_roll(f'pid {slot.pid} was not ready within '
+                               f'{READY_TIMEOUT:.0f}s')
+        else:   # 'retiring', 'vacating'
+            assert roll.old_pid is not None
+            self.log.error('dispatcher %d (pid %d) did not exit in %.0fs '
+                           'after handing over: killing it', slot.index,
+                           roll.old_pid, self._retire_timeout())
+            _kill(roll.old_pid, signal.SIGKILL)
+            roll.deadline = None   # its exit ends the wait
 
     def _reap(self) -> None:
         while True:
@@ -217,9 +424,30 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            for slot in self._slots:
-                if slot.pid == pid:
-                    self._exited(slot, status)
+            self._remove_snapshot(pid)
+            self._child_exited(pid, status)
+
+    def _child_exited(self, pid: int, status: int) -> None:
+        for slot in self._slots:
+            if slot.pid == pid:
+                self._exited(slot, status)
+                return
+        code = os.waitstatus_to_exitcode(status)
+        how = f'killed by signal {-code}' if code < 0 else \
+            f'exited with status {code}'
+        if pid in self._strays:
+            self._strays.discard(pid)
+            self.log.info('dispatcher (pid %d) %s', pid, how)
+        elif self._roll is not None and pid in self._roll.pids():
+            self._roll_exit(self._roll, pid, how)
+
+    def _remove_snapshot(self, pid: int) -> None:
+        if self._run_dir is None:
+            return
+        try:
+            os.unlink(snapshot_path(self._run_dir, pid))
+        except FileNotFoundError:
+            pass   # it removed its own at exit, or never wrote one
 
     def _exited(self, slot: _Slot, status: int) -> None:
         slot.pid = None
@@ -229,6 +457,21 @@ class Supervisor:
         if self._stopping:
             self.log.info('dispatcher %d %s', slot.index, how)
             return
+        roll = self._roll
+        if roll is not None and roll.slot is slot:
+            if roll.phase == 'starting':
+                self.log.error('dispatcher %d %s; its replacement (pid %s) '
+                               'takes over when ready', slot.index, how,
+                               roll.new_pid)
+                return
+            if roll.phase == 'restarting':
+                self._roll = None
+                self.log.error('dispatcher %d: its replacement %s before it '
+                               'was ready; rolling restart stopped',
+                               slot.index, how)
+        self._schedule_restart(slot, how)
+
+    def _schedule_restart(self, slot: _Slot, how: str = 'is gone') -> None:
         lived = time.monotonic() - slot.started
         slot.young_deaths = 1 if lived >= HEALTHY_AFTER \
             else slot.young_deaths + 1
@@ -237,13 +480,13 @@ class Supervisor:
         self.log.error('dispatcher %d %s; restarting it in %.1fs',
                        slot.index, how, delay)
 
-    def _restart_due(self, old_mask: _Mask) -> None:
+    def _restart_due(self) -> None:
         if self._stopping:
             return
         now = time.monotonic()
         for slot in self._slots:
             if slot.restart_at is not None and now >= slot.restart_at:
-                self._fork(slot, old_mask)
+                self._fork(slot)
 
     def _close(self) -> None:
         if self._listener is not None:
@@ -252,6 +495,12 @@ class Supervisor:
             self._unix_listener.remove()
         if self._pid_file is not None:
             self._pid_file.remove()
+        if self._run_dir is not None:
+            try:
+                shutil.rmtree(self._run_dir)
+            except OSError as err:
+                self.log.warning('cannot remove the run directory %s: %s',
+                                 self._run_dir, err)
 
 
 def _tcp_listener(address: str, port: int, backlog: int) -> socket.socket:
@@ -278,12 +527,13 @@ def _kill(pid: int, signum: int) -> None:
 
 
 def _serve_as_dispatcher(dispatcher: Dispatcher, index: int,
-                         listener: socket.socket | None) -> None:
+                         listener: socket.socket | None,
+                         run_dir: str | None) -> None:
     """In a forked child: serve as dispatcher `index`, then leave the
     process (never return into the supervisor's code)."""
     code = 1
     try:
-        dispatcher.serve_supervised(index, listener)
+        dispatcher.serve_supervised(index, listener, run_dir)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (
