@@ -472,10 +472,18 @@ def test_several_dispatchers_each_get_their_own_answers(redis_env,
         wait_until(lambda: server.count_log(
             r'pool remote: remote worker host-a-1 .*is alive') >= 2, 15)
         # one reply stream (and request id sequence) per dispatcher process
-        seen = set()
-        wait_until(lambda: seen.add(remote_pool_status(server)[
-            'dispatcher_id']) or len(seen) == 2, 15,
-            message=lambda: f'dispatcher ids seen: {seen}')
+        seen = set(re.findall(r'replies on uhttp:remote:replies:(\w+)',
+                              server.log))
+        assert len(seen) == 2
+        # the host view counts the shared remote workers once
+        wait_until(lambda: len(server.get('/monitor').json()[
+            'dispatchers']) == 2, 15)
+        status = remote_pool_status(server)
+        assert status['alive_count'] == 2 and status['remote'] is True
+        assert [host['consumer'] for host in status['hosts']] == [
+            'host-a-1']
+        metrics = server.get('/metrics').body.decode()
+        assert 'uhttp_workers_alive{pool="remote"} 2.0' in metrics
         pending = [in_thread(server.get, f'/remote/echo?n={number}')
                    for number in range(8)]
         served = set()

@@ -185,8 +185,27 @@ def _merge_pools(entries: list[tuple[int, int, Mapping[str, Any]]]
                     'name': pool['name'], 'degraded': False,
                     **{key: 0 for key in POOL_SUMS}, 'workers': []}
             into['degraded'] = into['degraded'] or bool(pool.get('degraded'))
+            if pool.get('remote'):
+                _merge_remote(into, pool)
+                continue
             for key in POOL_SUMS:
                 into[key] += int(pool.get(key, 0))
             into['workers'].extend(dict(worker, dispatcher=number)
                                    for worker in pool.get('workers', ()))
     return list(merged.values())
+
+
+def _merge_remote(into: dict[str, Any], pool: Mapping[str, Any]) -> None:
+    """A RemotePool's copy: its remote workers are shared by every
+    dispatcher (each sees them all), so they count once and each remote
+    host is listed once; requests still add up."""
+    into['remote'] = True
+    into.setdefault('redis', pool.get('redis'))
+    into['alive_count'] = max(into['alive_count'],
+                              int(pool.get('alive_count', 0)))
+    for key in ('queue_size', 'pending'):
+        into[key] += int(pool.get(key, 0))
+    hosts = into.setdefault('hosts', [])
+    known = {host.get('consumer') for host in hosts}
+    hosts.extend(host for host in pool.get('hosts', ())
+                 if host.get('consumer') not in known)

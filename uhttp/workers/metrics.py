@@ -35,6 +35,8 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypedDict
 
+from .remote_pool import is_remote
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -136,7 +138,7 @@ class Snapshot(TypedDict):
     exits: list[list[Any]]
     pending: int
     streams: int
-    # [pool, queue depth, workers alive, degraded (0 or 1)]
+    # [pool, queue depth, workers alive, degraded (0 or 1), remote (0 or 1)]
     pools: list[list[Any]]
     # 'open', 'messages_in', 'messages_out'
     ws: dict[str, int]
@@ -162,10 +164,16 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
             into[1] = [a + b for a, b in zip(into[1], buckets)]
             into[2] += total
             into[3] += count
-        for name, queue, alive, degraded in snap['pools']:
-            into = pools.setdefault(name, [name, 0, 0, 0])
+        for name, queue, alive, degraded, *remote in snap['pools']:
+            into = pools.setdefault(name, [name, 0, 0, 0, 0])
             into[1] += queue
-            into[2] += alive
+            if remote and remote[0]:
+                # a remote pool's workers are shared: each dispatcher
+                # counts them all
+                into[2] = max(into[2], alive)
+                into[4] = 1
+            else:
+                into[2] += alive
             into[3] = max(into[3], degraded)
         for key in ws:
             ws[key] += snap['ws'].get(key, 0)
@@ -222,7 +230,8 @@ class _Collector:
         degraded = core.GaugeMetricFamily(
             'uhttp_pool_degraded', '1 while a pool answers 503',
             labels=['pool'])
-        for name, queue_size, workers_alive, is_degraded in counts['pools']:
+        for name, queue_size, workers_alive, is_degraded, *_ in \
+                counts['pools']:
             queue.add_metric([name], queue_size)
             alive.add_metric([name], workers_alive)
             degraded.add_metric([name], is_degraded)
@@ -289,7 +298,8 @@ class Metrics:
             'pending': dispatcher.pending_count,
             'streams': dispatcher.stream_count,
             'pools': [[pool.name, pool.queue_size, pool.workers_alive,
-                       int(pool.degraded)] for pool in dispatcher.pools],
+                       int(pool.degraded), int(is_remote(pool))]
+                      for pool in dispatcher.pools],
             'ws': {key: counts[key]
                    for key in ('open', 'messages_in', 'messages_out')}}
 
