@@ -560,6 +560,31 @@ class RedisProcess:
             self.proc.wait(10)
 
 
+def test_redis_unreachable_at_start_is_said_and_answered_503(
+        tmp_path, start_server):
+    redis = RedisProcess(tmp_path)     # (not started yet)
+    server = start_server(APP, env={'REDIS_URL': redis.url},
+                          ready_workers=1)
+    server.wait_log(r'pool remote: Redis unreachable \(.*\): no request in '
+                    r'flight; its requests get 503')
+    refused = server.get('/remote/echo')
+    assert refused.status == 503 and 'retry-after' in refused.headers
+    assert server.get('/local/echo').status == 200
+    assert remote_pool_status(server)['redis'] == 'down'
+    client = redis.start()
+    try:
+        server.wait_log(r'pool remote: Redis answers')
+        remote = FakeRemote(client).start_beating()
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        remote.serve_one()
+        assert pending().status == 200
+        remote.stop_beating()
+        assert server.count_log(r'Redis unreachable') == 1
+    finally:
+        redis.stop()
+
+
 def test_losing_redis_degrades_that_pool_only_until_it_is_back(
         tmp_path, start_server):
     redis = RedisProcess(tmp_path)

@@ -458,7 +458,9 @@ class RemotePool:
                     self._lost(pending, f'{consumer} stopped heart-beating')
 
     def _on_down(self, reason: str) -> None:
-        was_up = not self.degraded
+        # said once per outage (the reader retries every second), and at
+        # start when Redis was never reached
+        first = self._redis_state in ('connecting', 'up')
         self.degraded = True
         self._heartbeats = {}
         if self._redis_state != 'failed':
@@ -466,7 +468,7 @@ class RemotePool:
         failed = [p for p in self._in_flight.values() if p.state != DONE]
         self._in_flight.clear()
         self._started_on.clear()
-        if was_up or failed:
+        if first or failed:
             self._host.log.error(
                 'pool %s: Redis unreachable (%s): %s; its requests get 503 '
                 'until it answers again', self.name, reason,
