@@ -1281,7 +1281,8 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._answer(client, 503, _RETRY,
                          _error_body(503, 'Service Unavailable'))
             return
-        if not self._has_workers(pool):
+        if not self._live_workers.get(pool) \
+                and not self._has_remote_workers(pool):
             # no process runs or starts (ended for good, or a start failed
             # and waits for its retry), or no remote host has a live
             # worker: a queued request would only wait for its 504
@@ -1316,9 +1317,14 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
         """Whether any worker may ever take a request of `pool`: a local
         process that runs or starts, or for a remote pool a remote worker
         whose heartbeat is live."""
-        if is_remote(pool):
-            return pool.workers_alive > 0
-        return bool(self._live_workers.get(pool))
+        return bool(self._live_workers.get(pool)) \
+            or self._has_remote_workers(pool)
+
+    @staticmethod
+    def _has_remote_workers(pool: WorkerPool) -> bool:
+        # (asked only when no local process runs: a local pool's request
+        # pays nothing for it)
+        return is_remote(pool) and pool.workers_alive > 0
 
     def _open_pending(self, request_id: int, client: Connection,
                       pool: WorkerPool) -> tuple[Pending, Any]:
