@@ -12,6 +12,7 @@ through haproxy all along and records every failure.
 import csv
 import http.client
 import io
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from conftest import ROOT, Server, free_port, pid_alive, running_redis, \
 EXAMPLE = os.path.join(ROOT, 'examples', 'multi_host')
 APP = os.path.join(EXAMPLE, 'app.py')
 CONFIG = os.path.join(EXAMPLE, 'haproxy.cfg')
-TTL = 2.0   # of the Redis job lock and primary key: a quick failover
+TTL = 3.0   # of the Redis job lock and primary key: a quick failover
 LOAD_LIMIT = 4000       # requests of one load run, at most
 LOAD_SECONDS = 40.0     # and for this long at most
 
@@ -37,14 +38,20 @@ pytestmark = pytest.mark.timeout(90)
 
 # -- the pieces ----------------------------------------------------------------
 
+def haproxy_binary():
+    """The path of haproxy; skips the test when it is not installed."""
+    binary = shutil.which('haproxy')
+    if binary is None:
+        pytest.skip('haproxy is not installed (apt-get install haproxy): '
+                    'the multi-host tests need a real balancer')
+    return binary
+
+
 class Haproxy:
     """haproxy in the foreground (-db) with the example's configuration."""
 
     def __init__(self, directory, servers):
-        binary = shutil.which('haproxy')
-        if binary is None:
-            pytest.skip('haproxy is not installed (apt-get install haproxy): '
-                        'the multi-host tests need a real balancer')
+        binary = haproxy_binary()
         self.port = free_port()
         self.socket_path = str(directory / 'haproxy.sock')
         env = dict(os.environ, HAPROXY_BIND=f'127.0.0.1:{self.port}',
@@ -110,15 +117,20 @@ class Haproxy:
 class Deployment:
     """Redis, instances 'a' and 'b' of the example app, haproxy."""
 
-    def __init__(self, directory, redis_url):
+    def __init__(self, directory, redis_url, redis_client):
         self.directory = directory
         self.redis_url = redis_url
+        self.redis = redis_client
         self.ports = {'a': free_port(), 'b': free_port()}
         self.instances = {}
-        self.stopped = []
+        self.stopped = []       # instances replaced by a restart
+        self.haproxy = None
+
+    def start_all(self):
+        """Both instances, then haproxy; wait until it sees both UP."""
         for name in self.ports:
             self.start(name)
-        self.haproxy = Haproxy(directory, self.ports)
+        self.haproxy = Haproxy(self.directory, self.ports)
         for name in self.ports:
             self.haproxy.wait_status(name, 'UP')
 
@@ -149,19 +161,15 @@ class Deployment:
             body = answer.read()
             is_json = answer.getheader('content-type', '').startswith(
                 'application/json')
-            return answer.status, (json_loads(body) if is_json else body)
+            return answer.status, (json.loads(body) if is_json else body)
         finally:
             connection.close()
 
     def stop(self):
-        self.haproxy.stop()
+        if self.haproxy is not None:
+            self.haproxy.stop()
         for server in [*self.instances.values(), *self.stopped]:
             server.stop()
-
-
-def json_loads(body):
-    import json  # pylint: disable=import-outside-toplevel
-    return json.loads(body)
 
 
 class Load(threading.Thread):
@@ -199,7 +207,7 @@ class Load(threading.Thread):
                 if answer.status != 200:
                     self.failures.append((number, answer.status, body))
                 else:
-                    self.answers.append((number, json_loads(body)['instance']))
+                    self.answers.append((number, json.loads(body)['instance']))
                 if answer.will_close:
                     connection.close()
                     connection = None
@@ -229,12 +237,14 @@ class Load(threading.Thread):
 
 @pytest.fixture
 def deployment(tmp_path):
+    """The whole deployment, started; everything stopped at the end."""
+    haproxy_binary()    # skip before anything starts
     with running_redis(tmp_path, 'redis-server is not installed: the '
                        'multi-host tests coordinate through Redis') as (
                            url, client):
-        setup = Deployment(tmp_path, url)
-        setup.redis = client
+        setup = Deployment(tmp_path, url, client)
         try:
+            setup.start_all()
             yield setup
         finally:
             setup.stop()
