@@ -92,8 +92,9 @@ class Shutdown:
         self._shutdown_started = now
         self._next_housekeeping = now
         self._close_listener()
-        if self._successor is None:
-            # (a successor taking over serves on the open connections)
+        if not self._handing_over():
+            # (while handing over, the open connections are still served
+            # here; the idle ones are closed at the end of the drain)
             self._close_idle_connections()
         self.log.info('draining %d pending requests (up to %ss)',
                       len(self._pending), self.shutdown_timeout)
@@ -151,15 +152,6 @@ class Shutdown:
                    and (not connection._requests_count
                         or connection._last_activity > recent)
                    for connection in self._server._waiting_connections)
-
-    def _close_idle_connections(self) -> None:
-        """End of a hand-over: close the connections with nothing to send
-        before the workers stop, so that a client's next request on one
-        meets a closed connection (to retry elsewhere), never a 503."""
-        for connection in list(self._server._waiting_connections):  # pylint: disable=protected-access
-            if connection.socket is not None and connection.context is None \
-                    and not connection.has_data_to_send:
-                connection.close()
 
     def _fail_all_pending(self) -> None:
         for pending in self._pending.all():
