@@ -77,6 +77,8 @@ TYPED_MODULES = [
     'uhttp.workers.cli',
     'uhttp.workers.reloader',
     'uhttp.workers.remote_protocol',
+    'uhttp.workers.remote_consumer',
+    'uhttp.workers.remote_worker',
     'uhttp.workers.__main__',
 ]
 

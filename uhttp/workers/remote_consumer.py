@@ -98,13 +98,17 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def ensure_group(client: RedisClient, pool: str) -> None:
+def ensure_group(client: RedisClient, pool: str, first: bool) -> None:
     """Create the consumer group of `pool` (and its stream) unless it
-    exists; new entries only (`$`)."""
+    exists. `first` (this process joins the pool): for new entries only
+    (`$`). Later (Redis lost the group while we ran, e.g. restarted
+    without its data): from the start of the stream (`0`), because every
+    entry there came after the loss and none was started; one too old for
+    its timeout is dropped unrun as always."""
     redis = import_redis()
     try:
-        client.xgroup_create(rp.requests_stream(pool), rp.GROUP, id='$',
-                             mkstream=True)
+        client.xgroup_create(rp.requests_stream(pool), rp.GROUP,
+                             id='$' if first else '0', mkstream=True)
     except redis.ResponseError as err:
         if 'BUSYGROUP' not in str(err):
             raise
@@ -140,6 +144,7 @@ class RedisLink:
             import_redis().ResponseError
         self._start = self._client.register_script(_START_SCRIPT)
         self.up = False
+        self._joined = False    # the group was made or found once
         self._retry_at = 0.0
         self._delay = RETRY_FIRST
 
@@ -155,7 +160,8 @@ class RedisLink:
         consumer to the set. Raises RedisDown."""
         with self._calls():
             self._client.ping()
-            ensure_group(self._client, self.pool)
+            ensure_group(self._client, self.pool, first=not self._joined)
+            self._joined = True
             self._client.sadd(rp.consumers_set(self.pool), self.consumer)
         if not self.up:
             self.up = True
@@ -350,7 +356,9 @@ class StreamReader(threading.Thread):
                 if client is None:
                     client = make_client(self._url)
                 if need_group:
-                    ensure_group(client, self.pool)
+                    # the main loop's link joined first: a group missing
+                    # now was lost
+                    ensure_group(client, self.pool, first=False)
                     need_group = False
                 self._hand_over(self._read(client, budget))
                 delay = RETRY_FIRST
