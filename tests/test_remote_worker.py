@@ -380,6 +380,10 @@ def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
     assert alive(client, dispatcher.pool, host) is None
     assert host.consumer.encode() not in client.smembers(
         rp.consumers_set(dispatcher.pool))
+    # nothing was pending for it: it left the group too
+    assert host.consumer.encode() not in [
+        c['name'] for c in client.xinfo_consumers(
+            rp.requests_stream(dispatcher.pool), rp.GROUP)]
     # teardown() ran in the worker process
     setups = {name[len('setup-'):] for name in os.listdir(marks)
               if name.startswith('setup-')}

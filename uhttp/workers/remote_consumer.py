@@ -64,6 +64,15 @@ return 0
 """
 
 
+# Forget a consumer in the group, only when nothing is pending for it.
+_LEAVE_GROUP_SCRIPT: Final = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+    return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+
 class RedisDown(Exception):
     """Redis cannot be reached (or stopped answering) just now."""
 
@@ -143,6 +152,7 @@ class RedisLink:
         self._response_error: type[BaseException] = \
             import_redis().ResponseError
         self._start = self._client.register_script(_START_SCRIPT)
+        self._leave_group = self._client.register_script(_LEAVE_GROUP_SCRIPT)
         self.up = False
         self._joined = False    # the group was made or found once
         self._retry_at = 0.0
@@ -241,12 +251,20 @@ class RedisLink:
                 px=rp.ALIVE_TTL_MS)
 
     def leave(self) -> None:
-        """At a graceful exit: no alive key, no longer in the set."""
+        """At a graceful exit: no alive key, no longer in the set, and out
+        of the group unless entries are still pending for it (deleting the
+        consumer would lose them; they stay to be claimed)."""
         with self._calls():
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(rp.alive_key(self.pool, self.consumer))
             pipe.srem(rp.consumers_set(self.pool), self.consumer)
             pipe.execute()
+            try:
+                self._leave_group(keys=[rp.requests_stream(self.pool)],
+                                  args=[rp.GROUP, self.consumer])
+            except self._response_error as err:
+                # no group any more (Redis lost it): nothing to leave
+                self._log(10, f'leaving the consumer group: {err}')
 
     def close(self) -> None:
         """Close the connection."""
@@ -303,6 +321,8 @@ class StreamReader(threading.Thread):
         reader may take up to that many entries (minus those it hands over
         meanwhile)."""
         with self._lock:
+            # entries still in the inbox will take some of those workers
+            free -= len(self._inbox)
             if free != self._free or self._delivered:
                 self._free = free
                 self._delivered = 0
