@@ -48,6 +48,7 @@ READ_BLOCK_MS: Final = 1000  # longest XREADGROUP BLOCK (the reader checks
 CLAIM_EVERY: Final = 2.0    # seconds between two XAUTOCLAIM passes
 SOCKET_TIMEOUT: Final = 5.0  # a Redis that stops answering: give up a call
 CONNECT_TIMEOUT: Final = 2.0
+TIME_REFRESH: Final = 1.0   # seconds between two TIME calls at most
 
 # Acknowledge and announce in one step, and only if the acknowledgement
 # was ours: XACK answers 1 for the one consumer whose XACK removed the
@@ -157,6 +158,9 @@ class RedisLink:
         self._joined = False    # the group was made or found once
         self._retry_at = 0.0
         self._delay = RETRY_FIRST
+        # server clock - monotonic clock, in ms (see server_time_ms)
+        self._time_offset: float | None = None
+        self._time_read_at = 0.0
 
     # -- the state of the connection -----------------------------------------
 
@@ -176,6 +180,7 @@ class RedisLink:
         if not self.up:
             self.up = True
             self._delay = RETRY_FIRST
+            self._time_offset = None    # maybe another server now
 
     def reconnect_due(self, now: float) -> bool:
         """True when the link is down and its back-off has passed."""
@@ -202,10 +207,21 @@ class RedisLink:
     # -- the commands -------------------------------------------------------
 
     def server_time_ms(self) -> int:
-        """The Redis server's clock, in milliseconds."""
-        with self._calls():
-            seconds, micros = self._client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        """The Redis server's clock now, in milliseconds: read with TIME at
+        most every TIME_REFRESH seconds and carried forward in between by
+        this host's monotonic clock (off by a round trip at most; no other
+        host's clock is involved)."""
+        now = time.monotonic()
+        if self._time_offset is None or now >= self._time_read_at \
+                + TIME_REFRESH:
+            with self._calls():
+                seconds, micros = self._client.time()
+            after = time.monotonic()
+            server_ms = int(seconds) * 1000 + int(micros) // 1000
+            self._time_offset = server_ms - (now + after) * 500
+            self._time_read_at = after
+            now = after
+        return int(now * 1000 + self._time_offset)
 
     def start(self, entry_id: bytes, dispatcher_id: str,
               request_id: int) -> bool:
