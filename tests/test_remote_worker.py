@@ -334,9 +334,12 @@ def test_sigkill_of_a_host_leaves_its_unstarted_entry_to_another(
     client = redis_server[1]
     victim = hosts(workers=1)
     victim.wait_ready(1)
-    wait_until(lambda: alive(client, dispatcher.pool, victim))
-    # stopped while its reader waits in XREADGROUP: Redis still delivers
-    # the entry to it, which never starts it
+    # stopped while its reader waits in XREADGROUP (the only client of
+    # this Redis blocked in one): Redis still delivers the entry to it,
+    # which never starts it
+    wait_until(lambda: any(
+        c['cmd'] == 'xreadgroup' and 'b' in c['flags']
+        for c in client.client_list()))
     os.kill(victim.pid, signal.SIGSTOP)
     try:
         dispatcher.send(1, '/echo')

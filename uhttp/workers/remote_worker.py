@@ -67,6 +67,7 @@ from .messages import Message
 from .pending import ASSIGNED, Pending
 from .pool import WorkerPool
 from .remote_consumer import RedisDown, RedisLink, StreamReader
+from .remote_relay import Job, Relay
 
 if TYPE_CHECKING:
     from .output_capture import WorkerOutput
@@ -77,29 +78,12 @@ if TYPE_CHECKING:
 
 LOG_NAME: Final = 'uhttp.workers.remote'
 TICK: Final = 0.5           # seconds between two supervision passes at most
-OUTBOX_LIMIT: Final = 10_000  # replies kept while Redis is away, at most
 STARTUP_WAIT: Final = 5.0   # seconds to wait for Redis at start-up
 EXIT_FAILED: Final = 1
 
 
 class StartupError(Exception):
     """The remote workers cannot start (Redis unreachable, no workers)."""
-
-
-class _Job:
-    """A started request: whose it is and which local worker runs it."""
-
-    __slots__ = ('dispatcher_id', 'request_id', 'local_id', 'message',
-                 'pending')
-
-    def __init__(self, dispatcher_id: str, request_id: int, local_id: int,
-                 message: Message) -> None:
-        self.dispatcher_id = dispatcher_id
-        self.request_id = request_id
-        self.local_id = local_id
-        # the REQUEST message with the local id in place of the request id
-        self.message = message
-        self.pending: Pending | None = None
 
 
 class _Waiting:
@@ -142,13 +126,12 @@ class RemoteWorkers:
         self._reader = StreamReader(redis_url, self.pool_name, self.consumer,
                                     self._log.log)
         self._flush_needed: set[WorkerHandle] = set()
-        self._jobs: dict[int, _Job] = {}     # local id -> started request
-        self._next_local_id = 0
+        # started requests, and the replies they owe
+        self._relay = Relay(self.consumer, self._log.log)
+        # read, not started yet (waiting for an idle worker)
         self._waiting: collections.deque[_Waiting] = collections.deque()
-        self._returned: collections.deque[_Job] = collections.deque()
-        self._outbox: collections.deque[tuple[str, Message]] = \
-            collections.deque()
-        self._dropped = 0
+        # started, handed back unrun by a stopping worker
+        self._returned: collections.deque[Job] = collections.deque()
         self._handled = 0
         self._next_beat = 0.0
         self._state = 'starting'    # running, stopping, done
@@ -246,8 +229,8 @@ class RemoteWorkers:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit status. Raises
         StartupError when Redis cannot be reached at start."""
-        self._connect_at_start()
         self._watch_signals()
+        self._connect_at_start()
         self._selector.register(self._reader, selectors.EVENT_READ,
                                 lambda _mask: self._on_entries())
         self._log.info('consumer %s of pool %s: %d workers of %s, Redis %r',
@@ -271,6 +254,10 @@ class RemoteWorkers:
                 self._link.heartbeat(self.host, self.pid, 0, 0, 0)
                 return
             except RedisDown as err:
+                if self._signals:
+                    raise StartupError('stopped by a signal while waiting '
+                                       f'for Redis at {self._link!r}'
+                                       ) from None
                 if time.monotonic() >= deadline:
                     raise StartupError(
                         f'cannot reach Redis at {self._link!r}: {err}'
@@ -298,7 +285,7 @@ class RemoteWorkers:
 
     def _timeout(self) -> float:
         timeout = min(TICK, max(0.0, self._next_beat - time.monotonic()))
-        if self._outbox and self._link.up:
+        if self._relay.waiting_replies and self._link.up:
             return 0.0
         return timeout
 
@@ -353,7 +340,7 @@ class RemoteWorkers:
             # claim brings it back
             return
 
-    def _start(self, waiting: _Waiting, now_ms: int) -> _Job | None:
+    def _start(self, waiting: _Waiting, now_ms: int) -> Job | None:
         """Start one entry; None when it is not ours to run."""
         age = rp.entry_age_ms(waiting.entry_id, now_ms)
         request_id = waiting.message[1]
@@ -369,15 +356,12 @@ class RemoteWorkers:
                             'another consumer', request_id,
                             waiting.dispatcher_id)
             return None
-        local_id = self._next_local_id = self._next_local_id + 1
-        return _Job(waiting.dispatcher_id, request_id, local_id,
-                    (messages.REQUEST, local_id) + tuple(waiting.message[2:]))
+        return self._relay.start(waiting.dispatcher_id, waiting.message)
 
-    def _give(self, handle: WorkerHandle, job: _Job) -> None:
+    def _give(self, handle: WorkerHandle, job: Job) -> None:
         pending = Pending(job.local_id, None, self.pool, job.message)
         pending.state = ASSIGNED
         job.pending = pending
-        self._jobs[job.local_id] = job
         handle.take(pending)
         self.pool.send_to(handle, job.message)
 
@@ -442,12 +426,12 @@ class RemoteWorkers:
         reason = 'ended' if process.exitcode is None \
             else self.pool.exit_reason(handle)
         for pending in handle.take_all_back():
-            job = self._jobs.pop(pending.request_id, None)
+            job = self._relay.finish(pending.request_id)
             if job is not None:
                 self._log.error('request %s of dispatcher %s lost: worker '
                                 '%s %s', job.request_id, job.dispatcher_id,
                                 handle.name, reason)
-                self._relay(job, rp.lost(job.request_id, reason))
+                self._relay.lost(job, reason)
         if process.exitcode is None:
             handle.awaiting_exit = True     # the pool reaps it later
             return
@@ -459,7 +443,7 @@ class RemoteWorkers:
         if kind in _ABOUT_A_REQUEST:
             self._on_request_message(handle, message)
         elif kind == messages.KEEP_ALIVE:
-            self._on_keep_alive(message[1])
+            self._relay.keep_alive(message[1])
         elif kind == messages.LOG:
             self._on_worker_log(message)
         elif kind == messages.HEARTBEAT:
@@ -483,34 +467,23 @@ class RemoteWorkers:
     def _on_request_message(self, handle: WorkerHandle,
                             message: Message) -> None:
         kind, local_id = message[0], message[1]
-        job = self._jobs.get(local_id)
+        job = self._relay.get(local_id)
         if job is None or job.pending is None:
             self._log.debug('worker %s: message kind %s for unknown request '
                             '%s dropped', handle.name, kind, local_id)
             return
         if kind in (messages.RESPONSE, messages.STREAM_END):
-            del self._jobs[local_id]
+            self._relay.finish(local_id)
             handle.forget(job.pending)
             self._handled += 1
         elif kind in (messages.DEFERRED, messages.STREAM_START):
             handle.release(job.pending)     # the worker is free again
-        self._relay(job, (kind, job.request_id) + tuple(message[2:]))
-
-    def _on_keep_alive(self, local_ids: Any) -> None:
-        by_dispatcher: dict[str, list[int]] = {}
-        for local_id in local_ids:
-            job = self._jobs.get(local_id)
-            if job is not None:
-                by_dispatcher.setdefault(job.dispatcher_id, []).append(
-                    job.request_id)
-        for dispatcher_id, request_ids in by_dispatcher.items():
-            self._outbox.append(
-                (dispatcher_id, messages.keep_alive(request_ids)))
+        self._relay.from_worker(job, message)
 
     def _on_returned(self, handle: WorkerHandle, local_id: int) -> None:
         """A stopping worker handed a started request back unrun: another
         local worker runs it, or it is LOST when none will."""
-        job = self._jobs.pop(local_id, None)
+        job = self._relay.get(local_id)
         if job is None or job.pending is None:
             return
         handle.forget(job.pending)
@@ -518,8 +491,8 @@ class RemoteWorkers:
         if self._state == 'running':
             self._returned.append(job)
         else:
-            self._relay(job, rp.lost(job.request_id, 'the remote workers '
-                                     'stopped before it ran'))
+            self._relay.finish(local_id)
+            self._relay.lost(job, _STOPPED_BEFORE)
 
     def _on_worker_log(self, message: Message) -> None:
         _, name, level, text, details = message
@@ -530,40 +503,15 @@ class RemoteWorkers:
 
     # -- replies and heartbeats ---------------------------------------------
 
-    def _relay(self, job: _Job, message: Message) -> None:
-        self._outbox.append((job.dispatcher_id, message))
-        if len(self._outbox) > OUTBOX_LIMIT:
-            self._outbox.popleft()
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
-                self._log.error('Redis is away and %d replies wait: %d of '
-                                'the oldest dropped', OUTBOX_LIMIT,
-                                self._dropped)
-
     def _send_replies(self) -> None:
-        if not self._outbox or not self._link.up:
+        if not self._relay.waiting_replies or not self._link.up:
             return
-        batch: list[tuple[str, dict[bytes, bytes]]] = []
-        count = 0
-        for dispatcher_id, message in self._outbox:
-            count += 1
-            try:
-                batch.append((dispatcher_id,
-                              rp.encode_reply(self.consumer, message)))
-            except rp.ProtocolError as err:
-                self._log.error('request %s: its answer cannot be sent: %s',
-                                message[1], err)
-                batch.append((dispatcher_id, rp.encode_reply(
-                    self.consumer, rp.lost(message[1], str(err)))))
-            if count >= 1000:
-                break   # bounded work per turn; the loop comes back at once
+        batch = self._relay.batch()
         try:
             self._link.send(batch)
         except RedisDown:
             return  # kept: sent once the link is back
-        for _ in range(count):
-            self._outbox.popleft()
-        self._dropped = 0
+        self._relay.sent(len(batch))
 
     def _heartbeat(self, now: float) -> None:
         self._next_beat = now + rp.HEARTBEAT_INTERVAL
@@ -614,7 +562,7 @@ class RemoteWorkers:
             return
         if self._state == 'running':
             self._log.info('stopping: finishing %d started requests',
-                           len(self._jobs))
+                           len(self._relay))
             self._begin_stop()
         if self._signals > 1 and not self._killed:
             self._killed = True
@@ -628,9 +576,9 @@ class RemoteWorkers:
         self._reader.stop()
         # read, never started: left pending for another consumer to claim
         self._waiting.clear()
-        for job in list(self._returned):
-            self._relay(job, rp.lost(job.request_id, 'the remote workers '
-                                     'stopped before it ran'))
+        for job in self._returned:
+            self._relay.finish(job.local_id)
+            self._relay.lost(job, _STOPPED_BEFORE)
         self._returned.clear()
         # each worker finishes what it holds (deferred and streaming too),
         # runs teardown() and exits; SIGKILL after graceful_timeout
@@ -640,18 +588,16 @@ class RemoteWorkers:
         """After the loop: last replies, leave the pool, close."""
         if self._state != 'done':     # an error in the loop: no orphans
             self.pool.kill()
-        for job in self._jobs.values():
-            self._relay(job, rp.lost(job.request_id, 'the remote workers '
-                                     'stopped'))
-        self._jobs.clear()
+        for job in self._relay.finish_all():
+            self._relay.lost(job, 'the remote workers stopped')
         self._reader.stop()
         if not self._link.up:
             self._reconnect()
-        while self._outbox and self._link.up:
+        while self._relay.waiting_replies and self._link.up:
             self._send_replies()
-        if self._outbox:
+        if self._relay.waiting_replies:
             self._log.error('%d replies could not be sent: Redis is away',
-                            len(self._outbox))
+                            self._relay.waiting_replies)
         try:
             self._link.leave()
         except RedisDown:
@@ -664,6 +610,7 @@ class RemoteWorkers:
         self._log.info('consumer %s stopped', self.consumer)
 
 
+_STOPPED_BEFORE: Final = 'the remote workers stopped before it ran'
 # the worker -> dispatcher kinds that carry a request id at index 1 and
 # are relayed to that request's dispatcher
 _ABOUT_A_REQUEST: Final = frozenset((
