@@ -441,6 +441,14 @@ def _group_exists(client, pool):
     return any(group['name'] == rp.GROUP.encode() for group in groups)
 
 
+def test_workers_that_never_start_end_the_host_with_status_1(hosts):
+    host = hosts(workers=2, env={'REMOTE_APP_FAIL_SETUP': '1'})
+    assert host.process.wait(30) == 1
+    log = host.log()
+    assert 'setup fails on purpose' in log
+    assert 'all 2 workers failed at start-up' in log
+
+
 # -- the command line -----------------------------------------------------------
 
 def run_worker_cli(*args, env=None, timeout=30):

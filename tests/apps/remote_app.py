@@ -17,7 +17,8 @@ Routes (names are stable: tests of both sides of remote pools use them):
 - `GET /stream?n=N`: a streamed answer of N NDJSON lines {"n": i}.
 
 When REMOTE_APP_MARKS names a directory, each worker process writes
-`setup-<pid>` there in setup() and `teardown-<pid>` in teardown().
+`setup-<pid>` there in setup() and `teardown-<pid>` in teardown(). With
+REMOTE_APP_FAIL_SETUP=1, setup() raises (no worker ever gets ready).
 """
 
 import os
@@ -32,6 +33,8 @@ class RemoteApp(_workers.Worker):
     """The worker class of the remote pool tests."""
 
     def setup(self):
+        if os.environ.get('REMOTE_APP_FAIL_SETUP') == '1':
+            raise RuntimeError('setup fails on purpose')
         self._mark('setup')
 
     def teardown(self):

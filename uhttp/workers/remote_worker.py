@@ -20,23 +20,29 @@ How it is built:
   behind another on this host while a sibling host is free.
 - Threads: the main thread runs one selector loop that owns the worker
   channels and exit sentinels, the signal pipe, the supervision of the
-  pool and every short Redis call (`RedisLink`: start, replies, heartbeat,
-  claims are handed over by the reader). One more thread, the
-  `StreamReader` (remote_consumer.py), does the only blocking call,
-  XREADGROUP BLOCK, with a budget of as many entries as the main loop last
-  said it had idle workers, and wakes the loop through a socket in its
-  selector. A blocked read never delays relaying an answer.
+  pool and every short Redis call (`RedisLink`: start or drop an entry,
+  add replies, heartbeat). One more thread, the `StreamReader`
+  (remote_consumer.py), makes the calls that take entries: XREADGROUP
+  BLOCK (the only blocking one) and, every few seconds, XAUTOCLAIM of
+  entries a dead consumer left unstarted; it takes at most as many as the
+  main loop last said it had idle workers, and wakes the loop through a
+  socket in its selector. A blocked read never delays relaying an answer.
 - At most once: an entry is started by a Lua script that acknowledges it
   and adds STARTED only when its acknowledgement was the one that took it
   off the pending list; only then does a local worker get it. A worker
   that dies with a started request gets LOST sent for it (the dispatcher
   answers 502) and is restarted; a request is never run twice.
 - Request ids are the dispatchers', and two dispatchers may use the same
-  id: a started request gets a local id here, mapped back to (dispatcher,
-  request id) for every message the worker sends about it.
+  id: a started request gets a local id (remote_relay.py), mapped back to
+  (dispatcher, request id) for every message the worker sends about it.
+- An entry older than its timeout is acknowledged and dropped unrun (its
+  dispatcher answered 504 already); its age is measured on the Redis
+  server's clock (TIME, read once a second and carried forward by this
+  host's monotonic clock).
 - Redis going away: logged once; workers keep running and finish what they
   hold; answers wait in a bounded outbox; the link and the reader retry
-  with a back-off capped at 5 s, re-create the group and go on.
+  with a back-off capped at 5 s, re-create the group if Redis lost it and
+  go on.
 - SIGTERM/SIGINT: read nothing more, let started requests finish and
   relay their answers, stop the workers gracefully (teardown runs), delete
   the alive key, leave the consumer set, exit 0. A second signal, or
