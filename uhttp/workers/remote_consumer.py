@@ -5,17 +5,21 @@ pool's consumer group (see remote_protocol.py for the keys and the
 encoding). This module owns every Redis command that host sends:
 
 - `RedisLink`: the connection of the main loop. Its calls are short (no
-  BLOCK): start a request (acknowledge it and add STARTED, atomically),
-  acknowledge an entry to drop, add replies, refresh the heartbeat, claim
-  entries that a dead consumer left, and leave the pool at exit. A call
-  that fails raises `RedisDown`; the link then waits a back-off (doubling,
-  capped at RETRY_MAX seconds) before the caller may try again.
-- `StreamReader`: a thread that does the one blocking call, XREADGROUP
-  BLOCK, for as many entries as the main loop says it has idle workers
-  (`want()`), and hands what it read to the main loop through an inbox and
-  a wake-up socket the main loop watches in its selector. So a blocked
-  read never delays the relaying of answers, and no entry is taken from
-  the stream while no local worker is free to start it.
+  BLOCK): join the pool (group, consumer set), start a request
+  (acknowledge it and add STARTED, atomically), acknowledge an entry to
+  drop, add replies, refresh the heartbeat, read the server's clock, and
+  leave the pool at exit. A call that fails raises `RedisDown`; the link
+  then waits a back-off (doubling, capped at RETRY_MAX seconds) before the
+  caller may try again.
+- `StreamReader`: a thread with a connection of its own that takes
+  entries: XREADGROUP BLOCK (the one blocking call) and, every CLAIM_EVERY
+  seconds, XAUTOCLAIM of entries delivered to some consumer and left
+  unacknowledged for CLAIM_IDLE_MS (so never started: a dead consumer's).
+  It takes at most as many as the main loop says it has idle workers
+  (`want()`), and hands them over through an inbox and a wake-up socket
+  the main loop watches in its selector. So a blocked read never delays
+  the relaying of answers, and no entry is taken from the stream while no
+  local worker is free to start it.
 
 Must never: decide what runs where (the agent in remote_worker.py does),
 compare this host's clock with another's (entry ages come from the Redis
