@@ -429,14 +429,15 @@ class RemoteWorkers:
         handle.channel.close()
         self._flush_needed.discard(handle)
         process.join(0)     # never blocks
-        reason = 'ended' if process.exitcode is None \
-            else self.pool.exit_reason(handle)
+        # (the exit status may not exist yet: the pool reaps it later)
+        reason = f'worker {handle.name} (pid {handle.pid}) ' + (
+            'ended' if process.exitcode is None
+            else self.pool.exit_reason(handle))
         for pending in handle.take_all_back():
             job = self._relay.finish(pending.request_id)
             if job is not None:
-                self._log.error('request %s of dispatcher %s lost: worker '
-                                '%s %s', job.request_id, job.dispatcher_id,
-                                handle.name, reason)
+                self._log.error('request %s of dispatcher %s lost: %s',
+                                job.request_id, job.dispatcher_id, reason)
                 self._relay.lost(job, reason)
         if process.exitcode is None:
             handle.awaiting_exit = True     # the pool reaps it later
