@@ -322,6 +322,7 @@ def worker_main(argv: Sequence[str]) -> int:
     """Run `uhttp-workers worker ...`; returns the exit status."""
     args = build_worker_parser().parse_args(argv)
     prog = f'{PROG} {WORKER_COMMAND}'
+    # only this command needs them: `uhttp-workers APP` does not load them
     # pylint: disable=import-outside-toplevel
     from . import remote_consumer, remote_worker
     from .worker import Worker
