@@ -416,6 +416,12 @@ class StreamReader(threading.Thread):
                 need_group = True
                 self._pause(delay)
                 delay = min(delay * 2, RETRY_MAX)
+            except Exception as err:  # pylint: disable=broad-except
+                # a reply this code did not expect: said, and tried again
+                # (a reader that died would leave the host idle for good)
+                self._log(40, f'reading the stream failed: {err!r}')
+                self._pause(delay)
+                delay = min(delay * 2, RETRY_MAX)
         if client is not None:
             client.close()
 

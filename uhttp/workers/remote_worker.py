@@ -308,9 +308,9 @@ class RemoteWorkers:
         for entry_id, fields in self._reader.take():
             try:
                 dispatcher_id, timeout_ms, message = rp.decode_request(fields)
-                if len(message) < 11 or not isinstance(message[1], int):
-                    raise rp.ProtocolError('not a request message layout')
-            except rp.ProtocolError as err:
+                _check_layout(message)
+            except (rp.ProtocolError, RecursionError) as err:
+                # (RecursionError: JSON nested too deep to decode)
                 self._log.error('entry %s of %s is malformed, dropped: %s',
                                 entry_id.decode(errors='replace'),
                                 rp.requests_stream(self.pool_name), err)
@@ -615,6 +615,16 @@ class RemoteWorkers:
             self._reader.join(rp.HEARTBEAT_INTERVAL + 1)
         self._reader.close()
         self._log.info('consumer %s stopped', self.consumer)
+
+
+def _check_layout(message: Message) -> None:
+    """Raise ProtocolError unless `message` is laid out as a REQUEST (see
+    messages.request): a worker must never get one it cannot unpack."""
+    if len(message) != 11 or not isinstance(message[1], int) \
+            or not isinstance(message[2], str) \
+            or not isinstance(message[3], str) \
+            or not isinstance(message[5], dict):
+        raise rp.ProtocolError('not laid out as a request message')
 
 
 _STOPPED_BEFORE: Final = 'the remote workers stopped before it ran'
