@@ -8,6 +8,7 @@ a worker process that exits mid-request, SIGKILL and SIGSTOP of a host,
 SIGTERM, a Redis server restarted under a running host.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,14 +37,16 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 def pool(request):
-    """A pool name of this test only."""
-    return f'rw-{request.node.name}'[:60]
+    """A pool name of this test only (parameters included)."""
+    name = request.node.name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f'rw-{name[:40]}-{digest}'
 
 
 class Host:
     """One `uhttp-workers worker` process (a remote worker host)."""
 
-    def __init__(self, url, pool, workers, log_path, env=None):
+    def __init__(self, url, pool, workers, log_path, env=None, extra=()):
         self.log_path = log_path
         environ = {key: value for key, value in os.environ.items()
                    if not key.startswith('UHTTP_WORKERS_')}
@@ -53,7 +56,7 @@ class Host:
                 [sys.executable, '-m', 'uhttp.workers', 'worker',
                  'remote_app:RemoteApp', '--redis', url, '--pool', pool,
                  '--workers', str(workers), '--app-dir', APPS,
-                 '--log-level', 'debug'],
+                 '--log-level', 'debug', *extra],
                 stdout=subprocess.DEVNULL, stderr=log, env=environ)
         self.pid = self.process.pid
         self.consumer = f'{socket.gethostname()}:{self.pid}'
@@ -84,9 +87,9 @@ def hosts(redis_server, pool, tmp_path):
     is stopped (by its pid) at the end."""
     started = []
 
-    def start(workers=1, env=None, url=None):
+    def start(workers=1, env=None, url=None, extra=()):
         host = Host(url or redis_server[0], pool, workers,
-                    tmp_path / f'host-{len(started)}.log', env)
+                    tmp_path / f'host-{len(started)}.log', env, extra)
         started.append(host)
         return host
     yield start
@@ -395,6 +398,30 @@ def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
     teardowns = {name[len('teardown-'):] for name in os.listdir(marks)
                  if name.startswith('teardown-')}
     assert setups and setups == teardowns
+
+
+@pytest.mark.parametrize('how', ['second signal', 'graceful timeout'])
+def test_a_request_that_does_not_finish_in_time_is_lost_at_stop(
+        hosts, dispatcher, redis_server, tmp_path, how):
+    client = redis_server[1]
+    never = str(tmp_path / 'never-created')
+    extra = ('--graceful-timeout', '1') if how == 'graceful timeout' else ()
+    host = hosts(workers=1, extra=extra)
+    dispatcher.send(1, '/wait', query={'flag': never})
+    dispatcher.wait_kind(1, rp.STARTED)
+    host.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: 'stopping: finishing 1 started requests'
+               in host.log())
+    if how == 'second signal':
+        host.process.send_signal(signal.SIGTERM)
+    dispatcher.wait_kind(1, rp.LOST)
+    assert dispatcher.kinds(1) == [rp.STARTED, rp.LOST]
+    assert host.process.wait(20) == 0
+    assert alive(client, dispatcher.pool, host) is None
+    if how == 'second signal':
+        assert 'second signal: killing the workers' in host.log()
+    else:
+        assert 'did not exit in time: SIGKILL' in host.log()
 
 
 def test_a_redis_restart_under_a_running_host(hosts, pool, tmp_path):
