@@ -156,7 +156,6 @@ class RedisLink:
         self._errors = _connection_errors()
         self._response_error: type[BaseException] = \
             import_redis().ResponseError
-        self._start = self._client.register_script(_START_SCRIPT)
         self._leave_group = self._client.register_script(_LEAVE_GROUP_SCRIPT)
         self.up = False
         self._joined = False    # the group was made or found once
@@ -227,28 +226,33 @@ class RedisLink:
             now = after
         return int(now * 1000 + self._time_offset)
 
-    def start(self, entry_id: bytes, dispatcher_id: str,
-              request_id: int) -> bool:
-        """Acknowledge the entry and add STARTED to its dispatcher's reply
-        stream, atomically; True when this consumer is the one to run it."""
-        fields = rp.encode_reply(self.consumer,
-                                 rp.started(request_id, self.consumer))
-        args: list[bytes | str | int] = [
-            rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN]
-        for name, value in fields.items():
-            args += [name, value]
+    def start(self, starts: Sequence[tuple[bytes, str, int]]) -> list[bool]:
+        """For each (entry id, dispatcher id, request id): acknowledge the
+        entry and add STARTED to its dispatcher's reply stream, atomically
+        (one script per entry, all in one round trip). True for each entry
+        this consumer is the one to run."""
+        if not starts:
+            return []
         with self._calls():
-            won = self._start(
-                keys=[rp.requests_stream(self.pool),
-                      rp.replies_stream(self.pool, dispatcher_id)],
-                args=args)
-        return bool(won)
+            # EVAL, not EVALSHA: a pipeline of EVALSHA would first ask
+            # whether the script is loaded, a second round trip each time
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id, dispatcher_id, request_id in starts:
+                fields = rp.encode_reply(
+                    self.consumer, rp.started(request_id, self.consumer))
+                args: list[bytes | str | int] = [
+                    rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN]
+                for name, value in fields.items():
+                    args += [name, value]
+                pipe.eval(_START_SCRIPT, 2, rp.requests_stream(self.pool),
+                          rp.replies_stream(self.pool, dispatcher_id), *args)
+            return [bool(won) for won in pipe.execute()]
 
-    def ack(self, entry_id: bytes) -> None:
-        """Acknowledge an entry that is not run (too old, malformed)."""
+    def ack(self, *entry_ids: bytes) -> None:
+        """Acknowledge entries that are not run (too old, malformed)."""
         with self._calls():
             self._client.xack(rp.requests_stream(self.pool), rp.GROUP,
-                              entry_id)
+                              *entry_ids)
 
     def send(self, replies: Sequence[tuple[str, dict[bytes, bytes]]]) -> None:
         """Add encoded replies, each to its dispatcher's reply stream, in

@@ -335,34 +335,42 @@ class RemoteWorkers:
         if not idle or not self._waiting or not self._link.up:
             return
         try:
-            now_ms = self._link.server_time_ms()
-            while idle and self._waiting:
-                job = self._start(self._waiting.popleft(), now_ms)
-                if job is not None:
-                    self._give(idle.pop(), job)
+            batch = self._fresh_entries(len(idle))
+            won = self._link.start([(w.entry_id, w.dispatcher_id,
+                                     w.message[1]) for w in batch])
         except RedisDown:
             # an entry whose start may or may not have happened is not
             # retried here (it could run twice): if it is still pending, a
             # claim brings it back
             return
+        for waiting, ours in zip(batch, won):
+            if ours:
+                self._give(idle.pop(), self._relay.start(
+                    waiting.dispatcher_id, waiting.message))
+            else:
+                self._log.debug('request %s of dispatcher %s was taken by '
+                                'another consumer', waiting.message[1],
+                                waiting.dispatcher_id)
 
-    def _start(self, waiting: _Waiting, now_ms: int) -> Job | None:
-        """Start one entry; None when it is not ours to run."""
-        age = rp.entry_age_ms(waiting.entry_id, now_ms)
-        request_id = waiting.message[1]
-        if age > waiting.timeout_ms:
+    def _fresh_entries(self, count: int) -> list[_Waiting]:
+        """Up to `count` waiting entries still young enough to run; those
+        older than their timeout are acknowledged and dropped unrun."""
+        now_ms = self._link.server_time_ms()
+        fresh: list[_Waiting] = []
+        stale: list[bytes] = []
+        while self._waiting and len(fresh) < count:
+            waiting = self._waiting.popleft()
+            age = rp.entry_age_ms(waiting.entry_id, now_ms)
+            if age <= waiting.timeout_ms:
+                fresh.append(waiting)
+                continue
             self._log.info('request %s of dispatcher %s waited %d ms > its '
-                           'timeout %d ms: dropped', request_id,
+                           'timeout %d ms: dropped', waiting.message[1],
                            waiting.dispatcher_id, age, waiting.timeout_ms)
-            self._link.ack(waiting.entry_id)
-            return None
-        if not self._link.start(waiting.entry_id, waiting.dispatcher_id,
-                                request_id):
-            self._log.debug('request %s of dispatcher %s was taken by '
-                            'another consumer', request_id,
-                            waiting.dispatcher_id)
-            return None
-        return self._relay.start(waiting.dispatcher_id, waiting.message)
+            stale.append(waiting.entry_id)
+        if stale:
+            self._link.ack(*stale)
+        return fresh
 
     def _give(self, handle: WorkerHandle, job: Job) -> None:
         pending = Pending(job.local_id, None, self.pool, job.message)
