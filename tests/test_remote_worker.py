@@ -366,9 +366,10 @@ def test_sigkill_of_a_host_leaves_its_unstarted_entry_to_another(
     assert pending_count(client, dispatcher.pool) == 0
 
 
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
                                                       redis_server,
-                                                      tmp_path):
+                                                      tmp_path, signum):
     client = redis_server[1]
     marks = tmp_path / 'marks'
     marks.mkdir()
@@ -376,7 +377,7 @@ def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
     host = hosts(workers=1, env={'REMOTE_APP_MARKS': str(marks)})
     dispatcher.send(1, '/wait', query={'flag': flag})
     dispatcher.wait_kind(1, rp.STARTED)
-    host.process.send_signal(signal.SIGTERM)
+    host.process.send_signal(signum)
     wait_until(lambda: 'stopping: finishing 1 started requests'
                in host.log())
     assert host.process.poll() is None     # it waits for the request
