@@ -78,6 +78,9 @@ TYPED_MODULES = [
     'uhttp.workers.cli',
     'uhttp.workers.reloader',
     'uhttp.workers.remote_protocol',
+    'uhttp.workers.remote_consumer',
+    'uhttp.workers.remote_relay',
+    'uhttp.workers.remote_worker',
     'uhttp.workers.__main__',
 ]
 
