@@ -163,3 +163,24 @@ def test_ws_chat(start_server):
         with pytest.raises(ConnectionClosed) as closed:
             eve.recv(timeout=10)
     assert closed.value.rcvd.code == 1008
+
+
+def test_multi_host(start_server, tmp_path):
+    from conftest import free_port, running_redis, wait_until  # pylint: disable=import-outside-toplevel
+    with running_redis(tmp_path, 'redis-server is not installed: the '
+                       'multi-host example coordinates through Redis') as (
+                           url, client):
+        server = start_server(example('multi_host/app.py'), env={
+            'INSTANCE': 'a', 'PORT': str(free_port()), 'REDIS_URL': url},
+            ready_workers=2)
+        assert server.get('/health').json() == {'status': 'ok',
+                                                'instance': 'a'}
+        answer = server.get('/api/hello').json()
+        assert (answer['instance'], answer['port']) == ('a', server.port)
+        # alone, its workers hold the primary duty and its job runs
+        promotions = wait_until(
+            lambda: client.lrange('multi-host:promotions', 0, -1), 15)
+        assert [p.split()[0] for p in promotions] == [b'a']
+        wait_until(lambda: client.llen('multi-host:migrations') == 1, 15)
+        server.stop()
+        assert server.proc.returncode == 0

@@ -81,6 +81,9 @@ TYPED_MODULES = [
     'uhttp.workers.remote_pool',
     'uhttp.workers.remote_bridge',
     'uhttp.workers.wake_pipe',
+    'uhttp.workers.remote_consumer',
+    'uhttp.workers.remote_relay',
+    'uhttp.workers.remote_worker',
     'uhttp.workers.__main__',
 ]
 

@@ -1,4 +1,5 @@
-"""The command line: `uhttp-workers [OPTIONS] module:name`.
+"""The command line: `uhttp-workers [OPTIONS] module:name`, and
+`uhttp-workers worker module:WorkerClass --redis URL` (remote workers).
 
 Owns turning options (command line > environment > --config TOML > the
 application's own values > defaults; the options themselves are declared
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description='Run a uhttp.workers Dispatcher.',
         epilog='Options also come from UHTTP_WORKERS_<NAME> environment '
         'variables and a --config TOML file; the command line wins. '
-        'Reference: docs/configuration.md.')
+        'Reference: docs/configuration.md. Workers of a remote pool, on '
+        f'another host: {PROG} worker module:WorkerClass --redis URL (see '
+        f'{PROG} worker --help).')
     parser.add_argument(
         'app', metavar='APP',
         help="module:name of a Dispatcher subclass or instance, or of a "
@@ -244,6 +247,8 @@ def main(argv: Sequence[str] | None = None,
     """Run the command line; returns the exit status."""
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WORKER_COMMAND]:
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = resolve(args, environ)
@@ -260,6 +265,95 @@ def main(argv: Sequence[str] | None = None,
         return 0
     dispatcher.run()
     return 0
+
+
+# -- `uhttp-workers worker`: remote workers -------------------------------------
+
+WORKER_COMMAND = 'worker'
+
+
+def build_worker_parser() -> argparse.ArgumentParser:
+    """The argument parser of `uhttp-workers worker`."""
+    parser = argparse.ArgumentParser(
+        prog=f'{PROG} {WORKER_COMMAND}',
+        description='Run the workers of a remote pool on this host. A '
+        "dispatcher's RemotePool(name=NAME, redis_url=URL) puts the requests "
+        'of its routes into the Redis stream uhttp:NAME:requests; this '
+        'process starts N worker processes of WORKER (the same Worker '
+        'subclass and @api routes a local pool runs: setup(), teardown(), '
+        'self.log, streaming and keep_alive work as there), takes from the '
+        'stream only as many requests as it has idle workers, and puts each '
+        "answer on the reply stream of the dispatcher that sent it. Run it "
+        'on as many hosts as you like: a request runs once, on one of them. '
+        "Worker log records go to this process's stderr.",
+        epilog='A worker process that dies is restarted (its started '
+        'request is answered 502 by the dispatcher). If Redis goes away '
+        'the workers keep running and the connection is retried. SIGTERM '
+        'or SIGINT: no new requests are taken, started ones finish and '
+        'are answered, teardown() runs, exit status 0; a second signal '
+        '(or --graceful-timeout) kills the workers. Exit status 1: the '
+        'redis package is missing, Redis is unreachable at start (tried '
+        'for 5 s), or no worker could start.')
+    parser.add_argument(
+        'app', metavar='MODULE:WORKER',
+        help='module:name of the Worker subclass to run')
+    parser.add_argument(
+        '--redis', required=True, metavar='URL',
+        help='the Redis the dispatchers use, e.g. redis://host:6379/0')
+    parser.add_argument(
+        '--pool', metavar='NAME', default=None,
+        help='name of the remote pool (its RemotePool name=); default: the '
+        'worker class name')
+    parser.add_argument(
+        '--workers', metavar='N', type=int, default=None,
+        help='worker processes on this host (default: the CPU count, '
+        f'{os.cpu_count() or 1} here)')
+    parser.add_argument(
+        '--log-level', metavar='LEVEL', type=settings.KINDS['level'].parse,
+        default=20, help='level of the log of this process and of its '
+        'workers: debug, info (default), warning, error, critical')
+    parser.add_argument(
+        '--app-dir', metavar='DIR', default='.',
+        help='directory put first on sys.path to import MODULE (default: .)')
+    parser.add_argument(
+        '--graceful-timeout', metavar='SECONDS', type=float, default=30,
+        help='seconds the workers have to finish at a stop before they are '
+        'killed (default: 30)')
+    return parser
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """Run `uhttp-workers worker ...`; returns the exit status."""
+    args = build_worker_parser().parse_args(argv)
+    prog = f'{PROG} {WORKER_COMMAND}'
+    # only this command needs them: `uhttp-workers APP` does not load them
+    # pylint: disable=import-outside-toplevel
+    from . import remote_consumer, remote_worker
+    from .worker import Worker
+    try:
+        remote_consumer.import_redis()
+        target = import_target(args.app, args.app_dir)
+        if not (isinstance(target, type) and issubclass(target, Worker)):
+            raise SettingError(f'{args.app} is a {type(target).__name__}, '
+                               'not a Worker subclass')
+        count = args.workers if args.workers is not None \
+            else os.cpu_count() or 1
+        if count < 1:
+            raise SettingError('--workers must be at least 1')
+        workers = remote_worker.RemoteWorkers(
+            target, args.redis, pool_name=args.pool, num_workers=count,
+            log_level=args.log_level, graceful_timeout=args.graceful_timeout)
+    except remote_consumer.RedisMissing as err:
+        sys.stderr.write(f'{prog}: error: {err}\n')
+        return EXIT_CONFIG
+    except (SettingError, ValueError, TypeError, ImportError) as err:
+        sys.stderr.write(f'{prog}: error: {_one_line(err)}\n')
+        return EXIT_CONFIG
+    try:
+        return workers.run()
+    except remote_worker.StartupError as err:
+        sys.stderr.write(f'{prog}: error: {err}\n')
+        return EXIT_CONFIG
 
 
 def _one_line(err: BaseException) -> str:

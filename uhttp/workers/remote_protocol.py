@@ -26,9 +26,10 @@ The keys of a remote pool called NAME:
   is there exactly while the worker is alive; expiry is measured by the
   Redis server's clock, so the hosts' clocks never have to agree.
 
-At most once: a worker acknowledges an entry (XACK) in the same
-MULTI/EXEC as it adds STARTED to the reply stream, and only then runs the
-handler. An entry delivered but not yet started stays in the group's
+At most once: a worker acknowledges an entry (XACK) and adds STARTED to
+the reply stream in one server-side script that adds STARTED only when
+its XACK acknowledged the entry (so a host that lost the entry to another
+never claims to run it), and only then runs the handler. An entry delivered but not yet started stays in the group's
 pending list; another worker may claim it (XAUTOCLAIM) once it has been
 idle for `CLAIM_IDLE_MS`. An entry already acknowledged is never run
 again: if its worker's heartbeat key expires before the answer came, the

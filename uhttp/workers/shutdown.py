@@ -92,6 +92,10 @@ class Shutdown:
         self._shutdown_started = now
         self._next_housekeeping = now
         self._close_listener()
+        if not self._handing_over():
+            # (while handing over, the open connections are still served
+            # here; the idle ones are closed at the end of the drain)
+            self._close_idle_connections()
         self.log.info('draining %d pending requests (up to %ss)',
                       len(self._pending), self.shutdown_timeout)
 
@@ -107,6 +111,21 @@ class Shutdown:
             connection = cast('Connection', parked)
             if resume(connection) and connection._buffer:  # pylint: disable=protected-access
                 self._pipelined.add(connection)
+
+    def _close_idle_connections(self) -> None:
+        """Close the keep-alive connections that wait for a next request.
+
+        Left open, the next request on one could only be refused (503
+        "Shutting down"), and a balancer passes that 503 to its client.
+        Closed, the client (or the balancer) opens a new connection,
+        refused here, and goes to another instance; a request that crossed
+        the close sees its connection closed before any answer, which a
+        client may retry (RFC 9112 §9.3.1; haproxy: retry-on empty-response).
+        """
+        # pylint: disable=protected-access
+        for connection in list(self._server._waiting_connections):
+            if _is_idle(connection):
+                connection.close()
 
     def _drain_step(self, now: float) -> None:
         started = self._shutdown_started
@@ -133,15 +152,6 @@ class Shutdown:
                    and (not connection._requests_count
                         or connection._last_activity > recent)
                    for connection in self._server._waiting_connections)
-
-    def _close_idle_connections(self) -> None:
-        """End of a hand-over: close the connections with nothing to send
-        before the workers stop, so that a client's next request on one
-        meets a closed connection (to retry elsewhere), never a 503."""
-        for connection in list(self._server._waiting_connections):  # pylint: disable=protected-access
-            if connection.socket is not None and connection.context is None \
-                    and not connection.has_data_to_send:
-                connection.close()
 
     def _fail_all_pending(self) -> None:
         for pending in self._pending.all():
@@ -232,6 +242,17 @@ class Shutdown:
             self._pid_file.remove()
         self.log.info('stopped')
 
+
+def _is_idle(connection: Connection) -> bool:
+    """True for a keep-alive connection between two requests: nothing of a
+    next request received, nothing left to send, no stream."""
+    # pylint: disable=protected-access
+    return (connection.socket is not None and connection.context is None
+            and connection._method is None and not connection._buffer
+            and not connection._response_started
+            and not connection._is_streaming and not connection._ws_mode
+            and not connection._read_paused
+            and not connection.has_data_to_send)
 
 
 def refuse_to_run_in_worker() -> None:
