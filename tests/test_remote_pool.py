@@ -8,7 +8,6 @@ The app (tests/apps/remote_dispatcher_app.py) has a RemotePool 'remote' on
 """
 
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -626,28 +625,20 @@ REMOTE_ROUTES = '/echo /body /wait /crash /stream'
 HOST_POOL = 'hosted'
 
 
-def _has_remote_worker():
-    return importlib.util.find_spec('uhttp.workers.remote_worker') is not None
-
-
-needs_hosts = pytest.mark.skipif(
-    not _has_remote_worker(),
-    reason='uhttp.workers.remote_worker (uhttp-workers worker) is not part '
-    'of this installation')
-
-
 class Host:
     """One `uhttp-workers worker remote_app:RemoteApp` process."""
 
-    def __init__(self, url, workers, log_path):
+    def __init__(self, url, workers, log_path, graceful_timeout=None):
         self.log_path = log_path
+        extra = [] if graceful_timeout is None else [
+            '--graceful-timeout', str(graceful_timeout)]
         environ = {key: value for key, value in os.environ.items()
                    if not key.startswith('UHTTP_WORKERS_')}
         with open(log_path, 'wb') as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
                 [sys.executable, '-m', 'uhttp.workers', 'worker',
                  'remote_app:RemoteApp', '--redis', url, '--pool', HOST_POOL,
-                 '--workers', str(workers), '--app-dir', APPS],
+                 '--workers', str(workers), '--app-dir', APPS, *extra],
                 stdout=subprocess.DEVNULL, stderr=log, env=environ)
         self.pid = self.process.pid
         self.consumer = f'{socket.gethostname()}:{self.pid}'
@@ -697,7 +688,6 @@ def wait_hosted(server, count):
                f'{hosted_status(server)}')
 
 
-@needs_hosts
 def test_real_hosts_answer_get_post_and_streams(redis_env, start_server,
                                                 hosts):
     url, _ = redis_env
@@ -725,7 +715,6 @@ def test_real_hosts_answer_get_post_and_streams(redis_env, start_server,
     assert server.get('/local/echo').status == 200
 
 
-@needs_hosts
 def test_real_host_worker_dying_mid_request_gives_502(
         redis_env, start_server, hosts):
     url, _ = redis_env
@@ -738,7 +727,6 @@ def test_real_host_worker_dying_mid_request_gives_502(
     wait_until(lambda: server.get('/echo').status == 200, 30)
 
 
-@needs_hosts
 def test_real_host_sigkilled_with_a_started_request_gives_502_never_rerun(
         redis_env, start_server, hosts, tmp_path):
     url, client = redis_env
@@ -761,3 +749,58 @@ def test_real_host_sigkilled_with_a_started_request_gives_502_never_rerun(
     assert server.get('/echo').status == 200
     assert 'GET /wait' not in second.log()
     assert client.xlen(proto.requests_stream(HOST_POOL)) == 2
+
+
+def test_real_host_timeout_gives_504_and_its_late_answer_is_dropped(
+        redis_env, start_server, hosts, tmp_path):
+    url, _ = redis_env
+    server = start_hosted(start_server, url, TIMEOUT='1')
+    hosts(url, workers=1)
+    wait_hosted(server, 1)
+    flag = tmp_path / 'go'
+    assert server.get(f'/wait?flag={flag}').status == 504
+    flag.write_text('go')   # the handler answers now: too late
+    # the one worker is free again once that answer came and was dropped
+    answer = server.get('/echo?after=1')
+    assert answer.status == 200 and answer.json()['query'] == {'after': '1'}
+
+
+def test_real_host_graceful_stop_waits_for_a_started_request(
+        redis_env, start_server, hosts, tmp_path):
+    url, client = redis_env
+    server = start_hosted(start_server, url)
+    hosts(url, workers=1)
+    wait_hosted(server, 1)
+    flag = tmp_path / 'go'
+    pending = in_thread(server.get, f'/wait?flag={flag}')
+    wait_until(lambda: hosted_status(server)['pending'] == 1, 15)
+    dispatcher_id = hosted_status(server)['dispatcher_id']
+    server.signal(signal.SIGTERM)
+    server.wait_log(r'draining 1 pending requests')
+    flag.write_text('go')
+    result = pending()
+    assert result.status == 200 and result.json()['flag_seen'] is True
+    assert server.wait_exit() == 0
+    assert client.exists(proto.replies_stream(HOST_POOL, dispatcher_id)) == 0
+
+
+def test_real_host_and_dispatcher_through_a_redis_restart(
+        tmp_path, start_server, hosts):
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    try:
+        server = start_hosted(start_server, redis.url)
+        hosts(redis.url, workers=1)
+        wait_hosted(server, 1)
+        assert server.get('/echo').status == 200
+        redis.stop()
+        server.wait_log(r'pool %s: Redis unreachable' % HOST_POOL)
+        assert server.get('/echo').status == 503
+        assert server.get('/local/echo').status == 200
+        redis.start()
+        # both sides come back on their own: the host re-creates the group
+        # and beats again, the dispatcher sees it
+        wait_hosted(server, 1)
+        wait_until(lambda: server.get('/echo').status == 200, 30)
+    finally:
+        redis.stop()

@@ -267,12 +267,16 @@ class RedisLink:
 
     def heartbeat(self, host: str, pid: int, workers: int, busy: int,
                   handled: int) -> None:
-        """Refresh this consumer's alive key."""
+        """Refresh this consumer's alive key, and its name in the set of
+        consumers: a Redis restarted without its data (which redis-py may
+        reconnect to without an error here) has lost both."""
         with self._calls():
-            self._client.set(
-                rp.alive_key(self.pool, self.consumer),
-                rp.encode_heartbeat(host, pid, workers, busy, handled),
-                px=rp.ALIVE_TTL_MS)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(rp.alive_key(self.pool, self.consumer),
+                     rp.encode_heartbeat(host, pid, workers, busy, handled),
+                     px=rp.ALIVE_TTL_MS)
+            pipe.sadd(rp.consumers_set(self.pool), self.consumer)
+            pipe.execute()
 
     def leave(self) -> None:
         """At a graceful exit: no alive key, no longer in the set, and out
