@@ -1,7 +1,11 @@
 """Every example starts as `python examples/NAME.py` and answers a real request."""
 
+import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -184,3 +188,45 @@ def test_multi_host(start_server, tmp_path):
         wait_until(lambda: client.llen('multi-host:migrations') == 1, 15)
         server.stop()
         assert server.proc.returncode == 0
+
+
+def test_remote_pool(start_server, tmp_path):
+    from conftest import running_redis, wait_until  # pylint: disable=import-outside-toplevel
+    with running_redis(tmp_path, 'redis-server is not installed: the '
+                       'remote pool example goes through Redis') as (
+                           url, _client):
+        server = start_server(example('remote_pool/app.py'),
+                              env={'REDIS_URL': url}, ready_workers=2)
+        assert server.get('/api/status').json()['ok'] is True
+        # no worker host yet: the remote routes answer 503 at once
+        assert server.get('/render/digest?rounds=1').status == 503
+        environ = {key: value for key, value in os.environ.items()
+                   if not key.startswith('UHTTP_WORKERS_')}
+        with open(tmp_path / 'host.log', 'wb') as log:
+            host = subprocess.Popen(  # pylint: disable=consider-using-with
+                [sys.executable, '-m', 'uhttp.workers', 'worker', 'app:Render',
+                 '--app-dir', os.path.dirname(example('remote_pool/app.py')),
+                 '--redis', url, '--workers', '1'],
+                stdout=subprocess.DEVNULL, stderr=log, env=environ)
+        try:
+            answer = wait_until(lambda: _ok_json(
+                server.get('/render/digest?rounds=3')), 30)
+            assert answer['rounds'] == 3
+            assert answer['digest'] == _digest(3)
+            assert answer['pid'] != server.proc.pid
+        finally:
+            host.send_signal(signal.SIGTERM)
+            assert host.wait(30) == 0
+        server.stop()
+        assert server.proc.returncode == 0
+
+
+def _ok_json(response):
+    return response.json() if response.status == 200 else None
+
+
+def _digest(rounds):
+    value = b'seed'
+    for _ in range(rounds):
+        value = hashlib.sha256(value).digest()
+    return value.hex()
