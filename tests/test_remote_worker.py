@@ -791,3 +791,16 @@ def test_reply_sequence_numbers_in_the_protocol():
     assert rp.decode_reply(fields) == ('c', rp.lost(4, 'gone'))
     with pytest.raises(rp.ProtocolError):
         rp.decode_reply_seq({**fields, rp.FIELD_SEQ: b'x'})
+
+
+def test_redis_refusing_the_join_at_start_is_one_line_and_status_1(
+        redis_server, pool):
+    url, client = redis_server
+    # the requests key is not a stream: creating the group is refused
+    client.set(rp.requests_stream(pool), b'not a stream')
+    code, _, err = run_worker_cli('remote_app:RemoteApp', '--redis', url,
+                                  '--pool', pool, '--workers', '1')
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'WRONGTYPE' in lines[0], err
+    assert 'Traceback' not in err

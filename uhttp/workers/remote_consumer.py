@@ -149,7 +149,19 @@ def forget_dead_consumers(client: RedisClient, pool: str, me: str,
     """Forget the consumers of `pool` whose alive key is gone: out of the
     consumer set, and out of the group when nothing is pending for them
     (their pending entries stay, to be claimed). Never `me`. Returns the
-    names taken out of the set or the group."""
+    names taken out of the set or the group. An error reply (say, no
+    permission for XINFO) is logged and skips the pass: tidying must never
+    keep a consumer from joining or reading."""
+    redis = import_redis()
+    try:
+        return _forget_dead_consumers(client, pool, me, log)
+    except redis.ResponseError as err:
+        log(30, f'forgetting dead consumers of pool {pool} failed: {err}')
+        return []
+
+
+def _forget_dead_consumers(client: RedisClient, pool: str, me: str,
+                           log: Callable[[int, str], None]) -> list[str]:
     redis = import_redis()
     stream = rp.requests_stream(pool)
     names = {_text(name) for name in

@@ -273,8 +273,10 @@ class RemoteWorkers:
         deadline = time.monotonic() + STARTUP_WAIT
         while True:
             try:
-                self._link.connect()
+                # alive before joining: a claim pass of another host never
+                # takes this consumer for a dead one
                 self._link.heartbeat(self.host, self.pid, 0, 0, 0)
+                self._link.connect()
                 return
             except RedisDown as err:
                 if self._signals:
@@ -349,7 +351,8 @@ class RemoteWorkers:
 
     def _start_waiting(self) -> None:
         """Give returned requests, then waiting entries, to idle workers."""
-        if not (self._waiting or self._returned) or self._state != 'running':
+        if not (self._waiting or self._returned or self._uncertain) \
+                or self._state != 'running':
             return
         idle = self._idle_workers()
         while idle and self._returned:
@@ -357,8 +360,11 @@ class RemoteWorkers:
         if not idle or not self._link.up:
             return
         if self._uncertain:
-            # first the starts that got no answer (run once either way)
-            batch, self._uncertain = self._uncertain, []
+            # first the starts that got no answer (run once either way),
+            # no more than there are idle workers now
+            count = len(idle)
+            batch = self._uncertain[:count]
+            self._uncertain = self._uncertain[count:]
             self._start_batch(batch, idle)
             return
         if not self._waiting:
