@@ -518,7 +518,8 @@ def test_worker_help_documents_the_options():
     assert code == 0
     for option in ('--redis URL', '--pool NAME', '--workers N',
                    '--log-level LEVEL', '--app-dir DIR',
-                   '--graceful-timeout SECONDS', 'MODULE:WORKER'):
+                   '--graceful-timeout SECONDS', '--consumer NAME',
+                   'MODULE:WORKER'):
         assert option in out
 
 
@@ -693,6 +694,15 @@ def test_consumer_names_are_unique_per_process(hosts, dispatcher):
         match = re.fullmatch(pattern, host.consumer)
         assert match and int(match.group(1)) == host.pid
     assert one.consumer != two.consumer
+
+
+def test_a_consumer_name_may_be_given(hosts, dispatcher, redis_server):
+    host = hosts(workers=1, extra=('--consumer', 'rack-3'))
+    assert host.consumer == 'rack-3'
+    dispatcher.send(1, '/echo')
+    assert dispatcher.answer(1)[0] == 200
+    assert dispatcher.started_by(1) == ['rack-3']
+    assert alive(redis_server[1], dispatcher.pool, host) is not None
 
 
 def test_a_stopping_host_releases_entries_it_did_not_start(
