@@ -101,10 +101,10 @@ class FakeRemote:
                       request_id, self.consumer)))
         pipe.execute()
 
-    def send(self, dispatcher_id, message):
+    def send(self, dispatcher_id, message, seq=None):
         """Add one reply message to the dispatcher's reply stream."""
         self.client.xadd(proto.replies_stream(POOL, dispatcher_id),
-                         proto.encode_reply(self.consumer, message))
+                         proto.encode_reply(self.consumer, message, seq))
 
     def respond(self, dispatcher_id, message, data, status=200):
         """Answer the REQUEST `message` with JSON `data`."""
@@ -438,6 +438,37 @@ def test_a_streamed_answer_is_relayed(redis_env, start_server):
         remote.stop_beating()
 
 
+def test_a_reply_sent_again_with_its_number_is_dropped(redis_env,
+                                                       start_server):
+    # a host that did not hear Redis confirm a batch sends it again, with
+    # the same numbers: the client must get each chunk once
+    url, client = redis_env
+    server = start_app(start_server, url)
+    remote = FakeRemote(client).start_beating()
+    try:
+        wait_live(server, 2)
+        pending = in_thread(server.get, '/remote/echo')
+        entry_id, dispatcher_id, _, message = remote.take()
+        request_id = message[1]
+        remote.started(entry_id, dispatcher_id, request_id)
+        replies = [messages.stream_start(request_id, 200,
+                                         {'content-type': 'text/plain'}, None),
+                   messages.stream_data(request_id, b'one '),
+                   messages.stream_data(request_id, b'two ')]
+        for seq, reply in enumerate(replies, 1):
+            remote.send(dispatcher_id, reply, seq)
+        for seq, reply in enumerate(replies, 1):     # the batch again
+            remote.send(dispatcher_id, reply, seq)
+        remote.send(dispatcher_id, messages.stream_data(request_id, b'three'),
+                    4)
+        remote.send(dispatcher_id, messages.stream_end(request_id), 5)
+        result = pending()
+        assert result.status == 200
+        assert result.body == b'one two three'
+    finally:
+        remote.stop_beating()
+
+
 def test_status_and_metrics_show_live_remote_workers(redis_env,
                                                       start_server):
     url, client = redis_env
@@ -641,7 +672,17 @@ class Host:
                  '--workers', str(workers), '--app-dir', APPS, *extra],
                 stdout=subprocess.DEVNULL, stderr=log, env=environ)
         self.pid = self.process.pid
-        self.consumer = f'{socket.gethostname()}:{self.pid}'
+        self._consumer = None
+
+    @property
+    def consumer(self):
+        """The consumer name the host logs as it starts."""
+        if self._consumer is None:
+            found = wait_until(
+                lambda: re.search(r'consumer (\S+) of pool ', self.log()),
+                30, 0.02, lambda: f'no consumer name logged:\n{self.log()}')
+            self._consumer = found.group(1)
+        return self._consumer
 
     def log(self):
         with open(self.log_path, encoding='utf-8', errors='replace') as log:

@@ -11,6 +11,7 @@ SIGTERM, a Redis server restarted under a running host.
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from conftest import APPS, free_port, running_redis, wait_until
 
 from uhttp.workers import messages
 from uhttp.workers import remote_protocol as rp
+from uhttp.workers.remote_consumer import RedisDown, RedisLink
 
 WHY = 'redis-server is not installed: remote workers need a real Redis'
 
@@ -59,8 +61,18 @@ class Host:
                  '--log-level', 'debug', *extra],
                 stdout=subprocess.DEVNULL, stderr=log, env=environ)
         self.pid = self.process.pid
-        self.consumer = f'{socket.gethostname()}:{self.pid}'
         self.pool = pool
+        self._consumer = None
+
+    @property
+    def consumer(self):
+        """The consumer name the host logs as it starts."""
+        if self._consumer is None:
+            found = wait_until(
+                lambda: re.search(r'consumer (\S+) of pool ', self.log()),
+                30, 0.02, lambda: f'no consumer name logged:\n{self.log()}')
+            self._consumer = found.group(1)
+        return self._consumer
 
     def log(self):
         with open(self.log_path, encoding='utf-8', errors='replace') as log:
@@ -506,7 +518,8 @@ def test_worker_help_documents_the_options():
     assert code == 0
     for option in ('--redis URL', '--pool NAME', '--workers N',
                    '--log-level LEVEL', '--app-dir DIR',
-                   '--graceful-timeout SECONDS', 'MODULE:WORKER'):
+                   '--graceful-timeout SECONDS', '--consumer NAME',
+                   'MODULE:WORKER'):
         assert option in out
 
 
@@ -536,3 +549,270 @@ def test_not_a_worker_class_is_refused():
     code, _, err = run_worker_cli('remote_app:LONGEST_WAIT', '--redis',
                                   'redis://127.0.0.1:1/0')
     assert code == 1 and 'not a Worker subclass' in err
+
+
+# -- Redis refusing commands, starts without an answer -------------------------
+
+# how redis-py words an OOM error reply
+OOM = "refused a command: Command # 1 (SET uhttp:"
+
+
+def _own_redis(tmp_path, name):
+    (tmp_path / name).mkdir()
+    return running_redis(tmp_path / name, WHY)
+
+
+def test_an_error_reply_from_redis_does_not_end_the_host(hosts, pool,
+                                                         tmp_path):
+    with _own_redis(tmp_path, 'oom') as (url, client):
+        dispatcher = Dispatcher(client, pool)
+        host = hosts(workers=1, url=url)
+        flag = str(tmp_path / 'go')
+        dispatcher.send(1, '/wait', query={'flag': flag})
+        dispatcher.wait_kind(1, rp.STARTED)
+        # every write is refused now (OOM), the heartbeat first
+        client.config_set('maxmemory', 1)
+        try:
+            wait_until(lambda: OOM in host.log(), 20,
+                       message=host.log)
+            with open(flag, 'w', encoding='utf-8'):
+                pass
+            # the answer cannot be added yet; the host runs on
+            assert host.process.poll() is None
+        finally:
+            client.config_set('maxmemory', 0)
+        status, body = dispatcher.answer(1)
+        assert status == 200 and body['flag_seen'] is True
+        wait_until(lambda: 'is back' in host.log())
+        dispatcher.send(2, '/echo')
+        assert dispatcher.answer(2)[0] == 200
+        assert host.process.poll() is None
+        assert host.log().count('refused a command') == 1    # said once
+        host.stop()
+        assert host.process.returncode == 0
+        assert 'Traceback' not in host.log()
+
+
+def test_replies_finished_while_stopping_are_sent_once_redis_accepts(
+        hosts, pool, tmp_path):
+    with _own_redis(tmp_path, 'stop') as (url, client):
+        dispatcher = Dispatcher(client, pool)
+        host = hosts(workers=1, url=url)
+        flag = str(tmp_path / 'go')
+        dispatcher.send(1, '/wait', query={'flag': flag})
+        dispatcher.wait_kind(1, rp.STARTED)
+        client.config_set('maxmemory', 1)
+        try:
+            wait_until(lambda: OOM in host.log(), 20,
+                       message=host.log)
+            host.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: 'stopping: finishing 1 started requests'
+                       in host.log())
+            with open(flag, 'w', encoding='utf-8'):
+                pass
+            # the worker answered and exited; the answer waits for Redis
+            wait_until(lambda: f'worker {pool}[0] (pid ' in host.log()
+                       and ') stopped' in host.log(), 20, message=host.log)
+            assert host.process.poll() is None
+        finally:
+            client.config_set('maxmemory', 0)
+        status, body = dispatcher.answer(1)
+        assert status == 200 and body['flag_seen'] is True
+        assert host.process.wait(20) == 0
+        assert 'replies could not be sent' not in host.log()
+
+
+def _start_link(url, pool, consumer):
+    records = []
+    link = RedisLink(url, pool, consumer,
+                     lambda level, text: records.append((level, text)))
+    link.connect()
+    return link, records
+
+
+def test_a_start_run_again_after_a_lost_answer_runs_once(redis_server,
+                                                         pool):
+    url, client = redis_server
+    dispatcher = Dispatcher(client, pool)
+    link, _ = _start_link(url, pool, 'one')
+    other, _ = _start_link(url, pool, 'two')
+    try:
+        entry = dispatcher.send(1, '/echo')
+        client.xreadgroup(rp.GROUP, 'one',
+                          {rp.requests_stream(pool): '>'})
+        start = [(entry, dispatcher.id, 1)]
+        assert link.start(start) == [True]
+        # the same start again (its answer was lost): still ours, and
+        # STARTED is not added twice
+        assert link.start(start) == [True]
+        # no other consumer ever wins it
+        assert other.start(start) == [False]
+        assert dispatcher.kinds(1) == [rp.STARTED]
+        assert pending_count(client, pool) == 0
+        assert client.get(rp.started_key(pool, entry)) == b'one'
+        assert 0 < client.pttl(rp.started_key(pool, entry)) \
+            <= rp.STARTED_TTL_MS
+        replies = client.xrange(rp.replies_stream(pool, dispatcher.id))
+        assert [rp.decode_reply_seq(fields)[2]
+                for _, fields in replies] == [0]
+    finally:
+        link.close()
+        other.close()
+
+
+def test_a_start_refused_by_redis_is_uncertain_and_the_link_down(
+        redis_server, pool):
+    url, client = redis_server
+    dispatcher = Dispatcher(client, pool)
+    link, records = _start_link(url, pool, 'one')
+    try:
+        entry = dispatcher.send(1, '/echo')
+        client.xreadgroup(rp.GROUP, 'one', {rp.requests_stream(pool): '>'})
+        # the stream is gone, a string in its place: XACK fails (WRONGTYPE)
+        client.delete(rp.requests_stream(pool))
+        client.set(rp.requests_stream(pool), b'not a stream')
+        assert link.start([(entry, dispatcher.id, 1)]) == [None]
+        assert not link.up
+        assert any('WRONGTYPE' in text for _, text in records)
+        with pytest.raises(RedisDown):
+            link.connect()
+        # once the key is free again, joining re-creates the group
+        client.delete(rp.requests_stream(pool))
+        link.connect()
+        assert link.up
+        assert _group_exists(client, pool)
+    finally:
+        link.close()
+
+
+# -- consumer names, stops, dead consumers, sequence numbers ----------------------
+
+def test_consumer_names_are_unique_per_process(hosts, dispatcher):
+    one, two = hosts(workers=1), hosts(workers=1)
+    pattern = re.escape(socket.gethostname()) + r':(\d+):[0-9a-f]{6}'
+    for host in (one, two):
+        match = re.fullmatch(pattern, host.consumer)
+        assert match and int(match.group(1)) == host.pid
+    assert one.consumer != two.consumer
+
+
+def test_a_consumer_name_may_be_given(hosts, dispatcher, redis_server):
+    host = hosts(workers=1, extra=('--consumer', 'rack-3'))
+    assert host.consumer == 'rack-3'
+    dispatcher.send(1, '/echo')
+    assert dispatcher.answer(1)[0] == 200
+    assert dispatcher.started_by(1) == ['rack-3']
+    assert alive(redis_server[1], dispatcher.pool, host) is not None
+
+
+def test_a_stopping_host_releases_entries_it_did_not_start(
+        hosts, dispatcher, redis_server):
+    client = redis_server[1]
+    victim = hosts(workers=1)
+    victim.wait_ready(1)
+    consumer = victim.consumer
+    wait_until(lambda: any(
+        c['cmd'] == 'xreadgroup' and 'b' in c['flags']
+        for c in client.client_list()))
+    # stopped in its blocking read: Redis delivers the entry to it
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        dispatcher.send(1, '/echo')
+        wait_until(lambda: pending_count(client, dispatcher.pool) == 1, 10)
+        victim.process.send_signal(signal.SIGTERM)
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    assert victim.process.wait(20) == 0
+    assert 'released 1 entries read but not started' in victim.log()
+    # still pending for it, but claimable at once: idle CLAIM_IDLE_MS
+    [entry] = client.xpending_range(rp.requests_stream(dispatcher.pool),
+                                    rp.GROUP, '-', '+', 10)
+    assert entry['consumer'] == consumer.encode()
+    assert entry['time_since_delivered'] >= rp.CLAIM_IDLE_MS
+    heir = hosts(workers=1)
+    assert dispatcher.answer(1)[0] == 200
+    assert dispatcher.started_by(1) == [heir.consumer]
+
+
+def test_two_hosts_one_stopping_every_request_is_answered(
+        hosts, dispatcher, tmp_path):
+    stays, leaves = hosts(workers=2), hosts(workers=2)
+    stays.wait_ready(2)
+    leaves.wait_ready(2)
+    count = 30
+    for request_id in range(count // 2):
+        dispatcher.send(request_id, '/slow', query={'s': '0.05'})
+    leaves.process.send_signal(signal.SIGTERM)
+    for request_id in range(count // 2, count):
+        dispatcher.send(request_id, '/slow', query={'s': '0.05'})
+    assert leaves.process.wait(20) == 0
+    for request_id in range(count):
+        assert dispatcher.answer(request_id)[0] == 200
+        # started once, answered, never LOST (none was cut by the stop)
+        assert dispatcher.kinds(request_id) == [rp.STARTED,
+                                                messages.RESPONSE]
+    late = {dispatcher.started_by(i)[0] for i in range(count // 2, count)}
+    assert stays.consumer in late
+
+
+def test_dead_consumers_are_forgotten(hosts, dispatcher, redis_server):
+    client = redis_server[1]
+    pool = dispatcher.pool
+    stream = rp.requests_stream(pool)
+    client.sadd(rp.consumers_set(pool), 'ghost-idle', 'ghost-owing')
+    client.xgroup_createconsumer(stream, rp.GROUP, 'ghost-idle')
+    dispatcher.send(1, '/echo')
+    # delivered to a consumer that never beat: it owes the entry
+    client.xreadgroup(rp.GROUP, 'ghost-owing', {stream: '>'}, count=1)
+    host = hosts(workers=1)
+
+    def group():
+        return {c['name'] for c in client.xinfo_consumers(stream, rp.GROUP)}
+    wait_until(lambda: client.smembers(rp.consumers_set(pool))
+               == {host.consumer.encode()}, 20)
+    wait_until(lambda: b'ghost-idle' not in group(), 20)
+    assert 'forgot dead consumers' in host.log()
+    # the owing one stays in the group until its entry is claimed
+    status, _ = dispatcher.answer(1, timeout=rp.CLAIM_IDLE_MS / 1000 + 20)
+    assert status == 200
+    wait_until(lambda: b'ghost-owing' not in group(), 20)
+
+
+def test_replies_carry_a_sequence_number_per_request(hosts, dispatcher,
+                                                     redis_server):
+    client = redis_server[1]
+    hosts(workers=1)
+    dispatcher.send(3, '/stream', query={'n': '3'})
+    dispatcher.wait_kind(3, messages.STREAM_END)
+    replies = [rp.decode_reply_seq(fields) for _, fields in client.xrange(
+        rp.replies_stream(dispatcher.pool, dispatcher.id))]
+    assert [(m[0], seq) for _, m, seq in replies if m[1] == 3] == [
+        (rp.STARTED, 0), (messages.STREAM_START, 1),
+        (messages.STREAM_DATA, 2), (messages.STREAM_DATA, 3),
+        (messages.STREAM_DATA, 4), (messages.STREAM_END, 5)]
+
+
+def test_reply_sequence_numbers_in_the_protocol():
+    message = rp.lost(4, 'gone')
+    assert rp.decode_reply_seq(rp.encode_reply('c', message)) == (
+        'c', message, None)
+    fields = rp.encode_reply('c', rp.lost(4, 'gone'), seq=7)
+    assert fields[rp.FIELD_SEQ] == b'7'
+    assert rp.decode_reply_seq(fields) == ('c', rp.lost(4, 'gone'), 7)
+    # callers that know no sequence numbers read the same reply
+    assert rp.decode_reply(fields) == ('c', rp.lost(4, 'gone'))
+    with pytest.raises(rp.ProtocolError):
+        rp.decode_reply_seq({**fields, rp.FIELD_SEQ: b'x'})
+
+
+def test_redis_refusing_the_join_at_start_is_one_line_and_status_1(
+        redis_server, pool):
+    url, client = redis_server
+    # the requests key is not a stream: creating the group is refused
+    client.set(rp.requests_stream(pool), b'not a stream')
+    code, _, err = run_worker_cli('remote_app:RemoteApp', '--redis', url,
+                                  '--pool', pool, '--workers', '1')
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'WRONGTYPE' in lines[0], err
+    assert 'Traceback' not in err

@@ -319,6 +319,10 @@ def build_worker_parser() -> argparse.ArgumentParser:
         '--graceful-timeout', metavar='SECONDS', type=float, default=30,
         help='seconds the workers have to finish at a stop before they are '
         'killed (default: 30)')
+    parser.add_argument(
+        '--consumer', metavar='NAME', default=None,
+        help='consumer name of this process in the pool (unique among the '
+        'running hosts; default: HOST:PID:RANDOM)')
     return parser
 
 
@@ -342,7 +346,8 @@ def worker_main(argv: Sequence[str]) -> int:
             raise SettingError('--workers must be at least 1')
         workers = remote_worker.RemoteWorkers(
             target, args.redis, pool_name=args.pool, num_workers=count,
-            log_level=args.log_level, graceful_timeout=args.graceful_timeout)
+            log_level=args.log_level, graceful_timeout=args.graceful_timeout,
+            consumer=args.consumer)
     except remote_consumer.RedisMissing as err:
         sys.stderr.write(f'{prog}: error: {err}\n')
         return EXIT_CONFIG

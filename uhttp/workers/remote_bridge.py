@@ -7,7 +7,8 @@ reply stream with a blocking XREAD, and every HEARTBEAT_INTERVAL reads the
 heartbeat keys of the remote workers. Both hand what happened to the
 dispatcher's loop through `post`, as events (plain tuples):
 
-- ``(REPLIES, [(consumer, message), ...])``: decoded reply entries;
+- ``(REPLIES, [(consumer, message, seq), ...])``: decoded reply entries
+  (seq: the reply's number among its request's replies, or None);
 - ``(BAD_REPLY, reason)``: a reply entry that could not be decoded;
 - ``(HEARTBEATS, {consumer: heartbeat})``: the live remote workers, read
   just now (a successful read also says Redis answers);
@@ -238,10 +239,10 @@ class RemoteBridge:
                  ) -> bytes:
         """Decode reply entries (here, not in the loop) and post them;
         returns the id of the last one."""
-        replies: list[tuple[str, tuple[Any, ...]]] = []
+        replies: list[tuple[str, tuple[Any, ...], int | None]] = []
         for _entry_id, fields in entries:
             try:
-                replies.append(proto.decode_reply(fields))
+                replies.append(proto.decode_reply_seq(fields))
             except proto.ProtocolError as err:
                 self._post((BAD_REPLY, str(err)))
         if replies:

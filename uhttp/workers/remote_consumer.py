@@ -8,13 +8,18 @@ encoding). This module owns every Redis command that host sends:
   BLOCK): join the pool (group, consumer set), start a request
   (acknowledge it and add STARTED, atomically), acknowledge an entry to
   drop, add replies, refresh the heartbeat, read the server's clock, and
-  leave the pool at exit. A call that fails raises `RedisDown`; the link
-  then waits a back-off (doubling, capped at RETRY_MAX seconds) before the
-  caller may try again.
+  leave the pool at exit. A call that fails raises `RedisDown`, whether
+  Redis is unreachable or answered with an error (out of memory, read
+  only, no permission, the group gone): the link then waits a back-off
+  (doubling, capped at RETRY_MAX seconds) before the caller may try again,
+  and joins the pool again (re-creating a lost group) when it does.
 - `StreamReader`: a thread with a connection of its own that takes
   entries: XREADGROUP BLOCK (the one blocking call) and, every CLAIM_EVERY
   seconds, XAUTOCLAIM of entries delivered to some consumer and left
-  unacknowledged for CLAIM_IDLE_MS (so never started: a dead consumer's).
+  unacknowledged for CLAIM_IDLE_MS (so never started: a dead consumer's,
+  or one a stopping consumer released). The claim passes also forget dead
+  consumers (no alive key): out of the set, and out of the group when
+  nothing is pending for them.
   It takes at most as many as the main loop says it has idle workers
   (`want()`), and hands them over through an inbox and a wake-up socket
   the main loop watches in its selector. So a blocked read never delays
@@ -49,7 +54,11 @@ RETRY_FIRST: Final = 0.5    # seconds before the first reconnection attempt
 RETRY_MAX: Final = 5.0      # cap of the doubling reconnection back-off
 READ_BLOCK_MS: Final = 1000  # longest XREADGROUP BLOCK (the reader checks
                              # its stop flag and the claim timer between)
-CLAIM_EVERY: Final = 2.0    # seconds between two XAUTOCLAIM passes
+CLAIM_EVERY: Final = 0.5    # seconds between two XAUTOCLAIM passes at least
+                            # (short: entries a stopping host released wait
+                            # for the next pass of another host)
+FORGET_EVERY: Final = 5.0   # seconds between two passes forgetting dead
+                            # consumers at least
 SOCKET_TIMEOUT: Final = 5.0  # a Redis that stops answering: give up a call
 CONNECT_TIMEOUT: Final = 2.0
 TIME_REFRESH: Final = 1.0   # seconds between two TIME calls at most
@@ -59,10 +68,16 @@ TIME_REFRESH: Final = 1.0   # seconds between two TIME calls at most
 # entry from the pending list (a claim moves an entry between consumers
 # but leaves it pending), so exactly one consumer adds STARTED and runs
 # the request. A MULTI/EXEC would add STARTED for the loser too.
+# The winner is remembered (KEYS[3], for STARTED_TTL_MS): a start whose
+# answer was lost is run again by its consumer, which learns it won
+# (1) without a second STARTED; any other consumer still gets 0.
 _START_SCRIPT: Final = """
+if redis.call('GET', KEYS[3]) == ARGV[4] then
+    return 1
+end
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-               ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+    redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
     return 1
 end
 return 0
@@ -79,7 +94,8 @@ return -1
 
 
 class RedisDown(Exception):
-    """Redis cannot be reached (or stopped answering) just now."""
+    """Redis cannot be reached, stopped answering, or refuses the
+    commands (an error reply) just now."""
 
 
 class RedisMissing(ImportError):
@@ -126,6 +142,62 @@ def ensure_group(client: RedisClient, pool: str, first: bool) -> None:
     except redis.ResponseError as err:
         if 'BUSYGROUP' not in str(err):
             raise
+
+
+def forget_dead_consumers(client: RedisClient, pool: str, me: str,
+                          log: Callable[[int, str], None]) -> list[str]:
+    """Forget the consumers of `pool` whose alive key is gone: out of the
+    consumer set, and out of the group when nothing is pending for them
+    (their pending entries stay, to be claimed). Never `me`. Returns the
+    names taken out of the set or the group. An error reply (say, no
+    permission for XINFO) is logged and skips the pass: tidying must never
+    keep a consumer from joining or reading."""
+    redis = import_redis()
+    try:
+        return _forget_dead_consumers(client, pool, me, log)
+    except redis.ResponseError as err:
+        log(30, f'forgetting dead consumers of pool {pool} failed: {err}')
+        return []
+
+
+def _forget_dead_consumers(client: RedisClient, pool: str, me: str,
+                           log: Callable[[int, str], None]) -> list[str]:
+    redis = import_redis()
+    stream = rp.requests_stream(pool)
+    names = {_text(name) for name in
+             client.smembers(rp.consumers_set(pool)) or ()}
+    try:
+        in_group = {_text(c['name']): int(c['pending'])
+                    for c in client.xinfo_consumers(stream, rp.GROUP)}
+    except redis.ResponseError:
+        in_group = {}   # no group (yet): only the set to tidy
+    candidates = sorted((names | set(in_group)) - {me})
+    if not candidates:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in candidates:
+        pipe.exists(rp.alive_key(pool, name))
+    dead = [name for name, there in zip(candidates, pipe.execute())
+            if not there]
+    forgotten = []
+    for name in dead:
+        removed = client.srem(rp.consumers_set(pool), name)
+        left = False
+        if in_group.get(name) == 0:
+            # the script checks again: an entry delivered meanwhile stays
+            left = client.eval(_LEAVE_GROUP_SCRIPT, 1, stream, rp.GROUP,
+                               name) == 1
+        if removed or left:
+            forgotten.append(name)
+    if forgotten:
+        log(20, f'forgot dead consumers of pool {pool}: '
+            f'{", ".join(forgotten)}')
+    return forgotten
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors='replace') if isinstance(value, bytes) \
+        else value
 
 
 def _entries(raw: Sequence[Any]) -> list[Entry]:
@@ -180,6 +252,8 @@ class RedisLink:
             ensure_group(self._client, self.pool, first=not self._joined)
             self._joined = True
             self._client.sadd(rp.consumers_set(self.pool), self.consumer)
+            forget_dead_consumers(self._client, self.pool, self.consumer,
+                                  self._log)
         if not self.up:
             self.up = True
             self._delay = RETRY_FIRST
@@ -191,8 +265,12 @@ class RedisLink:
 
     def _failed(self, err: BaseException) -> RedisDown:
         if self.up:
-            self._log(40, f'lost Redis at {_safe_url(self.url)}: {err}; '
-                      'workers keep running, retrying')
+            if isinstance(err, self._response_error):
+                self._log(40, f'Redis at {_safe_url(self.url)} refused a '
+                          f'command: {err}; workers keep running, retrying')
+            else:
+                self._log(40, f'lost Redis at {_safe_url(self.url)}: '
+                          f'{err}; workers keep running, retrying')
         self.up = False
         self._retry_at = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, RETRY_MAX)
@@ -200,11 +278,12 @@ class RedisLink:
 
     @contextlib.contextmanager
     def _calls(self) -> Iterator[None]:
-        """Turns a connection error inside the block into RedisDown (and
-        the link's down state)."""
+        """Turns a connection error or an error reply inside the block
+        into RedisDown (and the link's down state: the next connect joins
+        again, re-creating a group Redis lost)."""
         try:
             yield
-        except self._errors as err:
+        except (*self._errors, self._response_error) as err:
             raise self._failed(err) from err
 
     # -- the commands -------------------------------------------------------
@@ -226,11 +305,16 @@ class RedisLink:
             now = after
         return int(now * 1000 + self._time_offset)
 
-    def start(self, starts: Sequence[tuple[bytes, str, int]]) -> list[bool]:
+    def start(self, starts: Sequence[tuple[bytes, str, int]]
+              ) -> list[bool | None]:
         """For each (entry id, dispatcher id, request id): acknowledge the
         entry and add STARTED to its dispatcher's reply stream, atomically
         (one script per entry, all in one round trip). True for each entry
-        this consumer is the one to run."""
+        this consumer is the one to run, False for one it lost, None for
+        one whose script failed (an error reply: the link is down then).
+        Raises RedisDown when no answer came: whether the scripts ran is
+        unknown. Starting the same entries again is safe: an entry this
+        consumer won answers True again, with no second STARTED."""
         if not starts:
             return []
         with self._calls():
@@ -239,14 +323,27 @@ class RedisLink:
             pipe = self._client.pipeline(transaction=False)
             for entry_id, dispatcher_id, request_id in starts:
                 fields = rp.encode_reply(
-                    self.consumer, rp.started(request_id, self.consumer))
+                    self.consumer, rp.started(request_id, self.consumer), 0)
                 args: list[bytes | str | int] = [
-                    rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN]
+                    rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN,
+                    self.consumer, rp.STARTED_TTL_MS]
                 for name, value in fields.items():
                     args += [name, value]
-                pipe.eval(_START_SCRIPT, 2, rp.requests_stream(self.pool),
-                          rp.replies_stream(self.pool, dispatcher_id), *args)
-            return [bool(won) for won in pipe.execute()]
+                pipe.eval(_START_SCRIPT, 3, rp.requests_stream(self.pool),
+                          rp.replies_stream(self.pool, dispatcher_id),
+                          rp.started_key(self.pool, entry_id), *args)
+            results = pipe.execute(raise_on_error=False)
+        won: list[bool | None] = []
+        error: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                error = error or result
+                won.append(None)
+            else:
+                won.append(bool(result))
+        if error is not None:
+            self._failed(error)
+        return won
 
     def ack(self, *entry_ids: bytes) -> None:
         """Acknowledge entries that are not run (too old, malformed)."""
@@ -271,12 +368,34 @@ class RedisLink:
         consumers: a Redis restarted without its data (which redis-py may
         reconnect to without an error here) has lost both."""
         with self._calls():
-            pipe = self._client.pipeline(transaction=False)
+            # in the set again too: a claim pass of another host may have
+            # forgotten this consumer while its key had expired (a stopped
+            # process, a long outage)
+            pipe = self._client.pipeline(transaction=True)
             pipe.set(rp.alive_key(self.pool, self.consumer),
                      rp.encode_heartbeat(host, pid, workers, busy, handled),
                      px=rp.ALIVE_TTL_MS)
             pipe.sadd(rp.consumers_set(self.pool), self.consumer)
             pipe.execute()
+
+    def release(self, entry_ids: Sequence[bytes]) -> None:
+        """Entries delivered to this consumer that it will not start (it
+        stops): make them claimable by another consumer at once, by
+        setting their idle time to CLAIM_IDLE_MS (they stay pending)."""
+        if not entry_ids:
+            return
+        with self._calls():
+            self._client.xclaim(rp.requests_stream(self.pool), rp.GROUP,
+                                self.consumer, 0, list(entry_ids),
+                                idle=rp.CLAIM_IDLE_MS, justid=True)
+
+    def unblock(self, client_id: int | None) -> None:
+        """End the blocking read of the connection `client_id` (the
+        reader's) now rather than at its BLOCK timeout."""
+        if client_id is None:
+            return
+        with self._calls():
+            self._client.client_unblock(client_id)
 
     def leave(self) -> None:
         """At a graceful exit: no alive key, no longer in the set, and out
@@ -326,6 +445,9 @@ class StreamReader(threading.Thread):
         self._wake_writer.setblocking(False)
         self._claim_cursor: bytes = b'0-0'
         self._next_claim = 0.0
+        self._next_forget = 0.0
+        # the Redis id of the reading connection (for CLIENT UNBLOCK)
+        self.client_id: int | None = None
 
     # -- the main loop's side -------------------------------------------------
 
@@ -389,6 +511,10 @@ class StreamReader(threading.Thread):
             self._wake_writer.send(b'\0')
         except (BlockingIOError, InterruptedError):
             pass    # full: the main loop has a wake-up pending already
+        except OSError as err:
+            # closed: the main loop is gone (it waited for this thread and
+            # gave up); the entries stay pending, claimable by others
+            self._log(30, f'stream reader: cannot wake the main loop: {err}')
 
     def run(self) -> None:
         redis = import_redis()
@@ -403,6 +529,7 @@ class StreamReader(threading.Thread):
             try:
                 if client is None:
                     client = make_client(self._url)
+                    self.client_id = int(client.client_id())
                 if need_group:
                     # the main loop's link joined first: a group missing
                     # now was lost
@@ -421,6 +548,7 @@ class StreamReader(threading.Thread):
                 if client is not None:
                     client.close()
                 client = None
+                self.client_id = None
                 need_group = True
                 self._pause(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -443,6 +571,10 @@ class StreamReader(threading.Thread):
         if now >= self._next_claim:
             self._next_claim = now + CLAIM_EVERY
             claimed = self._claim(client, budget)
+            if now >= self._next_forget:
+                self._next_forget = now + FORGET_EVERY
+                forget_dead_consumers(client, self.pool, self.consumer,
+                                      self._log)
             if claimed:
                 return claimed
         reply = client.xreadgroup(

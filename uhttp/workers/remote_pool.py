@@ -178,6 +178,8 @@ class RemotePool:
         self._in_flight: dict[int, Pending] = {}
         # request_id -> the consumer that said STARTED
         self._started_on: dict[int, str] = {}
+        # request id -> the number of the last reply handled for it
+        self._last_seq: dict[int, int] = {}
         # events from the bridge's threads (deque: appended there)
         self._events: collections.deque[Event] = collections.deque()
         self._wake: WakePipe | None = None
@@ -359,8 +361,9 @@ class RemotePool:
             event = events.popleft()
             kind = event[0]
             if kind == REPLIES:
-                for consumer, message in event[1]:
-                    self._safely(self._on_reply, consumer, message)
+                for consumer, message, seq in event[1]:
+                    if not self._duplicate(message, seq):
+                        self._safely(self._on_reply, consumer, message)
             elif kind == HEARTBEATS:
                 self._safely(self._on_heartbeats, event[1])
             elif kind == DOWN:
@@ -382,6 +385,21 @@ class RemotePool:
         except Exception:  # pylint: disable=broad-except
             self._host.log.exception('pool %s: %s failed on %.200r',
                                      self.name, handler.__name__, args)
+
+    def _duplicate(self, message: Message, seq: int | None) -> bool:
+        """True for a reply already handled: a host that did not hear
+        Redis confirm a batch of replies sends it again, numbered as
+        before (a stream must not get a chunk twice)."""
+        request_id = message[1] if len(message) > 1 else None
+        if seq is None or request_id not in self._in_flight:
+            return False
+        assert isinstance(request_id, int)   # (found in _in_flight)
+        if seq <= self._last_seq.get(request_id, -1):
+            self._host.log.debug('pool %s: request %s: reply %d again, '
+                                 'dropped', self.name, request_id, seq)
+            return True
+        self._last_seq[request_id] = seq
+        return False
 
     def _on_reply(self, consumer: str, message: Message) -> None:
         kind = message[0]
@@ -468,6 +486,7 @@ class RemotePool:
         failed = [p for p in self._in_flight.values() if p.state != DONE]
         self._in_flight.clear()
         self._started_on.clear()
+        self._last_seq.clear()
         if first or failed:
             self._host.log.error(
                 'pool %s: Redis unreachable (%s): %s; its requests get 503 '
@@ -487,6 +506,7 @@ class RemotePool:
     def _forget(self, request_id: int) -> None:
         self._in_flight.pop(request_id, None)
         self._started_on.pop(request_id, None)
+        self._last_seq.pop(request_id, None)
 
 
 def is_remote(pool: object) -> bool:

@@ -21,6 +21,10 @@ The keys of a remote pool called NAME:
   A consumer is one `uhttp-workers worker` process, which reads for all
   of its local worker processes (so it asks for at most as many entries
   as it has idle workers).
+- ``uhttp:NAME:started:ENTRY``: the consumer that started the request
+  entry ENTRY (set by the start script with a time to live of
+  `STARTED_TTL_MS`), so a start whose reply was lost can be run again by
+  the same consumer and tell it won without running the request twice.
 - ``uhttp:NAME:alive:CONSUMER``: a worker's heartbeat, a JSON object
   (`encode_heartbeat`) set with a time to live of `ALIVE_TTL_MS`. The key
   is there exactly while the worker is alive; expiry is measured by the
@@ -29,7 +33,10 @@ The keys of a remote pool called NAME:
 At most once: a worker acknowledges an entry (XACK) and adds STARTED to
 the reply stream in one server-side script that adds STARTED only when
 its XACK acknowledged the entry (so a host that lost the entry to another
-never claims to run it), and only then runs the handler. An entry delivered but not yet started stays in the group's
+never claims to run it), and only then runs the handler. Every reply
+about one request carries a sequence number (`FIELD_SEQ`: STARTED is 0,
+then 1, 2, ...), so a dispatcher drops a reply added twice (a batch sent
+again after its MULTI/EXEC ran but its answer was lost). An entry delivered but not yet started stays in the group's
 pending list; another worker may claim it (XAUTOCLAIM) once it has been
 idle for `CLAIM_IDLE_MS`. An entry already acknowledged is never run
 again: if its worker's heartbeat key expires before the answer came, the
@@ -57,6 +64,7 @@ HEARTBEAT_INTERVAL: Final = 1.0     # seconds between two heartbeats
 ALIVE_TTL_MS: Final = 5000          # no heartbeat for this long: dead
 CLAIM_IDLE_MS: Final = 10000        # delivered, unstarted, idle: claimable
 REPLY_STREAM_MAXLEN: Final = 100_000  # approximate trim of reply streams
+STARTED_TTL_MS: Final = 600_000     # how long a start is remembered
 
 # worker -> dispatcher, remote pools only: the entry was acknowledged and
 # its handler is about to run on `consumer`
@@ -70,6 +78,8 @@ FIELD_DISPATCHER: Final = b'd'  # request: the dispatcher_id to answer
 FIELD_TIMEOUT_MS: Final = b't'  # request: skip it once older than this
 FIELD_MESSAGE: Final = b'm'     # both: the JSON-encoded message
 FIELD_CONSUMER: Final = b'c'    # reply: the consumer that sent it
+FIELD_SEQ: Final = b's'         # reply: its number among its request's
+                                # replies (STARTED 0, then 1, 2, ...)
 
 _BYTES_TAG: Final = '$bytes'
 
@@ -96,6 +106,14 @@ def consumers_set(pool: str) -> str:
 def alive_key(pool: str, consumer: str) -> str:
     """The heartbeat key of one consumer (present while it lives)."""
     return f'uhttp:{pool}:alive:{consumer}'
+
+
+def started_key(pool: str, entry_id: bytes | str) -> str:
+    """The key naming the consumer that started request entry
+    `entry_id` (see the start script in remote_consumer.py)."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    return f'uhttp:{pool}:started:{entry_id}'
 
 
 def started(request_id: int, consumer: str) -> Message:
@@ -135,10 +153,16 @@ def decode_request(fields: dict[bytes, bytes]
     return dispatcher_id, timeout_ms, message
 
 
-def encode_reply(consumer: str, message: Message) -> dict[bytes, bytes]:
-    """The fields of a reply entry sent by `consumer`."""
-    return {FIELD_CONSUMER: consumer.encode(),
-            FIELD_MESSAGE: encode_message(message)}
+def encode_reply(consumer: str, message: Message,
+                 seq: int | None = None) -> dict[bytes, bytes]:
+    """The fields of a reply entry sent by `consumer`; `seq`: its number
+    among the replies about its request (STARTED 0, then 1, 2, ...), or
+    None for a reply about no single request (KEEP_ALIVE)."""
+    fields = {FIELD_CONSUMER: consumer.encode(),
+              FIELD_MESSAGE: encode_message(message)}
+    if seq is not None:
+        fields[FIELD_SEQ] = str(int(seq)).encode()
+    return fields
 
 
 def decode_reply(fields: dict[bytes, bytes]) -> tuple[str, Message]:
@@ -147,6 +171,20 @@ def decode_reply(fields: dict[bytes, bytes]) -> tuple[str, Message]:
         return (fields[FIELD_CONSUMER].decode(),
                 decode_message(fields[FIELD_MESSAGE]))
     except (KeyError, ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f'malformed reply entry: {err}') from err
+
+
+def decode_reply_seq(fields: dict[bytes, bytes]
+                     ) -> tuple[str, Message, int | None]:
+    """(consumer, message, seq) of a reply entry; seq is None when the
+    reply has none (KEEP_ALIVE, or a sender older than FIELD_SEQ)."""
+    consumer, message = decode_reply(fields)
+    raw = fields.get(FIELD_SEQ)
+    if raw is None:
+        return consumer, message, None
+    try:
+        return consumer, message, int(raw)
+    except ValueError as err:
         raise ProtocolError(f'malformed reply entry: {err}') from err
 
 

@@ -7,6 +7,9 @@ message that worker sends about it is turned back into the dispatcher's id
 and queued for that dispatcher's reply stream. The queue (the outbox)
 holds the encoded replies until the host adds them to Redis; while Redis
 is away it keeps at most `OUTBOX_LIMIT` of them, dropping the oldest.
+Each reply about one request gets the next number of that request's
+sequence (STARTED, added by the start script, is 0), so a dispatcher can
+drop a reply it got twice when a batch is sent again.
 
 Must never: talk to Redis or to a worker process (remote_worker.py does
 both), or decide what runs where.
@@ -34,7 +37,7 @@ class Job:
     id here, and the message its local worker gets."""
 
     __slots__ = ('dispatcher_id', 'request_id', 'local_id', 'message',
-                 'pending')
+                 'pending', 'seq')
 
     def __init__(self, dispatcher_id: str, request_id: int, local_id: int,
                  message: Message) -> None:
@@ -45,6 +48,13 @@ class Job:
         self.message = message
         # the worker's book entry while a local worker holds it
         self.pending: Pending | None = None
+        # the sequence number of the last reply about it (STARTED: 0)
+        self.seq = 0
+
+    def next_seq(self) -> int:
+        """The sequence number of the next reply about this request."""
+        self.seq += 1
+        return self.seq
 
 
 class Relay:
@@ -57,8 +67,9 @@ class Relay:
         self._limit = limit
         self._jobs: dict[int, Job] = {}
         self._next_id = 0
-        self._outbox: collections.deque[tuple[str, Message]] = \
-            collections.deque()
+        # (dispatcher id, message, sequence number or None)
+        self._outbox: collections.deque[tuple[str, Message, int | None]] \
+            = collections.deque()
         self._dropped = 0
 
     # -- started requests ----------------------------------------------------
@@ -95,7 +106,8 @@ class Relay:
         """Queue a worker's message about `job` (its local id at index 1)
         for the dispatcher, with the dispatcher's request id."""
         self.reply(job.dispatcher_id,
-                   (message[0], job.request_id) + tuple(message[2:]))
+                   (message[0], job.request_id) + tuple(message[2:]),
+                   job.next_seq())
 
     def keep_alive(self, local_ids: Iterable[int]) -> None:
         """A worker's KEEP_ALIVE: one per dispatcher of those requests."""
@@ -110,11 +122,14 @@ class Relay:
 
     def lost(self, job: Job, reason: str) -> None:
         """Queue LOST for a started request that will not be answered."""
-        self.reply(job.dispatcher_id, rp.lost(job.request_id, reason))
+        self.reply(job.dispatcher_id, rp.lost(job.request_id, reason),
+                   job.next_seq())
 
-    def reply(self, dispatcher_id: str, message: Message) -> None:
-        """Queue one message for a dispatcher's reply stream."""
-        self._outbox.append((dispatcher_id, message))
+    def reply(self, dispatcher_id: str, message: Message,
+              seq: int | None = None) -> None:
+        """Queue one message for a dispatcher's reply stream (`seq`: its
+        number among the replies about its request, None for none)."""
+        self._outbox.append((dispatcher_id, message, seq))
         if len(self._outbox) > self._limit:
             self._outbox.popleft()
             self._dropped += 1
@@ -132,15 +147,15 @@ class Relay:
         (dispatcher_id, fields); call sent() once they are in Redis. A
         reply JSON cannot carry becomes a LOST for its request."""
         batch: list[tuple[str, dict[bytes, bytes]]] = []
-        for dispatcher_id, message in self._outbox:
+        for dispatcher_id, message, seq in self._outbox:
             try:
-                fields = rp.encode_reply(self.consumer, message)
+                fields = rp.encode_reply(self.consumer, message, seq)
             except rp.ProtocolError as err:
                 self._log(40, f'request {message[1]} of dispatcher '
                           f'{dispatcher_id}: its answer cannot be sent: '
                           f'{err}')
-                fields = rp.encode_reply(self.consumer,
-                                         rp.lost(message[1], str(err)))
+                fields = rp.encode_reply(
+                    self.consumer, rp.lost(message[1], str(err)), seq)
             batch.append((dispatcher_id, fields))
             if len(batch) >= BATCH_LIMIT:
                 break

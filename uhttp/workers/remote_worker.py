@@ -39,14 +39,20 @@ How it is built:
   dispatcher answered 504 already); its age is measured on the Redis
   server's clock (TIME, read once a second and carried forward by this
   host's monotonic clock).
-- Redis going away: logged once; workers keep running and finish what they
-  hold; answers wait in a bounded outbox; the link and the reader retry
-  with a back-off capped at 5 s, re-create the group if Redis lost it and
-  go on.
-- SIGTERM/SIGINT: read nothing more, let started requests finish and
-  relay their answers, stop the workers gracefully (teardown runs), delete
-  the alive key, leave the consumer set, exit 0. A second signal, or
-  `graceful_timeout` seconds, kills the workers.
+- Redis going away, or refusing commands (out of memory, read only, no
+  permission, the group lost): logged once; workers keep running and
+  finish what they hold; answers wait in a bounded outbox; the link and
+  the reader retry with a back-off capped at 5 s, re-create the group if
+  Redis lost it and go on. Entries whose start got no answer are started
+  again once Redis is back (the start script is idempotent): each runs
+  once, or not at all if another consumer took it.
+- SIGTERM/SIGINT: read nothing more, release the entries read but not
+  started (claimable by another host at once), let started requests
+  finish and relay their answers, stop the workers gracefully (teardown
+  runs), delete the alive key, leave the consumer set, exit 0. A second
+  signal, or `graceful_timeout` seconds, kills the workers.
+- The consumer name is HOST:PID:RANDOM (or given): two hosts never share
+  one, even containers that all run as PID 1 on the same host name.
 
 Must never: run an entry it did not win, block its loop on Redis for
 longer than a short call, compare this host's clock with another's (the
@@ -63,7 +69,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import messages
@@ -72,7 +79,8 @@ from .log import LOG_INFO, Logger, LogOutput
 from .messages import Message
 from .pending import ASSIGNED, Pending
 from .pool import WorkerPool
-from .remote_consumer import RedisDown, RedisLink, StreamReader
+from .remote_consumer import (READ_BLOCK_MS, RETRY_MAX, SOCKET_TIMEOUT,
+                              RedisDown, RedisLink, StreamReader)
 from .remote_relay import Job, Relay
 
 if TYPE_CHECKING:
@@ -86,6 +94,9 @@ LOG_NAME: Final = 'uhttp.workers.remote'
 TICK: Final = 0.5           # seconds between two supervision passes at most
 STARTUP_WAIT: Final = 5.0   # seconds to wait for Redis at start-up
 EXIT_FAILED: Final = 1
+# seconds to wait for the stream reader at exit: a blocking read, a call
+# that times out and a back-off pause, at most
+READER_JOIN: Final = (READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT + RETRY_MAX + 1)
 
 
 class StartupError(Exception):
@@ -113,10 +124,13 @@ class RemoteWorkers:
     def __init__(self, worker_class: type[Worker], redis_url: str,
                  pool_name: str | None = None, num_workers: int = 1,
                  log_level: int = LOG_INFO, graceful_timeout: float = 30,
-                 worker_kwargs: Mapping[str, Any] | None = None) -> None:
+                 worker_kwargs: Mapping[str, Any] | None = None,
+                 consumer: str | None = None) -> None:
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.consumer = f'{self.host}:{self.pid}'
+        # the random part: host names and pids repeat across containers
+        self.consumer = consumer or \
+            f'{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}'
         self.pool = WorkerPool(
             worker_class, num_workers, name=pool_name,
             graceful_timeout=graceful_timeout,
@@ -136,6 +150,8 @@ class RemoteWorkers:
         self._relay = Relay(self.consumer, self._log.log)
         # read, not started yet (waiting for an idle worker)
         self._waiting: collections.deque[_Waiting] = collections.deque()
+        # their start got no answer: started again once Redis answers
+        self._uncertain: list[_Waiting] = []
         # started, handed back unrun by a stopping worker
         self._returned: collections.deque[Job] = collections.deque()
         self._handled = 0
@@ -143,6 +159,7 @@ class RemoteWorkers:
         self._state = 'starting'    # running, stopping, done
         self._signals = 0
         self._killed = False
+        self._stop_began: float | None = None
         self.exit_status = 0
         self._signal_pipe: tuple[int, int] | None = None
 
@@ -256,8 +273,10 @@ class RemoteWorkers:
         deadline = time.monotonic() + STARTUP_WAIT
         while True:
             try:
-                self._link.connect()
+                # alive before joining: a claim pass of another host never
+                # takes this consumer for a dead one
                 self._link.heartbeat(self.host, self.pid, 0, 0, 0)
+                self._link.connect()
                 return
             except RedisDown as err:
                 if self._signals:
@@ -300,12 +319,17 @@ class RemoteWorkers:
 
     def _free_slots(self) -> int:
         return max(0, len(self._idle_workers()) - len(self._waiting)
-                   - len(self._returned))
+                   - len(self._returned) - len(self._uncertain))
 
     # -- entries from the stream ------------------------------------------
 
     def _on_entries(self) -> None:
-        for entry_id, fields in self._reader.take():
+        entries = self._reader.take()
+        if self._state != 'running':
+            # read as the stop began: for another consumer to take at once
+            self._release([entry_id for entry_id, _ in entries])
+            return
+        for entry_id, fields in entries:
             try:
                 dispatcher_id, timeout_ms, message = rp.decode_request(fields)
                 _check_layout(message)
@@ -327,24 +351,47 @@ class RemoteWorkers:
 
     def _start_waiting(self) -> None:
         """Give returned requests, then waiting entries, to idle workers."""
-        if not (self._waiting or self._returned) or self._state != 'running':
+        if not (self._waiting or self._returned or self._uncertain) \
+                or self._state != 'running':
             return
         idle = self._idle_workers()
         while idle and self._returned:
             self._give(idle.pop(), self._returned.popleft())
-        if not idle or not self._waiting or not self._link.up:
+        if not idle or not self._link.up:
+            return
+        if self._uncertain:
+            # first the starts that got no answer (run once either way),
+            # no more than there are idle workers now
+            count = len(idle)
+            batch = self._uncertain[:count]
+            self._uncertain = self._uncertain[count:]
+            self._start_batch(batch, idle)
+            return
+        if not self._waiting:
             return
         try:
             batch = self._fresh_entries(len(idle))
+        except RedisDown:
+            return      # no clock: they wait for the link to come back
+        if batch:
+            self._start_batch(batch, idle)
+
+    def _start_batch(self, batch: list[_Waiting],
+                     idle: list[WorkerHandle]) -> None:
+        """Start `batch` (no more entries than `idle` workers) and give
+        each entry won to an idle worker. An entry whose start got no
+        answer is kept to be started again: the start script may have run
+        (acknowledged, STARTED added) and only this consumer can run it."""
+        try:
             won = self._link.start([(w.entry_id, w.dispatcher_id,
                                      w.message[1]) for w in batch])
         except RedisDown:
-            # an entry whose start may or may not have happened is not
-            # retried here (it could run twice): if it is still pending, a
-            # claim brings it back
+            self._uncertain.extend(batch)
             return
         for waiting, ours in zip(batch, won):
-            if ours:
+            if ours is None:
+                self._uncertain.append(waiting)
+            elif ours:
                 self._give(idle.pop(), self._relay.start(
                     waiting.dispatcher_id, waiting.message))
             else:
@@ -354,7 +401,10 @@ class RemoteWorkers:
 
     def _fresh_entries(self, count: int) -> list[_Waiting]:
         """Up to `count` waiting entries still young enough to run; those
-        older than their timeout are acknowledged and dropped unrun."""
+        older than their timeout are acknowledged and dropped unrun (when
+        that fails they stay pending, a claim brings them back, and the
+        fresh ones are put back: none is taken). Raises RedisDown, taking
+        none, when the clock is unknown."""
         now_ms = self._link.server_time_ms()
         fresh: list[_Waiting] = []
         stale: list[bytes] = []
@@ -369,7 +419,13 @@ class RemoteWorkers:
                            waiting.dispatcher_id, age, waiting.timeout_ms)
             stale.append(waiting.entry_id)
         if stale:
-            self._link.ack(*stale)
+            try:
+                self._link.ack(*stale)
+            except RedisDown:
+                # logged by the link; the stale ones stay pending (a claim
+                # brings them back); the fresh ones wait for the link
+                self._waiting.extendleft(reversed(fresh))
+                return []
         return fresh
 
     def _give(self, handle: WorkerHandle, job: Job) -> None:
@@ -588,8 +644,11 @@ class RemoteWorkers:
         if self._state not in ('starting', 'running'):
             return
         self._state = 'stopping'
+        self._stop_began = time.monotonic()
         self._reader.stop()
-        # read, never started: left pending for another consumer to claim
+        self._unblock_reader()
+        # read, never started: another consumer may take them at once
+        self._release([waiting.entry_id for waiting in self._waiting])
         self._waiting.clear()
         for job in self._returned:
             self._relay.finish(job.local_id)
@@ -599,30 +658,127 @@ class RemoteWorkers:
         # runs teardown() and exits; SIGKILL after graceful_timeout
         self.pool.stop()
 
+    def _unblock_reader(self) -> None:
+        """End the reader's blocking read now (it reads no more)."""
+        if not self._link.up:
+            return
+        try:
+            self._link.unblock(self._reader.client_id)
+        except RedisDown:
+            pass    # logged by the link; the read ends at its timeout
+
+    def _release(self, entry_ids: list[bytes]) -> None:
+        """Entries delivered here that this host will not start: made
+        claimable by another consumer now rather than after CLAIM_IDLE_MS."""
+        if not entry_ids:
+            return
+        try:
+            self._link.release(entry_ids)
+        except RedisDown:
+            self._log.warning('%d entries read but not started are left '
+                              'to be claimed after %d ms', len(entry_ids),
+                              rp.CLAIM_IDLE_MS)
+            return
+        self._log.info('released %d entries read but not started',
+                       len(entry_ids))
+
     def _finish(self) -> None:
-        """After the loop: last replies, leave the pool, close."""
+        """After the loop: last replies, leave the pool, close. Each step
+        runs even when one before it failed (each failure is logged), so
+        the workers never outlive this process and the reader is joined."""
+        self._step('killing the workers', self._kill_unless_done)
+        self._step('ending the started requests', self._lose_the_rest)
+        self._reader.stop()
+        self._step('sending the last replies', self._send_last_replies)
+        self._step('ending the stream reader', self._join_reader)
+        self._step('leaving the pool', self._leave)
+        self._step('closing the Redis link', self._link.close)
+        self._log.info('consumer %s stopped', self.consumer)
+
+    def _step(self, what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as err:  # pylint: disable=broad-except
+            # a step that failed must not skip the next ones
+            self._log.error('at exit, %s failed: %r', what, err)
+            if self.exit_status == 0:
+                self.exit_status = EXIT_FAILED
+
+    def _kill_unless_done(self) -> None:
         if self._state != 'done':     # an error in the loop: no orphans
             self.pool.kill()
+
+    def _lose_the_rest(self) -> None:
         for job in self._relay.finish_all():
             self._relay.lost(job, 'the remote workers stopped')
-        self._reader.stop()
-        if not self._link.up:
-            self._reconnect()
-        while self._relay.waiting_replies and self._link.up:
-            self._send_replies()
+        self._returned.clear()     # (those were among the started ones)
+
+    def _send_last_replies(self) -> None:
+        """Send what is left, retrying while Redis is away until
+        `graceful_timeout` seconds have passed since the stop began."""
+        deadline = time.monotonic() + self.pool.graceful_timeout \
+            if self._stop_began is None \
+            else self._stop_began + self.pool.graceful_timeout
+        while True:
+            if not self._link.up and self._link.reconnect_due(
+                    time.monotonic()):
+                self._reconnect()
+            if self._link.up:
+                self._settle_uncertain()
+                self._send_replies()
+            if not (self._relay.waiting_replies or self._uncertain) \
+                    or self._signals > 1 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05 if self._link.up else max(0.05, min(
+                self._link.retry_at, deadline) - time.monotonic()))
         if self._relay.waiting_replies:
             self._log.error('%d replies could not be sent: Redis is away',
                             self._relay.waiting_replies)
+        if self._uncertain:
+            self._log.error('%d requests whose start got no answer may be '
+                            'answered 504', len(self._uncertain))
+
+    def _settle_uncertain(self) -> None:
+        """At a stop: entries whose start got no answer are started again
+        (idempotent); one this consumer won gets LOST (never run here)."""
+        if not self._uncertain:
+            return
+        batch, self._uncertain = self._uncertain, []
+        try:
+            won = self._link.start([(w.entry_id, w.dispatcher_id,
+                                     w.message[1]) for w in batch])
+        except RedisDown:
+            self._uncertain = batch
+            return
+        for waiting, ours in zip(batch, won):
+            if ours is None:
+                self._uncertain.append(waiting)
+            elif ours:
+                job = self._relay.start(waiting.dispatcher_id,
+                                        waiting.message)
+                self._relay.finish(job.local_id)
+                self._relay.lost(job, _STOPPED_BEFORE)
+
+    def _leave(self) -> None:
         try:
             self._link.leave()
         except RedisDown:
             self._log.warning('could not delete the alive key: it expires '
                               'in %d ms', rp.ALIVE_TTL_MS)
-        self._link.close()
+
+    def _join_reader(self) -> None:
         if self._reader.is_alive():
-            self._reader.join(rp.HEARTBEAT_INTERVAL + 1)
+            # one blocking read and one back-off pause at most
+            self._reader.join(READER_JOIN)
+        if self._reader.is_alive():
+            # its connection may still answer: its sockets stay open (the
+            # process exits anyway) rather than closed under it
+            self._log.warning('the stream reader did not end in %.0f s',
+                              READER_JOIN)
+            return
+        # read in its last moments: for another consumer to take at once
+        self._release([entry_id for entry_id, _ in self._reader.take()])
         self._reader.close()
-        self._log.info('consumer %s stopped', self.consumer)
 
 
 def _check_layout(message: Message) -> None:
