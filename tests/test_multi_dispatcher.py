@@ -454,14 +454,7 @@ def test_metrics_count_the_requests_of_every_dispatcher(multi):
     assert answered_by == set(pids.values())
 
     def total(name, **labels):
-        found = 0
-        for family in text_string_to_metric_families(
-                server.get('/metrics').body.decode()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                        sample.labels.get(k) == v for k, v in labels.items()):
-                    found += sample.value
-        return found
+        return scraped_total(server, name, **labels)
     # the other dispatcher's figures are up to a second old, and each
     # scrape may reach either dispatcher: every check polls
     wait_until(lambda: total('uhttp_requests_total', status='200') == sent,
@@ -470,3 +463,52 @@ def test_metrics_count_the_requests_of_every_dispatcher(multi):
                20)
     wait_until(lambda: total('uhttp_workers_alive', pool='MultiWorker') == 2,
                20)
+
+
+def scraped_total(server, name, **labels):
+    """The sum of the samples `name` (with `labels`) of one scrape."""
+    found = 0
+    for family in text_string_to_metric_families(
+            server.get('/metrics').body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                found += sample.value
+    return found
+
+
+def test_counters_do_not_go_down_when_dispatchers_are_replaced(multi):
+    server = multi(env={'METRICS': '1'})
+    load = Load(server, '/api/where', keep_alive=False, limit=300)
+    results = load.stop() if wait_until(
+        lambda: len(load.results) >= 300, 30) else []
+    assert set(results) == {200}
+    sent = len(results)
+
+    def requests():
+        return scraped_total(server, 'uhttp_requests_total')
+    wait_until(lambda: requests() == sent, 20,
+               message=lambda: f'{requests()} != {sent}')
+    wait_until(lambda: scraped_total(
+        server, 'uhttp_request_duration_seconds_count') == sent, 20)
+    old = dispatcher_pids(server)
+    server.signal(signal.SIGHUP)
+    scraped = []
+
+    def roll_done():
+        scraped.append(requests())
+        return server.count_log(r'rolling restart of the dispatchers done')
+    wait_until(roll_done, 60, interval=0.05)
+    assert not set(dispatcher_pids(server).values()) & set(old.values())
+    # no request since: every scrape during and after the roll shows the
+    # same totals, though every dispatcher that counted them has exited
+    wait_until(lambda: len(scraped) >= 2 and all(
+        not pid_alive(pid) for pid in old.values()), 20)
+    scraped.append(requests())
+    assert scraped and set(scraped) == {sent}, scraped
+    assert scraped_total(
+        server, 'uhttp_request_duration_seconds_count') == sent
+    # the new dispatchers count on from there
+    for _ in range(10):
+        assert server.get('/api/where').status == 200
+    wait_until(lambda: requests() == sent + 10, 20)

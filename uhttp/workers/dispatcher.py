@@ -837,7 +837,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._close()
             self._remove_unix_socket()
             if self._host is not None:
-                self._host.remove()
+                self._close_host_report(self._host)
             self._log_output.flush()   # access lines still buffered
         if self.exit_status:
             raise SystemExit(self.exit_status)
@@ -880,12 +880,23 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                            'this dispatcher', host.path, err)
             self._host = None
 
+    def _close_host_report(self, host: HostReport) -> None:
+        # the final counts stay for the supervisor to fold (host_status)
+        metrics = self._metrics.snapshot() \
+            if self._metrics is not None else None
+        try:
+            host.close(metrics)
+        except OSError as err:
+            self.log.error('cannot write the final snapshot %s: %s; the '
+                           'host\'s counters lose this dispatcher\'s last '
+                           'second', host.path, err)
+
     def _peer_metrics(self) -> list[Snapshot]:
-        # the other dispatchers' metric snapshots (metrics.Metrics.peers)
+        # the other dispatchers' metric snapshots and the counters of those
+        # that exited (metrics.Metrics.peers)
         if self._host is None:
             return []
-        return [record['metrics'] for record in self._host.others()
-                if isinstance(record.get('metrics'), dict)]
+        return self._host.peer_metrics()
 
     def handle_usr2(self) -> None:
         """SIGUSR2: start a new dispatcher on the same socket (see

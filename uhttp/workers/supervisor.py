@@ -31,8 +31,10 @@ supervisor that is killed outright takes its dispatchers with it (they get
 SIGTERM from the kernel and stop gracefully).
 
 The supervisor also creates the run directory where each dispatcher writes
-its status and metrics snapshot (see host_status), removes a dead
-dispatcher's snapshot, and removes the directory when it exits.
+its status and metrics snapshot (see host_status); before it reaps a
+dispatcher that exited, it folds that one's counters into the retired
+counters there (so that the host's counters never go down) and removes
+its snapshot; it removes the directory when it exits.
 
 The supervisor owns only the listening socket, the pid file, the run
 directory and the list of its children. It must never serve a request,
@@ -52,7 +54,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from .host_status import snapshot_path
+from .host_status import RetiredCounts
 from .process_group import set_parent_death_signal
 from .proctitle import set_title
 from .systemd import listen_sockets
@@ -141,6 +143,7 @@ class Supervisor:
         # given up, a roll cut short by a stop signal)
         self._strays: set[int] = set()
         self._run_dir: str | None = None
+        self._retired: RetiredCounts | None = None
         self._old_mask: _Mask = set()
         if dispatcher._daemon is not None:  # pylint: disable=protected-access
             raise SystemExit('daemon=True is not supported with several '
@@ -156,6 +159,7 @@ class Supervisor:
         self._bind()
         try:
             self._run_dir = tempfile.mkdtemp(prefix='uhttp-workers-')
+            self._retired = RetiredCounts(self._run_dir)
             if self._pid_file is not None:
                 self._pid_file.create()
             set_title(f'supervisor of {len(self._slots)} dispatchers')
@@ -418,13 +422,15 @@ class Supervisor:
 
     def _reap(self) -> None:
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            found = _exited_child()
+            if found is None:
                 return
-            if pid == 0:
-                return
-            self._remove_snapshot(pid)
+            pid, status = found
+            # folded while the process is a zombie: readers count its
+            # snapshot until the retired file has its counters
+            self._fold_snapshot(pid)
+            if status is None:
+                _, status = os.waitpid(pid, 0)   # (it has exited: no wait)
             self._child_exited(pid, status)
 
     def _child_exited(self, pid: int, status: int) -> None:
@@ -441,13 +447,14 @@ class Supervisor:
         elif self._roll is not None and pid in self._roll.pids():
             self._roll_exit(self._roll, pid, how)
 
-    def _remove_snapshot(self, pid: int) -> None:
-        if self._run_dir is None:
+    def _fold_snapshot(self, pid: int) -> None:
+        if self._retired is None:
             return
         try:
-            os.unlink(snapshot_path(self._run_dir, pid))
-        except FileNotFoundError:
-            pass   # it removed its own at exit, or never wrote one
+            self._retired.fold(pid)
+        except (OSError, ValueError) as err:
+            self.log.error('dispatcher (pid %d): its counters are lost to '
+                           'the host\'s metrics: %s', pid, err)
 
     def _exited(self, slot: _Slot, status: int) -> None:
         slot.pid = None
@@ -517,6 +524,25 @@ def _tcp_listener(address: str, port: int, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _exited_child() -> tuple[int, int | None] | None:
+    """(pid, None) of a child that exited, left unreaped (a zombie), or
+    (pid, wait status) where it cannot be left so; None when none has."""
+    if not hasattr(os, 'waitid'):
+        # (no waitid, e.g. macOS: reaped at once, its snapshot is skipped
+        # by readers for the moment until it is folded)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        return None if pid == 0 else (pid, status)
+    try:
+        info = os.waitid(os.P_ALL, 0,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return None if info is None or info.si_pid == 0 else (info.si_pid, None)
 
 
 def _kill(pid: int, signum: int) -> None:
