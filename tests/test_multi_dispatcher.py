@@ -512,3 +512,23 @@ def test_counters_do_not_go_down_when_dispatchers_are_replaced(multi):
     for _ in range(10):
         assert server.get('/api/where').status == 200
     wait_until(lambda: requests() == sent + 10, 20)
+
+
+def test_sigttin_reaches_a_replacement_not_ready_yet(multi, tmp_path):
+    hold = tmp_path / 'hold'
+    server = multi(env={'HOLD_FILE': str(hold)})
+    old = dispatcher_pids(server)
+    hold.touch()   # the replacement's worker waits in setup(): not ready
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: server.count_log(r'dispatcher \d started') == 3, 20)
+    replacement = dispatcher_pids(server)[0]
+    assert replacement != old[0]
+    wait_until(lambda: len(children_of(replacement)) == 1, 20)
+    server.signal(signal.SIGTTIN)   # one more worker in each dispatcher
+    wait_until(lambda: server.count_log(r'resized to 2 workers') == 3, 20,
+               message=lambda: server.log[-2000:])
+    hold.unlink()
+    server.wait_log(r'dispatcher 0: replacement \(pid \d+\) is ready', 30)
+    wait_until(lambda: len(children_of(replacement)) == 2, 20)
+    server.wait_log(r'rolling restart of the dispatchers done', 60)
+    assert replacement in children_of(server.pid)

@@ -5,6 +5,7 @@ default 1), JOB_FILE (a run-once job appends its pid), SERVICE_PORT and
 SERVICE_STARTS (an owned helper service; its server appends its pid at each
 start), STARTED_FILE (each /api/sleep request appends a line when it
 begins), FAIL_FILE (while it exists, a new worker's setup() fails),
+HOLD_FILE (while it exists, a new worker's setup() waits, up to 30 s),
 METRICS (serve /metrics).
 
 Routes: GET /pid (@sync: the dispatcher's pid), GET /api/where (a worker's
@@ -42,6 +43,10 @@ class MultiWorker(_workers.Worker):
     def setup(self):
         if os.path.exists(ENV.get('FAIL_FILE', '')):
             raise RuntimeError('FAIL_FILE exists: this worker will not start')
+        deadline = time.monotonic() + 30
+        while os.path.exists(ENV.get('HOLD_FILE', '')) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @_workers.api('/api/where', 'GET')
     def where(self, request):

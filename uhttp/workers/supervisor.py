@@ -13,7 +13,9 @@ the other dispatchers reach the services by their health checks.
 
 Signals: SIGTERM/SIGINT (graceful) and SIGQUIT (immediate) go to every
 dispatcher, and the supervisor exits 0 once all have exited; SIGTTIN,
-SIGTTOU and SIGUSR1 are forwarded to each. SIGHUP replaces the dispatchers
+SIGTTOU and SIGUSR1 are forwarded to each, to a replacement starting in a
+roll and to those still exiting (a new dispatcher ignores them until it
+has its handlers, rather than die or stop of them). SIGHUP replaces the dispatchers
 one at a time (a rolling restart, `_Roll`): for each slot a new dispatcher
 starts on the same socket with fresh workers; once it is ready (it sends the
 supervisor SIGUSR2) the old one gets SIGUSR2, which tells it to hand over:
@@ -68,6 +70,9 @@ WAITED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
           signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
           signal.SIGCHLD)
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# forwarded to every dispatcher process (their default action would stop
+# or end a dispatcher that has no handler yet)
+FORWARDED = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 # restart back-off: FIRST_DELAY * 2**(deaths in a row), at most MAX_DELAY;
 # a dispatcher that lived HEALTHY_AFTER seconds starts the count anew
 FIRST_DELAY = 0.5
@@ -228,6 +233,8 @@ class Supervisor:
             set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != parent:
                 os._exit(0)  # pylint: disable=protected-access
+            for signum in FORWARDED:   # until the dispatcher handles them
+                signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
             _serve_as_dispatcher(self._dispatcher, index, self._listener,
                                  self._run_dir)
@@ -235,8 +242,14 @@ class Supervisor:
         return pid
 
     def _running(self) -> bool:
-        return bool(self._strays) or any(
-            slot.pid is not None for slot in self._slots)
+        return bool(self._children())
+
+    def _children(self) -> list[int]:
+        """Every dispatcher process: in a slot, of the roll, stray."""
+        pids = [slot.pid for slot in self._slots if slot.pid is not None]
+        if self._roll is not None:
+            pids.extend(self._roll.pids())
+        return pids + sorted(self._strays - set(pids))
 
     def _wait_once(self) -> None:
         timeout = self._next_wake_in()
@@ -279,11 +292,8 @@ class Supervisor:
                 self.log.warning('supervisor: rolling restart cut short')
             self.log.info('supervisor: %s, stopping every dispatcher',
                           signum.name)
-            for pid in self._strays:
-                _kill(pid, signum)
-        for slot in self._slots:
-            if slot.pid is not None:
-                _kill(slot.pid, signum)
+        for pid in self._children():
+            _kill(pid, signum)
 
     # -- rolling restart (SIGHUP) -------------------------------------------------
 
