@@ -867,8 +867,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 os.kill(self._supervisor_pid, signal.SIGUSR2)
             self._supervisor_pid = None   # told once
         host = self._host
-        if host is None or not host.due(now, self._state):
-            return
+        if host is not None and host.due(now, self._state):
+            self._write_snapshot(host, now)
+
+    def _write_snapshot(self, host: HostReport, now: float) -> None:
         snapshot: dict[str, Any] = {'status': self._own_status()}
         if self._metrics is not None:
             snapshot['metrics'] = self._metrics.snapshot()
@@ -893,8 +895,12 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
 
     def _peer_metrics(self) -> list[Snapshot]:
         # the other dispatchers' metric snapshots and the counters of those
-        # that exited (metrics.Metrics.peers)
-        if self._host is None:
+        # that exited (metrics.Metrics.peers). This one's snapshot is
+        # written first: a later scrape of another dispatcher then shows at
+        # least the counts this scrape shows (counters never go down)
+        if self._host is not None:
+            self._write_snapshot(self._host, time.monotonic())
+        if self._host is None:   # (the write failed)
             return []
         return self._host.peer_metrics()
 
