@@ -576,3 +576,25 @@ def test_the_ready_timeout_follows_the_pools_and_services():
     service = _workers.Service(name='slow', command=['true'], port=1,
                                startup_timeout=30)
     assert supervisor.ready_timeout([paced], [service]) == 312 + 30
+
+
+def test_an_idle_connection_does_not_hold_a_roll(multi):
+    # a client that connects and sends nothing (a browser's preconnect)
+    # must not keep a replaced dispatcher until shutdown_timeout (or until
+    # the idle connection times out), longer than this test may run
+    server = multi(env={'SHUTDOWN_TIMEOUT': '120',
+                        'KEEP_ALIVE_TIMEOUT': '120'})
+    old = dispatcher_pids(server)
+    idle = [socket.create_connection(('127.0.0.1', server.port), timeout=30)
+            for _ in range(4)]
+    try:
+        wait_until(lambda: server.get('/status').json()['connections'] >= 5,
+                   20, message='the idle connections were not accepted')
+        server.signal(signal.SIGHUP)
+        server.wait_log(r'rolling restart of the dispatchers done', 40)
+        for sock in idle:   # closed by the dispatcher that had it
+            assert sock.recv(1) == b''
+    finally:
+        for sock in idle:
+            sock.close()
+    assert not set(children_of(server.pid)) & set(old.values())

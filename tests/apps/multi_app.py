@@ -7,7 +7,8 @@ start), STARTED_FILE (each /api/sleep request appends a line when it
 begins), FAIL_FILE (while it exists, a new worker's setup() fails),
 HOLD_FILE (while it exists, a new worker's setup() waits, up to 30 s),
 DEAF_FILE (a dispatcher whose pid it lists ignores SIGTERM),
-SHUTDOWN_TIMEOUT (default 10), METRICS (serve /metrics).
+SHUTDOWN_TIMEOUT (default 10), KEEP_ALIVE_TIMEOUT (default 15), METRICS
+(serve /metrics).
 
 Routes: GET /pid (@sync: the dispatcher's pid), GET /api/where (a worker's
 pid and its dispatcher's), GET /api/sleep/{ms} (holds a worker), GET
@@ -103,6 +104,7 @@ def main():
         if ENV.get('JOB_FILE') else None,
         pid_file=ENV.get('PID_FILE'),
         shutdown_timeout=float(ENV.get('SHUTDOWN_TIMEOUT', '10')),
+        keep_alive_timeout=float(ENV.get('KEEP_ALIVE_TIMEOUT', '15')),
         metrics_route='/metrics' if ENV.get('METRICS') else None,
         pools=[_workers.WorkerPool(
             MultiWorker, num_workers=int(ENV.get('WORKERS', '1')),
