@@ -5,9 +5,10 @@ With `dispatchers=N` (N > 1) the supervisor creates one private directory
 (`tempfile.mkdtemp`, removed when it exits) and each dispatcher writes its
 own snapshot there, `dispatcher-<pid>.json`: its status() and, when
 metrics are on, its counters and gauges. A snapshot is written at most once
-a second from the housekeeping tick, and at once when the dispatcher's
-state changes (so a draining one shows as draining), always whole: written
-to a temporary name, then renamed over the old one.
+a second from the housekeeping tick, at once when the dispatcher's state
+changes (so a draining one shows as draining) and when its metrics are
+scraped (so that no later scrape of another dispatcher shows less), always
+whole: written to a temporary name, then renamed over the old one.
 
 Any dispatcher asked for status() or scraped for metrics reads the
 snapshots of the others (each at most a second old), drops those whose

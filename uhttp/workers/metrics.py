@@ -14,14 +14,17 @@ others to its own: counters and histograms summed, gauges summed (requests
 pending, queue depth, workers alive, open streams and WebSockets are host
 totals), `uhttp_pool_degraded` 1 if any dispatcher's copy of the pool is.
 So one scrape of any dispatcher shows the host, its own figures live and
-the others' at most a second old. A dispatcher that exits (replaced by
-SIGHUP, crashed, killed) leaves its counts behind: it writes a last
-snapshot at exit, and the supervisor folds its counters and histograms
-(`counters_of`, not its gauges) into the run directory's retired snapshot,
-which every scrape adds. So the host's counters never go down, which
-Prometheus would read as a counter reset (and count the whole new total
-as an increase). A dispatcher killed outright loses only the counts of its
-last second, since its last snapshot.
+the others' at most a second old.
+
+The host's counters never go down, which Prometheus would read as a
+counter reset (and count the whole new total as an increase). The scraped
+dispatcher writes its own snapshot before it reads the others', so a later
+scrape of any dispatcher never shows less than an earlier one did. A
+dispatcher that exits (replaced by SIGHUP, crashed, killed) leaves its
+counts behind: it writes a last snapshot at exit, and the supervisor folds
+its counters and histograms (`counters_of`, not its gauges) into the run
+directory's retired snapshot, which every scrape adds. A dispatcher killed
+outright loses only the counts since its last snapshot (a second at most).
 
 prometheus_client's own multiprocess mode was not used: it needs
 PROMETHEUS_MULTIPROC_DIR set before the library is imported, an mmap'ed
