@@ -442,6 +442,59 @@ def test_a_dead_dispatchers_snapshot_is_ignored(tmp_path):
     assert [d['index'] for d in merged['dispatchers']] == [0, 1]
 
 
+def _counts(requests):
+    return {'requests': [['MultiWorker', '/api/where', 200, requests]],
+            'latency': [['MultiWorker', [requests] + [0] * 15, 0.5, requests]],
+            'exits': [], 'pending': 2, 'streams': 1,
+            'pools': [['MultiWorker', 3, 1, 0]],
+            'ws': {'open': 1, 'messages_in': 4, 'messages_out': 5}}
+
+
+def test_an_exited_dispatchers_counters_are_folded_once(tmp_path):
+    from uhttp.workers import host_status  # pylint: disable=import-outside-toplevel
+    run_dir = str(tmp_path)
+    # a live process stands for a dispatcher that exited, not yet reaped
+    exited = subprocess.Popen([sys.executable, '-c',
+                               'import time; time.sleep(30)'])
+    try:
+        path = tmp_path / f'dispatcher-{exited.pid}.json'
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'index': 1, 'token': f'{exited.pid}-1',
+            'status': {'state': 'stopped'}, 'metrics': _counts(7)}))
+        (tmp_path / 'dispatcher-1.json').write_text('{half a fi')
+        reader = host_status.HostReport(run_dir, 0)
+        [found] = reader.peer_metrics()
+        assert found['requests'][0][-1] == 7
+        retired = host_status.RetiredCounts(run_dir)
+        retired.fold(exited.pid)
+        assert not path.exists()
+        [found] = reader.peer_metrics()
+        # counters and histograms kept, gauges not
+        assert found['requests'] == [['MultiWorker', '/api/where', 200, 7]]
+        assert found['latency'][0][3] == 7
+        assert (found['pending'], found['streams'], found['pools']) == \
+            (0, 0, [])
+        assert found['ws'] == {'open': 0, 'messages_in': 4,
+                               'messages_out': 5}
+        # a snapshot the retired file lists is skipped, should a reader
+        # still find it: its counts are taken once
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'index': 1, 'token': f'{exited.pid}-1',
+            'metrics': _counts(7)}))
+        assert host_status.read_snapshots(run_dir) == []
+        assert len(reader.peer_metrics()) == 1
+        # a malformed snapshot is reported, and removed all the same
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'token': 'x', 'metrics': {'requests': 3}}))
+        with pytest.raises(ValueError):
+            retired.fold(exited.pid)
+        assert not path.exists()
+        assert reader.peer_metrics()[0]['requests'][0][-1] == 7
+    finally:
+        exited.kill()
+        exited.wait()
+
+
 def test_metrics_count_the_requests_of_every_dispatcher(multi):
     server = multi(env={'METRICS': '1'})
     pids = dispatcher_pids(server)

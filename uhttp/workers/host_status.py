@@ -176,7 +176,7 @@ class RetiredCounts:
             dead = counters_of(cast(Snapshot, record['metrics']))
             total = dead if self.metrics is None else merge_snapshots(
                 [self.metrics, dead])
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise ValueError(f'malformed metrics: {err!r}') from None
         # the tokens of snapshots already removed need no longer be listed
         self._folded = {
