@@ -25,9 +25,9 @@ and skips the snapshots that file lists: each dispatcher's counts are then
 taken once, from its snapshot or from the retired file, never neither.
 
 This module owns the file format, the writing and reading of snapshots and
-of the retired counters, and the merging of status views. It must never block the dispatcher for more
-than a small local file write, and never trust a file it reads: an
-unreadable or half-known one is skipped.
+of the retired counters, and the merging of status views. It must never
+block the dispatcher for more than a small local file write, and never
+trust a file it reads: an unreadable or half-known one is skipped.
 """
 
 from __future__ import annotations
