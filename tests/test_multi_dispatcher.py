@@ -20,6 +20,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import uhttp.workers as _workers
 from uhttp.workers.supervisor import MAX_DELAY, restart_delay
 
 from conftest import APPS, Server, free_port, pid_alive, wait_until
@@ -441,6 +442,59 @@ def test_a_dead_dispatchers_snapshot_is_ignored(tmp_path):
     assert [d['index'] for d in merged['dispatchers']] == [0, 1]
 
 
+def _counts(requests):
+    return {'requests': [['MultiWorker', '/api/where', 200, requests]],
+            'latency': [['MultiWorker', [requests] + [0] * 15, 0.5, requests]],
+            'exits': [], 'pending': 2, 'streams': 1,
+            'pools': [['MultiWorker', 3, 1, 0]],
+            'ws': {'open': 1, 'messages_in': 4, 'messages_out': 5}}
+
+
+def test_an_exited_dispatchers_counters_are_folded_once(tmp_path):
+    from uhttp.workers import host_status  # pylint: disable=import-outside-toplevel
+    run_dir = str(tmp_path)
+    # a live process stands for a dispatcher that exited, not yet reaped
+    exited = subprocess.Popen([sys.executable, '-c',
+                               'import time; time.sleep(30)'])
+    try:
+        path = tmp_path / f'dispatcher-{exited.pid}.json'
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'index': 1, 'token': f'{exited.pid}-1',
+            'status': {'state': 'stopped'}, 'metrics': _counts(7)}))
+        (tmp_path / 'dispatcher-1.json').write_text('{half a fi')
+        reader = host_status.HostReport(run_dir, 0)
+        [found] = reader.peer_metrics()
+        assert found['requests'][0][-1] == 7
+        retired = host_status.RetiredCounts(run_dir)
+        retired.fold(exited.pid)
+        assert not path.exists()
+        [found] = reader.peer_metrics()
+        # counters and histograms kept, gauges not
+        assert found['requests'] == [['MultiWorker', '/api/where', 200, 7]]
+        assert found['latency'][0][3] == 7
+        assert (found['pending'], found['streams'], found['pools']) == \
+            (0, 0, [])
+        assert found['ws'] == {'open': 0, 'messages_in': 4,
+                               'messages_out': 5}
+        # a snapshot the retired file lists is skipped, should a reader
+        # still find it: its counts are taken once
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'index': 1, 'token': f'{exited.pid}-1',
+            'metrics': _counts(7)}))
+        assert host_status.read_snapshots(run_dir) == []
+        assert len(reader.peer_metrics()) == 1
+        # a malformed snapshot is reported, and removed all the same
+        path.write_text(json.dumps({
+            'pid': exited.pid, 'token': 'x', 'metrics': {'requests': 3}}))
+        with pytest.raises(ValueError):
+            retired.fold(exited.pid)
+        assert not path.exists()
+        assert reader.peer_metrics()[0]['requests'][0][-1] == 7
+    finally:
+        exited.kill()
+        exited.wait()
+
+
 def test_metrics_count_the_requests_of_every_dispatcher(multi):
     server = multi(env={'METRICS': '1'})
     pids = dispatcher_pids(server)
@@ -454,14 +508,7 @@ def test_metrics_count_the_requests_of_every_dispatcher(multi):
     assert answered_by == set(pids.values())
 
     def total(name, **labels):
-        found = 0
-        for family in text_string_to_metric_families(
-                server.get('/metrics').body.decode()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                        sample.labels.get(k) == v for k, v in labels.items()):
-                    found += sample.value
-        return found
+        return scraped_total(server, name, **labels)
     # the other dispatcher's figures are up to a second old, and each
     # scrape may reach either dispatcher: every check polls
     wait_until(lambda: total('uhttp_requests_total', status='200') == sent,
@@ -470,3 +517,137 @@ def test_metrics_count_the_requests_of_every_dispatcher(multi):
                20)
     wait_until(lambda: total('uhttp_workers_alive', pool='MultiWorker') == 2,
                20)
+
+
+def scraped_total(server, name, **labels):
+    """The sum of the samples `name` (with `labels`) of one scrape."""
+    found = 0
+    for family in text_string_to_metric_families(
+            server.get('/metrics').body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                found += sample.value
+    return found
+
+
+def test_counters_do_not_go_down_when_dispatchers_are_replaced(multi):
+    server = multi(env={'METRICS': '1'})
+    old = dispatcher_pids(server)
+
+    def requests():
+        return scraped_total(server, 'uhttp_requests_total')
+    load = Load(server, '/api/where', keep_alive=False, limit=2000)
+    scraped = []
+    try:
+        wait_until(lambda: len(load.results) >= 100, 20)
+        server.signal(signal.SIGHUP)
+
+        def roll_done():
+            scraped.append(requests())
+            return server.count_log(r'rolling restart of the dispatchers '
+                                    r'done')
+        wait_until(roll_done, 60, interval=0.05)
+        wait_until(lambda: all(not pid_alive(pid) for pid in old.values()),
+                   20)
+        scraped.append(requests())
+    finally:
+        results = load.stop()
+    assert set(results) == {200}
+    assert not set(dispatcher_pids(server).values()) & set(old.values())
+    # each scrape, whichever dispatcher answered it, shows at least what
+    # the one before showed, though every dispatcher that counted the
+    # first requests has exited
+    assert len(scraped) >= 2 and scraped[0] > 0, scraped
+    assert scraped == sorted(scraped), scraped
+    sent = len(results)
+    wait_until(lambda: requests() == sent, 20,
+               message=lambda: f'{requests()} != {sent}')
+    wait_until(lambda: scraped_total(
+        server, 'uhttp_request_duration_seconds_count') == sent, 20)
+
+
+def test_sigttin_reaches_a_replacement_not_ready_yet(multi, tmp_path):
+    hold = tmp_path / 'hold'
+    server = multi(env={'HOLD_FILE': str(hold)})
+    old = dispatcher_pids(server)
+    hold.touch()   # the replacement's worker waits in setup(): not ready
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: server.count_log(r'dispatcher \d started') == 3, 20)
+    replacement = dispatcher_pids(server)[0]
+    assert replacement != old[0]
+    wait_until(lambda: len(children_of(replacement)) == 1, 20)
+    server.signal(signal.SIGTTIN)   # one more worker in each dispatcher
+    wait_until(lambda: server.count_log(r'resized to 2 workers') == 3, 20,
+               message=lambda: server.log[-2000:])
+    hold.unlink()
+    server.wait_log(r'dispatcher 0: replacement \(pid \d+\) is ready', 30)
+    wait_until(lambda: len(children_of(replacement)) == 2, 20)
+    server.wait_log(r'rolling restart of the dispatchers done', 60)
+    assert replacement in children_of(server.pid)
+
+
+def test_a_replacement_deaf_to_sigterm_is_killed_at_stop(multi, tmp_path):
+    hold, deaf = tmp_path / 'hold', tmp_path / 'deaf'
+    server = multi(env={'HOLD_FILE': str(hold), 'DEAF_FILE': str(deaf),
+                        'SHUTDOWN_TIMEOUT': '1'})
+    old = dispatcher_pids(server)
+    hold.touch()   # the replacement is not ready when the stop comes
+    replacement = None
+    try:
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: server.count_log(r'dispatcher \d started') == 3,
+                   20)
+        replacement = dispatcher_pids(server)[0]
+        deaf.write_text(f'{replacement}\n')
+        wait_until(lambda: len(children_of(replacement)) == 1, 20)
+        server.signal(signal.SIGTERM)
+        server.wait_log(r'rolling restart cut short')
+        server.wait_log(r'SIGTERM ignored \(DEAF_FILE\)')
+        server.wait_log(rf'dispatcher \(pid {replacement}\) did not exit '
+                        r'in \d+s: killing it', 30)
+        assert server.wait_exit(30) == 0
+    finally:
+        hold.unlink()
+        if replacement is not None and pid_alive(replacement):
+            os.kill(replacement, signal.SIGKILL)   # deaf to the fixture
+    assert server.count_log(rf'dispatcher \(pid {replacement}\) killed by '
+                            r'signal 9') == 1
+    assert not any(pid_alive(pid) for pid in [replacement, *old.values()])
+
+
+def test_the_ready_timeout_follows_the_pools_and_services():
+    from uhttp.workers import supervisor  # pylint: disable=import-outside-toplevel
+    assert supervisor.ready_timeout([]) == supervisor.READY_TIMEOUT
+    quick = _workers.WorkerPool(_workers.Worker, num_workers=2,
+                                setup_timeout=5)
+    assert supervisor.ready_timeout([quick]) == supervisor.READY_TIMEOUT
+    paced = _workers.WorkerPool(_workers.Worker, num_workers=4,
+                                setup_timeout=300, start_worker_delay=2,
+                                start_worker_delay_rand=1)
+    assert supervisor.ready_timeout([quick, paced]) == 300 + 4 * 3
+    service = _workers.Service(name='slow', command=['true'], port=1,
+                               startup_timeout=30)
+    assert supervisor.ready_timeout([paced], [service]) == 312 + 30
+
+
+def test_an_idle_connection_does_not_hold_a_roll(multi):
+    # a client that connects and sends nothing (a browser's preconnect)
+    # must not keep a replaced dispatcher until shutdown_timeout (or until
+    # the idle connection times out), longer than this test may run
+    server = multi(env={'SHUTDOWN_TIMEOUT': '120',
+                        'KEEP_ALIVE_TIMEOUT': '120'})
+    old = dispatcher_pids(server)
+    idle = [socket.create_connection(('127.0.0.1', server.port), timeout=30)
+            for _ in range(4)]
+    try:
+        wait_until(lambda: server.get('/status').json()['connections'] >= 5,
+                   20, message='the idle connections were not accepted')
+        server.signal(signal.SIGHUP)
+        server.wait_log(r'rolling restart of the dispatchers done', 40)
+        for sock in idle:   # closed by the dispatcher that had it
+            assert sock.recv(1) == b''
+    finally:
+        for sock in idle:
+            sock.close()
+    assert not set(children_of(server.pid)) & set(old.values())

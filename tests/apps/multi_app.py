@@ -5,7 +5,10 @@ default 1), JOB_FILE (a run-once job appends its pid), SERVICE_PORT and
 SERVICE_STARTS (an owned helper service; its server appends its pid at each
 start), STARTED_FILE (each /api/sleep request appends a line when it
 begins), FAIL_FILE (while it exists, a new worker's setup() fails),
-METRICS (serve /metrics).
+HOLD_FILE (while it exists, a new worker's setup() waits, up to 30 s),
+DEAF_FILE (a dispatcher whose pid it lists ignores SIGTERM),
+SHUTDOWN_TIMEOUT (default 10), KEEP_ALIVE_TIMEOUT (default 15), METRICS
+(serve /metrics).
 
 Routes: GET /pid (@sync: the dispatcher's pid), GET /api/where (a worker's
 pid and its dispatcher's), GET /api/sleep/{ms} (holds a worker), GET
@@ -42,6 +45,10 @@ class MultiWorker(_workers.Worker):
     def setup(self):
         if os.path.exists(ENV.get('FAIL_FILE', '')):
             raise RuntimeError('FAIL_FILE exists: this worker will not start')
+        deadline = time.monotonic() + 30
+        while os.path.exists(ENV.get('HOLD_FILE', '')) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @_workers.api('/api/where', 'GET')
     def where(self, request):
@@ -70,6 +77,17 @@ class MultiDispatcher(_workers.Dispatcher):
     def pid(self, client, path_params):
         client.respond({'pid': os.getpid()})
 
+    def handle_term(self):
+        try:
+            with open(ENV.get('DEAF_FILE', ''), encoding='ascii') as listed:
+                deaf = str(os.getpid()) in listed.read().split()
+        except OSError:
+            deaf = False
+        if deaf:
+            self.log.warning('SIGTERM ignored (DEAF_FILE)')
+            return
+        super().handle_term()
+
     @_workers.sync('/status')
     def host_status(self, client, path_params):
         client.respond(dict(self.status(), pid=os.getpid()))
@@ -85,7 +103,8 @@ def main():
         job_lock=('file', ENV['JOB_FILE'] + '.lock')
         if ENV.get('JOB_FILE') else None,
         pid_file=ENV.get('PID_FILE'),
-        shutdown_timeout=10,
+        shutdown_timeout=float(ENV.get('SHUTDOWN_TIMEOUT', '10')),
+        keep_alive_timeout=float(ENV.get('KEEP_ALIVE_TIMEOUT', '15')),
         metrics_route='/metrics' if ENV.get('METRICS') else None,
         pools=[_workers.WorkerPool(
             MultiWorker, num_workers=int(ENV.get('WORKERS', '1')),

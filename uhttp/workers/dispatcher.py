@@ -841,7 +841,7 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
             self._close()
             self._remove_unix_socket()
             if self._host is not None:
-                self._host.remove()
+                self._close_host_report(self._host)
             self._log_output.flush()   # access lines still buffered
         if self.exit_status:
             raise SystemExit(self.exit_status)
@@ -871,8 +871,10 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                 os.kill(self._supervisor_pid, signal.SIGUSR2)
             self._supervisor_pid = None   # told once
         host = self._host
-        if host is None or not host.due(now, self._state):
-            return
+        if host is not None and host.due(now, self._state):
+            self._write_snapshot(host, now)
+
+    def _write_snapshot(self, host: HostReport, now: float) -> None:
         snapshot: dict[str, Any] = {'status': self._own_status()}
         if self._metrics is not None:
             snapshot['metrics'] = self._metrics.snapshot()
@@ -884,12 +886,27 @@ class Dispatcher(Lifecycle, WorkerEvents, OwnedServices,
                            'this dispatcher', host.path, err)
             self._host = None
 
+    def _close_host_report(self, host: HostReport) -> None:
+        # the final counts stay for the supervisor to fold (host_status)
+        metrics = self._metrics.snapshot() \
+            if self._metrics is not None else None
+        try:
+            host.close(metrics)
+        except OSError as err:
+            self.log.error('cannot write the final snapshot %s: %s; the '
+                           'host\'s counters lose this dispatcher\'s last '
+                           'second', host.path, err)
+
     def _peer_metrics(self) -> list[Snapshot]:
-        # the other dispatchers' metric snapshots (metrics.Metrics.peers)
-        if self._host is None:
+        # the other dispatchers' metric snapshots and the counters of those
+        # that exited (metrics.Metrics.peers). This one's snapshot is
+        # written first: a later scrape of another dispatcher then shows at
+        # least the counts this scrape shows (counters never go down)
+        if self._host is not None:
+            self._write_snapshot(self._host, time.monotonic())
+        if self._host is None:   # (the write failed)
             return []
-        return [record['metrics'] for record in self._host.others()
-                if isinstance(record.get('metrics'), dict)]
+        return self._host.peer_metrics()
 
     def handle_usr2(self) -> None:
         """SIGUSR2: start a new dispatcher on the same socket (see

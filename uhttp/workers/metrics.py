@@ -14,9 +14,17 @@ others to its own: counters and histograms summed, gauges summed (requests
 pending, queue depth, workers alive, open streams and WebSockets are host
 totals), `uhttp_pool_degraded` 1 if any dispatcher's copy of the pool is.
 So one scrape of any dispatcher shows the host, its own figures live and
-the others' at most a second old. A dispatcher that exits takes its counts
-along: the host totals then drop, which Prometheus' rate() reads as a
-counter reset.
+the others' at most a second old.
+
+The host's counters never go down, which Prometheus would read as a
+counter reset (and count the whole new total as an increase). The scraped
+dispatcher writes its own snapshot before it reads the others', so a later
+scrape of any dispatcher never shows less than an earlier one did. A
+dispatcher that exits (replaced by SIGHUP, crashed, killed) leaves its
+counts behind: it writes a last snapshot at exit, and the supervisor folds
+its counters and histograms (`counters_of`, not its gauges) into the run
+directory's retired snapshot, which every scrape adds. A dispatcher killed
+outright loses only the counts since its last snapshot (a second at most).
 
 prometheus_client's own multiprocess mode was not used: it needs
 PROMETHEUS_MULTIPROC_DIR set before the library is imported, an mmap'ed
@@ -183,6 +191,18 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
             'pending': sum(s['pending'] for s in snapshots),
             'streams': sum(s['streams'] for s in snapshots),
             'pools': list(pools.values()), 'ws': ws}
+
+
+def counters_of(snapshot: Snapshot) -> Snapshot:
+    """The counters and histograms of `snapshot`, its gauges zeroed: what
+    a dispatcher that exited leaves to the host's totals. Raises
+    TypeError, ValueError or KeyError when `snapshot` is malformed."""
+    summed = merge_snapshots([snapshot])
+    return {'requests': summed['requests'], 'latency': summed['latency'],
+            'exits': summed['exits'], 'pending': 0, 'streams': 0,
+            'pools': [],
+            'ws': {'open': 0, 'messages_in': summed['ws']['messages_in'],
+                   'messages_out': summed['ws']['messages_out']}}
 
 
 class _Collector:

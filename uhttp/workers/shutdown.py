@@ -24,6 +24,12 @@ from .worker import EXIT_APP_ERROR
 # seconds: while handing over, a kept-alive connection that was active this
 # recently is still waited for (its client is likely sending more)
 HANDOVER_IDLE = 1.0
+# seconds from the start of a hand-over during which a connection that has
+# sent no request yet is waited for: a client connects just before the
+# listener closes and sends at once, but a browser's preconnect or an idle
+# client may send nothing for long, and must not hold the dispatcher (and
+# the roll) until shutdown_timeout
+HANDOVER_FIRST_REQUEST = 2.0
 
 if TYPE_CHECKING:
     from .admission import Admission, ListenerGate
@@ -139,18 +145,22 @@ class Shutdown:
         self._stop_workers(now)
 
     def _awaiting_first_request(self) -> bool:
-        """While handing over to a new dispatcher: connections this one
-        accepted whose first request has not arrived yet (their clients
-        connected before the listener closed: they are served here), and
-        kept-alive ones active within HANDOVER_IDLE seconds (their next
-        request is served here too, and its answer closes them)."""
+        """While handing over to a new dispatcher: connections active
+        within HANDOVER_IDLE seconds (accepted, or receiving, or kept
+        alive: their request is served here, and its answer closes them),
+        and in the first HANDOVER_FIRST_REQUEST seconds of the hand-over
+        those whose first request has not arrived yet (their clients
+        connected before the listener closed)."""
         if not self._handing_over():
             return False
         recent = time.time() - HANDOVER_IDLE
+        started = self._shutdown_started
+        first_wait = started is not None and \
+            time.monotonic() < started + HANDOVER_FIRST_REQUEST
         # pylint: disable=protected-access
         return any(connection.socket is not None
-                   and (not connection._requests_count
-                        or connection._last_activity > recent)
+                   and (connection._last_activity > recent
+                        or (first_wait and not connection._requests_count))
                    for connection in self._server._waiting_connections)
 
     def _fail_all_pending(self) -> None:

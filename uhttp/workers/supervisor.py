@@ -13,14 +13,19 @@ the other dispatchers reach the services by their health checks.
 
 Signals: SIGTERM/SIGINT (graceful) and SIGQUIT (immediate) go to every
 dispatcher, and the supervisor exits 0 once all have exited; SIGTTIN,
-SIGTTOU and SIGUSR1 are forwarded to each. SIGHUP replaces the dispatchers
-one at a time (a rolling restart, `_Roll`): for each slot a new dispatcher
-starts on the same socket with fresh workers; once it is ready (it sends the
-supervisor SIGUSR2) the old one gets SIGUSR2, which tells it to hand over:
-it stops accepting, serves the requests of the connections it has open
-(closing each after its answer) and exits; then the next slot. A
-replacement that exits or is not ready in time is stopped, the old
-dispatcher keeps serving and the roll ends there. Dispatcher 0, when it runs
+SIGTTOU and SIGUSR1 are forwarded to each, to a replacement starting in a
+roll and to those still exiting (a new dispatcher ignores them until it
+has its handlers, rather than die or stop of them). SIGHUP replaces the
+dispatchers one at a time (a rolling restart, `_Roll`): for each slot a
+new dispatcher starts on the same socket with fresh workers; once it is
+ready (it sends the supervisor SIGUSR2) the old one gets SIGUSR2, which
+tells it to hand over: it stops accepting, serves the requests of the
+connections it has open (closing each after its answer) and exits; then
+the next slot. A replacement that exits or is not ready in time
+(`ready_timeout`, from its pools' settings) is stopped, the old
+dispatcher keeps serving and the roll ends there; one that does not exit
+after its shutdown_timeout and RETIRE_GRACE gets SIGKILL, as does any
+dispatcher left out of a slot (a roll cut short by a stop). Dispatcher 0, when it runs
 owned services or jobs, is stopped before its replacement starts (two would
 fight over the services' ports); the other dispatchers serve meanwhile. A
 SIGHUP during a roll is ignored with a warning. SIGUSR2 sent to the
@@ -31,8 +36,10 @@ supervisor that is killed outright takes its dispatchers with it (they get
 SIGTERM from the kernel and stop gracefully).
 
 The supervisor also creates the run directory where each dispatcher writes
-its status and metrics snapshot (see host_status), removes a dead
-dispatcher's snapshot, and removes the directory when it exits.
+its status and metrics snapshot (see host_status); before it reaps a
+dispatcher that exited, it folds that one's counters into the retired
+counters there (so that the host's counters never go down) and removes
+its snapshot; it removes the directory when it exits.
 
 The supervisor owns only the listening socket, the pid file, the run
 directory and the list of its children. It must never serve a request,
@@ -50,9 +57,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .host_status import snapshot_path
+from .host_status import RetiredCounts
 from .process_group import set_parent_death_signal
 from .proctitle import set_title
 from .systemd import listen_sockets
@@ -60,21 +68,27 @@ from .unixsocket import UnixListener, unix_path
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
+    from .pool import WorkerPool
+    from .service import Service
 
 # the signals the supervisor waits for (blocked, then taken by sigwait)
 WAITED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
           signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
           signal.SIGCHLD)
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# forwarded to every dispatcher process (their default action would stop
+# or end a dispatcher that has no handler yet)
+FORWARDED = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 # restart back-off: FIRST_DELAY * 2**(deaths in a row), at most MAX_DELAY;
 # a dispatcher that lived HEALTHY_AFTER seconds starts the count anew
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 HEALTHY_AFTER = 10.0
-# seconds a replacement has to become ready during a rolling restart
+# seconds a replacement has to become ready during a rolling restart, at
+# least: more when its pools may take longer (see ready_timeout)
 READY_TIMEOUT = 60.0
-# seconds a replaced dispatcher has to exit, past its shutdown_timeout,
-# before SIGKILL
+# seconds a replaced (or given up) dispatcher has to exit, past its
+# shutdown_timeout, before SIGKILL
 RETIRE_GRACE = 10.0
 # a signal mask, as pthread_sigmask() returns it
 _Mask = set[int | signal.Signals]
@@ -85,6 +99,20 @@ def restart_delay(young_deaths: int) -> float:
     `young_deaths` times in a row (1 for the first)."""
     return float(min(MAX_DELAY,
                      FIRST_DELAY * 2 ** max(0, young_deaths - 1)))
+
+
+def ready_timeout(pools: Iterable[WorkerPool],
+                  services: Iterable[Service] = ()) -> float:
+    """Seconds a new dispatcher with `pools` (and, for dispatcher 0, the
+    owned `services`) may take to be ready: every worker set up (up to its
+    pool's setup_timeout, the starts paced by start_worker_delay) and every
+    service started (startup_timeout); READY_TIMEOUT at least."""
+    workers = max((pool.setup_timeout + pool.num_workers * (
+        pool.start_worker_delay + pool.start_worker_delay_rand)
+        for pool in pools), default=0.0)
+    started = max((service.startup_timeout for service in services),
+                  default=0.0)
+    return max(READY_TIMEOUT, float(workers + started))
 
 
 class _Slot:
@@ -118,6 +146,8 @@ class _Roll:
         self.new_pid: int | None = None
         self.old_pid: int | None = None
         self.deadline: float | None = None
+        # seconds the replacement of the current slot has to be ready
+        self.ready_timeout = READY_TIMEOUT
 
     def pids(self) -> list[int]:
         """The processes of the roll that are not in a slot."""
@@ -138,9 +168,11 @@ class Supervisor:
         self._stopping = False
         self._roll: _Roll | None = None
         # dispatchers out of any slot that must still exit (a replacement
-        # given up, a roll cut short by a stop signal)
-        self._strays: set[int] = set()
+        # given up, a roll cut short by a stop signal): pid -> when it gets
+        # SIGKILL (None: it got it)
+        self._strays: dict[int, float | None] = {}
         self._run_dir: str | None = None
+        self._retired: RetiredCounts | None = None
         self._old_mask: _Mask = set()
         if dispatcher._daemon is not None:  # pylint: disable=protected-access
             raise SystemExit('daemon=True is not supported with several '
@@ -156,6 +188,7 @@ class Supervisor:
         self._bind()
         try:
             self._run_dir = tempfile.mkdtemp(prefix='uhttp-workers-')
+            self._retired = RetiredCounts(self._run_dir)
             if self._pid_file is not None:
                 self._pid_file.create()
             set_title(f'supervisor of {len(self._slots)} dispatchers')
@@ -224,6 +257,8 @@ class Supervisor:
             set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != parent:
                 os._exit(0)  # pylint: disable=protected-access
+            for signum in FORWARDED:   # until the dispatcher handles them
+                signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
             _serve_as_dispatcher(self._dispatcher, index, self._listener,
                                  self._run_dir)
@@ -231,8 +266,14 @@ class Supervisor:
         return pid
 
     def _running(self) -> bool:
-        return bool(self._strays) or any(
-            slot.pid is not None for slot in self._slots)
+        return bool(self._children())
+
+    def _children(self) -> list[int]:
+        """Every dispatcher process: in a slot, of the roll, stray."""
+        pids = [slot.pid for slot in self._slots if slot.pid is not None]
+        if self._roll is not None:
+            pids.extend(self._roll.pids())
+        return pids + sorted(set(self._strays) - set(pids))
 
     def _wait_once(self) -> None:
         timeout = self._next_wake_in()
@@ -245,11 +286,13 @@ class Supervisor:
             self._on_signal(signal.Signals(info.si_signo), info.si_pid)
         self._reap()
         self._roll_deadline()
+        self._kill_overdue_strays()
         self._restart_due()
 
     def _next_wake_in(self) -> float | None:
         due = [slot.restart_at for slot in self._slots
                if slot.restart_at is not None]
+        due.extend(at for at in self._strays.values() if at is not None)
         if self._roll is not None and self._roll.deadline is not None:
             due.append(self._roll.deadline)
         if not due:
@@ -270,16 +313,14 @@ class Supervisor:
             for slot in self._slots:
                 slot.restart_at = None
             if self._roll is not None:
-                self._strays.update(self._roll.pids())
+                for pid in self._roll.pids():
+                    self._stray(pid)
                 self._roll = None
                 self.log.warning('supervisor: rolling restart cut short')
             self.log.info('supervisor: %s, stopping every dispatcher',
                           signum.name)
-            for pid in self._strays:
-                _kill(pid, signum)
-        for slot in self._slots:
-            if slot.pid is not None:
-                _kill(slot.pid, signum)
+        for pid in self._children():
+            _kill(pid, signum)
 
     # -- rolling restart (SIGHUP) -------------------------------------------------
 
@@ -314,7 +355,8 @@ class Supervisor:
                               'starts', roll.old_pid)
                 _kill(roll.old_pid, signal.SIGUSR2)
                 return
-            roll.phase, roll.deadline = 'starting', now + READY_TIMEOUT
+            roll.ready_timeout = self._ready_timeout(slot.index)
+            roll.phase, roll.deadline = 'starting', now + roll.ready_timeout
             roll.new_pid = self._fork_dispatcher(slot.index)
             return
         self._roll = None
@@ -325,6 +367,13 @@ class Supervisor:
         dispatcher = self._dispatcher
         return bool(dispatcher._services  # pylint: disable=protected-access
                     or dispatcher._jobs)  # pylint: disable=protected-access
+
+    def _ready_timeout(self, index: int) -> float:
+        # (dispatcher 0 alone starts the owned services)
+        dispatcher = self._dispatcher
+        services = dispatcher._services  # pylint: disable=protected-access
+        return ready_timeout(dispatcher.pools,
+                             services if index == 0 else [])
 
     def _retire_timeout(self) -> float:
         return float(self._dispatcher.shutdown_timeout) + RETIRE_GRACE
@@ -372,7 +421,8 @@ class Supervisor:
                 self._fork(slot)
                 roll.phase, roll.new_pid = 'restarting', slot.pid
                 roll.old_pid = None
-                roll.deadline = time.monotonic() + READY_TIMEOUT
+                roll.ready_timeout = self._ready_timeout(slot.index)
+                roll.deadline = time.monotonic() + roll.ready_timeout
             else:
                 self._roll_next()
             return
@@ -401,13 +451,12 @@ class Supervisor:
         assert slot is not None
         if roll.phase == 'starting':
             assert roll.new_pid is not None
-            self._strays.add(roll.new_pid)
-            _kill(roll.new_pid, signal.SIGTERM)
+            self._stray(roll.new_pid, signal.SIGTERM)
             self._give_up_roll(f'its replacement (pid {roll.new_pid}) was '
-                               f'not ready within {READY_TIMEOUT:.0f}s')
+                               f'not ready within {roll.ready_timeout:.0f}s')
         elif roll.phase == 'restarting':
             self._give_up_roll(f'pid {slot.pid} was not ready within '
-                               f'{READY_TIMEOUT:.0f}s')
+                               f'{roll.ready_timeout:.0f}s')
         else:   # 'retiring', 'vacating'
             assert roll.old_pid is not None
             self.log.error('dispatcher %d (pid %d) did not exit in %.0fs '
@@ -416,15 +465,34 @@ class Supervisor:
             _kill(roll.old_pid, signal.SIGKILL)
             roll.deadline = None   # its exit ends the wait
 
+    def _stray(self, pid: int, signum: int | None = None) -> None:
+        """Dispatcher `pid` must exit (sent `signum` now, if given): it
+        gets SIGKILL if it has not after its shutdown_timeout and
+        RETIRE_GRACE."""
+        self._strays.setdefault(pid, time.monotonic() + self._retire_timeout())
+        if signum is not None:
+            _kill(pid, signum)
+
+    def _kill_overdue_strays(self) -> None:
+        now = time.monotonic()
+        for pid, kill_at in self._strays.items():
+            if kill_at is not None and now >= kill_at:
+                self.log.error('dispatcher (pid %d) did not exit in %.0fs: '
+                               'killing it', pid, self._retire_timeout())
+                _kill(pid, signal.SIGKILL)
+                self._strays[pid] = None   # its exit ends the wait
+
     def _reap(self) -> None:
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            found = _exited_child()
+            if found is None:
                 return
-            if pid == 0:
-                return
-            self._remove_snapshot(pid)
+            pid, status = found
+            # folded while the process is a zombie: readers count its
+            # snapshot until the retired file has its counters
+            self._fold_snapshot(pid)
+            if status is None:
+                _, status = os.waitpid(pid, 0)   # (it has exited: no wait)
             self._child_exited(pid, status)
 
     def _child_exited(self, pid: int, status: int) -> None:
@@ -436,18 +504,19 @@ class Supervisor:
         how = f'killed by signal {-code}' if code < 0 else \
             f'exited with status {code}'
         if pid in self._strays:
-            self._strays.discard(pid)
+            del self._strays[pid]
             self.log.info('dispatcher (pid %d) %s', pid, how)
         elif self._roll is not None and pid in self._roll.pids():
             self._roll_exit(self._roll, pid, how)
 
-    def _remove_snapshot(self, pid: int) -> None:
-        if self._run_dir is None:
+    def _fold_snapshot(self, pid: int) -> None:
+        if self._retired is None:
             return
         try:
-            os.unlink(snapshot_path(self._run_dir, pid))
-        except FileNotFoundError:
-            pass   # it removed its own at exit, or never wrote one
+            self._retired.fold(pid)
+        except (OSError, ValueError) as err:
+            self.log.error('dispatcher (pid %d): its counters are lost to '
+                           'the host\'s metrics: %s', pid, err)
 
     def _exited(self, slot: _Slot, status: int) -> None:
         slot.pid = None
@@ -517,6 +586,25 @@ def _tcp_listener(address: str, port: int, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _exited_child() -> tuple[int, int | None] | None:
+    """(pid, None) of a child that exited, left unreaped (a zombie), or
+    (pid, wait status) where it cannot be left so; None when none has."""
+    if not hasattr(os, 'waitid'):
+        # (no waitid, e.g. macOS: reaped at once, its snapshot is skipped
+        # by readers for the moment until it is folded)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        return None if pid == 0 else (pid, status)
+    try:
+        info = os.waitid(os.P_ALL, 0,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return None if info is None or info.si_pid == 0 else (info.si_pid, None)
 
 
 def _kill(pid: int, signum: int) -> None:
