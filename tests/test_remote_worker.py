@@ -413,6 +413,31 @@ def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
     assert setups and setups == teardowns
 
 
+def test_sigterm_before_the_worker_read_its_request_still_runs_it(
+        hosts, dispatcher, redis_server):
+    client = redis_server[1]
+    host = hosts(workers=1)
+    host.wait_ready(1)
+    worker_pid = int(re.search(r' ready \(pid (\d+)\)', host.log()).group(1))
+    # the worker is frozen: the request the host gives it stays unread in
+    # its channel (as on a loaded machine, between STARTED and its read)
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        dispatcher.send(1, '/echo')
+        dispatcher.wait_kind(1, rp.STARTED)
+        host.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: 'stopping: finishing 1 started requests'
+                   in host.log())
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    # started here, so only here can it run: it is not handed back LOST
+    status, body = dispatcher.answer(1)
+    assert status == 200 and body['pid'] == worker_pid
+    assert dispatcher.kinds(1) == [rp.STARTED, messages.RESPONSE]
+    assert host.process.wait(20) == 0
+    assert alive(client, dispatcher.pool, host) is None
+
+
 @pytest.mark.parametrize('how', ['second signal', 'graceful timeout'])
 def test_a_request_that_does_not_finish_in_time_is_lost_at_stop(
         hosts, dispatcher, redis_server, tmp_path, how):
