@@ -251,26 +251,38 @@ def test_two_dispatchers_may_use_the_same_request_id(hosts, redis_server,
 
 # -- sharing work ----------------------------------------------------------------
 
-def test_two_hosts_share_work_and_each_entry_runs_once(hosts, dispatcher):
+def test_two_hosts_share_work_and_each_entry_runs_once(hosts, dispatcher,
+                                                       tmp_path):
     one, two = hosts(workers=2), hosts(workers=2)
     one.wait_ready(2)
     two.wait_ready(2)
+    flag = str(tmp_path / 'go')
     count = 12
     for request_id in range(count):
-        dispatcher.send(request_id, '/slow', query={'s': '0.3'})
+        dispatcher.send(request_id, '/wait', query={'flag': flag})
+    # four workers, each held by a request until the flag exists: a host
+    # takes no more than its idle workers, so each host started two (how
+    # fast either host is does not matter)
+    wait_until(lambda: sum(len(dispatcher.started_by(i))
+                           for i in range(count)) == 4, 30)
+    first = [consumer for consumer, message in dispatcher.replies
+             if message[0] == rp.STARTED]
+    assert sorted(first) == sorted([one.consumer] * 2 + [two.consumer] * 2)
+    with open(flag, 'w', encoding='utf-8'):
+        pass
     pids = {}
     for request_id in range(count):
         status, body = dispatcher.answer(request_id)
-        assert status == 200
+        assert status == 200 and body['flag_seen'] is True
         pids[request_id] = body['pid']
         assert dispatcher.kinds(request_id) == [rp.STARTED,
                                                 messages.RESPONSE]
         assert len(dispatcher.started_by(request_id)) == 1
     by_host = {consumer for consumer, message in dispatcher.replies
                if message[0] == rp.STARTED}
-    # four workers, twelve requests of 0.3 s: both hosts took some
     assert by_host == {one.consumer, two.consumer}
-    assert len(set(pids.values())) >= 3
+    # the four held requests ran in four worker processes
+    assert len(set(pids.values())) == 4
 
 
 def test_a_host_takes_only_as_many_as_it_has_idle_workers(
