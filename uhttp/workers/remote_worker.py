@@ -49,10 +49,11 @@ How it is built:
 - SIGTERM/SIGINT: read nothing more, release the entries read but not
   started (claimable by another host at once), let started requests
   finish and relay their answers, stop the workers gracefully (teardown
-  runs) once each has begun the request it was given (a worker told to
-  stop hands back one still in its channel, and no sibling would run
-  it), delete the alive key, leave the consumer set, exit 0. A second
-  signal, or `graceful_timeout` seconds, kills the workers.
+  runs) once each has answered, deferred or begun streaming the request
+  it was given (a worker told to stop hands back one still in its
+  channel, and no sibling would run it), delete the alive key, leave
+  the consumer set, exit 0. A second signal, or `graceful_timeout`
+  seconds, kills the workers.
 - The consumer name is HOST:PID:RANDOM (or given): two hosts never share
   one, even containers that all run as PID 1 on the same host name.
 
@@ -663,14 +664,16 @@ class RemoteWorkers:
         self._stop_workers_when_drained(self._stop_began)
 
     def _stop_workers_when_drained(self, now: float) -> None:
-        """Stop the workers once none holds a request it has not begun
-        (answered, deferred or streaming), or at `graceful_timeout`.
+        """Stop the workers once none holds a request it has not answered,
+        deferred or begun streaming, or at `graceful_timeout`.
 
         A worker told to stop hands back, unrun, a request still in its
         channel; here no sibling could run it (all stop), so a request this
         host started and gave out would be LOST though it could have run.
-        Each worker then finishes what it holds (deferred and streaming
-        too), runs teardown() and exits; SIGKILL at the same deadline."""
+        Until its first answer we cannot tell whether it still sits in the
+        channel. Each worker then finishes what it holds (deferred and
+        streaming too), runs teardown() and exits; SIGKILL at the same
+        deadline."""
         if self._workers_stopped or self._stop_began is None:
             return
         deadline = self._stop_began + self.pool.graceful_timeout
