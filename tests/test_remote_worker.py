@@ -251,26 +251,38 @@ def test_two_dispatchers_may_use_the_same_request_id(hosts, redis_server,
 
 # -- sharing work ----------------------------------------------------------------
 
-def test_two_hosts_share_work_and_each_entry_runs_once(hosts, dispatcher):
+def test_two_hosts_share_work_and_each_entry_runs_once(hosts, dispatcher,
+                                                       tmp_path):
     one, two = hosts(workers=2), hosts(workers=2)
     one.wait_ready(2)
     two.wait_ready(2)
+    flag = str(tmp_path / 'go')
     count = 12
     for request_id in range(count):
-        dispatcher.send(request_id, '/slow', query={'s': '0.3'})
+        dispatcher.send(request_id, '/wait', query={'flag': flag})
+    # four workers, each held by a request until the flag exists: a host
+    # takes no more than its idle workers, so each host started two (how
+    # fast either host is does not matter)
+    wait_until(lambda: sum(len(dispatcher.started_by(i))
+                           for i in range(count)) == 4, 30)
+    first = [consumer for consumer, message in dispatcher.replies
+             if message[0] == rp.STARTED]
+    assert sorted(first) == sorted([one.consumer] * 2 + [two.consumer] * 2)
+    with open(flag, 'w', encoding='utf-8'):
+        pass
     pids = {}
     for request_id in range(count):
         status, body = dispatcher.answer(request_id)
-        assert status == 200
+        assert status == 200 and body['flag_seen'] is True
         pids[request_id] = body['pid']
         assert dispatcher.kinds(request_id) == [rp.STARTED,
                                                 messages.RESPONSE]
         assert len(dispatcher.started_by(request_id)) == 1
     by_host = {consumer for consumer, message in dispatcher.replies
                if message[0] == rp.STARTED}
-    # four workers, twelve requests of 0.3 s: both hosts took some
     assert by_host == {one.consumer, two.consumer}
-    assert len(set(pids.values())) >= 3
+    # the four held requests ran in four worker processes
+    assert len(set(pids.values())) == 4
 
 
 def test_a_host_takes_only_as_many_as_it_has_idle_workers(
@@ -411,6 +423,31 @@ def test_sigterm_finishes_started_requests_and_leaves(hosts, dispatcher,
     teardowns = {name[len('teardown-'):] for name in os.listdir(marks)
                  if name.startswith('teardown-')}
     assert setups and setups == teardowns
+
+
+def test_sigterm_before_the_worker_read_its_request_still_runs_it(
+        hosts, dispatcher, redis_server):
+    client = redis_server[1]
+    host = hosts(workers=1)
+    host.wait_ready(1)
+    worker_pid = int(re.search(r' ready \(pid (\d+)\)', host.log()).group(1))
+    # the worker is frozen: the request the host gives it stays unread in
+    # its channel (as on a loaded machine, between STARTED and its read)
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        dispatcher.send(1, '/echo')
+        dispatcher.wait_kind(1, rp.STARTED)
+        host.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: 'stopping: finishing 1 started requests'
+                   in host.log())
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    # started here, so only here can it run: it is not handed back LOST
+    status, body = dispatcher.answer(1)
+    assert status == 200 and body['pid'] == worker_pid
+    assert dispatcher.kinds(1) == [rp.STARTED, messages.RESPONSE]
+    assert host.process.wait(20) == 0
+    assert alive(client, dispatcher.pool, host) is None
 
 
 @pytest.mark.parametrize('how', ['second signal', 'graceful timeout'])
@@ -751,8 +788,11 @@ def test_two_hosts_one_stopping_every_request_is_answered(
         # started once, answered, never LOST (none was cut by the stop)
         assert dispatcher.kinds(request_id) == [rp.STARTED,
                                                 messages.RESPONSE]
+    # the leaving host counts the signal before its loop does anything
+    # more, so it starts none of the entries added after it: those it
+    # read are released, and the host that stays runs them all
     late = {dispatcher.started_by(i)[0] for i in range(count // 2, count)}
-    assert stays.consumer in late
+    assert late == {stays.consumer}
 
 
 def test_dead_consumers_are_forgotten(hosts, dispatcher, redis_server):

@@ -49,8 +49,11 @@ How it is built:
 - SIGTERM/SIGINT: read nothing more, release the entries read but not
   started (claimable by another host at once), let started requests
   finish and relay their answers, stop the workers gracefully (teardown
-  runs), delete the alive key, leave the consumer set, exit 0. A second
-  signal, or `graceful_timeout` seconds, kills the workers.
+  runs) once each has answered, deferred or begun streaming the request
+  it was given (a worker told to stop hands back one still in its
+  channel, and no sibling would run it), delete the alive key, leave
+  the consumer set, exit 0. A second signal, or `graceful_timeout`
+  seconds, kills the workers.
 - The consumer name is HOST:PID:RANDOM (or given): two hosts never share
   one, even containers that all run as PID 1 on the same host name.
 
@@ -160,6 +163,7 @@ class RemoteWorkers:
         self._signals = 0
         self._killed = False
         self._stop_began: float | None = None
+        self._workers_stopped = False
         self.exit_status = 0
         self._signal_pipe: tuple[int, int] | None = None
 
@@ -305,8 +309,10 @@ class RemoteWorkers:
                 self._heartbeat(now)
             if self._state == 'running':
                 self._reader.want(self._free_slots())
-            elif self._state == 'stopping' and self.pool.all_exited():
-                self._state = 'done'
+            elif self._state == 'stopping':
+                self._stop_workers_when_drained(now)
+                if self.pool.all_exited():
+                    self._state = 'done'
 
     def _timeout(self) -> float:
         timeout = min(TICK, max(0.0, self._next_beat - time.monotonic()))
@@ -654,9 +660,33 @@ class RemoteWorkers:
             self._relay.finish(job.local_id)
             self._relay.lost(job, _STOPPED_BEFORE)
         self._returned.clear()
-        # each worker finishes what it holds (deferred and streaming too),
-        # runs teardown() and exits; SIGKILL after graceful_timeout
+        # the workers are stopped once each has begun what it was given
+        self._stop_workers_when_drained(self._stop_began)
+
+    def _stop_workers_when_drained(self, now: float) -> None:
+        """Stop the workers once none holds a request it has not answered,
+        deferred or begun streaming, or at `graceful_timeout`.
+
+        A worker told to stop hands back, unrun, a request still in its
+        channel; here no sibling could run it (all stop), so a request this
+        host started and gave out would be LOST though it could have run.
+        Until its first answer we cannot tell whether it still sits in the
+        channel. Each worker then finishes what it holds (deferred and
+        streaming too), runs teardown() and exits; SIGKILL at the same
+        deadline."""
+        if self._workers_stopped or self._stop_began is None:
+            return
+        deadline = self._stop_began + self.pool.graceful_timeout
+        if now < deadline and any(h.active for h in self.pool.workers
+                                  if not h.exited):
+            return
+        self._workers_stopped = True
         self.pool.stop()
+        for handle in self.pool.workers:
+            if handle.stopping and not handle.exited \
+                    and handle.kill_deadline is not None:
+                # one graceful_timeout in all, counted from the signal
+                handle.kill_deadline = min(handle.kill_deadline, deadline)
 
     def _unblock_reader(self) -> None:
         """End the reader's blocking read now (it reads no more)."""
