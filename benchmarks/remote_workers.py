@@ -32,6 +32,7 @@ from uhttp.workers import messages  # noqa: E402
 from uhttp.workers import remote_protocol as rp  # noqa: E402
 
 POOL = 'bench'
+CONSUMER = 'bench-host'    # its alive key tells the host is up
 TICKS = os.sysconf('SC_CLK_TCK')
 
 
@@ -72,11 +73,11 @@ def run(args, directory):
         host = subprocess.Popen(  # pylint: disable=consider-using-with
             [sys.executable, '-m', 'uhttp.workers', 'worker',
              'remote_app:RemoteApp', '--redis', f'redis://127.0.0.1:{port}',
-             '--pool', POOL, '--workers', str(args.workers), '--app-dir',
+             '--pool', POOL, '--consumer', CONSUMER, '--workers',
+             str(args.workers), '--app-dir',
              os.path.join(ROOT, 'tests', 'apps'), '--log-level', 'warning'],
             stdout=subprocess.DEVNULL, stderr=log)
-        wait_for(lambda: client.exists(rp.alive_key(
-            POOL, f'{socket.gethostname()}:{host.pid}')), 20)
+        wait_for(lambda: client.exists(rp.alive_key(POOL, CONSUMER)), 20)
         time.sleep(1.0)     # workers ready
         idle_before = cpu_seconds(host.pid)
         time.sleep(args.idle)
