@@ -59,9 +59,10 @@ How it is built:
   Redis lost it and go on. Entries whose start got no answer are started
   again once Redis is back (the start script is idempotent): each runs
   once, or not at all if another consumer took it.
-- SIGTERM/SIGINT: read nothing more, release the entries read but not
-  started (claimable by another host at once), let started requests
-  finish and relay their answers, stop the workers gracefully (teardown
+- SIGTERM/SIGINT: wait for a start under way (its entries won are run),
+  read nothing more, release the entries read but not started
+  (claimable by another host at once), let started requests finish and
+  relay their answers, stop the workers gracefully (teardown
   runs), delete the alive key, leave the consumer set, exit 0. A second
   signal, or `graceful_timeout` seconds, kills the workers.
 - The consumer name is HOST:PID:RANDOM (or given): two hosts never share
@@ -718,6 +719,7 @@ class RemoteWorkers:
         if not self._signals:
             return
         if self._state == 'running':
+            self._settle_start()
             self._log.info('stopping: finishing %d started requests',
                            len(self._relay))
             self._begin_stop()
@@ -726,9 +728,23 @@ class RemoteWorkers:
             self._log.warning('second signal: killing the workers')
             self.pool.kill()
 
+    def _settle_start(self) -> None:
+        """Before the stop: wait for the start under way (one call at
+        most) and give the entries it won to idle workers, which finish
+        them as they stop (as when its answer had come first)."""
+        if not self._starter.busy or self._state != 'running':
+            return
+        self._on_started(CALL_WAIT)
+        idle = self._idle_workers()
+        while idle and self._returned:
+            self._give(idle.pop(), self._returned.popleft())
+        # on their way before the stop message and its SIGTERM
+        self._flush_workers()
+
     def _begin_stop(self) -> None:
         if self._state not in ('starting', 'running'):
             return
+        self._settle_start()
         self._state = 'stopping'
         self._stop_began = time.monotonic()
         self._reader.stop()
