@@ -6,10 +6,12 @@ keeps `--window` requests (GET /echo) in the stream at a time until
 `--requests` are answered. Prints answered requests per second, the CPU
 the host process itself (not its workers) spent per request, and its CPU
 while idle. Everything runs on this machine, so the numbers include
-Redis's and the client's share of the cores.
+Redis's and the client's share of the cores. `--latency MS` puts
+benchmarks/latency_proxy.py between the host and Redis (MS more each way),
+as when Redis runs on another machine.
 
 Run:  python benchmarks/remote_workers.py [--requests 2000] [--workers 2]
-      [--window 16]
+      [--window 16] [--latency 0]
 """
 
 import argparse
@@ -32,6 +34,7 @@ from uhttp.workers import messages  # noqa: E402
 from uhttp.workers import remote_protocol as rp  # noqa: E402
 
 POOL = 'bench'
+CONSUMER = 'bench-host'    # its alive key tells the host is up
 TICKS = os.sysconf('SC_CLK_TCK')
 
 
@@ -63,20 +66,28 @@ def run(args, directory):
          '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir',
          directory], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
-    host = None
+    host = proxy = None
+    host_port = port
     try:
         wait_for(lambda: _pings(client), 10)
+        if args.latency > 0:
+            host_port = free_port()
+            proxy = subprocess.Popen(  # pylint: disable=consider-using-with
+                [sys.executable, os.path.join(ROOT, 'benchmarks',
+                                              'latency_proxy.py'),
+                 str(host_port), str(port), str(args.latency)])
         client.xgroup_create(rp.requests_stream(POOL), rp.GROUP, id='$',
                              mkstream=True)
         log = open(os.path.join(directory, 'host.log'), 'wb')  # pylint: disable=consider-using-with
         host = subprocess.Popen(  # pylint: disable=consider-using-with
             [sys.executable, '-m', 'uhttp.workers', 'worker',
-             'remote_app:RemoteApp', '--redis', f'redis://127.0.0.1:{port}',
-             '--pool', POOL, '--workers', str(args.workers), '--app-dir',
+             'remote_app:RemoteApp', '--redis',
+             f'redis://127.0.0.1:{host_port}',
+             '--pool', POOL, '--consumer', CONSUMER, '--workers',
+             str(args.workers), '--app-dir',
              os.path.join(ROOT, 'tests', 'apps'), '--log-level', 'warning'],
             stdout=subprocess.DEVNULL, stderr=log)
-        wait_for(lambda: client.exists(rp.alive_key(
-            POOL, f'{socket.gethostname()}:{host.pid}')), 20)
+        wait_for(lambda: client.exists(rp.alive_key(POOL, CONSUMER)), 20)
         time.sleep(1.0)     # workers ready
         idle_before = cpu_seconds(host.pid)
         time.sleep(args.idle)
@@ -90,11 +101,21 @@ def run(args, directory):
               f'{args.window}: {answered / elapsed:.0f} answers/s; host '
               f'process CPU {busy / answered * 1e6:.0f} us/request; idle '
               f'host CPU {idle / args.idle * 100:.2f} % over {args.idle}s')
+        # how the host's round trips batch: reply batches (one MULTI/EXEC
+        # each) and stream reads per answer (the driver makes neither)
+        stats = client.info('commandstats')
+        print('per answer: %.2f reply batches (EXEC), %.2f reads '
+              '(XREADGROUP)' % tuple(
+                  stats.get(f'cmdstat_{name}', {}).get('calls', 0)
+                  / answered for name in ('exec', 'xreadgroup')))
     finally:
         if host is not None:
             host.send_signal(signal.SIGTERM)
             host.wait(30)
         client.close()
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(10)
         server.terminate()
         server.wait(10)
 
@@ -131,6 +152,8 @@ def main():
     parser.add_argument('--requests', type=int, default=2000)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--window', type=int, default=16)
+    parser.add_argument('--latency', type=float, default=0.0,
+                        help='ms added each way between the host and Redis')
     parser.add_argument('--idle', type=float, default=5.0,
                         help='seconds of idle CPU measurement')
     args = parser.parse_args()

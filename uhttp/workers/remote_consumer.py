@@ -5,14 +5,24 @@ pool's consumer group (see remote_protocol.py for the keys and the
 encoding). This module owns every Redis command that host sends:
 
 - `RedisLink`: the connection of the main loop. Its calls are short (no
-  BLOCK): join the pool (group, consumer set), start a request
-  (acknowledge it and add STARTED, atomically), acknowledge an entry to
-  drop, add replies, refresh the heartbeat, read the server's clock, and
-  leave the pool at exit. A call that fails raises `RedisDown`, whether
+  BLOCK) and none is on a request's path: join the pool (group, consumer
+  set), acknowledge an entry to drop, refresh the heartbeat, read the
+  server's clock, release entries at a stop, and at exit start requests
+  and add replies (once the call threads ended) and leave the pool. A
+  call that fails raises `RedisDown`, whether
   Redis is unreachable or answered with an error (out of memory, read
   only, no permission, the group gone): the link then waits a back-off
   (doubling, capped at RETRY_MAX seconds) before the caller may try again,
   and joins the pool again (re-creating a lost group) when it does.
+- `CallThread`: a thread with a connection of its own that makes one
+  call at a time for the main loop and wakes it through a socket when the
+  call ended. A host runs two: one starts requests (`start_entries`:
+  acknowledge and add STARTED, atomically), one adds replies
+  (`add_replies`). So the main loop never waits for a round trip on a
+  request's path, and what it queues while a call is under way goes in
+  the next one: under load, round trips carry batches. A call thread
+  never retries: a failure goes back to the main loop, which takes the
+  `RedisLink` down (one log line, one back-off for all the calls).
 - `StreamReader`: a thread with a connection of its own that takes
   entries: XREADGROUP BLOCK (the one blocking call) and, every CLAIM_EVERY
   seconds, XAUTOCLAIM of entries delivered to some consumer and left
@@ -214,6 +224,49 @@ def _entries(raw: Sequence[Any]) -> list[Entry]:
     return entries
 
 
+def start_entries(client: RedisClient, pool: str, consumer: str,
+                  starts: Sequence[tuple[bytes, str, int]]
+                  ) -> tuple[list[bool | None], BaseException | None]:
+    """Run the start script for each (entry id, dispatcher id, request id)
+    in one round trip (see RedisLink.start): (won, error), won holding
+    True, False or None (its script failed) for each entry, and error the
+    first error reply or None. Raises when no answer came."""
+    # EVAL, not EVALSHA: a pipeline of EVALSHA would first ask whether the
+    # script is loaded, a second round trip each time
+    pipe = client.pipeline(transaction=False)
+    for entry_id, dispatcher_id, request_id in starts:
+        fields = rp.encode_reply(consumer, rp.started(request_id, consumer),
+                                 0)
+        args: list[bytes | str | int] = [
+            rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN, consumer,
+            rp.STARTED_TTL_MS]
+        for name, value in fields.items():
+            args += [name, value]
+        pipe.eval(_START_SCRIPT, 3, rp.requests_stream(pool),
+                  rp.replies_stream(pool, dispatcher_id),
+                  rp.started_key(pool, entry_id), *args)
+    won: list[bool | None] = []
+    error: BaseException | None = None
+    for result in pipe.execute(raise_on_error=False):
+        if isinstance(result, BaseException):
+            error = error or result
+            won.append(None)
+        else:
+            won.append(bool(result))
+    return won, error
+
+
+def add_replies(client: RedisClient, pool: str,
+                replies: Sequence[tuple[str, dict[bytes, bytes]]]) -> None:
+    """Add encoded replies, each to its dispatcher's reply stream, in one
+    MULTI/EXEC (all of them or none). Raises when it failed."""
+    pipe = client.pipeline(transaction=True)
+    for dispatcher_id, fields in replies:
+        pipe.xadd(rp.replies_stream(pool, dispatcher_id), fields,
+                  maxlen=rp.REPLY_STREAM_MAXLEN, approximate=True)
+    pipe.execute()
+
+
 class RedisLink:
     """The main loop's connection: short calls only, each of which raises
     RedisDown when Redis is unreachable (see `available`)."""
@@ -318,29 +371,8 @@ class RedisLink:
         if not starts:
             return []
         with self._calls():
-            # EVAL, not EVALSHA: a pipeline of EVALSHA would first ask
-            # whether the script is loaded, a second round trip each time
-            pipe = self._client.pipeline(transaction=False)
-            for entry_id, dispatcher_id, request_id in starts:
-                fields = rp.encode_reply(
-                    self.consumer, rp.started(request_id, self.consumer), 0)
-                args: list[bytes | str | int] = [
-                    rp.GROUP, entry_id, rp.REPLY_STREAM_MAXLEN,
-                    self.consumer, rp.STARTED_TTL_MS]
-                for name, value in fields.items():
-                    args += [name, value]
-                pipe.eval(_START_SCRIPT, 3, rp.requests_stream(self.pool),
-                          rp.replies_stream(self.pool, dispatcher_id),
-                          rp.started_key(self.pool, entry_id), *args)
-            results = pipe.execute(raise_on_error=False)
-        won: list[bool | None] = []
-        error: BaseException | None = None
-        for result in results:
-            if isinstance(result, BaseException):
-                error = error or result
-                won.append(None)
-            else:
-                won.append(bool(result))
+            won, error = start_entries(self._client, self.pool, self.consumer,
+                                       starts)
         if error is not None:
             self._failed(error)
         return won
@@ -355,12 +387,16 @@ class RedisLink:
         """Add encoded replies, each to its dispatcher's reply stream, in
         one MULTI/EXEC (all of them or none)."""
         with self._calls():
-            pipe = self._client.pipeline(transaction=True)
-            for dispatcher_id, fields in replies:
-                pipe.xadd(rp.replies_stream(self.pool, dispatcher_id),
-                          fields,
-                          maxlen=rp.REPLY_STREAM_MAXLEN, approximate=True)
-            pipe.execute()
+            add_replies(self._client, self.pool, replies)
+
+    def down(self, err: BaseException) -> None:
+        """A call made on another connection (a `CallThread`'s) failed with
+        `err`: the link goes down as if its own call had (logged once, the
+        back-off, a new join when it is retried). Raises `err` again when
+        it is neither a connection error nor an error reply (a bug)."""
+        if not isinstance(err, (*self._errors, self._response_error)):
+            raise err
+        self._failed(err)
 
     def heartbeat(self, host: str, pid: int, workers: int, busy: int,
                   handled: int) -> None:
@@ -596,6 +632,113 @@ class StreamReader(threading.Thread):
         self._claim_cursor = cursor if isinstance(cursor, bytes) \
             else str(cursor).encode()
         return _entries(reply[1])
+
+
+class CallThread(threading.Thread):
+    """A thread with a connection of its own that makes the main loop's
+    calls on a request's path (starts, replies) one at a time, so the loop
+    never waits for their round trip: the loop `submit()`s a call when
+    the thread is not `busy`, goes on, and takes its `result()` once the
+    wake-up socket (`fileno()`) says it came. What was queued meanwhile
+    goes in the next call: the round trips batch under load.
+
+    The thread never retries: a call that failed hands its exception back,
+    and the main loop's `RedisLink` (its back-off, its log) decides when
+    to try again."""
+
+    def __init__(self, name: str, url: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._url = url
+        self._lock = threading.Condition()
+        self._call: Callable[[RedisClient], Any] | None = None
+        self._result: tuple[Any, BaseException | None] | None = None
+        self._stopping = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        # a call submitted whose result was not taken yet (the main
+        # loop's view: set by submit, cleared by result)
+        self.busy = False
+
+    # -- the main loop's side ------------------------------------------------
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when a result came."""
+        return self._wake_reader.fileno()
+
+    def submit(self, call: Callable[[RedisClient], Any]) -> None:
+        """Make `call(client)` in the thread; only while not busy."""
+        assert not self.busy, 'one call at a time'
+        self.busy = True
+        with self._lock:
+            self._call = call
+            self._lock.notify()
+
+    def result(self, timeout: float = 0.0
+               ) -> tuple[Any, BaseException | None] | None:
+        """(value, None) or (None, the exception) of the submitted call
+        once it ended, waiting `timeout` seconds at most for it; None
+        while it runs (or when nothing was submitted)."""
+        try:
+            while self._wake_reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        with self._lock:
+            if self._result is None and self.busy and timeout > 0:
+                self._lock.wait_for(lambda: self._result is not None,
+                                    timeout)
+            result, self._result = self._result, None
+        if result is not None:
+            self.busy = False
+        return result
+
+    def stop(self) -> None:
+        """End the thread once the call it makes (if any) ended."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+
+    def close(self) -> None:
+        """Close the wake-up socket pair (after the thread ended)."""
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    # -- the thread ----------------------------------------------------------
+
+    def run(self) -> None:
+        errors = _connection_errors()
+        client: RedisClient = None
+        while True:
+            with self._lock:
+                while self._call is None and not self._stopping:
+                    self._lock.wait()
+                call, self._call = self._call, None
+            if call is None:
+                break
+            result: tuple[Any, BaseException | None]
+            try:
+                if client is None:
+                    client = make_client(self._url)
+                result = (call(client), None)
+            except Exception as err:  # pylint: disable=broad-except
+                # handed to the main loop, which logs it (and raises it
+                # again when it is not Redis's)
+                result = (None, err)
+                if isinstance(err, errors) and client is not None:
+                    client.close()
+                    client = None
+            with self._lock:
+                self._result = result
+                self._lock.notify_all()
+            try:
+                self._wake_writer.send(b'\0')
+            except (BlockingIOError, InterruptedError):
+                pass    # full: the main loop has a wake-up pending already
+            except OSError:
+                break   # closed: the main loop is gone
+        if client is not None:
+            client.close()
 
 
 def _stream_replies(reply: Any) -> list[tuple[Any, Any]]:

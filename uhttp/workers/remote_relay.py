@@ -71,6 +71,8 @@ class Relay:
         self._outbox: collections.deque[tuple[str, Message, int | None]] \
             = collections.deque()
         self._dropped = 0
+        # the oldest queued replies in the batch being sent (see batch())
+        self._in_flight = 0
 
     # -- started requests ----------------------------------------------------
 
@@ -132,6 +134,9 @@ class Relay:
         self._outbox.append((dispatcher_id, message, seq))
         if len(self._outbox) > self._limit:
             self._outbox.popleft()
+            # the oldest is in the batch being sent, if one is: that
+            # batch now covers one reply less of the outbox
+            self._in_flight = max(0, self._in_flight - 1)
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 self._log(40, f'Redis is away and {self._limit} replies '
@@ -145,7 +150,8 @@ class Relay:
     def batch(self) -> list[tuple[str, dict[bytes, bytes]]]:
         """The oldest queued replies (BATCH_LIMIT at most), encoded, as
         (dispatcher_id, fields); call sent() once they are in Redis. A
-        reply JSON cannot carry becomes a LOST for its request."""
+        reply JSON cannot carry becomes a LOST for its request. Replies
+        may be queued (and the oldest dropped) while the batch is sent."""
         batch: list[tuple[str, dict[bytes, bytes]]] = []
         for dispatcher_id, message, seq in self._outbox:
             try:
@@ -159,10 +165,13 @@ class Relay:
             batch.append((dispatcher_id, fields))
             if len(batch) >= BATCH_LIMIT:
                 break
+        self._in_flight = len(batch)
         return batch
 
     def sent(self, count: int) -> None:
-        """The `count` oldest queued replies are in Redis."""
-        for _ in range(count):
+        """The batch of `count` replies is in Redis (those of them dropped
+        meanwhile were out of the outbox already)."""
+        for _ in range(min(count, self._in_flight)):
             self._outbox.popleft()
+        self._in_flight = 0
         self._dropped = 0

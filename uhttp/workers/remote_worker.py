@@ -20,13 +20,26 @@ How it is built:
   behind another on this host while a sibling host is free.
 - Threads: the main thread runs one selector loop that owns the worker
   channels and exit sentinels, the signal pipe, the supervision of the
-  pool and every short Redis call (`RedisLink`: start or drop an entry,
-  add replies, heartbeat). One more thread, the `StreamReader`
-  (remote_consumer.py), makes the calls that take entries: XREADGROUP
-  BLOCK (the only blocking one) and, every few seconds, XAUTOCLAIM of
-  entries a dead consumer left unstarted; it takes at most as many as the
-  main loop last said it had idle workers, and wakes the loop through a
-  socket in its selector. A blocked read never delays relaying an answer.
+  pool, all the books (waiting entries, started requests, the outbox) and
+  the short Redis calls off a request's path (`RedisLink`: drop an entry,
+  heartbeat, the server's clock once a second, release at a stop). Three
+  more threads, each with a Redis connection of its own, make the calls
+  on a request's path, so the loop never waits for Redis there:
+  - the `StreamReader` (remote_consumer.py) takes entries: XREADGROUP
+    BLOCK (the only blocking call) and, every few seconds, XAUTOCLAIM of
+    entries a dead consumer left unstarted; it takes at most as many as
+    the main loop last said it had idle workers (minus the entries
+    waiting or being started);
+  - a `CallThread` starts entries: the loop hands it the entries it
+    chose for its idle workers and gives each one won to a worker when
+    the answer came (entries read meanwhile go in the next start);
+  - a `CallThread` adds replies: the loop hands it the outbox's oldest
+    replies and drops them from the outbox once they are in Redis
+    (replies queued meanwhile go in the next batch; one batch at a time,
+    so the replies about one request keep their order).
+  Each wakes the loop through a socket in its selector. At exit the loop
+  takes the answers of the calls under way, ends the call threads and
+  sends what is left with its own link.
 - At most once: an entry is started by a Lua script that acknowledges it
   and adds STARTED only when its acknowledgement was the one that took it
   off the pending list; only then does a local worker get it. A worker
@@ -46,14 +59,15 @@ How it is built:
   Redis lost it and go on. Entries whose start got no answer are started
   again once Redis is back (the start script is idempotent): each runs
   once, or not at all if another consumer took it.
-- SIGTERM/SIGINT: read nothing more, release the entries read but not
-  started (claimable by another host at once), let started requests
-  finish and relay their answers, stop the workers gracefully (teardown
-  runs) once each has answered, deferred or begun streaming the request
-  it was given (a worker told to stop hands back one still in its
-  channel, and no sibling would run it), delete the alive key, leave
-  the consumer set, exit 0. A second signal, or `graceful_timeout`
-  seconds, kills the workers.
+- SIGTERM/SIGINT: wait for a start under way (its entries won are run),
+  read nothing more, release the entries read but not started
+  (claimable by another host at once), let started requests finish and
+  relay their answers, stop the workers gracefully (teardown runs) once
+  each has answered, deferred or begun streaming the request it was
+  given (a worker told to stop hands back one still in its channel, and
+  no sibling would run it), delete the alive key, leave the consumer
+  set, exit 0. A second signal, or `graceful_timeout` seconds, kills the
+  workers.
 - The consumer name is HOST:PID:RANDOM (or given): two hosts never share
   one, even containers that all run as PID 1 on the same host name.
 
@@ -83,7 +97,8 @@ from .messages import Message
 from .pending import ASSIGNED, Pending
 from .pool import WorkerPool
 from .remote_consumer import (READ_BLOCK_MS, RETRY_MAX, SOCKET_TIMEOUT,
-                              RedisDown, RedisLink, StreamReader)
+                              CallThread, RedisClient, RedisDown, RedisLink,
+                              StreamReader, add_replies, start_entries)
 from .remote_relay import Job, Relay
 
 if TYPE_CHECKING:
@@ -100,6 +115,9 @@ EXIT_FAILED: Final = 1
 # seconds to wait for the stream reader at exit: a blocking read, a call
 # that times out and a back-off pause, at most
 READER_JOIN: Final = (READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT + RETRY_MAX + 1)
+# seconds to wait at exit for a start or a send under way: one call that
+# times out at most
+CALL_WAIT: Final = SOCKET_TIMEOUT + 1
 
 
 class StartupError(Exception):
@@ -148,6 +166,10 @@ class RemoteWorkers:
                                self._log.log)
         self._reader = StreamReader(redis_url, self.pool_name, self.consumer,
                                     self._log.log)
+        # the starts and the replies, each made by a thread of its own so
+        # that the loop never waits for their round trips
+        self._starter = CallThread('redis-starts', redis_url)
+        self._writer = CallThread('redis-replies', redis_url)
         self._flush_needed: set[WorkerHandle] = set()
         # started requests, and the replies they owe
         self._relay = Relay(self.consumer, self._log.log)
@@ -155,7 +177,12 @@ class RemoteWorkers:
         self._waiting: collections.deque[_Waiting] = collections.deque()
         # their start got no answer: started again once Redis answers
         self._uncertain: list[_Waiting] = []
-        # started, handed back unrun by a stopping worker
+        # their start is under way (the starter thread's call)
+        self._starting: list[_Waiting] = []
+        # how many replies the writer thread's call is adding
+        self._sending = 0
+        # started and held by no worker: handed back unrun by a stopping
+        # worker, or won by a start whose answer came when none was idle
         self._returned: collections.deque[Job] = collections.deque()
         self._handled = 0
         self._next_beat = 0.0
@@ -260,6 +287,10 @@ class RemoteWorkers:
         self._connect_at_start()
         self._selector.register(self._reader, selectors.EVENT_READ,
                                 lambda _mask: self._on_entries())
+        self._selector.register(self._starter, selectors.EVENT_READ,
+                                lambda _mask: self._on_started())
+        self._selector.register(self._writer, selectors.EVENT_READ,
+                                lambda _mask: self._on_sent())
         self._log.info('consumer %s of pool %s: %d workers of %s, Redis %r',
                        self.consumer, self.pool_name, self.pool.num_workers,
                        self.pool.worker_class.__name__, self._link)
@@ -267,6 +298,8 @@ class RemoteWorkers:
         # forked before the reader thread exists (a fork copies no thread)
         self.pool.start(self)
         self._reader.start()
+        self._starter.start()
+        self._writer.start()
         try:
             self._loop()
         finally:
@@ -315,17 +348,17 @@ class RemoteWorkers:
                     self._state = 'done'
 
     def _timeout(self) -> float:
-        timeout = min(TICK, max(0.0, self._next_beat - time.monotonic()))
-        if self._relay.waiting_replies and self._link.up:
-            return 0.0
-        return timeout
+        # (replies are sent as the writer thread's calls end: it wakes the
+        # loop then)
+        return min(TICK, max(0.0, self._next_beat - time.monotonic()))
 
     def _idle_workers(self) -> list[WorkerHandle]:
         return [h for h in self.pool.workers if h.is_idle]
 
     def _free_slots(self) -> int:
         return max(0, len(self._idle_workers()) - len(self._waiting)
-                   - len(self._returned) - len(self._uncertain))
+                   - len(self._returned) - len(self._uncertain)
+                   - len(self._starting))
 
     # -- entries from the stream ------------------------------------------
 
@@ -363,7 +396,7 @@ class RemoteWorkers:
         idle = self._idle_workers()
         while idle and self._returned:
             self._give(idle.pop(), self._returned.popleft())
-        if not idle or not self._link.up:
+        if not idle or not self._link.up or self._starter.busy:
             return
         if self._uncertain:
             # first the starts that got no answer (run once either way),
@@ -371,7 +404,7 @@ class RemoteWorkers:
             count = len(idle)
             batch = self._uncertain[:count]
             self._uncertain = self._uncertain[count:]
-            self._start_batch(batch, idle)
+            self._start_batch(batch)
             return
         if not self._waiting:
             return
@@ -380,26 +413,50 @@ class RemoteWorkers:
         except RedisDown:
             return      # no clock: they wait for the link to come back
         if batch:
-            self._start_batch(batch, idle)
+            self._start_batch(batch)
 
-    def _start_batch(self, batch: list[_Waiting],
-                     idle: list[WorkerHandle]) -> None:
-        """Start `batch` (no more entries than `idle` workers) and give
-        each entry won to an idle worker. An entry whose start got no
-        answer is kept to be started again: the start script may have run
-        (acknowledged, STARTED added) and only this consumer can run it."""
-        try:
-            won = self._link.start([(w.entry_id, w.dispatcher_id,
-                                     w.message[1]) for w in batch])
-        except RedisDown:
-            self._uncertain.extend(batch)
+    def _start_batch(self, batch: list[_Waiting]) -> None:
+        """Have the starter thread start `batch` (no more entries than
+        there are idle workers); `_on_started` gets its answer."""
+        starts = [(w.entry_id, w.dispatcher_id, w.message[1])
+                  for w in batch]
+        pool, consumer = self.pool_name, self.consumer
+
+        def start(client: RedisClient) -> tuple[list[bool | None],
+                                                 BaseException | None]:
+            return start_entries(client, pool, consumer, starts)
+        self._starting = batch
+        self._starter.submit(start)
+
+    def _on_started(self, wait: float = 0.0) -> None:
+        """The starter thread's answer: each entry won goes to an idle
+        worker (or waits for one among the returned). An entry whose start
+        got no answer is kept to be started again: the start script may
+        have run (acknowledged, STARTED added) and only this consumer can
+        run it. Once the stop began, an entry won is LOST (never run)."""
+        result = self._starter.result(wait)
+        if result is None:
             return
+        batch, self._starting = self._starting, []
+        value, err = result
+        if err is not None:
+            self._uncertain.extend(batch)
+            self._link.down(err)
+            return
+        won, error = value
+        if error is not None:
+            self._link.down(error)
         for waiting, ours in zip(batch, won):
             if ours is None:
                 self._uncertain.append(waiting)
             elif ours:
-                self._give(idle.pop(), self._relay.start(
-                    waiting.dispatcher_id, waiting.message))
+                job = self._relay.start(waiting.dispatcher_id,
+                                        waiting.message)
+                if self._state == 'running':
+                    self._returned.append(job)
+                else:
+                    self._relay.finish(job.local_id)
+                    self._relay.lost(job, _STOPPED_BEFORE)
             else:
                 self._log.debug('request %s of dispatcher %s was taken by '
                                 'another consumer', waiting.message[1],
@@ -581,6 +638,36 @@ class RemoteWorkers:
     # -- replies and heartbeats ---------------------------------------------
 
     def _send_replies(self) -> None:
+        """Have the writer thread add what is queued (unless it is adding
+        a batch already: what comes meanwhile goes in the next one)."""
+        if not self._relay.waiting_replies or not self._link.up \
+                or self._writer.busy:
+            return
+        batch = self._relay.batch()
+        pool = self.pool_name
+
+        def send(client: RedisClient) -> None:
+            add_replies(client, pool, batch)
+        self._sending = len(batch)
+        self._writer.submit(send)
+
+    def _on_sent(self, wait: float = 0.0) -> None:
+        """The writer thread's answer: the batch is out of the outbox, or
+        kept to be sent again once the link is back (a batch added whose
+        answer was lost is dropped by the dispatcher: its numbers)."""
+        result = self._writer.result(wait)
+        if result is None:
+            return
+        sending, self._sending = self._sending, 0
+        _value, err = result
+        if err is not None:
+            self._link.down(err)
+            return
+        self._relay.sent(sending)
+
+    def _send_replies_now(self) -> None:
+        """Add what is queued with the main link, waiting for the answer
+        (at exit, once the writer thread ended)."""
         if not self._relay.waiting_replies or not self._link.up:
             return
         batch = self._relay.batch()
@@ -638,6 +725,7 @@ class RemoteWorkers:
         if not self._signals:
             return
         if self._state == 'running':
+            self._settle_start()
             self._log.info('stopping: finishing %d started requests',
                            len(self._relay))
             self._begin_stop()
@@ -646,9 +734,23 @@ class RemoteWorkers:
             self._log.warning('second signal: killing the workers')
             self.pool.kill()
 
+    def _settle_start(self) -> None:
+        """Before the stop: wait for the start under way (one call at
+        most) and give the entries it won to idle workers, which finish
+        them as they stop (as when its answer had come first)."""
+        if not self._starter.busy or self._state != 'running':
+            return
+        self._on_started(CALL_WAIT)
+        idle = self._idle_workers()
+        while idle and self._returned:
+            self._give(idle.pop(), self._returned.popleft())
+        # on their way before the stop message and its SIGTERM
+        self._flush_workers()
+
     def _begin_stop(self) -> None:
         if self._state not in ('starting', 'running'):
             return
+        self._settle_start()
         self._state = 'stopping'
         self._stop_began = time.monotonic()
         self._reader.stop()
@@ -749,13 +851,14 @@ class RemoteWorkers:
         deadline = time.monotonic() + self.pool.graceful_timeout \
             if self._stop_began is None \
             else self._stop_began + self.pool.graceful_timeout
+        self._end_call_threads()
         while True:
             if not self._link.up and self._link.reconnect_due(
                     time.monotonic()):
                 self._reconnect()
             if self._link.up:
                 self._settle_uncertain()
-                self._send_replies()
+                self._send_replies_now()
             if not (self._relay.waiting_replies or self._uncertain) \
                     or self._signals > 1 or time.monotonic() >= deadline:
                 break
@@ -767,6 +870,27 @@ class RemoteWorkers:
         if self._uncertain:
             self._log.error('%d requests whose start got no answer may be '
                             'answered 504', len(self._uncertain))
+
+    def _end_call_threads(self) -> None:
+        """Take the answers of the calls under way, then end the starter
+        and writer threads: what is left is sent by the main link. A call
+        that did not answer in time counts as failed (a start is made
+        again, a batch sent again: both are safe)."""
+        if self._starter.busy:
+            self._on_started(CALL_WAIT)
+        if self._writer.busy:
+            self._on_sent(CALL_WAIT)
+        self._uncertain.extend(self._starting)
+        self._starting = []
+        for thread in (self._starter, self._writer):
+            thread.stop()
+            if thread.is_alive():
+                thread.join(CALL_WAIT)
+            if thread.is_alive():
+                self._log.warning('the %s thread did not end in %.0f s',
+                                  thread.name, CALL_WAIT)
+            else:
+                thread.close()
 
     def _settle_uncertain(self) -> None:
         """At a stop: entries whose start got no answer are started again
