@@ -135,3 +135,32 @@ def test_a_burst_of_requests_is_answered_once_each_in_order(hosts,
     for replies in numbers.values():
         # STARTED (0), then the answer (1): each once, in order
         assert replies == [(0, rp.STARTED), (1, messages.RESPONSE)]
+
+
+class _Entries:
+    """Stands in for the StreamReader: hands out the entries given."""
+
+    def __init__(self, entries):
+        self.entries = entries
+
+    def take(self):
+        entries, self.entries = self.entries, []
+        return entries
+
+
+def test_an_entry_held_here_and_claimed_back_is_not_taken_twice():
+    # XAUTOCLAIM returns this host's own pending entries too once they
+    # are idle long enough (a long outage while a start was uncertain):
+    # the entry must not wait here twice, or the idempotent start script
+    # would let this host win it twice and run it on two workers
+    from uhttp.workers import Worker  # pylint: disable=import-outside-toplevel
+    from uhttp.workers.remote_worker import RemoteWorkers, _Waiting  # pylint: disable=import-outside-toplevel
+    # built, never run: it connects to nothing
+    host = RemoteWorkers(Worker, 'redis://127.0.0.1:1/0', pool_name='unit')
+    message = messages.request(7, 'GET', '/echo', None, {}, None, None)
+    fields = rp.encode_request('d1', message, 30000)
+    host._uncertain.append(_Waiting(b'1-1', 'd1', 30000, message))  # pylint: disable=protected-access
+    host._state = 'running'                  # pylint: disable=protected-access
+    host._reader = _Entries([(b'1-1', fields), (b'2-1', fields)])  # pylint: disable=protected-access
+    host._on_entries()                       # pylint: disable=protected-access
+    assert [w.entry_id for w in host._waiting] == [b'2-1']  # pylint: disable=protected-access

@@ -281,6 +281,9 @@ class RedisLink:
         self._errors = _connection_errors()
         self._response_error: type[BaseException] = \
             import_redis().ResponseError
+        # any other error of redis-py (an error reply, a reply it could
+        # not parse, ...) is an outage too, never the end of the host
+        self._redis_error: type[BaseException] = import_redis().RedisError
         self._leave_group = self._client.register_script(_LEAVE_GROUP_SCRIPT)
         self.up = False
         self._joined = False    # the group was made or found once
@@ -318,12 +321,12 @@ class RedisLink:
 
     def _failed(self, err: BaseException) -> RedisDown:
         if self.up:
-            if isinstance(err, self._response_error):
-                self._log(40, f'Redis at {_safe_url(self.url)} refused a '
-                          f'command: {err}; workers keep running, retrying')
-            else:
+            if isinstance(err, self._errors):
                 self._log(40, f'lost Redis at {_safe_url(self.url)}: '
                           f'{err}; workers keep running, retrying')
+            else:   # an error reply, or one redis-py could not read
+                self._log(40, f'Redis at {_safe_url(self.url)} refused a '
+                          f'command: {err}; workers keep running, retrying')
         self.up = False
         self._retry_at = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, RETRY_MAX)
@@ -336,7 +339,7 @@ class RedisLink:
         again, re-creating a group Redis lost)."""
         try:
             yield
-        except (*self._errors, self._response_error) as err:
+        except (*self._errors, self._redis_error) as err:
             raise self._failed(err) from err
 
     # -- the commands -------------------------------------------------------
@@ -394,7 +397,7 @@ class RedisLink:
         `err`: the link goes down as if its own call had (logged once, the
         back-off, a new join when it is retried). Raises `err` again when
         it is neither a connection error nor an error reply (a bug)."""
-        if not isinstance(err, (*self._errors, self._response_error)):
+        if not isinstance(err, (*self._errors, self._redis_error)):
             raise err
         self._failed(err)
 
@@ -723,10 +726,11 @@ class CallThread(threading.Thread):
                 result = (call(client), None)
             except Exception as err:  # pylint: disable=broad-except
                 # handed to the main loop, which logs it (and raises it
-                # again when it is not Redis's)
+                # again when it is not Redis's); the thread carries on, so
+                # the loop never waits for a result that cannot come
                 result = (None, err)
                 if isinstance(err, errors) and client is not None:
-                    client.close()
+                    _close_quietly(client)
                     client = None
             with self._lock:
                 self._result = result
@@ -739,6 +743,15 @@ class CallThread(threading.Thread):
                 break   # closed: the main loop is gone
         if client is not None:
             client.close()
+
+
+def _close_quietly(client: RedisClient) -> None:
+    """Close a client whose connection failed (a failure to close it
+    changes nothing: it is dropped either way)."""
+    try:
+        client.close()
+    except Exception:  # pylint: disable=broad-except
+        pass    # (the connection is already broken: nothing to report)
 
 
 def _stream_replies(reply: Any) -> list[tuple[Any, Any]]:

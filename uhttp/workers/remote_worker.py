@@ -343,6 +343,7 @@ class RemoteWorkers:
             if self._state == 'running':
                 self._reader.want(self._free_slots())
             elif self._state == 'stopping':
+                self._give_returned()
                 self._stop_workers_when_drained(now)
                 if self.pool.all_exited():
                     self._state = 'done'
@@ -368,7 +369,15 @@ class RemoteWorkers:
             # read as the stop began: for another consumer to take at once
             self._release([entry_id for entry_id, _ in entries])
             return
+        held = self._held_entry_ids() if entries else set()
         for entry_id, fields in entries:
+            if entry_id in held:
+                # our own pending entry claimed back (XAUTOCLAIM returns
+                # any consumer's, after CLAIM_IDLE_MS) while we still hold
+                # it: the start script would let us win it a second time
+                self._log.debug('entry %s already held here, skipped',
+                                entry_id.decode(errors='replace'))
+                continue
             try:
                 dispatcher_id, timeout_ms, message = rp.decode_request(fields)
                 _check_layout(message)
@@ -382,20 +391,32 @@ class RemoteWorkers:
             self._waiting.append(
                 _Waiting(entry_id, dispatcher_id, timeout_ms, message))
 
+    def _held_entry_ids(self) -> set[bytes]:
+        """Entries read here and not yet started or released."""
+        return {waiting.entry_id for held in (
+            self._waiting, self._starting, self._uncertain)
+            for waiting in held}
+
     def _ack_quietly(self, entry_id: bytes) -> None:
         try:
             self._link.ack(entry_id)
         except RedisDown:
             pass    # it stays pending; a claim brings it back (and drops it)
 
+    def _give_returned(self) -> list[WorkerHandle]:
+        """Requests started here and held by no worker go to idle workers
+        (returns the workers still idle)."""
+        idle = self._idle_workers()
+        while idle and self._returned and not self._workers_stopped:
+            self._give(idle.pop(), self._returned.popleft())
+        return idle
+
     def _start_waiting(self) -> None:
         """Give returned requests, then waiting entries, to idle workers."""
         if not (self._waiting or self._returned or self._uncertain) \
                 or self._state != 'running':
             return
-        idle = self._idle_workers()
-        while idle and self._returned:
-            self._give(idle.pop(), self._returned.popleft())
+        idle = self._give_returned()
         if not idle or not self._link.up or self._starter.busy:
             return
         if self._uncertain:
@@ -433,7 +454,8 @@ class RemoteWorkers:
         worker (or waits for one among the returned). An entry whose start
         got no answer is kept to be started again: the start script may
         have run (acknowledged, STARTED added) and only this consumer can
-        run it. Once the stop began, an entry won is LOST (never run)."""
+        run it. Once the workers were told to stop, an entry won is LOST
+        (never run)."""
         result = self._starter.result(wait)
         if result is None:
             return
@@ -452,7 +474,9 @@ class RemoteWorkers:
             elif ours:
                 job = self._relay.start(waiting.dispatcher_id,
                                         waiting.message)
-                if self._state == 'running':
+                if not self._workers_stopped:
+                    # (also while stopping: the workers run it before
+                    # they are told to stop)
                     self._returned.append(job)
                 else:
                     self._relay.finish(job.local_id)
@@ -741,9 +765,7 @@ class RemoteWorkers:
         if not self._starter.busy or self._state != 'running':
             return
         self._on_started(CALL_WAIT)
-        idle = self._idle_workers()
-        while idle and self._returned:
-            self._give(idle.pop(), self._returned.popleft())
+        self._give_returned()
         # on their way before the stop message and its SIGTERM
         self._flush_workers()
 
@@ -758,10 +780,7 @@ class RemoteWorkers:
         # read, never started: another consumer may take them at once
         self._release([waiting.entry_id for waiting in self._waiting])
         self._waiting.clear()
-        for job in self._returned:
-            self._relay.finish(job.local_id)
-            self._relay.lost(job, _STOPPED_BEFORE)
-        self._returned.clear()
+        # started here (`_returned`): given to workers as they become idle;
         # the workers are stopped once each has begun what it was given
         self._stop_workers_when_drained(self._stop_began)
 
@@ -779,10 +798,14 @@ class RemoteWorkers:
         if self._workers_stopped or self._stop_began is None:
             return
         deadline = self._stop_began + self.pool.graceful_timeout
-        if now < deadline and any(h.active for h in self.pool.workers
-                                  if not h.exited):
+        if now < deadline and (self._returned or any(
+                h.active for h in self.pool.workers if not h.exited)):
             return
         self._workers_stopped = True
+        for job in self._returned:      # (the deadline came first)
+            self._relay.finish(job.local_id)
+            self._relay.lost(job, _STOPPED_BEFORE)
+        self._returned.clear()
         self.pool.stop()
         for handle in self.pool.workers:
             if handle.stopping and not handle.exited \
