@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import multiprocessing
 import os
 import select
 import signal
@@ -405,6 +406,13 @@ class JobRunner:
             pass    # full (a wake-up is pending anyway) or closed
 
 
+def _parent_gone() -> bool:
+    """True when the process that started this one died before the
+    parent-death signal was set (this process was handed to another)."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and os.getppid() != parent.pid
+
+
 def run_job_runner(jobs: Sequence[Job], lock_spec: LockSpec | Lock,
                    poll_interval: float = 1.0, log: JobLog | None = None,
                    log_level: int | None = None,
@@ -426,6 +434,8 @@ def run_job_runner(jobs: Sequence[Job], lock_spec: LockSpec | Lock,
     from .process_group import set_parent_death_signal
     if die_with_parent:
         set_parent_death_signal(signal.SIGTERM)
+        if _parent_gone():
+            return 0    # the kernel will never send that signal now
     if log is None:
         log = Logger('jobs', LOG_INFO if log_level is None else log_level)
     runner = JobRunner(jobs, make_lock(lock_spec), poll_interval, log)
