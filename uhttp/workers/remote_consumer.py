@@ -15,7 +15,7 @@ encoding). This module owns every Redis command that host sends:
   (doubling, capped at RETRY_MAX seconds) before the caller may try again,
   and joins the pool again (re-creating a lost group) when it does.
 - `CallThread`: a thread with a connection of its own that makes one
-  call at a time for the main loop and wakes it through a socket when the
+  call at a time for the main loop and wakes it through a pipe when the
   call ended. A host runs two: one starts requests (`start_entries`:
   acknowledge and add STARTED, atomically), one adds replies
   (`add_replies`). So the main loop never waits for a round trip on a
@@ -31,7 +31,7 @@ encoding). This module owns every Redis command that host sends:
   consumers (no alive key): out of the set, and out of the group when
   nothing is pending for them.
   It takes at most as many as the main loop says it has idle workers
-  (`want()`), and hands them over through an inbox and a wake-up socket
+  (`want()`), and hands them over through an inbox and a wake-up pipe
   the main loop watches in its selector. So a blocked read never delays
   the relaying of answers, and no entry is taken from the stream while no
   local worker is free to start it.
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +52,7 @@ from typing import Any, Final
 
 from . import remote_protocol as rp
 from .messages import Message
+from .wake_pipe import WakePipe
 
 # redis-py is an optional dependency, imported when a link is made: its
 # clients are typed Any here (as in locks.py)
@@ -479,9 +479,7 @@ class StreamReader(threading.Thread):
         self._free = 0          # idle local workers, as last said by want()
         self._delivered = 0     # entries handed over since that
         self._stopping = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
+        self._wake = WakePipe()
         self._claim_cursor: bytes = b'0-0'
         self._next_claim = 0.0
         self._next_forget = 0.0
@@ -492,15 +490,11 @@ class StreamReader(threading.Thread):
 
     def fileno(self) -> int:
         """A descriptor that becomes readable when entries arrived."""
-        return self._wake_reader.fileno()
+        return self._wake.fileno()
 
     def take(self) -> list[Entry]:
         """The entries read since the last call (empties the inbox)."""
-        try:
-            while self._wake_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wake.drain()
         with self._lock:
             entries, self._inbox = self._inbox, []
         return entries
@@ -524,9 +518,8 @@ class StreamReader(threading.Thread):
             self._lock.notify()
 
     def close(self) -> None:
-        """Close the wake-up socket pair (after the thread ended)."""
-        self._wake_reader.close()
-        self._wake_writer.close()
+        """Close the wake-up pipe (a wake-up after that does nothing)."""
+        self._wake.close()
 
     # -- the thread ----------------------------------------------------------
 
@@ -546,14 +539,9 @@ class StreamReader(threading.Thread):
         with self._lock:
             self._inbox.extend(entries)
             self._delivered += len(entries)
-        try:
-            self._wake_writer.send(b'\0')
-        except (BlockingIOError, InterruptedError):
-            pass    # full: the main loop has a wake-up pending already
-        except OSError as err:
-            # closed: the main loop is gone (it waited for this thread and
-            # gave up); the entries stay pending, claimable by others
-            self._log(30, f'stream reader: cannot wake the main loop: {err}')
+        # (after close(), nobody takes them: they stay pending, claimable
+        # by other consumers)
+        self._wake.wake()
 
     def run(self) -> None:
         redis = import_redis()
@@ -642,7 +630,7 @@ class CallThread(threading.Thread):
     calls on a request's path (starts, replies) one at a time, so the loop
     never waits for their round trip: the loop `submit()`s a call when
     the thread is not `busy`, goes on, and takes its `result()` once the
-    wake-up socket (`fileno()`) says it came. What was queued meanwhile
+    wake-up pipe (`fileno()`) says it came. What was queued meanwhile
     goes in the next call: the round trips batch under load.
 
     The thread never retries: a call that failed hands its exception back,
@@ -656,9 +644,7 @@ class CallThread(threading.Thread):
         self._call: Callable[[RedisClient], Any] | None = None
         self._result: tuple[Any, BaseException | None] | None = None
         self._stopping = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
+        self._wake = WakePipe()
         # a call submitted whose result was not taken yet (the main
         # loop's view: set by submit, cleared by result)
         self.busy = False
@@ -667,7 +653,7 @@ class CallThread(threading.Thread):
 
     def fileno(self) -> int:
         """A descriptor that becomes readable when a result came."""
-        return self._wake_reader.fileno()
+        return self._wake.fileno()
 
     def submit(self, call: Callable[[RedisClient], Any]) -> None:
         """Make `call(client)` in the thread; only while not busy."""
@@ -682,11 +668,7 @@ class CallThread(threading.Thread):
         """(value, None) or (None, the exception) of the submitted call
         once it ended, waiting `timeout` seconds at most for it; None
         while it runs (or when nothing was submitted)."""
-        try:
-            while self._wake_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wake.drain()
         with self._lock:
             if self._result is None and self.busy and timeout > 0:
                 self._lock.wait_for(lambda: self._result is not None,
@@ -703,9 +685,8 @@ class CallThread(threading.Thread):
             self._lock.notify()
 
     def close(self) -> None:
-        """Close the wake-up socket pair (after the thread ended)."""
-        self._wake_reader.close()
-        self._wake_writer.close()
+        """Close the wake-up pipe (a wake-up after that does nothing)."""
+        self._wake.close()
 
     # -- the thread ----------------------------------------------------------
 
@@ -735,12 +716,7 @@ class CallThread(threading.Thread):
             with self._lock:
                 self._result = result
                 self._lock.notify_all()
-            try:
-                self._wake_writer.send(b'\0')
-            except (BlockingIOError, InterruptedError):
-                pass    # full: the main loop has a wake-up pending already
-            except OSError:
-                break   # closed: the main loop is gone
+            self._wake.wake()
         if client is not None:
             client.close()
 

@@ -37,7 +37,7 @@ How it is built:
     replies and drops them from the outbox once they are in Redis
     (replies queued meanwhile go in the next batch; one batch at a time,
     so the replies about one request keep their order).
-  Each wakes the loop through a socket in its selector. At exit the loop
+  Each wakes the loop through a pipe in its selector. At exit the loop
   takes the answers of the calls under way, ends the call threads and
   sends what is left with its own link.
 - At most once: an entry is started by a Lua script that acknowledges it
@@ -948,8 +948,8 @@ class RemoteWorkers:
             # one blocking read and one back-off pause at most
             self._reader.join(READER_JOIN)
         if self._reader.is_alive():
-            # its connection may still answer: its sockets stay open (the
-            # process exits anyway) rather than closed under it
+            # its connection may still answer: its wake-up pipe stays open
+            # (the process exits anyway) rather than closed under it
             self._log.warning('the stream reader did not end in %.0f s',
                               READER_JOIN)
             return
