@@ -16,12 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 
 import pytest
 
-from conftest import APPS, free_port, running_redis, wait_until
+from conftest import free_port, running_redis, wait_until
+from test_remote_worker import Host
 from uhttp.workers import RemotePool, framing, messages
 from uhttp.workers import remote_protocol as proto
 from uhttp.workers.wake_pipe import WakePipe
@@ -667,55 +667,14 @@ REMOTE_ROUTES = '/echo /body /wait /crash /stream'
 HOST_POOL = 'hosted'
 
 
-class Host:
-    """One `uhttp-workers worker remote_app:RemoteApp` process."""
-
-    def __init__(self, url, workers, log_path, graceful_timeout=None):
-        self.log_path = log_path
-        extra = [] if graceful_timeout is None else [
-            '--graceful-timeout', str(graceful_timeout)]
-        environ = {key: value for key, value in os.environ.items()
-                   if not key.startswith('UHTTP_WORKERS_')}
-        with open(log_path, 'wb') as log:
-            self.process = subprocess.Popen(  # pylint: disable=consider-using-with
-                [sys.executable, '-m', 'uhttp.workers', 'worker',
-                 'remote_app:RemoteApp', '--redis', url, '--pool', HOST_POOL,
-                 '--workers', str(workers), '--app-dir', APPS, *extra],
-                stdout=subprocess.DEVNULL, stderr=log, env=environ)
-        self.pid = self.process.pid
-        self._consumer = None
-
-    @property
-    def consumer(self):
-        """The consumer name the host logs as it starts."""
-        if self._consumer is None:
-            found = wait_until(
-                lambda: re.search(r'consumer (\S+) of pool ', self.log()),
-                30, 0.02, lambda: f'no consumer name logged:\n{self.log()}')
-            self._consumer = found.group(1)
-        return self._consumer
-
-    def log(self):
-        with open(self.log_path, encoding='utf-8', errors='replace') as log:
-            return log.read()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture
 def hosts(tmp_path):
     """start(url, workers) -> a started Host; each is stopped at the end."""
     started = []
 
     def start(url, workers=2):
-        host = Host(url, workers, tmp_path / f'host-{len(started)}.log')
+        host = Host(url, HOST_POOL, workers,
+                    tmp_path / f'host-{len(started)}.log')
         started.append(host)
         return host
     yield start
